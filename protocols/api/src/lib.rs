@@ -1,0 +1,23 @@
+//! The adapter API of pushbridge.
+//!
+//! An *adapter* speaks one instant-messaging protocol and translates what it
+//! sees into protocol-neutral [`Event`]s. It holds no push logic: the core
+//! decides who is notified, with what payload, and delivers it to Apple.
+//!
+//! Layout:
+//! - [`types`]: validated value types ([`UserId`], [`DeviceToken`],
+//!   [`Presence`], [`Environment`]).
+//! - [`event`]: the [`Event`] enum, the [`Reply`] the core answers with and
+//!   the [`EventError`]s it can refuse an event with.
+//! - [`context`]: the [`Context`] handed to a running adapter (event
+//!   submission, shutdown signal, its own config, a small persistent
+//!   key-value state) and the [`Adapter`] trait itself.
+#![forbid(unsafe_code)]
+
+pub mod context;
+pub mod event;
+pub mod types;
+
+pub use context::{Adapter, AdapterError, Context, Envelope, StateError, StateStore};
+pub use event::{Device, Event, EventError, Message, Reply};
+pub use types::{DeviceToken, Environment, Presence, TokenError, UserId, UserIdError};

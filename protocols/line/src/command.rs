@@ -1,0 +1,283 @@
+//! Parsing commands and formatting replies: pure functions, no I/O.
+
+use pushbridge_api::types::validate_local;
+use pushbridge_api::{DeviceToken, Environment, EventError, Presence, Reply};
+
+/// One parsed command; user names are still local (unscoped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Auth(String),
+    Register {
+        user: String,
+        token: DeviceToken,
+        topic: Option<String>,
+        environment: Option<Environment>,
+    },
+    Unregister {
+        user: String,
+        token: DeviceToken,
+    },
+    Presence {
+        user: String,
+        presence: Presence,
+    },
+    Msg {
+        from: String,
+        to: String,
+        text: String,
+    },
+    Ping,
+    Quit,
+}
+
+/// The error codes of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Syntax,
+    Auth,
+    UnknownCommand,
+    BadToken,
+    BadUser,
+    TooLong,
+    UnknownTopic,
+    Unavailable,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Syntax => "syntax",
+            Code::Auth => "auth",
+            Code::UnknownCommand => "unknown-command",
+            Code::BadToken => "bad-token",
+            Code::BadUser => "bad-user",
+            Code::TooLong => "too-long",
+            Code::UnknownTopic => "unknown-topic",
+            Code::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// An `ERR` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtoError {
+    pub code: Code,
+    pub reason: String,
+}
+
+impl ProtoError {
+    pub fn new(code: Code, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// `ERR <code> <reason>` with a newline.
+    pub fn line(&self) -> String {
+        format!("ERR {} {}\n", self.code.as_str(), self.reason)
+    }
+}
+
+fn syntax(usage: &str) -> ProtoError {
+    ProtoError::new(Code::Syntax, format!("usage: {usage}"))
+}
+
+fn user(name: &str) -> Result<String, ProtoError> {
+    validate_local(name).map_err(|e| ProtoError::new(Code::BadUser, e.to_string()))?;
+    Ok(name.to_owned())
+}
+
+fn token(hex: &str) -> Result<DeviceToken, ProtoError> {
+    DeviceToken::parse(hex).map_err(|e| ProtoError::new(Code::BadToken, e.to_string()))
+}
+
+/// Parse one line (without its terminator).
+pub fn parse(line: &[u8]) -> Result<Command, ProtoError> {
+    let line = std::str::from_utf8(line).map_err(|_| ProtoError::new(Code::Syntax, "line is not valid UTF-8"))?;
+    if line.is_empty() {
+        return Err(ProtoError::new(Code::Syntax, "empty line"));
+    }
+    let (word, rest) = match line.split_once(' ') {
+        Some((w, r)) => (w, Some(r)),
+        None => (line, None),
+    };
+    let args = |n_min: usize, n_max: usize, usage: &str| -> Result<Vec<&str>, ProtoError> {
+        let parts: Vec<&str> = match rest {
+            None => Vec::new(),
+            Some(r) => r.split(' ').collect(),
+        };
+        if parts.len() < n_min || parts.len() > n_max || parts.iter().any(|p| p.is_empty()) {
+            return Err(syntax(usage));
+        }
+        Ok(parts)
+    };
+    match word.to_ascii_uppercase().as_str() {
+        "AUTH" => {
+            let secret = rest.filter(|s| !s.is_empty()).ok_or_else(|| syntax("AUTH <secret>"))?;
+            Ok(Command::Auth(secret.to_owned()))
+        }
+        "REGISTER" => {
+            const USAGE: &str = "REGISTER <user> <token> [<topic> [sandbox|production]]";
+            let a = args(2, 4, USAGE)?;
+            let environment = match a.get(3) {
+                None => None,
+                Some(e) => Some(match *e {
+                    "sandbox" => Environment::Sandbox,
+                    "production" => Environment::Production,
+                    _ => {
+                        return Err(ProtoError::new(
+                            Code::Syntax,
+                            "environment must be sandbox or production",
+                        ))
+                    }
+                }),
+            };
+            Ok(Command::Register {
+                user: user(a[0])?,
+                token: token(a[1])?,
+                topic: a.get(2).map(|t| (*t).to_owned()),
+                environment,
+            })
+        }
+        "UNREGISTER" => {
+            let a = args(2, 2, "UNREGISTER <user> <token>")?;
+            Ok(Command::Unregister {
+                user: user(a[0])?,
+                token: token(a[1])?,
+            })
+        }
+        "PRESENCE" => {
+            const USAGE: &str = "PRESENCE <user> online|away|offline";
+            let a = args(2, 2, USAGE)?;
+            let presence = a[1].parse().map_err(|_| syntax(USAGE))?;
+            Ok(Command::Presence {
+                user: user(a[0])?,
+                presence,
+            })
+        }
+        "MSG" => {
+            const USAGE: &str = "MSG <from> <to> <text>";
+            let mut parts = rest.ok_or_else(|| syntax(USAGE))?.splitn(3, ' ');
+            let (Some(from), Some(to), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(syntax(USAGE));
+            };
+            if from.is_empty() || to.is_empty() || text.is_empty() {
+                return Err(syntax(USAGE));
+            }
+            Ok(Command::Msg {
+                from: user(from)?,
+                to: user(to)?,
+                text: text.to_owned(),
+            })
+        }
+        "PING" => {
+            args(0, 0, "PING")?;
+            Ok(Command::Ping)
+        }
+        "QUIT" => {
+            args(0, 0, "QUIT")?;
+            Ok(Command::Quit)
+        }
+        _ => {
+            let shown: String = word.chars().take(32).collect();
+            Err(ProtoError::new(
+                Code::UnknownCommand,
+                format!("unknown command {shown:?}"),
+            ))
+        }
+    }
+}
+
+/// The reply line for the core's answer.
+pub fn reply_line(r: Result<Reply, EventError>) -> String {
+    match r {
+        Ok(Reply::Queued(n)) => format!("OK {n}\n"),
+        Ok(_) => "OK\n".to_owned(),
+        Err(EventError::UnknownTopic(t)) => {
+            ProtoError::new(Code::UnknownTopic, format!("no app with topic {t:?}")).line()
+        }
+        Err(EventError::NoSuchDevice) => ProtoError::new(Code::BadToken, "no such device").line(),
+        Err(e @ (EventError::Unavailable(_) | EventError::ShuttingDown)) => {
+            ProtoError::new(Code::Unavailable, e.to_string()).line()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn code(line: &str) -> Code {
+        parse(line.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(parse(b"PING"), Ok(Command::Ping));
+        assert_eq!(parse(b"quit"), Ok(Command::Quit));
+        assert_eq!(parse(b"AUTH s3 cret"), Ok(Command::Auth("s3 cret".into())));
+        assert_eq!(
+            parse(format!("REGISTER alice {TOK} com.x sandbox").as_bytes()),
+            Ok(Command::Register {
+                user: "alice".into(),
+                token: DeviceToken::parse(TOK).unwrap(),
+                topic: Some("com.x".into()),
+                environment: Some(Environment::Sandbox),
+            })
+        );
+        assert!(matches!(
+            parse(format!("REGISTER alice {TOK}").as_bytes()),
+            Ok(Command::Register { topic: None, .. })
+        ));
+        assert!(matches!(
+            parse(format!("UNREGISTER alice {TOK}").as_bytes()),
+            Ok(Command::Unregister { .. })
+        ));
+        assert_eq!(
+            parse(b"PRESENCE alice away"),
+            Ok(Command::Presence {
+                user: "alice".into(),
+                presence: Presence::Away
+            })
+        );
+        assert_eq!(
+            parse("MSG bob alice are you  coming? 😀".as_bytes()),
+            Ok(Command::Msg {
+                from: "bob".into(),
+                to: "alice".into(),
+                text: "are you  coming? 😀".into()
+            })
+        );
+    }
+
+    #[test]
+    fn every_error_code() {
+        assert_eq!(code(""), Code::Syntax);
+        assert_eq!(code("PING extra"), Code::Syntax);
+        assert_eq!(code("AUTH"), Code::Syntax);
+        assert_eq!(code("REGISTER alice"), Code::Syntax);
+        assert_eq!(code(&format!("REGISTER alice {TOK} t sandbox extra")), Code::Syntax);
+        assert_eq!(code(&format!("REGISTER alice {TOK} t staging")), Code::Syntax);
+        assert_eq!(code(&format!("REGISTER alice  {TOK}")), Code::Syntax);
+        assert_eq!(code("PRESENCE alice busy"), Code::Syntax);
+        assert_eq!(code("MSG bob alice"), Code::Syntax);
+        assert_eq!(code("MSG bob alice "), Code::Syntax);
+        assert_eq!(parse(b"MSG a b \xff").unwrap_err().code, Code::Syntax);
+        assert_eq!(code("FROB x"), Code::UnknownCommand);
+        assert_eq!(code("REGISTER alice xyz"), Code::BadToken);
+        assert_eq!(code("REGISTER alice abc"), Code::BadToken);
+        assert_eq!(code(&format!("REGISTER alice {}", &TOK[..62])), Code::BadToken);
+        assert_eq!(code(&format!("REGISTER {} {TOK}", "u".repeat(257))), Code::BadUser);
+        assert_eq!(code("PRESENCE al\u{1}ice online"), Code::BadUser);
+        assert_eq!(
+            reply_line(Err(EventError::UnknownTopic("t".into()))),
+            "ERR unknown-topic no app with topic \"t\"\n"
+        );
+        assert!(reply_line(Err(EventError::Unavailable("x".into()))).starts_with("ERR unavailable "));
+        assert_eq!(reply_line(Ok(Reply::Queued(2))), "OK 2\n");
+        assert_eq!(reply_line(Ok(Reply::Done)), "OK\n");
+    }
+}

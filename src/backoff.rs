@@ -1,0 +1,71 @@
+//! Capped exponential backoff with jitter: the one reconnect/restart policy
+//! shared by adapters' supervision and every outbound connection.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Delays `base`, `2·base`, `4·base`… capped at `max`, each scaled by a
+/// random factor in [0.5, 1.0] so that many clients do not retry in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        Self {
+            base,
+            max,
+            attempt: 0,
+            rng: seed | 1,
+        }
+    }
+
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
+        self.attempt = self.attempt.saturating_add(1);
+        let capped = exp.min(self.max);
+        // xorshift64*: jitter needs no cryptographic randomness.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11; // 53 bits
+        let factor = 0.5 + 0.5 * (r as f64 / (1u64 << 53) as f64);
+        capped.mul_f64(factor)
+    }
+
+    /// The longest delay this backoff gives.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// Start over after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_caps_and_jitters() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let d: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[3] >= Duration::from_millis(400) && d[3] <= Duration::from_millis(800));
+        for x in &d[5..] {
+            assert!(*x >= Duration::from_secs(1) && *x <= Duration::from_secs(2));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

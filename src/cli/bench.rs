@@ -1,0 +1,245 @@
+//! `pushbridge bench`: a load generator for the line protocol.
+//!
+//! Starts a gateway in this process (a fresh store in a temporary directory,
+//! the outbox on, one `log` app writing to a file), registers one device for
+//! each of `--users` offline users, then opens `--connections` connections
+//! that pipeline `MSG` commands (at most `--pipeline` unanswered each) and
+//! measures, per command, the time from writing it to reading its `OK 1`.
+//! With `--rate` the load is paced (open loop) instead of as fast as possible.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args as ClapArgs;
+use hdrhistogram::Histogram;
+use pushbridge::config::{Config, Synchronous};
+use pushbridge::store::Db;
+use pushbridge_api::{DeviceToken, Environment, UserId};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Concurrent line-protocol connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Messages to send in total.
+    #[arg(long, default_value_t = 300_000)]
+    messages: usize,
+    /// Offline users with one registered device each (messages go round-robin).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Unanswered commands allowed per connection.
+    #[arg(long, default_value_t = 64)]
+    pipeline: usize,
+    /// Target total rate in messages/s (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Store durability: full or normal.
+    #[arg(long, default_value = "full")]
+    synchronous: String,
+    /// Directory for the store and the log sink's file (default: a temporary one).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.connections == 0 || args.messages == 0 || args.users == 0 || args.pipeline == 0 {
+        bail!("--connections, --messages, --users and --pipeline must be at least 1");
+    }
+    let sync = match args.synchronous.as_str() {
+        "full" => Synchronous::Full,
+        "normal" => Synchronous::Normal,
+        other => bail!("--synchronous must be full or normal, got {other:?}"),
+    };
+    let tmp = tempfile::Builder::new().prefix("pushbridge-bench").tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let db_path = dir.join("bench.db");
+    let out_path = dir.join("pushes.jsonl");
+    let _ = std::fs::remove_file(&db_path);
+    let _ = std::fs::remove_file(&out_path);
+
+    // A free loopback port for the line adapter.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let text = format!(
+        "[store]\npath = {db:?}\nsynchronous = {sync:?}\n\n[[apps]]\ntopic = \"com.example.bench\"\nprotocol = \"log\"\noutput = {out:?}\n\n[[adapters.line]]\nlisten = \"127.0.0.1:{port}\"\npipeline = {pl}\nmax_connections = {mc}\n",
+        db = db_path.display().to_string(),
+        sync = args.synchronous,
+        out = out_path.display().to_string(),
+        pl = args.pipeline,
+        mc = args.connections + 16,
+    );
+    let config = Config::parse(&text, std::path::Path::new("<bench>"))?;
+
+    {
+        let db = Db::open(&db_path, sync)?;
+        db.begin()?;
+        for u in 0..args.users {
+            let user = UserId::parse(&format!("line:u{u}")).map_err(|e| anyhow::anyhow!(e))?;
+            let token = DeviceToken::parse(&format!("{:064x}", u + 1)).map_err(|e| anyhow::anyhow!(e))?;
+            db.register(&user, &token, "com.example.bench", Environment::Production, 0)?;
+        }
+        db.commit()?;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let gateway = tokio::spawn(pushbridge::gateway::run(config, async {
+            let _ = stop_rx.await;
+        }));
+        let addr = format!("127.0.0.1:{port}");
+        let mut tries = 0;
+        while TcpStream::connect(&addr).await.is_err() {
+            tries += 1;
+            if tries > 200 {
+                bail!("gateway did not start listening on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..args.connections {
+            let n = args.messages / args.connections + usize::from(c < args.messages % args.connections);
+            let per_conn_rate = if args.rate == 0 {
+                0.0
+            } else {
+                args.rate as f64 / args.connections as f64
+            };
+            tasks.push(tokio::spawn(connection(
+                addr.clone(),
+                c,
+                n,
+                args.users,
+                args.pipeline,
+                per_conn_rate,
+                hist.clone(),
+            )));
+        }
+        let mut sent = 0;
+        for t in tasks {
+            sent += t.await.context("bench connection panicked")??;
+        }
+        let elapsed = start.elapsed();
+        let _ = stop_tx.send(());
+        let snapshot = gateway.await.context("gateway task")??;
+        let lines = std::fs::read(&out_path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
+        println!(
+            "connections={} pipeline={} users={} rate={} synchronous={}",
+            args.connections,
+            args.pipeline,
+            args.users,
+            if args.rate == 0 {
+                "max".to_string()
+            } else {
+                args.rate.to_string()
+            },
+            args.synchronous
+        );
+        println!(
+            "accepted {sent} messages in {:.3} s: {:.0} messages/s",
+            elapsed.as_secs_f64(),
+            sent as f64 / elapsed.as_secs_f64()
+        );
+        println!(
+            "latency write->OK: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+            h.value_at_quantile(0.50) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.value_at_quantile(0.999) as f64 / 1000.0,
+            h.max() as f64 / 1000.0
+        );
+        println!("log sink wrote {lines} notifications; gateway counters: {snapshot:?}");
+        if lines != sent {
+            bail!("{sent} messages accepted but {lines} notifications written");
+        }
+        Ok(())
+    })
+}
+
+/// One connection: writes `n` MSG commands (paced when `rate` > 0) and reads
+/// their replies, recording write→OK latency.
+async fn connection(
+    addr: String,
+    index: usize,
+    n: usize,
+    users: usize,
+    pipeline: usize,
+    rate: f64,
+    hist: Arc<Mutex<Histogram<u64>>>,
+) -> anyhow::Result<usize> {
+    let stream = TcpStream::connect(&addr).await?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let window = Arc::new(Semaphore::new(pipeline));
+    let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::new(Mutex::new(VecDeque::with_capacity(pipeline)));
+
+    let reader = {
+        let window = window.clone();
+        let sent_at = sent_at.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(read).lines();
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for _ in 0..n {
+                let line = lines.next_line().await?.context("gateway closed the connection")?;
+                let t0 = sent_at
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("lock"))?
+                    .pop_front()
+                    .context("reply without a command")?;
+                if line != "OK 1" {
+                    bail!("unexpected reply {line:?}");
+                }
+                local.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+                window.add_permits(1);
+            }
+            hist.lock().map_err(|_| anyhow::anyhow!("lock"))?.add(&local)?;
+            anyhow::Ok(n)
+        })
+    };
+
+    let started = Instant::now();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut i = 0;
+    while i < n {
+        // Paced: send what is due by now; unpaced: as much as the window allows.
+        let due = if rate > 0.0 {
+            ((started.elapsed().as_secs_f64() * rate) as usize).min(n)
+        } else {
+            n
+        };
+        if due <= i {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            continue;
+        }
+        let permit = window.acquire().await?;
+        permit.forget();
+        let mut batch = 1;
+        while batch < due - i && window.try_acquire().map(|p| p.forget()).is_ok() {
+            batch += 1;
+        }
+        buf.clear();
+        let now = Instant::now();
+        {
+            let mut q = sent_at.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            for k in 0..batch {
+                let user = (index * 7919 + i + k) % users;
+                buf.extend_from_slice(format!("MSG bench u{user} benchmark message number {}\n", i + k).as_bytes());
+                q.push_back(now);
+            }
+        }
+        write.write_all(&buf).await?;
+        i += batch;
+    }
+    let got = reader.await.context("reader panicked")??;
+    write.write_all(b"QUIT\n").await?;
+    Ok(got)
+}

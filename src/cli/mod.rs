@@ -1,0 +1,148 @@
+//! Command-line interface: `run`, `check`, `devices`, `bench`.
+
+mod bench;
+mod devices;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pushbridge::Config;
+
+#[derive(Parser)]
+#[command(name = "pushbridge", version, about = "Turns instant messages for offline users into Apple push notifications", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print a summary.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// List, add or remove registered devices in the store.
+    Devices {
+        /// Configuration file (for the store path and the apps).
+        #[arg(short, long, default_value = "config.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: devices::Action,
+    },
+    /// Load generator: pipelines MSG commands over line-protocol connections
+    /// into a gateway it starts in-process (outbox on, log sink to a file),
+    /// and prints accepted messages/s and latency percentiles.
+    Bench(bench::Args),
+}
+
+/// Logs go to stderr (stdout carries the `log` protocol's JSON lines).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Cmd::Run { config } => run(config),
+        Cmd::Check { config } => check(config),
+        Cmd::Devices { config, action } => devices::run(&config, action),
+        Cmd::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pushbridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    runtime()?.block_on(async move {
+        pushbridge::gateway::run(config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    println!("{}: OK", path.display());
+    println!(
+        "store: {} (synchronous = {:?})",
+        config.store.path.display(),
+        config.store.synchronous
+    );
+    for (i, app) in config.apps.iter().enumerate() {
+        let default = if i == 0 { " (default)" } else { "" };
+        let target = match app.protocol {
+            pushbridge::config::SinkProtocol::Log => match &app.output {
+                Some(p) => format!("JSON lines to {}", p.display()),
+                None => "JSON lines to stdout".to_owned(),
+            },
+            _ => app.endpoint.clone().unwrap_or_else(|| "Apple".to_owned()),
+        };
+        println!(
+            "app: {}{default}: {} {}, {target}, payload limit {} bytes",
+            app.topic,
+            app.protocol.as_str(),
+            app.environment,
+            app.protocol.payload_limit()
+        );
+    }
+    println!(
+        "policy: privacy = {}, sound = {:?}, ttl = {} s, collapse = {}",
+        config.policy.privacy, config.policy.sound, config.policy.ttl, config.policy.collapse
+    );
+    for (kind, name) in config.adapters.instances() {
+        println!("adapter: {kind} ({name})");
+    }
+    if config.adapters.instances().is_empty() {
+        println!("adapter: none configured (nothing will feed the gateway)");
+    }
+    Ok(())
+}

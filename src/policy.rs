@@ -1,0 +1,227 @@
+//! The notification policy: what a push for a message says, and how it is
+//! cut to fit an app's payload limit.
+//!
+//! Who gets a push (presence) is decided by the router; here we only build
+//! the APNS payload:
+//! `{"aps":{"alert":{"title":…,"body":…},"badge":n,"sound":…,"thread-id":…}}`.
+
+use serde_json::json;
+
+use crate::config::PolicyConfig;
+
+/// The ellipsis appended to a shortened body or title.
+const ELLIPSIS: char = '…';
+
+/// The parts of one alert, before truncation.
+#[derive(Debug, Clone)]
+pub struct Alert<'a> {
+    pub title: &'a str,
+    /// `None`: the generic body.
+    pub body: Option<&'a str>,
+    pub badge: u32,
+    pub thread: &'a str,
+}
+
+/// Builds payloads according to `[policy]`.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    config: PolicyConfig,
+}
+
+impl Policy {
+    pub fn new(config: PolicyConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// The JSON payload for `alert`, at most `limit` bytes. The body is
+    /// shortened at a character boundary with an ellipsis; if even an empty
+    /// body does not fit, the title is shortened too.
+    pub fn payload(&self, alert: &Alert<'_>, limit: usize) -> String {
+        let body = match alert.body {
+            Some(text) if !self.config.privacy => text,
+            _ => self.config.generic_body.as_str(),
+        };
+        let full = self.render(alert.title, body, alert);
+        if full.len() <= limit {
+            return full;
+        }
+        // Longest body prefix that fits: binary search over char boundaries.
+        let boundaries: Vec<usize> = body.char_indices().map(|(i, _)| i).collect();
+        let fits = |n: usize| {
+            let s = self.render(alert.title, &shortened(body, boundaries[n]), alert);
+            (s.len() <= limit).then_some(s)
+        };
+        if let Some(best) = largest_fitting(boundaries.len(), fits) {
+            return best;
+        }
+        // Title too long on its own (a 4 KiB sender name): cut it as well.
+        let tb: Vec<usize> = alert.title.char_indices().map(|(i, _)| i).collect();
+        let fits = |n: usize| {
+            let s = self.render(&shortened(alert.title, tb[n]), "", alert);
+            (s.len() <= limit).then_some(s)
+        };
+        largest_fitting(tb.len(), fits).unwrap_or_else(|| {
+            // Only a limit smaller than the skeleton gets here (not a real
+            // APNS limit); send the skeleton rather than nothing.
+            self.render("", "", alert)
+        })
+    }
+
+    fn render(&self, title: &str, body: &str, alert: &Alert<'_>) -> String {
+        let mut aps = json!({
+            "alert": {"title": title, "body": body},
+            "badge": alert.badge,
+            "thread-id": clip(alert.thread, MAX_THREAD_ID),
+        });
+        if !self.config.sound.is_empty() {
+            aps["sound"] = json!(self.config.sound);
+        }
+        json!({ "aps": aps }).to_string()
+    }
+}
+
+/// Longest `thread-id`, in bytes: a grouping key, not text anyone reads.
+const MAX_THREAD_ID: usize = 128;
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `s` cut to `at` bytes (a char boundary) plus an ellipsis.
+fn shortened(s: &str, at: usize) -> String {
+    let mut out = String::with_capacity(at + 3);
+    out.push_str(&s[..at]);
+    out.push(ELLIPSIS);
+    out
+}
+
+/// Binary search for the largest `n` in `0..count` whose render fits.
+fn largest_fitting(count: usize, fits: impl Fn(usize) -> Option<String>) -> Option<String> {
+    let mut best = None;
+    let (mut lo, mut hi) = (0usize, count);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match fits(mid) {
+            Some(s) => {
+                best = Some(s);
+                lo = mid + 1;
+            }
+            None => hi = mid,
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(PolicyConfig::default())
+    }
+
+    fn alert<'a>(title: &'a str, body: &'a str) -> Alert<'a> {
+        Alert {
+            title,
+            body: Some(body),
+            badge: 3,
+            thread: title,
+        }
+    }
+
+    fn parse(s: &str) -> serde_json::Value {
+        serde_json::from_str(s).expect("payload is valid JSON")
+    }
+
+    #[test]
+    fn payload_shape() {
+        let p = parse(&policy().payload(&alert("alice", "are you coming?"), 4096));
+        assert_eq!(p["aps"]["alert"]["title"], "alice");
+        assert_eq!(p["aps"]["alert"]["body"], "are you coming?");
+        assert_eq!(p["aps"]["badge"], 3);
+        assert_eq!(p["aps"]["sound"], "default");
+        assert_eq!(p["aps"]["thread-id"], "alice");
+    }
+
+    #[test]
+    fn privacy_and_missing_text_use_generic_body() {
+        let private = Policy::new(PolicyConfig {
+            privacy: true,
+            ..PolicyConfig::default()
+        });
+        let p = parse(&private.payload(&alert("alice", "secret plans"), 4096));
+        assert_eq!(p["aps"]["alert"]["body"], "New message");
+        let mut a = alert("alice", "");
+        a.body = None;
+        let p = parse(&policy().payload(&a, 4096));
+        assert_eq!(p["aps"]["alert"]["body"], "New message");
+    }
+
+    #[test]
+    fn silent_sound_is_omitted() {
+        let silent = Policy::new(PolicyConfig {
+            sound: String::new(),
+            ..PolicyConfig::default()
+        });
+        let p = parse(&silent.payload(&alert("a", "b"), 4096));
+        assert!(p["aps"].get("sound").is_none());
+    }
+
+    #[test]
+    fn truncation_never_splits_characters_and_fits() {
+        let bodies = [
+            "a".repeat(10_000),
+            "é".repeat(5_000),
+            "😀".repeat(3_000),
+            "日本語テキスト".repeat(700),
+            "\"quotes\\and\u{1}controls".repeat(400),
+            format!("{}😀", "x".repeat(4040)),
+        ];
+        for limit in [2048usize, 4096, 256] {
+            for body in &bodies {
+                let s = policy().payload(&alert("bob", body), limit);
+                assert!(s.len() <= limit, "len {} > {limit}", s.len());
+                let p = parse(&s);
+                let got = p["aps"]["alert"]["body"].as_str().unwrap();
+                assert!(got.ends_with('…'));
+                let kept = got.trim_end_matches('…');
+                assert!(body.starts_with(kept));
+                // As long as possible: one more character would not fit.
+                let next = body[kept.len()..].chars().next().unwrap();
+                let longer = format!("{kept}{next}");
+                let s2 = policy().render("bob", &format!("{longer}…"), &alert("bob", body));
+                assert!(s2.len() > limit);
+            }
+        }
+    }
+
+    #[test]
+    fn huge_title_is_cut_too() {
+        let title = "ü".repeat(5000);
+        let s = policy().payload(&alert(&title, "hi"), 4096);
+        assert!(s.len() <= 4096);
+        let p = parse(&s);
+        assert!(p["aps"]["alert"]["title"].as_str().unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn exact_fit_is_not_cut() {
+        let base = policy().payload(&alert("bob", ""), 4096).len();
+        let body = "x".repeat(4096 - base);
+        let s = policy().payload(&alert("bob", &body), 4096);
+        assert_eq!(s.len(), 4096);
+        assert_eq!(parse(&s)["aps"]["alert"]["body"], body.as_str());
+    }
+}

@@ -1,0 +1,454 @@
+//! The SQLite database: schema, migrations and every statement. Synchronous;
+//! the gateway drives it from its own thread (see `writer`), the CLI
+//! directly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pushbridge_api::{DeviceToken, Environment, UserId};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::config::Synchronous;
+use crate::sink::Notification;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("store holds an invalid row: {0}")]
+    Corrupt(String),
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts the
+/// ones already applied. Append, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: devices, unread counters, outbox, adapter state.
+    "CREATE TABLE devices (
+        token       TEXT NOT NULL,
+        topic       TEXT NOT NULL,
+        user        TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        added_ms    INTEGER NOT NULL,
+        PRIMARY KEY (token, topic)
+     ) WITHOUT ROWID;
+     CREATE INDEX devices_by_user ON devices(user);
+     CREATE TABLE unread (
+        user  TEXT PRIMARY KEY,
+        count INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic       TEXT NOT NULL,
+        token       TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        expiration  INTEGER NOT NULL,
+        priority    INTEGER NOT NULL,
+        collapse_id TEXT,
+        created_ms  INTEGER NOT NULL
+     );
+     CREATE INDEX outbox_by_topic ON outbox(topic, id);
+     CREATE TABLE adapter_state (
+        namespace TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        value     TEXT NOT NULL,
+        PRIMARY KEY (namespace, key)
+     ) WITHOUT ROWID;",
+];
+
+/// A registered device as listed by the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub user: String,
+    pub token: DeviceToken,
+    pub topic: String,
+    pub environment: Environment,
+    pub added_ms: i64,
+}
+
+/// A notification about to be written to the outbox.
+#[derive(Debug, Clone)]
+pub struct NewNotification<'a> {
+    pub topic: &'a str,
+    pub token: &'a DeviceToken,
+    pub environment: Environment,
+    pub payload: &'a str,
+    pub expiration: u64,
+    pub priority: u8,
+    pub collapse_id: Option<&'a str>,
+    pub created_ms: i64,
+}
+
+/// An open database.
+pub struct Db {
+    conn: Connection,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Db {
+    /// Open (creating if missing) and migrate.
+    pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open {
+                path: path.display().to_string(),
+                message: format!("cannot switch to WAL mode (got {mode})"),
+            });
+        }
+        conn.execute_batch(match sync {
+            Synchronous::Full => "PRAGMA synchronous=FULL;",
+            Synchronous::Normal => "PRAGMA synchronous=NORMAL;",
+        })?;
+        conn.execute_batch("PRAGMA foreign_keys=ON;")?;
+        let mut db = Self { conn };
+        db.migrate().map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("migration failed: {e}"),
+        })?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: usize = self.conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {version} is newer than this pushbridge ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    pub fn begin(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+    pub fn commit(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+    pub fn rollback(&self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    /// Add a device, or move it (token + topic are unique) to `user`.
+    pub fn register(
+        &self,
+        user: &UserId,
+        token: &DeviceToken,
+        topic: &str,
+        env: Environment,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO devices (token, topic, user, environment, added_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (token, topic) DO UPDATE SET
+                   user = excluded.user, environment = excluded.environment,
+                   added_ms = excluded.added_ms",
+            )?
+            .execute(params![token.as_str(), topic, user.as_str(), env.as_str(), now_ms])?;
+        Ok(())
+    }
+
+    /// Remove a user's device (every topic). Returns how many rows went.
+    pub fn unregister(&self, user: &UserId, token: &DeviceToken) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM devices WHERE user = ?1 AND token = ?2")?
+            .execute(params![user.as_str(), token.as_str()])?)
+    }
+
+    /// Remove a device APNS reported invalid; with `since_ms`, only when it
+    /// was (re)registered before then.
+    pub fn remove_device(&self, token: &DeviceToken, topic: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM devices WHERE token = ?1 AND topic = ?2
+                 AND (?3 IS NULL OR added_ms < ?3)",
+            )?
+            .execute(params![token.as_str(), topic, since_ms])?;
+        Ok(n > 0)
+    }
+
+    /// A user's devices: (token, topic, environment).
+    pub fn devices_of(&self, user: &UserId) -> Result<Vec<(DeviceToken, String, Environment)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT token, topic, environment FROM devices WHERE user = ?1 ORDER BY added_ms, token")?;
+        let rows = stmt.query_map([user.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (token, topic, env) = row?;
+            out.push((parse_token(&token)?, topic, parse_env(&env)?));
+        }
+        Ok(out)
+    }
+
+    /// Every device, optionally of one user (the CLI).
+    pub fn all_devices(&self, user: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT user, token, topic, environment, added_ms FROM devices
+             WHERE ?1 IS NULL OR user = ?1 ORDER BY user, added_ms, token",
+        )?;
+        let rows = stmt.query_map([user], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (user, token, topic, env, added_ms) = row?;
+            out.push(DeviceRow {
+                user,
+                token: parse_token(&token)?,
+                topic,
+                environment: parse_env(&env)?,
+                added_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Add one to a user's unread counter and return the new value.
+    pub fn increment_unread(&self, user: &UserId) -> Result<u32, StoreError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO unread (user, count) VALUES (?1, 1)
+                 ON CONFLICT (user) DO UPDATE SET count = count + 1
+                 RETURNING count",
+            )?
+            .query_row([user.as_str()], |r| r.get(0))?;
+        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    pub fn unread(&self, user: &UserId) -> Result<u32, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT count FROM unread WHERE user = ?1")?
+            .query_row([user.as_str()], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    pub fn reset_unread(&self, user: &UserId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM unread WHERE user = ?1")?
+            .execute([user.as_str()])?;
+        Ok(())
+    }
+
+    pub fn insert_outbox(&self, n: &NewNotification<'_>) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO outbox (topic, token, environment, payload, expiration, priority, collapse_id, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                n.topic,
+                n.token.as_str(),
+                n.environment.as_str(),
+                n.payload,
+                n.expiration as i64,
+                n.priority,
+                n.collapse_id,
+                n.created_ms
+            ])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn delete_outbox(&self, id: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    /// Up to `limit` outbox entries of `topic` with id ≥ `from_id`, oldest first.
+    pub fn load_outbox(&self, topic: &Arc<str>, from_id: i64, limit: usize) -> Result<Vec<Notification>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, token, environment, payload, expiration, priority, collapse_id, created_ms
+             FROM outbox WHERE topic = ?1 AND id >= ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![&**topic, from_id, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, token, env, payload, expiration, priority, collapse_id, created_ms) = row?;
+            out.push(Notification {
+                id,
+                topic: topic.clone(),
+                token: parse_token(&token)?,
+                environment: parse_env(&env)?,
+                payload: payload.into(),
+                expiration: expiration.max(0) as u64,
+                priority: priority.clamp(0, 255) as u8,
+                collapse_id,
+                created_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Pending outbox entries per topic.
+    pub fn outbox_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT topic, count(*) FROM outbox GROUP BY topic ORDER BY topic")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn state_get(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM adapter_state WHERE namespace = ?1 AND key = ?2")?
+            .query_row([ns, key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn state_put(&self, ns: &str, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO adapter_state (namespace, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([ns, key, value])?;
+        Ok(())
+    }
+
+    pub fn state_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM adapter_state WHERE namespace = ?1 AND key = ?2")?
+            .execute([ns, key])?
+            > 0)
+    }
+
+    pub fn state_list(&self, ns: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, value FROM adapter_state WHERE namespace = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key",
+        )?;
+        let rows = stmt.query_map([ns, prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Fold the WAL back into the main file (clean shutdown).
+    pub fn checkpoint(&self) {
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+}
+
+fn parse_token(s: &str) -> Result<DeviceToken, StoreError> {
+    DeviceToken::parse(s).map_err(|e| StoreError::Corrupt(format!("device token: {e}")))
+}
+
+fn parse_env(s: &str) -> Result<Environment, StoreError> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(c: char) -> DeviceToken {
+        DeviceToken::parse(&c.to_string().repeat(64)).unwrap()
+    }
+
+    #[test]
+    fn devices_counters_outbox_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let alice = UserId::parse("line:alice").unwrap();
+        let bob = UserId::parse("line:bob").unwrap();
+        {
+            let db = Db::open(&path, Synchronous::Full).unwrap();
+            assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            db.register(&alice, &token('a'), "t", Environment::Production, 1)
+                .unwrap();
+            db.register(&alice, &token('b'), "t", Environment::Sandbox, 2).unwrap();
+            assert_eq!(db.devices_of(&alice).unwrap().len(), 2);
+            // Registering a token again for bob moves it.
+            db.register(&bob, &token('b'), "t", Environment::Sandbox, 3).unwrap();
+            assert_eq!(db.devices_of(&alice).unwrap().len(), 1);
+            assert_eq!(db.increment_unread(&alice).unwrap(), 1);
+            assert_eq!(db.increment_unread(&alice).unwrap(), 2);
+            db.reset_unread(&alice).unwrap();
+            assert_eq!(db.unread(&alice).unwrap(), 0);
+            assert_eq!(db.increment_unread(&alice).unwrap(), 1);
+            let id = db
+                .insert_outbox(&NewNotification {
+                    topic: "t",
+                    token: &token('a'),
+                    environment: Environment::Production,
+                    payload: "{}",
+                    expiration: 5,
+                    priority: 10,
+                    collapse_id: None,
+                    created_ms: 7,
+                })
+                .unwrap();
+            let topic: Arc<str> = "t".into();
+            assert_eq!(db.load_outbox(&topic, 0, 10).unwrap().len(), 1);
+            assert_eq!(db.load_outbox(&topic, id + 1, 10).unwrap().len(), 0);
+            db.state_put("xmpp", "node:1", "v").unwrap();
+            db.state_put("xmpp", "other", "w").unwrap();
+            assert_eq!(db.state_list("xmpp", "node:").unwrap().len(), 1);
+            // remove_device honours since_ms.
+            assert!(!db.remove_device(&token('a'), "t", Some(1)).unwrap());
+            assert!(db.remove_device(&token('a'), "t", Some(2)).unwrap());
+        }
+        // Everything survives a reopen.
+        let db = Db::open(&path, Synchronous::Normal).unwrap();
+        assert_eq!(db.devices_of(&bob).unwrap().len(), 1);
+        assert_eq!(db.unread(&alice).unwrap(), 1);
+        assert_eq!(db.outbox_counts().unwrap(), vec![("t".to_owned(), 1)]);
+        assert_eq!(db.state_get("xmpp", "node:1").unwrap().as_deref(), Some("v"));
+        assert!(db.state_delete("xmpp", "node:1").unwrap());
+    }
+}

@@ -1,0 +1,271 @@
+//! TLS building blocks shared by the APNS sinks and the simulator: rustls
+//! client configs (Apple's roots or a configured CA, optional client
+//! certificate), server configs (optionally requiring client certificates),
+//! PEM loading, and a throwaway PKI generated with rcgen for the simulator
+//! and tests.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// A TLS setup problem, naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, format!("bad PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no CERTIFICATE block found"));
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| file_err(path, format!("no usable private key: {e}")))
+}
+
+/// Certificate + key from separate PEM files, or from one combined PEM
+/// (`key_file = None`: the key is looked for in `cert_file`).
+pub fn load_identity(cert_file: &Path, key_file: Option<&Path>) -> Result<Identity, TlsError> {
+    let chain = load_certs(cert_file)?;
+    let key = load_key(key_file.unwrap_or(cert_file))?;
+    Ok(Identity { chain, key })
+}
+
+/// Roots to verify a server against: Apple's public roots (the Mozilla set)
+/// or, when `ca_file` is given, that CA in addition (simulator, tests).
+pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        for cert in load_certs(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| file_err(path, format!("unusable CA certificate: {e}")))?;
+        }
+    }
+    Ok(roots)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client config (TLS 1.2+, certificates always verified) with optional
+/// client certificate and ALPN protocols (e.g. `[b"h2"]`).
+pub fn client_config(
+    ca_file: Option<&Path>,
+    identity: Option<Identity>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(root_store(ca_file)?);
+    let mut config = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain, id.key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A server config; with `client_ca`, clients must present a certificate
+/// issued by it (the binary gateway, certificate-auth HTTP/2).
+pub fn server_config(
+    identity: Identity,
+    client_ca: Option<&[CertificateDer<'static>]>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(cas) => {
+            let mut roots = RootCertStore::empty();
+            for ca in cas {
+                roots.add(ca.clone())?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Other(format!("client verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A throwaway PKI: one CA, a server certificate for `localhost`,
+/// `127.0.0.1` and `::1`, and a way to issue client certificates. Used by
+/// `pushbridge simulate` and the tests; PEM strings so they can be written
+/// to files that the gateway's config then points at.
+pub struct TestPki {
+    ca_key: rcgen::KeyPair,
+    ca_cert: rcgen::Certificate,
+    ca_params: rcgen::CertificateParams,
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+}
+
+impl TestPki {
+    pub fn generate() -> Result<Self, TlsError> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pushbridge simulator CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.clone().self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+
+        let server_key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "api.push.apple.com".to_owned()])?;
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(
+            "127.0.0.1".parse().map_err(|_| TlsError::Other("ip".into()))?,
+        ));
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(
+            "::1".parse().map_err(|_| TlsError::Other("ip".into()))?,
+        ));
+        params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        let server_cert = params.signed_by(&server_key, &issuer)?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            server_cert_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
+            ca_key,
+            ca_cert,
+            ca_params,
+        })
+    }
+
+    /// The CA certificate (DER), to require client certificates issued by it.
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca_cert.der().clone()
+    }
+
+    /// The server identity.
+    pub fn server_identity(&self) -> Result<Identity, TlsError> {
+        identity_from_pem(&self.server_cert_pem, &self.server_key_pem)
+    }
+
+    /// Issue a client certificate with common name `cn` (e.g. the topic, as
+    /// Apple's provider certificates carry it). Returns (cert PEM, key PEM).
+    pub fn issue_client(&self, cn: &str) -> Result<(String, String), TlsError> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// An identity from PEM text.
+pub fn identity_from_pem(cert_pem: &str, key_pem: &str) -> Result<Identity, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Other(format!("bad certificate PEM: {e}")))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Other(format!("bad key PEM: {e}")))?;
+    Ok(Identity { chain, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn mutual_tls_round_trip_with_generated_pki() {
+        let pki = TestPki::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        let (cert, key) = pki.issue_client("com.example.chat").unwrap();
+        let combined = dir.path().join("client.pem");
+        std::fs::write(&combined, format!("{cert}{key}")).unwrap();
+
+        let server = server_config(pki.server_identity().unwrap(), Some(&[pki.ca_der()]), &[b"h2"]).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(s).await.unwrap();
+            let has_client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+            let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+            tls.write_all(b"hi").await.unwrap();
+            tls.shutdown().await.unwrap();
+            (has_client_cert, alpn)
+        });
+
+        let identity = load_identity(&combined, None).unwrap();
+        let client = client_config(Some(&ca), Some(identity), &[b"h2"]).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await.unwrap();
+        assert_eq!(buf, b"hi");
+        let (had_cert, alpn) = srv.await.unwrap();
+        assert!(had_cert);
+        assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    }
+
+    #[test]
+    fn missing_and_bad_files_are_named() {
+        let err = load_certs(Path::new("/nonexistent/cert.pem")).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not pem").unwrap();
+        assert!(load_certs(&bad).unwrap_err().to_string().contains("bad.pem"));
+        assert!(load_key(&bad).unwrap_err().to_string().contains("bad.pem"));
+    }
+}
