@@ -7,12 +7,27 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::metrics::Stats;
-use crate::sink::{Outcome, Report};
+use crate::sink::{Outcome, SinkReport};
 use crate::store::{Command, StoreHandle};
 
 /// Handle reports until every sink has stopped.
-pub async fn run(mut reports: mpsc::UnboundedReceiver<Report>, store: StoreHandle, stats: Arc<Stats>) {
+pub async fn run(mut reports: mpsc::UnboundedReceiver<SinkReport>, store: StoreHandle, stats: Arc<Stats>) {
     while let Some(report) = reports.recv().await {
+        let report = match report {
+            SinkReport::Done(r) => r,
+            SinkReport::DeviceGone {
+                topic,
+                token,
+                since_ms,
+                reason,
+            } => {
+                tracing::info!(device = token.short(), topic = %topic, reason = %reason, "APNS reports a device gone");
+                let _ = store
+                    .send_command(Command::RemoveDevice { token, topic, since_ms })
+                    .await;
+                continue;
+            }
+        };
         match &report.outcome {
             Outcome::Delivered => stats.inc_delivered(),
             Outcome::Rejected {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 
-use super::{BoxFuture, Notification, Outcome, Report, ReportSender, Sink};
+use super::{BoxFuture, Notification, Outcome, Report, ReportSender, Sink, SinkReport};
 
 pub struct LogSink {
     output: Option<PathBuf>,
@@ -65,7 +65,7 @@ impl Sink for LogSink {
                         return;
                     }
                     for n in &batch {
-                        let _ = reports.send(Report::new(n, Outcome::Delivered));
+                        let _ = reports.send(SinkReport::Done(Report::new(n, Outcome::Delivered)));
                     }
                 }
             });

@@ -85,11 +85,27 @@ impl Report {
     }
 }
 
-/// Where sinks send reports.
-pub type ReportSender = mpsc::UnboundedSender<Report>;
+/// What a sink tells the core.
+#[derive(Debug, Clone)]
+pub enum SinkReport {
+    /// The final outcome of one notification.
+    Done(Report),
+    /// A device APNS says is gone, outside any notification (the binary
+    /// protocol's feedback service): removed when it was registered before
+    /// `since_ms`.
+    DeviceGone {
+        topic: Arc<str>,
+        token: DeviceToken,
+        since_ms: Option<i64>,
+        reason: String,
+    },
+}
 
-/// A device the feedback service (or an admin tool) says is gone, for the
-/// core to remove when it was registered before `since_ms`.
+/// Where sinks send reports. Unbounded, but bounded in practice by the
+/// sink's queue and in-flight window.
+pub type ReportSender = mpsc::UnboundedSender<SinkReport>;
+
+/// The future a sink runs as.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A running sink for one app.
