@@ -291,4 +291,31 @@ mod tests {
         assert!(lines.next_line().await.unwrap().unwrap().starts_with("ERR too-long"));
         assert!(matches!(lines.next_line().await, Ok(None) | Err(_)));
     }
+
+    #[tokio::test]
+    async fn core_failures_become_err_unavailable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ctx, mut rx) = Context::for_test("line", config(None));
+        tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.unwrap();
+            serve(stream, peer, ctx).await;
+        });
+        tokio::spawn(async move {
+            while let Some(env) = rx.recv().await {
+                if let Some(tx) = env.reply {
+                    let _ = tx.send(Err(EventError::Unavailable("store: disk I/O error".into())));
+                }
+            }
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (r, mut w) = stream.into_split();
+        w.write_all(b"MSG bob alice hi\nPING\n").await.unwrap();
+        let mut lines = BufReader::new(r).lines();
+        assert_eq!(
+            lines.next_line().await.unwrap().unwrap(),
+            "ERR unavailable unavailable: store: disk I/O error"
+        );
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), "PONG");
+    }
 }
