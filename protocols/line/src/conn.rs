@@ -36,9 +36,6 @@ enum After {
 
 /// Serve one connection until the peer leaves, a fatal error, or shutdown.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context<LineConfig>) {
-    let span = tracing::debug_span!("line", %peer);
-    let _guard = span.enter();
-    drop(_guard);
     tracing::debug!(%peer, "connection opened");
     let (read, write) = stream.into_split();
     let mut reader = FramedRead::new(read, LineCodec::new(MAX_LINE));

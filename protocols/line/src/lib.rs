@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Longest line, terminator included.
 pub const MAX_LINE: usize = 8192;
@@ -124,10 +125,14 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
                 accept_errors = 0;
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
-                connections.spawn(async move {
-                    conn::serve(stream, peer, ctx).await;
-                    drop(permit);
-                });
+                let span = tracing::debug_span!("line_conn", adapter = ctx.name(), %peer);
+                connections.spawn(
+                    async move {
+                        conn::serve(stream, peer, ctx).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
