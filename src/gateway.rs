@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::metrics::{Snapshot, Stats};
 use crate::policy::Policy;
+use crate::store::db::Checkpointer;
 use crate::store::writer::{AppSlot, Writer};
 use crate::store::{Command, Db, StoreError, StoreHandle};
 use crate::supervisor::AdapterDeps;
@@ -45,6 +46,10 @@ pub enum GatewayError {
 const EVENT_QUEUE: usize = 65_536;
 /// Queue between the router/report handler and the store thread.
 const STORE_QUEUE: usize = 65_536;
+/// How often the counters are logged (when they changed).
+const STATS_EVERY: Duration = Duration::from_secs(60);
+/// How often the WAL is folded into the main file (off the commit path).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// How often the store thread looks for outbox entries waiting for room.
 const REFILL_TICK: Duration = Duration::from_millis(100);
 
@@ -53,6 +58,8 @@ const REFILL_TICK: Duration = Duration::from_millis(100);
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Snapshot, GatewayError> {
     let stats = Arc::new(Stats::default());
     let db = Db::open(&config.store.path, config.store.synchronous)?;
+    db.disable_autocheckpoint()?;
+    let checkpointer = Checkpointer::start(&config.store.path, CHECKPOINT_EVERY)?;
     tracing::info!(path = %config.store.path.display(), "store open");
 
     // Sinks, one per app.
@@ -104,6 +111,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         }
     });
     let reports_task = tokio::spawn(reports::run(report_rx, store.clone(), stats.clone()));
+    // A line of counters every minute something happened.
+    let stats_task = tokio::spawn({
+        let stats = stats.clone();
+        async move {
+            let mut tick = tokio::time::interval(STATS_EVERY);
+            tick.tick().await;
+            let mut last = stats.snapshot();
+            loop {
+                tick.tick().await;
+                let now = stats.snapshot();
+                if now != last {
+                    tracing::info!(
+                        accepted = now.accepted,
+                        delivered = now.delivered,
+                        rejected = now.rejected,
+                        expired = now.expired,
+                        devices_removed = now.devices_removed,
+                        "counters"
+                    );
+                    last = now;
+                }
+            }
+        }
+    });
 
     // Router and adapters.
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
@@ -140,6 +171,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         let join = tokio::task::spawn_blocking(move || writer_thread.join());
         clean = timeout_at(deadline, join).await.is_ok();
     }
+    stats_task.abort();
+    drop(checkpointer);
     let snapshot = stats.snapshot();
     if clean {
         tracing::info!(?snapshot, "stopped cleanly");

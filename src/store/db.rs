@@ -378,9 +378,60 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Stop SQLite from checkpointing inside commits (a checkpoint copies the
+    /// WAL into the main file and can stall the committing thread for
+    /// milliseconds); the gateway runs [`Checkpointer`] instead.
+    pub fn disable_autocheckpoint(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA wal_autocheckpoint=0;")?;
+        Ok(())
+    }
+
     /// Fold the WAL back into the main file (clean shutdown).
     pub fn checkpoint(&self) {
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+}
+
+/// Checkpoints the WAL from its own connection and thread, so the store
+/// thread's commits never pay for it. PASSIVE checkpoints do not block the
+/// writer; SQLite restarts the WAL from the beginning once one completes.
+pub struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Checkpoint `path` every `every` until dropped.
+    pub fn start(path: &Path, every: std::time::Duration) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_millis(100))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("pushbridge-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                message: format!("cannot start the checkpoint thread: {e}"),
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
