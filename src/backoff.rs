@@ -46,6 +46,27 @@ impl Backoff {
         self.max
     }
 
+    /// `d` scaled by a random factor in [0.5, 1.0], for one-off delays
+    /// (per-notification retries) that keep no backoff state.
+    pub fn jitter(d: Duration) -> Duration {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static STATE: AtomicU64 = AtomicU64::new(0);
+        let mut x = STATE.load(Ordering::Relaxed);
+        if x == 0 {
+            x = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9e37_79b9_7f4a_7c15)
+                | 1;
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        STATE.store(x, Ordering::Relaxed);
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+        d.mul_f64(0.5 + 0.5 * (r as f64 / (1u64 << 53) as f64))
+    }
+
     /// Start over after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -67,5 +88,8 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+        let j: Vec<Duration> = (0..20).map(|_| Backoff::jitter(Duration::from_secs(1))).collect();
+        assert!(j.iter().all(|d| *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1)));
+        assert!(j.iter().any(|d| *d != j[0]), "jitter varies");
     }
 }

@@ -12,10 +12,13 @@
 //! - [`sink`]: per-app delivery (`log`; APNS HTTP/2 and binary).
 //! - [`reports`]: outcomes back from sinks (remove dead tokens, clear the
 //!   outbox), counted in [`metrics`].
+//! - [`apns`]: Apple's hosts, reasons and their handling, shared by the
+//!   sinks and the [`simulator`] (a local stand-in for Apple).
 //! - [`gateway`]: wiring and graceful shutdown; [`config`]: the TOML file.
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod apns;
 pub mod backoff;
 pub mod config;
 pub mod gateway;
@@ -23,6 +26,7 @@ pub mod metrics;
 pub mod policy;
 pub mod reports;
 pub mod router;
+pub mod simulator;
 pub mod sink;
 pub mod store;
 pub mod supervisor;

@@ -73,6 +73,55 @@ pub fn load_identity(cert_file: &Path, key_file: Option<&Path>) -> Result<Identi
     Ok(Identity { chain, key })
 }
 
+/// Certificate chain and key from a PKCS#12 (`.p12`) file, as Keychain
+/// Access exports an APNS certificate.
+pub fn load_pkcs12(path: &Path, password: &str) -> Result<Identity, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let store = p12_keystore::KeyStore::from_pkcs12(&data, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
+        .map_err(|e| file_err(path, format!("cannot read PKCS#12 (wrong pkcs12_password?): {e}")))?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or_else(|| file_err(path, "no private key with a certificate inside"))?;
+    if chain.certs().is_empty() {
+        return Err(file_err(path, "the private key has no certificate"));
+    }
+    let key = PrivateKeyDer::try_from(chain.key().as_der().to_vec())
+        .map_err(|e| file_err(path, format!("unusable private key: {e}")))?;
+    Ok(Identity {
+        chain: chain
+            .certs()
+            .iter()
+            .map(|c| CertificateDer::from(c.as_der().to_vec()))
+            .collect(),
+        key,
+    })
+}
+
+/// A PKCS#12 file holding `identity`, protected by `password` (tests).
+pub fn to_pkcs12(identity: &Identity, password: &str) -> Result<Vec<u8>, TlsError> {
+    let key = p12_keystore::PrivateKey::from_der(identity.key.secret_der())
+        .map_err(|e| TlsError::Other(format!("pkcs12 key: {e}")))?;
+    let certs = identity
+        .chain
+        .iter()
+        .map(|c| p12_keystore::Certificate::from_der(c.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Other(format!("pkcs12 certificate: {e}")))?;
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry(
+        "apns",
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+            b"apns".to_vec(),
+            key,
+            certs,
+        )),
+    );
+    store
+        .writer(password)
+        .write()
+        .map_err(|e| TlsError::Other(format!("pkcs12 write: {e}")))
+}
+
 /// Roots to verify a server against: Apple's public roots (the Mozilla set)
 /// or, when `ca_file` is given, that CA in addition (simulator, tests).
 pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
@@ -256,6 +305,25 @@ mod tests {
         let (had_cert, alpn) = srv.await.unwrap();
         assert!(had_cert);
         assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    }
+
+    #[test]
+    fn pkcs12_round_trip_and_wrong_password() {
+        let pki = TestPki::generate().unwrap();
+        let (cert, key) = pki.issue_client("com.example.chat").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("client.pem");
+        std::fs::write(&pem, format!("{cert}{key}")).unwrap();
+        let id = load_identity(&pem, None).unwrap();
+        let p12 = dir.path().join("client.p12");
+        std::fs::write(&p12, to_pkcs12(&id, "s3cret").unwrap()).unwrap();
+        let back = load_pkcs12(&p12, "s3cret").unwrap();
+        assert_eq!(back.chain, id.chain);
+        assert_eq!(back.key.secret_der(), id.key.secret_der());
+        let err = load_pkcs12(&p12, "wrong").unwrap_err().to_string();
+        assert!(err.contains("client.p12") && err.contains("pkcs12_password"), "{err}");
+        // A usable client config comes out of it.
+        client_config(None, Some(back), &[b"h2"]).unwrap();
     }
 
     #[test]

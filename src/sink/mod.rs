@@ -10,6 +10,7 @@
 //! A sink runs until its input channel closes, then drains what it holds
 //! (bounded by the gateway's shutdown grace) and returns.
 
+pub mod http2;
 pub mod log;
 
 use std::future::Future;
@@ -119,7 +120,8 @@ pub trait Sink: Send + 'static {
 pub fn check_app(app: &AppConfig) -> Result<(), String> {
     match app.protocol {
         SinkProtocol::Log => Ok(()),
-        SinkProtocol::Http2 | SinkProtocol::Binary => Err(format!(
+        SinkProtocol::Http2 => http2::check(app),
+        SinkProtocol::Binary => Err(format!(
             "protocol {:?} is not available in this build yet; use protocol = \"log\"",
             app.protocol.as_str()
         )),
@@ -128,9 +130,12 @@ pub fn check_app(app: &AppConfig) -> Result<(), String> {
 
 /// Build the sink for an app.
 pub fn build(app: &AppConfig) -> Result<Box<dyn Sink>, String> {
-    check_app(app)?;
     match app.protocol {
         SinkProtocol::Log => Ok(Box::new(log::LogSink::new(app.output.clone()))),
-        SinkProtocol::Http2 | SinkProtocol::Binary => Err("unsupported protocol".into()),
+        SinkProtocol::Http2 => Ok(Box::new(http2::Http2Sink::from_app(app)?)),
+        SinkProtocol::Binary => {
+            check_app(app)?;
+            Err("unsupported protocol".into())
+        }
     }
 }

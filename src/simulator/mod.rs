@@ -1,0 +1,103 @@
+//! A local stand-in for Apple: `pushbridge simulate`, the tests and the
+//! benchmarks talk to it instead of APNS.
+//!
+//! [`http2`] serves the HTTP/2 provider API over TLS with Apple's
+//! validation, status codes and reasons. Accepted notifications are kept
+//! as [`Record`]s: in memory for tests, and as JSON lines on stdout or in a
+//! file for people.
+
+pub mod http2;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// One notification the simulator accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub apns_id: String,
+    pub device_token: String,
+    pub topic: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collapse_id: Option<String>,
+    /// `token` (verified JWT), `certificate` (client certificate) or `none`.
+    pub auth: String,
+    /// Which connection (counted from 1) carried it.
+    pub connection: u64,
+    pub payload: serde_json::Value,
+}
+
+/// Where records go.
+pub struct Recorder {
+    memory: Option<Mutex<Vec<Record>>>,
+    out: Option<Mutex<Box<dyn Write + Send>>>,
+    count: AtomicU64,
+    changed: Notify,
+}
+
+impl Recorder {
+    /// `keep`: hold records in memory (tests); `out`: write JSON lines.
+    pub fn new(keep: bool, out: Option<Box<dyn Write + Send>>) -> Self {
+        Self {
+            memory: keep.then(|| Mutex::new(Vec::new())),
+            out: out.map(Mutex::new),
+            count: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn record(&self, r: Record) {
+        if let Some(out) = &self.out {
+            let mut line = serde_json::to_vec(&r).unwrap_or_default();
+            line.push(b'\n');
+            let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = w.write_all(&line).and_then(|_| w.flush()) {
+                tracing::error!(error = %e, "simulator cannot write its record");
+            }
+        }
+        if let Some(m) = &self.memory {
+            m.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        }
+        self.count.fetch_add(1, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Accepted notifications so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// The records kept in memory.
+    pub fn records(&self) -> Vec<Record> {
+        match &self.memory {
+            Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Wait until at least `n` were accepted; false on timeout.
+    pub async fn wait_for(&self, n: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.count() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.count() >= n;
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! One TLS + HTTP/2 connection to an APNS host: connecting (ALPN `h2`,
+//! certificates verified), keep-alive PINGs, and reading Apple's answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{Connection, SendRequest};
+use h2::Ping;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::apns::ErrorBody;
+
+/// Time allowed for TCP connect, TLS and the HTTP/2 preface each.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A PING goes out after this long; Apple recommends keeping connections
+/// open for hours, and middleboxes forget quiet ones.
+pub const PING_EVERY: Duration = Duration::from_secs(60);
+/// A connection whose PING is not answered within this is given up.
+pub const PONG_TIMEOUT: Duration = Duration::from_secs(20);
+/// Error bodies are small JSON; anything longer is cut.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// Where a pool connects.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port`, resolved anew on every connect (Apple asks for an
+    /// uncached lookup per connection).
+    pub authority: String,
+    pub server_name: ServerName<'static>,
+}
+
+impl Target {
+    pub fn parse(authority: &str) -> Result<Target, String> {
+        let (host, _port) = authority
+            .rsplit_once(':')
+            .ok_or_else(|| format!("endpoint {authority:?} is not host:port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("endpoint {authority:?}: {host:?} is not a valid TLS server name: {e}"))?;
+        Ok(Target {
+            authority: authority.to_owned(),
+            server_name,
+        })
+    }
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0}: {1}")]
+    Tcp(String, std::io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(String, std::io::Error),
+    #[error("{0} did not agree to HTTP/2 (ALPN h2)")]
+    NoH2(String),
+    #[error("HTTP/2 handshake with {0}: {1}")]
+    H2(String, h2::Error),
+    #[error("{0}: timed out")]
+    Timeout(String),
+}
+
+/// A live connection: the handle to open streams, and a token cancelled
+/// when the connection is gone (closed, GOAWAY drained, PING unanswered).
+pub struct Conn {
+    pub send: SendRequest<Bytes>,
+    pub closed: CancellationToken,
+}
+
+/// Connect, handshake and start the connection's driver task.
+pub async fn connect(target: &Target, tls: &TlsConnector) -> Result<Conn, ConnectError> {
+    let name = &target.authority;
+    let timed = |what: &str| ConnectError::Timeout(format!("{what} {name}"));
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(name))
+        .await
+        .map_err(|_| timed("connect to"))?
+        .map_err(|e| ConnectError::Tcp(name.clone(), e))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(target.server_name.clone(), tcp))
+        .await
+        .map_err(|_| timed("TLS with"))?
+        .map_err(|e| ConnectError::Tls(name.clone(), e))?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(ConnectError::NoH2(name.clone()));
+    }
+    let (send, connection) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 24)
+            .max_frame_size(1 << 16)
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream),
+    )
+    .await
+    .map_err(|_| timed("HTTP/2 handshake with"))?
+    .map_err(|e| ConnectError::H2(name.clone(), e))?;
+    let closed = CancellationToken::new();
+    tokio::spawn(drive(connection, name.clone(), closed.clone()));
+    Ok(Conn { send, closed })
+}
+
+/// Run the connection until it ends, PINGing it when quiet.
+async fn drive(mut conn: Connection<TlsStream<TcpStream>, Bytes>, name: String, closed: CancellationToken) {
+    let mut pinger = conn.ping_pong();
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                match r {
+                    Ok(()) => tracing::debug!(endpoint = %name, "APNS connection closed"),
+                    Err(e) => tracing::info!(endpoint = %name, error = %e, "APNS connection ended"),
+                }
+                break;
+            }
+            _ = tokio::time::sleep(PING_EVERY) => {}
+        }
+        let Some(p) = pinger.as_mut() else { continue };
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    tracing::info!(endpoint = %name, error = %e, "APNS connection ended");
+                }
+                break;
+            }
+            pong = tokio::time::timeout(PONG_TIMEOUT, p.ping(Ping::opaque())) => {
+                if !matches!(pong, Ok(Ok(_))) {
+                    tracing::warn!(endpoint = %name, "APNS did not answer PING; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+    closed.cancel();
+}
+
+/// Apple's answer to one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// Echoed (or Apple-generated) `apns-id`.
+    pub apns_id: Option<String>,
+    /// The error body for non-200 answers.
+    pub error: Option<ErrorBody>,
+}
+
+/// Wait for and read the answer on a stream.
+pub async fn read_answer(resp: h2::client::ResponseFuture) -> Result<Answer, h2::Error> {
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    let apns_id = resp
+        .headers()
+        .get("apns-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        let room = MAX_ERROR_BODY.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    let error = (status != 200).then(|| ErrorBody::parse(status, &buf));
+    Ok(Answer { status, apns_id, error })
+}
+
+/// TLS connector for a client config.
+pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
+    TlsConnector::from(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("api.push.apple.com:443").unwrap();
+        assert_eq!(t.authority, "api.push.apple.com:443");
+        assert!(matches!(t.server_name, ServerName::DnsName(_)));
+        let t = Target::parse("127.0.0.1:2197").unwrap();
+        assert!(matches!(t.server_name, ServerName::IpAddress(_)));
+        let t = Target::parse("[::1]:2197").unwrap();
+        assert!(matches!(t.server_name, ServerName::IpAddress(_)));
+        assert!(Target::parse("nocolon").is_err());
+    }
+}

@@ -1,0 +1,255 @@
+//! Provider authentication tokens (ES256 JWTs) for token-based APNS auth.
+//!
+//! Apple wants one token reused: refreshed before it is an hour old
+//! (`ExpiredProviderToken` otherwise) and not more than once per 20 minutes
+//! (`TooManyProviderTokenUpdates` otherwise). We mint on first use, reuse
+//! for 50 minutes, and mint early only when Apple says the token we sent
+//! has expired (clock skew, a suspended host).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+/// A token is replaced when it is this old.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
+
+/// Why a signing key cannot be used; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("key_file {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Mints and caches the provider token.
+pub struct JwtSigner {
+    key: EncodingKey,
+    key_id: String,
+    team_id: String,
+    current: Mutex<Option<Current>>,
+    minted: std::sync::atomic::AtomicU64,
+}
+
+struct Current {
+    token: Arc<str>,
+    at: Instant,
+}
+
+fn check_id(name: &str, value: &str) -> Result<(), JwtError> {
+    if value.is_empty() || value.len() > 32 || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(JwtError::Config(format!(
+            "{name} {value:?} must be the 10-character identifier from Apple's developer account (letters and digits)"
+        )));
+    }
+    Ok(())
+}
+
+impl JwtSigner {
+    /// Load a `.p8` key (PEM, unencrypted PKCS#8, P-256) and check that it
+    /// signs.
+    pub fn from_p8_file(path: &Path, key_id: &str, team_id: &str) -> Result<Self, JwtError> {
+        let pem = std::fs::read(path).map_err(|e| JwtError::Key {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_p8_pem(&pem, key_id, team_id).map_err(|e| match e {
+            JwtError::Key { message, .. } => JwtError::Key {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_p8_pem(pem: &[u8], key_id: &str, team_id: &str) -> Result<Self, JwtError> {
+        check_id("key_id", key_id)?;
+        check_id("team_id", team_id)?;
+        let bad = |message: String| JwtError::Key {
+            path: String::new(),
+            message,
+        };
+        let key = EncodingKey::from_ec_pem(pem).map_err(|e| {
+            bad(format!(
+                "not a PEM \"PRIVATE KEY\" (.p8 from Apple: PKCS#8, P-256): {e}"
+            ))
+        })?;
+        let signer = Self {
+            key,
+            key_id: key_id.to_owned(),
+            team_id: team_id.to_owned(),
+            current: Mutex::new(None),
+            minted: std::sync::atomic::AtomicU64::new(0),
+        };
+        // The PEM parser does not look inside the key; signing does.
+        signer
+            .sign(unix_now())
+            .map_err(|e| bad(format!("cannot sign ES256 with it (a .p8 holds a P-256 key): {e}")))?;
+        Ok(signer)
+    }
+
+    fn sign(&self, iat: u64) -> Result<String, jsonwebtoken::errors::Error> {
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            iss: &'a str,
+            iat: u64,
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = None;
+        header.kid = Some(self.key_id.clone());
+        jsonwebtoken::encode(
+            &header,
+            &Claims {
+                iss: &self.team_id,
+                iat,
+            },
+            &self.key,
+        )
+    }
+
+    /// The token to send now.
+    pub fn token(&self) -> Arc<str> {
+        self.token_at(Instant::now())
+    }
+
+    pub fn token_at(&self, now: Instant) -> Arc<str> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cur.as_ref() {
+            if now.saturating_duration_since(c.at) < REFRESH_AFTER {
+                return c.token.clone();
+            }
+        }
+        self.mint(&mut cur, now)
+    }
+
+    /// Apple answered `ExpiredProviderToken` to a request that carried
+    /// `used`. Mint a new token unless another request already did.
+    pub fn expired(&self, used: &str) -> Arc<str> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cur.as_ref() {
+            if &*c.token != used {
+                return c.token.clone();
+            }
+        }
+        tracing::warn!("APNS says the provider token expired; minting a new one");
+        self.mint(&mut cur, Instant::now())
+    }
+
+    fn mint(&self, cur: &mut Option<Current>, now: Instant) -> Arc<str> {
+        // Signing cannot fail for a key that signed at load time; keep the
+        // old token if it somehow does (Apple's answer will say why).
+        match self.sign(unix_now()) {
+            Ok(t) => {
+                self.minted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(key_id = %self.key_id, "minted provider token");
+                let token: Arc<str> = t.into();
+                *cur = Some(Current {
+                    token: token.clone(),
+                    at: now,
+                });
+                token
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign provider token");
+                cur.as_ref().map(|c| c.token.clone()).unwrap_or_else(|| Arc::from(""))
+            }
+        }
+    }
+
+    /// How many tokens were minted (after the load-time check).
+    pub fn minted(&self) -> u64 {
+        self.minted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn keypair() -> (String, String) {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        (kp.serialize_pem(), kp.public_key_pem())
+    }
+
+    #[test]
+    fn token_is_es256_with_kid_iss_iat_and_verifies() {
+        let (private, public) = keypair();
+        let s = JwtSigner::from_p8_pem(private.as_bytes(), "ABC123DEFG", "TEAM123456").unwrap();
+        let t = s.token();
+        let header = jsonwebtoken::decode_header(&t).unwrap();
+        assert_eq!(header.alg, Algorithm::ES256);
+        assert_eq!(header.kid.as_deref(), Some("ABC123DEFG"));
+        let mut v = Validation::new(Algorithm::ES256);
+        v.validate_exp = false;
+        v.required_spec_claims.clear();
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(&t, &DecodingKey::from_ec_pem(public.as_bytes()).unwrap(), &v)
+                .unwrap();
+        assert_eq!(data.claims["iss"], "TEAM123456");
+        let iat = data.claims["iat"].as_u64().unwrap();
+        assert!(iat.abs_diff(unix_now()) < 5);
+        // Signature is the 64-byte R||S form (86 base64url characters).
+        assert_eq!(t.rsplit('.').next().unwrap().len(), 86);
+    }
+
+    #[test]
+    fn reused_for_fifty_minutes_then_refreshed() {
+        let (private, _) = keypair();
+        let s = JwtSigner::from_p8_pem(private.as_bytes(), "ABC123DEFG", "TEAM123456").unwrap();
+        let t0 = Instant::now();
+        let a = s.token_at(t0);
+        assert!(Arc::ptr_eq(&a, &s.token_at(t0 + Duration::from_secs(20 * 60))));
+        assert!(Arc::ptr_eq(&a, &s.token_at(t0 + REFRESH_AFTER - Duration::from_secs(1))));
+        assert_eq!(s.minted(), 1);
+        let _b = s.token_at(t0 + REFRESH_AFTER);
+        assert_eq!(s.minted(), 2);
+    }
+
+    #[test]
+    fn expired_mints_once_for_many_failed_requests() {
+        let (private, _) = keypair();
+        let s = JwtSigner::from_p8_pem(private.as_bytes(), "ABC123DEFG", "TEAM123456").unwrap();
+        let a = s.token();
+        let b = s.expired(&a);
+        let c = s.expired(&a);
+        assert!(Arc::ptr_eq(&b, &c));
+        assert_eq!(s.minted(), 2);
+    }
+
+    #[test]
+    fn bad_keys_and_ids_are_explained() {
+        let e = JwtSigner::from_p8_pem(b"not a key", "ABC123DEFG", "TEAM123456")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("PKCS#8"), "{e}");
+        // An RSA key is PEM PKCS#8 but not P-256.
+        let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let e = JwtSigner::from_p8_pem(rsa.serialize_pem().as_bytes(), "ABC123DEFG", "TEAM123456")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("P-256"), "{e}");
+        let (private, _) = keypair();
+        let e = JwtSigner::from_p8_pem(private.as_bytes(), "", "TEAM123456")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("key_id"), "{e}");
+        let e = JwtSigner::from_p8_file(Path::new("/nonexistent/AuthKey.p8"), "ABC123DEFG", "TEAM123456")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("/nonexistent/AuthKey.p8"), "{e}");
+    }
+}

@@ -1,0 +1,252 @@
+//! The HTTP/2 sink against the APNS simulator, in-process, over real TLS
+//! on loopback: outcomes for every kind of answer.
+
+mod harness;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::apns::Creds;
+use harness::{token, TOPIC};
+use pushbridge::config::Config;
+use pushbridge::sink::http2::Http2Sink;
+use pushbridge::sink::{Notification, Outcome, Sink, SinkReport};
+use pushbridge::simulator::http2::Options;
+use pushbridge_api::{DeviceToken, Environment};
+use tokio::sync::mpsc;
+
+fn note(id: i64, tok: &str, expiration: u64) -> Notification {
+    Notification {
+        id,
+        topic: Arc::from(TOPIC),
+        token: DeviceToken::parse(tok).unwrap(),
+        environment: Environment::Production,
+        payload: Arc::from(format!(r#"{{"aps":{{"alert":{{"title":"bob","body":"msg {id}"}},"badge":{id}}}}}"#)),
+        expiration,
+        priority: 10,
+        collapse_id: Some("bob".into()),
+        created_ms: 0,
+    }
+}
+
+fn later() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600
+}
+
+fn sink_for(dir: &std::path::Path, app_keys: &str, extra: &str) -> Http2Sink {
+    let text = harness::apns::http2_config(dir, app_keys, extra);
+    let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+    Http2Sink::from_app(&config.apps[0]).unwrap()
+}
+
+/// Run `sink` over `notes`; collect `n` reports (or time out).
+async fn run(sink: Http2Sink, notes: Vec<Notification>, n: usize) -> Vec<pushbridge::sink::Report> {
+    let (tx, rx) = mpsc::channel(1024);
+    let (rtx, mut rrx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(Box::new(sink).run(rx, rtx));
+    for x in notes {
+        tx.send(x).await.unwrap();
+    }
+    drop(tx);
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(20), rrx.recv()).await {
+            Ok(Some(SinkReport::Done(r))) => out.push(r),
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) => break,
+            Err(_) => panic!("timed out with {} of {n} reports", out.len()),
+        }
+    }
+    // The sink ends once everything it took is reported.
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    out.sort_by_key(|r| r.id);
+    out
+}
+
+#[tokio::test]
+async fn token_auth_delivers_with_apples_headers_and_one_jwt() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "");
+    let exp = later();
+    let notes: Vec<_> = (1..=300).map(|i| note(i, &token(i as u64), exp)).collect();
+    let reports = run(sink, notes, 300).await;
+    assert!(reports.iter().all(|r| r.outcome == Outcome::Delivered), "{:?}", reports[0]);
+    let records = sim.state().recorder.records();
+    assert_eq!(records.len(), 300);
+    let mut ids: Vec<i64> = records
+        .iter()
+        .map(|r| pushbridge::sink::http2::request::outbox_id_of(&r.apns_id).unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=300).collect::<Vec<_>>());
+    let r = records.iter().find(|r| r.device_token == token(7)).unwrap();
+    assert_eq!(r.topic, TOPIC);
+    assert_eq!(r.push_type.as_deref(), Some("alert"));
+    assert_eq!(r.priority, Some(10));
+    assert_eq!(r.expiration, Some(exp));
+    assert_eq!(r.collapse_id.as_deref(), Some("bob"));
+    assert_eq!(r.auth, "token");
+    assert_eq!(r.payload["aps"]["alert"]["body"], "msg 7");
+    assert_eq!(sim.state().jwts_seen(), 1);
+    assert_eq!(sim.state().connections.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn certificate_auth_delivers_and_no_credentials_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(true)).await;
+    let sink = sink_for(dir.path(), &creds.cert_app(&sim.addr().to_string()), "");
+    let reports = run(sink, vec![note(1, &token(1), later())], 1).await;
+    assert_eq!(reports[0].outcome, Outcome::Delivered);
+    assert_eq!(sim.state().recorder.records()[0].auth, "certificate");
+    assert_eq!(sim.state().jwts_seen(), 0);
+}
+
+#[tokio::test]
+async fn unregistered_and_bad_tokens_remove_the_device_other_4xx_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    sim.state().reject(&token(1), 410, "Unregistered");
+    sim.state().reject(&token(2), 400, "BadDeviceToken");
+    sim.state().reject(&token(3), 400, "DeviceTokenNotForTopic");
+    sim.state().reject(&token(4), 400, "TopicDisallowed");
+    sim.state().reject(&token(5), 413, "PayloadTooLarge");
+    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "");
+    let exp = later();
+    let notes = (1..=6).map(|i| note(i, &token(i as u64), exp)).collect();
+    let r = run(sink, notes, 6).await;
+    match &r[0].outcome {
+        Outcome::Rejected {
+            reason,
+            remove_device: true,
+            since_ms: Some(ts),
+        } => {
+            assert_eq!(reason, "410 Unregistered");
+            assert!(*ts > 1_600_000_000_000, "timestamp in milliseconds: {ts}");
+        }
+        other => panic!("{other:?}"),
+    }
+    for (i, want) in [(1, "400 BadDeviceToken"), (2, "400 DeviceTokenNotForTopic")] {
+        assert!(
+            matches!(&r[i].outcome, Outcome::Rejected { reason, remove_device: true, .. } if reason == want),
+            "{:?}",
+            r[i]
+        );
+    }
+    for (i, want) in [(3, "400 TopicDisallowed"), (4, "413 PayloadTooLarge")] {
+        assert!(
+            matches!(&r[i].outcome, Outcome::Rejected { reason, remove_device: false, .. } if reason == want),
+            "{:?}",
+            r[i]
+        );
+    }
+    assert_eq!(r[5].outcome, Outcome::Delivered);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_until_max_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds
+        .simulator(
+            "127.0.0.1:0",
+            Options {
+                fail_rate: 1.0,
+                fail_status: 503,
+                ..creds.options(false)
+            },
+        )
+        .await;
+    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "max_retries = 2\n");
+    let r = run(sink, vec![note(1, &token(1), later())], 1).await;
+    match &r[0].outcome {
+        Outcome::Expired { reason } => assert!(reason.contains("gave up after 2 retries: 503 ServiceUnavailable"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.state().requests.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn expired_provider_token_mints_a_new_jwt_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    sim.state().reject(&token(1), 403, "ExpiredProviderToken");
+    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "max_retries = 2\n");
+    let r = run(sink, vec![note(1, &token(1), later())], 1).await;
+    assert!(matches!(r[0].outcome, Outcome::Expired { .. }), "{:?}", r[0]);
+    // First token, then one new token per ExpiredProviderToken answer.
+    assert_eq!(sim.state().jwts_seen(), 3);
+}
+
+#[tokio::test]
+async fn expired_notifications_are_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "");
+    let r = run(sink, vec![note(1, &token(1), later()), note(2, &token(2), 1_000)], 2).await;
+    assert_eq!(r[0].outcome, Outcome::Delivered);
+    assert!(matches!(r[1].outcome, Outcome::Expired { .. }), "{:?}", r[1]);
+    assert_eq!(sim.state().recorder.count(), 1);
+}
+
+#[tokio::test]
+async fn goaway_and_failures_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds
+        .simulator(
+            "127.0.0.1:0",
+            Options {
+                goaway_every: Some(50),
+                fail_rate: 0.05,
+                ..creds.options(false)
+            },
+        )
+        .await;
+    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "connections = 2\n");
+    let exp = later();
+    let notes = (1..=1000).map(|i| note(i, &token(i as u64), exp)).collect();
+    let r = run(sink, notes, 1000).await;
+    assert!(r.iter().all(|r| r.outcome == Outcome::Delivered));
+    let mut ids: Vec<i64> = sim
+        .state()
+        .recorder
+        .records()
+        .iter()
+        .map(|r| pushbridge::sink::http2::request::outbox_id_of(&r.apns_id).unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1000);
+    assert!(sim.state().goaways.load(std::sync::atomic::Ordering::Relaxed) >= 10);
+}
+
+#[tokio::test]
+async fn waits_for_an_unreachable_apns_then_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    // Reserve a port, free it, start the simulator there later.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let sink = sink_for(dir.path(), &creds.token_app(&addr.to_string()), "");
+    let (tx, rx) = mpsc::channel(16);
+    let (rtx, mut rrx) = mpsc::unbounded_channel();
+    tokio::spawn(Box::new(sink).run(rx, rtx));
+    tx.send(note(1, &token(1), later())).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(1500), rrx.recv()).await.is_err());
+    let sim = creds.simulator(&addr.to_string(), creds.options(false)).await;
+    match tokio::time::timeout(Duration::from_secs(15), rrx.recv()).await {
+        Ok(Some(SinkReport::Done(r))) => assert_eq!(r.outcome, Outcome::Delivered),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.state().recorder.count(), 1);
+}
