@@ -191,7 +191,9 @@ impl ErrorBody {
         match serde_json::from_slice::<Raw>(body) {
             Ok(raw) => ErrorBody {
                 reason: Reason::parse(raw.reason.as_deref().unwrap_or("")),
-                timestamp_ms: raw.timestamp.and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))),
+                timestamp_ms: raw
+                    .timestamp
+                    .and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))),
             },
             Err(_) => ErrorBody {
                 reason: Reason::Other(format!("HTTP {status} without a JSON reason")),

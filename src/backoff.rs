@@ -89,7 +89,9 @@ mod tests {
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
         let j: Vec<Duration> = (0..20).map(|_| Backoff::jitter(Duration::from_secs(1))).collect();
-        assert!(j.iter().all(|d| *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1)));
+        assert!(j
+            .iter()
+            .all(|d| *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1)));
         assert!(j.iter().any(|d| *d != j[0]), "jitter varies");
     }
 }

@@ -110,11 +110,7 @@ pub fn to_pkcs12(identity: &Identity, password: &str) -> Result<Vec<u8>, TlsErro
     let mut store = p12_keystore::KeyStore::new();
     store.add_entry(
         "apns",
-        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
-            b"apns".to_vec(),
-            key,
-            certs,
-        )),
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(b"apns".to_vec(), key, certs)),
     );
     store
         .writer(password)

@@ -9,9 +9,9 @@ use std::time::Duration;
 use harness::apns::Creds;
 use harness::{token, TOPIC};
 use pushbridge::config::Config;
+use pushbridge::simulator::http2::Options;
 use pushbridge::sink::http2::Http2Sink;
 use pushbridge::sink::{Notification, Outcome, Sink, SinkReport};
-use pushbridge::simulator::http2::Options;
 use pushbridge_api::{DeviceToken, Environment};
 use tokio::sync::mpsc;
 
@@ -21,7 +21,9 @@ fn note(id: i64, tok: &str, expiration: u64) -> Notification {
         topic: Arc::from(TOPIC),
         token: DeviceToken::parse(tok).unwrap(),
         environment: Environment::Production,
-        payload: Arc::from(format!(r#"{{"aps":{{"alert":{{"title":"bob","body":"msg {id}"}},"badge":{id}}}}}"#)),
+        payload: Arc::from(format!(
+            r#"{{"aps":{{"alert":{{"title":"bob","body":"msg {id}"}},"badge":{id}}}}}"#
+        )),
         expiration,
         priority: 10,
         collapse_id: Some("bob".into()),
@@ -62,7 +64,10 @@ async fn run(sink: Http2Sink, notes: Vec<Notification>, n: usize) -> Vec<pushbri
         }
     }
     // The sink ends once everything it took is reported.
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
     out.sort_by_key(|r| r.id);
     out
 }
@@ -76,7 +81,11 @@ async fn token_auth_delivers_with_apples_headers_and_one_jwt() {
     let exp = later();
     let notes: Vec<_> = (1..=300).map(|i| note(i, &token(i as u64), exp)).collect();
     let reports = run(sink, notes, 300).await;
-    assert!(reports.iter().all(|r| r.outcome == Outcome::Delivered), "{:?}", reports[0]);
+    assert!(
+        reports.iter().all(|r| r.outcome == Outcome::Delivered),
+        "{:?}",
+        reports[0]
+    );
     let records = sim.state().recorder.records();
     assert_eq!(records.len(), 300);
     let mut ids: Vec<i64> = records
@@ -107,6 +116,59 @@ async fn certificate_auth_delivers_and_no_credentials_is_refused() {
     assert_eq!(reports[0].outcome, Outcome::Delivered);
     assert_eq!(sim.state().recorder.records()[0].auth, "certificate");
     assert_eq!(sim.state().jwts_seen(), 0);
+}
+
+#[tokio::test]
+async fn certificate_auth_from_separate_pem_files_and_from_pkcs12() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds
+        .simulator(
+            "127.0.0.1:0",
+            Options {
+                client_certs: true,
+                ..Options::default()
+            },
+        )
+        .await;
+    let (cert, key) = creds.pki.issue_client(TOPIC).unwrap();
+    let (cert_file, key_file) = (dir.path().join("apns-cert.pem"), dir.path().join("apns-key.pem"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let identity = pushbridge::tls::identity_from_pem(&cert, &key).unwrap();
+    let p12 = dir.path().join("apns.p12");
+    std::fs::write(&p12, pushbridge::tls::to_pkcs12(&identity, "hunter2").unwrap()).unwrap();
+    let endpoint = sim.addr().to_string();
+    let ca = creds.ca_file.display().to_string();
+    let separate = format!(
+        "protocol = \"http2\"\nendpoint = \"{endpoint}\"\nca_file = {ca:?}\ncert_file = {:?}\nprivate_key_file = {:?}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    );
+    let pkcs12 = format!(
+        "protocol = \"http2\"\nendpoint = \"{endpoint}\"\nca_file = {ca:?}\npkcs12_file = {:?}\npkcs12_password = \"hunter2\"\n",
+        p12.display().to_string()
+    );
+    for (i, keys) in [separate, pkcs12].iter().enumerate() {
+        let sink = sink_for(dir.path(), keys, "");
+        let r = run(sink, vec![note(i as i64 + 1, &token(1), later())], 1).await;
+        assert_eq!(r[0].outcome, Outcome::Delivered, "{keys}");
+    }
+    assert!(sim.state().recorder.records().iter().all(|r| r.auth == "certificate"));
+    assert_eq!(sim.state().recorder.count(), 2);
+    // A wrong password is a config error naming the file.
+    let text = harness::apns::http2_config(
+        dir.path(),
+        &format!(
+            "protocol = \"http2\"\npkcs12_file = {:?}\npkcs12_password = \"nope\"\n",
+            p12.display().to_string()
+        ),
+        "",
+    );
+    let err = Config::parse(&text, std::path::Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("apns.p12") && err.contains("pkcs12_password"), "{err}");
 }
 
 #[tokio::test]
@@ -165,10 +227,17 @@ async fn transient_failures_are_retried_until_max_retries() {
             },
         )
         .await;
-    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "max_retries = 2\n");
+    let sink = sink_for(
+        dir.path(),
+        &creds.token_app(&sim.addr().to_string()),
+        "max_retries = 2\n",
+    );
     let r = run(sink, vec![note(1, &token(1), later())], 1).await;
     match &r[0].outcome {
-        Outcome::Expired { reason } => assert!(reason.contains("gave up after 2 retries: 503 ServiceUnavailable"), "{reason}"),
+        Outcome::Expired { reason } => assert!(
+            reason.contains("gave up after 2 retries: 503 ServiceUnavailable"),
+            "{reason}"
+        ),
         other => panic!("{other:?}"),
     }
     assert_eq!(sim.state().requests.load(std::sync::atomic::Ordering::Relaxed), 3);
@@ -180,7 +249,11 @@ async fn expired_provider_token_mints_a_new_jwt_and_retries() {
     let creds = Creds::new(dir.path());
     let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
     sim.state().reject(&token(1), 403, "ExpiredProviderToken");
-    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "max_retries = 2\n");
+    let sink = sink_for(
+        dir.path(),
+        &creds.token_app(&sim.addr().to_string()),
+        "max_retries = 2\n",
+    );
     let r = run(sink, vec![note(1, &token(1), later())], 1).await;
     assert!(matches!(r[0].outcome, Outcome::Expired { .. }), "{:?}", r[0]);
     // First token, then one new token per ExpiredProviderToken answer.
@@ -199,36 +272,60 @@ async fn expired_notifications_are_not_sent() {
     assert_eq!(sim.state().recorder.count(), 1);
 }
 
-#[tokio::test]
-async fn goaway_and_failures_lose_nothing() {
+/// 1000 notifications over 2 connections with faults; every one delivered,
+/// at least once. Returns (records, distinct outbox ids).
+async fn lossless_under(options: Options) -> (usize, usize, Arc<pushbridge::simulator::http2::State>) {
     let dir = tempfile::tempdir().unwrap();
     let creds = Creds::new(dir.path());
     let sim = creds
         .simulator(
             "127.0.0.1:0",
             Options {
-                goaway_every: Some(50),
                 fail_rate: 0.05,
-                ..creds.options(false)
+                ..options
             },
         )
         .await;
-    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "connections = 2\n");
+    let sink = sink_for(
+        dir.path(),
+        &creds.token_app(&sim.addr().to_string()),
+        "connections = 2\n",
+    );
     let exp = later();
     let notes = (1..=1000).map(|i| note(i, &token(i as u64), exp)).collect();
     let r = run(sink, notes, 1000).await;
     assert!(r.iter().all(|r| r.outcome == Outcome::Delivered));
-    let mut ids: Vec<i64> = sim
-        .state()
-        .recorder
-        .records()
+    let records = sim.state().recorder.records();
+    let mut ids: Vec<i64> = records
         .iter()
         .map(|r| pushbridge::sink::http2::request::outbox_id_of(&r.apns_id).unwrap())
         .collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 1000);
-    assert!(sim.state().goaways.load(std::sync::atomic::Ordering::Relaxed) >= 10);
+    assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
+    (records.len(), ids.len(), sim.state().clone())
+}
+
+#[tokio::test]
+async fn goaway_and_failures_deliver_each_exactly_once() {
+    let (records, distinct, state) = lossless_under(Options {
+        goaway_every: Some(50),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(records, distinct, "GOAWAY refuses unprocessed streams: no duplicates");
+    assert!(state.goaways.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+}
+
+#[tokio::test]
+async fn dropped_connections_deliver_each_at_least_once() {
+    let (records, distinct, state) = lossless_under(Options {
+        drop_every: Some(100),
+        ..Options::default()
+    })
+    .await;
+    eprintln!("{records} accepted for {distinct} notifications (duplicates come from unanswered streams)");
+    assert!(state.drops.load(std::sync::atomic::Ordering::Relaxed) >= 3);
 }
 
 #[tokio::test]
@@ -236,13 +333,18 @@ async fn waits_for_an_unreachable_apns_then_delivers() {
     let dir = tempfile::tempdir().unwrap();
     let creds = Creds::new(dir.path());
     // Reserve a port, free it, start the simulator there later.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let sink = sink_for(dir.path(), &creds.token_app(&addr.to_string()), "");
     let (tx, rx) = mpsc::channel(16);
     let (rtx, mut rrx) = mpsc::unbounded_channel();
     tokio::spawn(Box::new(sink).run(rx, rtx));
     tx.send(note(1, &token(1), later())).await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_millis(1500), rrx.recv()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(1500), rrx.recv())
+        .await
+        .is_err());
     let sim = creds.simulator(&addr.to_string(), creds.options(false)).await;
     match tokio::time::timeout(Duration::from_secs(15), rrx.recv()).await {
         Ok(Some(SinkReport::Done(r))) => assert_eq!(r.outcome, Outcome::Delivered),

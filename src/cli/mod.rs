@@ -1,7 +1,11 @@
-//! Command-line interface: `run`, `check`, `devices`, `bench`.
+//! Command-line interface: `run`, `check`, `devices`, `push`, `simulate`,
+//! `bench`, `bench-http2`.
 
 mod bench;
+mod bench_http2;
 mod devices;
+mod push;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +46,18 @@ enum Cmd {
     /// into a gateway it starts in-process (outbox on, log sink to a file),
     /// and prints accepted messages/s and latency percentiles.
     Bench(bench::Args),
+    /// Send one notification through a configured http2 app and print
+    /// APNS's answer (status, reason, apns-id).
+    Push(push::Args),
+    /// Run the APNS simulator: a local stand-in for Apple's HTTP/2 provider
+    /// API (TLS, Apple's validation, status codes and reasons), printing
+    /// each accepted notification as a JSON line.
+    Simulate(simulate::Args),
+    /// Benchmark the HTTP/2 sink: notifications through one (or --connections)
+    /// TLS connection(s) into the simulator in this process; prints
+    /// notifications/s and latency percentiles.
+    #[command(name = "bench-http2")]
+    BenchHttp2(bench_http2::Args),
 }
 
 /// Logs go to stderr (stdout carries the `log` protocol's JSON lines).
@@ -64,6 +80,9 @@ pub fn main() -> ExitCode {
         Cmd::Check { config } => check(config),
         Cmd::Devices { config, action } => devices::run(&config, action),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Push(args) => push::run(args),
+        Cmd::Simulate(args) => simulate::run(args),
+        Cmd::BenchHttp2(args) => bench_http2::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,7 +106,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

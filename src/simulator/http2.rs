@@ -9,7 +9,8 @@
 //!
 //! Fault injection: reject given tokens with a given status and reason
 //! (410 answers carry a `timestamp`), close every connection with GOAWAY
-//! after N requests, answer 429/503 for a fraction of requests.
+//! after N requests, drop connections with streams in flight after N
+//! requests, answer 429/500/503 for a fraction of requests.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -60,8 +61,13 @@ pub struct Options {
     /// Connections presenting a client certificate need no token (the TLS
     /// config decides which certificates are accepted).
     pub client_certs: bool,
-    /// Send GOAWAY on a connection after this many requests.
+    /// Send GOAWAY on a connection after this many requests (graceful:
+    /// streams already sent are answered, later ones refused).
     pub goaway_every: Option<u64>,
+    /// Drop a connection after this many requests without answering the
+    /// streams in flight (their notifications may have been accepted: the
+    /// client cannot know, and sends them again).
+    pub drop_every: Option<u64>,
     /// Fraction of valid requests answered with `fail_status` instead.
     pub fail_rate: f64,
     /// 503 (`ServiceUnavailable`) or 429 (`TooManyRequests`).
@@ -77,6 +83,7 @@ impl Default for Options {
             team_id: None,
             client_certs: false,
             goaway_every: None,
+            drop_every: None,
             fail_rate: 0.0,
             fail_status: 503,
             max_concurrent_streams: 1000,
@@ -95,6 +102,7 @@ pub struct State {
     pub requests: AtomicU64,
     pub connections: AtomicU64,
     pub goaways: AtomicU64,
+    pub drops: AtomicU64,
     pub failures_injected: AtomicU64,
 }
 
@@ -200,6 +208,7 @@ impl Simulator {
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             goaways: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
             failures_injected: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
@@ -289,6 +298,10 @@ async fn serve_connection(
             state.goaways.fetch_add(1, Ordering::Relaxed);
             conn.graceful_shutdown();
         }
+        if state.options.drop_every == Some(served) {
+            state.drops.fetch_add(1, Ordering::Relaxed);
+            return Ok(()); // dropping `conn` closes the socket mid-stream
+        }
     }
     Ok(())
 }
@@ -296,7 +309,13 @@ async fn serve_connection(
 /// A refusal: status and reason (410 also gets a timestamp).
 struct Refusal(u16, Reason);
 
-async fn handle(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, state: Arc<State>, has_cert: bool, conn: u64) {
+async fn handle(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    state: Arc<State>,
+    has_cert: bool,
+    conn: u64,
+) {
     let apns_id = req
         .headers()
         .get("apns-id")
@@ -351,7 +370,10 @@ fn one_header<'a>(req: &'a Request<RecvStream>, name: &str) -> Result<Option<&'a
     }
     match first {
         None => Ok(None),
-        Some(v) => v.to_str().map(Some).map_err(|_| Refusal(400, Reason::Other("BadHeader".into()))),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| Refusal(400, Reason::Other("BadHeader".into()))),
     }
 }
 

@@ -209,7 +209,10 @@ mod tests {
         let t0 = Instant::now();
         let a = s.token_at(t0);
         assert!(Arc::ptr_eq(&a, &s.token_at(t0 + Duration::from_secs(20 * 60))));
-        assert!(Arc::ptr_eq(&a, &s.token_at(t0 + REFRESH_AFTER - Duration::from_secs(1))));
+        assert!(Arc::ptr_eq(
+            &a,
+            &s.token_at(t0 + REFRESH_AFTER - Duration::from_secs(1))
+        ));
         assert_eq!(s.minted(), 1);
         let _b = s.token_at(t0 + REFRESH_AFTER);
         assert_eq!(s.minted(), 2);

@@ -91,7 +91,10 @@ impl Http2Setup {
                 .as_deref()
                 .ok_or("token auth needs key_file (the .p8 key from Apple)")?;
             let key_id = app.key_id.as_deref().ok_or("token auth needs key_id (10 characters)")?;
-            let team_id = app.team_id.as_deref().ok_or("token auth needs team_id (10 characters)")?;
+            let team_id = app
+                .team_id
+                .as_deref()
+                .ok_or("token auth needs team_id (10 characters)")?;
             let signer = JwtSigner::from_p8_file(key_file, key_id, team_id).map_err(|e| e.to_string())?;
             (Auth::Token(Arc::new(signer)), None)
         } else if cert_keys {
@@ -103,10 +106,7 @@ impl Http2Setup {
                 .map_err(|e| format!("certificate auth: {e}"))?;
             (Auth::Certificate, Some(id))
         } else if p12_keys {
-            let file = app
-                .pkcs12_file
-                .as_deref()
-                .ok_or("pkcs12_password needs pkcs12_file")?;
+            let file = app.pkcs12_file.as_deref().ok_or("pkcs12_password needs pkcs12_file")?;
             let id = crate::tls::load_pkcs12(file, app.pkcs12_password.as_deref().unwrap_or(""))
                 .map_err(|e| format!("certificate auth: {e}"))?;
             (Auth::Certificate, Some(id))
@@ -234,7 +234,9 @@ impl Shared {
             );
         }
         self.stats.retried.fetch_add(1, Ordering::Relaxed);
-        let exp = RETRY_BASE.saturating_mul(1 << (job.attempts - 1).min(16)).min(RETRY_MAX);
+        let exp = RETRY_BASE
+            .saturating_mul(1 << (job.attempts - 1).min(16))
+            .min(RETRY_MAX);
         let delay = Backoff::jitter(exp);
         tracing::debug!(apns_id = %job.apns_id, attempt = job.attempts, reason = why, ?delay, "retrying");
         let tx = self.retry_tx.clone();
@@ -552,4 +554,26 @@ async fn stream_jobs(
 /// Sink checks for `pushbridge check` and start-up.
 pub fn check(app: &AppConfig) -> Result<(), String> {
     Http2Setup::from_app(app).map(|_| ())
+}
+
+/// Send one notification on a fresh connection and return Apple's answer
+/// (`pushbridge push`). `apns_id`: the id to send.
+pub async fn send_one(setup: &Http2Setup, n: &Notification, apns_id: &str) -> Result<Answer, String> {
+    let target = setup.target(n.environment)?;
+    let c = conn::connect(&target, &conn::connector(setup.tls.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let bearer = match &setup.auth {
+        Auth::Token(s) => Some(s.token()),
+        Auth::Certificate => None,
+    };
+    let req = request::build(n, &target.authority, apns_id, bearer.as_deref()).map_err(|e| e.to_string())?;
+    let mut send = c.send.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
+    let (resp, mut body) = send.send_request(req, false).map_err(|e| format!("HTTP/2: {e}"))?;
+    body.send_data(Bytes::copy_from_slice(n.payload.as_bytes()), true)
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    tokio::time::timeout(conn::CONNECT_TIMEOUT, conn::read_answer(resp))
+        .await
+        .map_err(|_| "no answer from APNS within 10 s".to_owned())?
+        .map_err(|e| format!("HTTP/2: {e}"))
 }

@@ -152,7 +152,12 @@ mod tests {
 
     #[test]
     fn apns_id_is_a_uuid_carrying_the_outbox_id() {
-        for (prefix, id) in [(0u64, 0i64), (u64::MAX, 1), (0xdead_beef, 123_456_789), (7, i64::MAX >> 2)] {
+        for (prefix, id) in [
+            (0u64, 0i64),
+            (u64::MAX, 1),
+            (0xdead_beef, 123_456_789),
+            (7, i64::MAX >> 2),
+        ] {
             let s = apns_id(prefix, id);
             assert!(is_uuid(&s), "{s}");
             assert_eq!(&s[14..15], "4", "{s}");

@@ -1,0 +1,196 @@
+//! `pushbridge simulate`: the APNS simulator as a command, for operators
+//! trying a config and for adapter authors.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::Args as ClapArgs;
+use pushbridge::simulator::http2::{Options, Simulator};
+use pushbridge::simulator::Recorder;
+use pushbridge::tls::{self, TestPki};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Address of the HTTP/2 provider API.
+    #[arg(long, default_value = "127.0.0.1:2197")]
+    listen: String,
+    /// Server certificate chain (PEM); without it a certificate for
+    /// localhost, 127.0.0.1 and ::1 is generated from a fresh CA.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Write the generated CA certificate here (the app's ca_file).
+    #[arg(long, conflicts_with = "cert")]
+    write_ca: Option<PathBuf>,
+    /// Verify provider tokens (JWT, ES256) against this public key (PEM).
+    #[arg(long)]
+    jwt_key: Option<PathBuf>,
+    /// Generate a provider key, write it here as a .p8 file (the app's
+    /// key_file), and verify tokens against it.
+    #[arg(long, conflicts_with = "jwt_key")]
+    write_p8: Option<PathBuf>,
+    /// Provider tokens must be issued by this team id (iss).
+    #[arg(long)]
+    team_id: Option<String>,
+    /// Accept client certificates issued by this CA (PEM) in place of tokens.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Issue a client certificate and key (one PEM) from the generated CA,
+    /// write it here (the app's cert_file), and accept it in place of tokens.
+    #[arg(long, conflicts_with_all = ["client_ca", "cert"])]
+    write_client_cert: Option<PathBuf>,
+    /// Answer every request for TOKEN with STATUS and REASON, e.g.
+    /// <token>=410:Unregistered (repeatable).
+    #[arg(long = "reject", value_name = "TOKEN=STATUS:REASON")]
+    rejects: Vec<String>,
+    /// Close each connection with GOAWAY after this many requests.
+    #[arg(long, value_name = "N")]
+    goaway_every: Option<u64>,
+    /// Drop each connection after this many requests, leaving the streams
+    /// in flight unanswered (what a network failure does).
+    #[arg(long, value_name = "N")]
+    drop_every: Option<u64>,
+    /// Fraction (0 to 1) of valid requests answered with --fail-status.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Status for --fail-rate: 503 (ServiceUnavailable), 500 or 429 (TooManyRequests).
+    #[arg(long, default_value_t = 503, value_parser = parse_fail_status)]
+    fail_status: u16,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS announced to clients.
+    #[arg(long, default_value_t = 1000)]
+    max_streams: u32,
+    /// Append accepted notifications as JSON lines here (default: stdout).
+    #[arg(long)]
+    record: Option<PathBuf>,
+}
+
+fn parse_fail_status(s: &str) -> Result<u16, String> {
+    match s {
+        "429" | "500" | "503" => s.parse().map_err(|_| unreachable_msg()),
+        _ => Err("must be 429, 500 or 503".into()),
+    }
+}
+
+fn unreachable_msg() -> String {
+    "must be 429, 500 or 503".into()
+}
+
+fn parse_reject(s: &str) -> anyhow::Result<(String, u16, String)> {
+    let (token, rest) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--reject {s:?}: expected TOKEN=STATUS:REASON"))?;
+    let (status, reason) = rest
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--reject {s:?}: expected TOKEN=STATUS:REASON"))?;
+    let status: u16 = status
+        .parse()
+        .ok()
+        .filter(|s| (400..600).contains(s))
+        .ok_or_else(|| anyhow!("--reject {s:?}: STATUS must be an HTTP error status (400-599)"))?;
+    pushbridge_api::DeviceToken::parse(token).map_err(|e| anyhow!("--reject {s:?}: {e}"))?;
+    Ok((token.to_owned(), status, reason.to_owned()))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        bail!("--fail-rate must be between 0 and 1");
+    }
+    if args.goaway_every == Some(0) || args.drop_every == Some(0) {
+        bail!("--goaway-every and --drop-every must be at least 1");
+    }
+    let rejects = args
+        .rejects
+        .iter()
+        .map(|s| parse_reject(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pki = TestPki::generate()?;
+    let identity = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => tls::load_identity(c, Some(k))?,
+        _ => pki.server_identity()?,
+    };
+    if let Some(path) = &args.write_ca {
+        std::fs::write(path, &pki.ca_pem).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("simulator: CA certificate written to {}", path.display());
+    }
+    let jwt_key = match (&args.jwt_key, &args.write_p8) {
+        (Some(path), _) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                jsonwebtoken::DecodingKey::from_ec_pem(&pem)
+                    .map_err(|e| anyhow!("{}: not an EC public key PEM: {e}", path.display()))?,
+            )
+        }
+        (None, Some(path)) => {
+            let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            std::fs::write(path, kp.serialize_pem()).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("simulator: provider key written to {}", path.display());
+            Some(jsonwebtoken::DecodingKey::from_ec_pem(kp.public_key_pem().as_bytes())?)
+        }
+        (None, None) => None,
+    };
+    let client_ca = match (&args.client_ca, &args.write_client_cert) {
+        (Some(path), _) => Some(tls::load_certs(path)?),
+        (None, Some(path)) => {
+            let (cert, key) = pki.issue_client("pushbridge simulator client")?;
+            std::fs::write(path, format!("{cert}{key}")).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("simulator: client certificate written to {}", path.display());
+            Some(vec![pki.ca_der()])
+        }
+        (None, None) => None,
+    };
+    let auth = match (&jwt_key, &client_ca) {
+        (Some(_), Some(_)) => "provider tokens or client certificates",
+        (Some(_), None) => "provider tokens (ES256)",
+        (None, Some(_)) => "client certificates",
+        (None, None) => "none (every request accepted)",
+    };
+    let options = Options {
+        jwt_key: jwt_key.map(Arc::new),
+        team_id: args.team_id.clone(),
+        client_certs: client_ca.is_some(),
+        goaway_every: args.goaway_every,
+        drop_every: args.drop_every,
+        fail_rate: args.fail_rate,
+        fail_status: args.fail_status,
+        max_concurrent_streams: args.max_streams,
+    };
+    let server = tls::server_config(identity, client_ca.as_deref(), &[b"h2"])?;
+    let out: Box<dyn std::io::Write + Send> = match &args.record {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let sim = Simulator::start(listener, server, options, Recorder::new(false, Some(out)))?;
+        for (token, status, reason) in &rejects {
+            sim.state().reject(token, *status, reason);
+        }
+        eprintln!("simulator: HTTP/2 provider API listening on {} (auth: {auth})", sim.addr());
+        super::shutdown_signal().await;
+        let s = sim.state().clone();
+        sim.stop().await;
+        eprintln!(
+            "simulator: {} requests, {} notifications accepted, {} connections, {} GOAWAYs, {} dropped, {} failures injected",
+            s.requests.load(Ordering::Relaxed),
+            s.recorder.count(),
+            s.connections.load(Ordering::Relaxed),
+            s.goaways.load(Ordering::Relaxed),
+            s.drops.load(Ordering::Relaxed),
+            s.failures_injected.load(Ordering::Relaxed)
+        );
+        Ok(())
+    })
+}
