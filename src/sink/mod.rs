@@ -12,6 +12,7 @@
 
 pub mod http2;
 pub mod log;
+pub mod pool;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -28,18 +28,18 @@ pub mod conn;
 pub mod jwt;
 pub mod request;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use pushbridge_api::Environment;
-use tokio::sync::{mpsc, oneshot, Mutex, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
 use self::conn::{Answer, Target};
 use self::jwt::JwtSigner;
-use super::{BoxFuture, Notification, Outcome, Report, ReportSender, Sink, SinkReport};
+use super::pool::{dispatch, next_job, Job, JobQueue, PoolStarter, Shared, SinkStats, POOL_QUEUE};
+use super::{BoxFuture, Notification, Outcome, ReportSender, Sink};
 use crate::apns::{classify, Action, Reason};
 use crate::backoff::Backoff;
 use crate::config::AppConfig;
@@ -47,11 +47,6 @@ use crate::config::AppConfig;
 /// Streams one connection keeps open at most (the server's limit applies
 /// when lower).
 pub const MAX_IN_FLIGHT: usize = 2000;
-/// Queue between the dispatcher and a pool's workers.
-const POOL_QUEUE: usize = 4096;
-/// First retry delay; doubles per attempt up to [`RETRY_MAX`].
-const RETRY_BASE: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Reconnect backoff.
 const RECONNECT_BASE: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
@@ -136,23 +131,12 @@ impl Http2Setup {
     }
 }
 
-/// Counters of one sink, for logs and the benchmark.
-#[derive(Debug, Default)]
-pub struct Http2Stats {
-    pub delivered: AtomicU64,
-    pub devices_removed: AtomicU64,
-    pub rejected: AtomicU64,
-    pub expired: AtomicU64,
-    pub retried: AtomicU64,
-    pub connects: AtomicU64,
-}
-
 /// The sink.
 pub struct Http2Sink {
     setup: Http2Setup,
     connections: usize,
     max_retries: u32,
-    stats: Arc<Http2Stats>,
+    stats: Arc<SinkStats>,
 }
 
 impl Http2Sink {
@@ -169,200 +153,80 @@ impl Http2Sink {
         }
     }
 
-    pub fn stats(&self) -> Arc<Http2Stats> {
+    pub fn stats(&self) -> Arc<SinkStats> {
         self.stats.clone()
     }
 }
 
-/// A notification on its way, with what happened to it so far.
-struct Job {
-    n: Notification,
-    attempts: u32,
-    apns_id: Arc<str>,
-}
-
-/// State shared by the dispatcher, the workers and the stream tasks.
-struct Shared {
-    reports: ReportSender,
-    /// Taken from the input, not yet reported.
-    outstanding: AtomicUsize,
-    idle: Notify,
-    retry_tx: mpsc::UnboundedSender<Job>,
-    auth: Auth,
-    max_retries: u32,
-    stats: Arc<Http2Stats>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-impl Shared {
-    fn finish(&self, job: Job, outcome: Outcome) {
-        let counter = match &outcome {
-            Outcome::Delivered => &self.stats.delivered,
-            Outcome::Rejected {
-                remove_device: true, ..
-            } => &self.stats.devices_removed,
-            Outcome::Rejected { .. } => &self.stats.rejected,
-            Outcome::Expired { .. } => &self.stats.expired,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let _ = self.reports.send(SinkReport::Done(Report::new(&job.n, outcome)));
-        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
+/// Act on Apple's answer.
+fn answer(shared: &Arc<Shared>, auth: &Auth, job: Job, answer: Answer, bearer: Option<&str>) {
+    let (reason, ts) = match &answer.error {
+        Some(e) => (e.reason.clone(), e.timestamp_ms),
+        None => (Reason::Other(String::new()), None),
+    };
+    match classify(answer.status, &reason) {
+        Action::Delivered => {
+            tracing::trace!(apns_id = %job.label, token = job.n.token.short(), "delivered");
+            shared.finish(job, Outcome::Delivered)
         }
-    }
-
-    /// Send again after a backoff delay, unless retries or time ran out.
-    fn retry(self: &Arc<Self>, mut job: Job, why: &str) {
-        job.attempts += 1;
-        if job.attempts > self.max_retries {
-            tracing::warn!(apns_id = %job.apns_id, token = job.n.token.short(), reason = why, "giving up after {} retries", self.max_retries);
-            let reason = format!("gave up after {} retries: {why}", self.max_retries);
-            return self.finish(job, Outcome::Expired { reason });
+        Action::RemoveDevice => {
+            tracing::info!(apns_id = %job.label, token = job.n.token.short(), status = answer.status, %reason, "APNS says the device is gone; removing it");
+            let outcome = Outcome::Rejected {
+                reason: format!("{} {reason}", answer.status),
+                remove_device: true,
+                since_ms: ts,
+            };
+            shared.finish(job, outcome)
         }
-        if job.n.expired_at(unix_now()) {
-            return self.finish(
-                job,
-                Outcome::Expired {
-                    reason: format!("expired while retrying: {why}"),
-                },
-            );
+        Action::RefreshToken => {
+            if let (Auth::Token(signer), Some(used)) = (auth, bearer) {
+                signer.expired(used);
+            }
+            shared.retry(job, reason.as_str())
         }
-        self.stats.retried.fetch_add(1, Ordering::Relaxed);
-        let exp = RETRY_BASE
-            .saturating_mul(1 << (job.attempts - 1).min(16))
-            .min(RETRY_MAX);
-        let delay = Backoff::jitter(exp);
-        tracing::debug!(apns_id = %job.apns_id, attempt = job.attempts, reason = why, ?delay, "retrying");
-        let tx = self.retry_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = tx.send(job);
-        });
-    }
-
-    /// Act on Apple's answer.
-    fn answer(self: &Arc<Self>, job: Job, answer: Answer, bearer: Option<&str>) {
-        let (reason, ts) = match &answer.error {
-            Some(e) => (e.reason.clone(), e.timestamp_ms),
-            None => (Reason::Other(String::new()), None),
-        };
-        match classify(answer.status, &reason) {
-            Action::Delivered => {
-                tracing::trace!(apns_id = %job.apns_id, token = job.n.token.short(), "delivered");
-                self.finish(job, Outcome::Delivered)
-            }
-            Action::RemoveDevice => {
-                tracing::info!(apns_id = %job.apns_id, token = job.n.token.short(), status = answer.status, %reason, "APNS says the device is gone; removing it");
-                let outcome = Outcome::Rejected {
-                    reason: format!("{} {reason}", answer.status),
-                    remove_device: true,
-                    since_ms: ts,
-                };
-                self.finish(job, outcome)
-            }
-            Action::RefreshToken => {
-                if let (Auth::Token(signer), Some(used)) = (&self.auth, bearer) {
-                    signer.expired(used);
-                }
-                self.retry(job, reason.as_str())
-            }
-            Action::Retry => {
-                let why = format!("{} {reason}", answer.status);
-                self.retry(job, &why)
-            }
-            Action::Drop => {
-                tracing::warn!(apns_id = %job.apns_id, token = job.n.token.short(), status = answer.status, %reason, "APNS rejected the notification");
-                let outcome = Outcome::Rejected {
-                    reason: format!("{} {reason}", answer.status),
-                    remove_device: false,
-                    since_ms: None,
-                };
-                self.finish(job, outcome)
-            }
+        Action::Retry => {
+            let why = format!("{} {reason}", answer.status);
+            shared.retry(job, &why)
+        }
+        Action::Drop => {
+            tracing::warn!(apns_id = %job.label, token = job.n.token.short(), status = answer.status, %reason, "APNS rejected the notification");
+            let outcome = Outcome::Rejected {
+                reason: format!("{} {reason}", answer.status),
+                remove_device: false,
+                since_ms: None,
+            };
+            shared.finish(job, outcome)
         }
     }
 }
 
 impl Sink for Http2Sink {
     fn run(self: Box<Self>, input: mpsc::Receiver<Notification>, reports: ReportSender) -> BoxFuture {
-        Box::pin(dispatch(*self, input, reports))
+        Box::pin(async move {
+            let pools = Pools {
+                sink: &self,
+                prefix: process_prefix(),
+            };
+            let (max_retries, stats) = (self.max_retries, self.stats.clone());
+            dispatch(pools, input, reports, max_retries, stats).await
+        })
     }
 }
 
-/// The dispatcher: takes notifications and retries, routes them to the
-/// pool of their environment, and ends when the input is closed and every
-/// notification taken has been reported.
-async fn dispatch(sink: Http2Sink, mut input: mpsc::Receiver<Notification>, reports: ReportSender) {
-    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        reports,
-        outstanding: AtomicUsize::new(0),
-        idle: Notify::new(),
-        retry_tx,
-        auth: sink.setup.auth.clone(),
-        max_retries: sink.max_retries,
-        stats: sink.stats.clone(),
-    });
-    let prefix = process_prefix();
-    let mut pools: HashMap<Environment, mpsc::Sender<Job>> = HashMap::new();
-    let mut open = true;
-    loop {
-        // Armed before the counter is read, so a last report between the
-        // check and the select still wakes us.
-        let idle = shared.idle.notified();
-        tokio::pin!(idle);
-        idle.as_mut().enable();
-        if !open && shared.outstanding.load(Ordering::Acquire) == 0 {
-            break;
-        }
-        let job = tokio::select! {
-            biased;
-            Some(job) = retry_rx.recv() => job,
-            n = input.recv(), if open => match n {
-                Some(n) => {
-                    shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                    let apns_id = request::apns_id(prefix, n.id).into();
-                    Job { n, attempts: 0, apns_id }
-                }
-                None => { open = false; continue; }
-            },
-            _ = &mut idle, if !open => continue,
-        };
-        let env = job.n.environment;
-        let tx = match pools.get(&env) {
-            Some(tx) => tx.clone(),
-            None => match sink.setup.target(env) {
-                Ok(target) => {
-                    let tx = start_pool(target, &sink, shared.clone());
-                    pools.insert(env, tx.clone());
-                    tx
-                }
-                Err(e) => {
-                    shared.finish(
-                        job,
-                        Outcome::Rejected {
-                            reason: e,
-                            remove_device: false,
-                            since_ms: None,
-                        },
-                    );
-                    continue;
-                }
-            },
-        };
-        if tx.send(job).await.is_err() {
-            break;
-        }
+/// Starts pools for the dispatcher.
+struct Pools<'a> {
+    sink: &'a Http2Sink,
+    prefix: u64,
+}
+
+impl PoolStarter for Pools<'_> {
+    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Job>, String> {
+        Ok(start_pool(self.sink.setup.target(env)?, self.sink, shared))
     }
-    // Dropping the pools' queues ends their workers; connections close
-    // once their streams are answered.
-    drop(pools);
+
+    fn label(&self, n: &Notification) -> Arc<str> {
+        request::apns_id(self.prefix, n.id).into()
+    }
 }
 
 /// A random per-process prefix for our `apns-id`s.
@@ -375,6 +239,7 @@ fn process_prefix() -> u64 {
 /// Start `connections` workers for one host; returns their queue.
 fn start_pool(target: Target, sink: &Http2Sink, shared: Arc<Shared>) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel(POOL_QUEUE);
+    let auth = sink.setup.auth.clone();
     let rx = Arc::new(Mutex::new(rx));
     let connector = conn::connector(sink.setup.tls.clone());
     tracing::info!(endpoint = %target.authority, connections = sink.connections, "APNS pool starting");
@@ -385,13 +250,10 @@ fn start_pool(target: Target, sink: &Http2Sink, shared: Arc<Shared>) -> mpsc::Se
             connector.clone(),
             rx.clone(),
             shared.clone(),
+            auth.clone(),
         ));
     }
     tx
-}
-
-async fn next_job(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
-    rx.lock().await.recv().await
 }
 
 /// One connection's life: connect when there is work, stream notifications
@@ -400,8 +262,9 @@ async fn worker(
     index: usize,
     target: Target,
     connector: tokio_rustls::TlsConnector,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    rx: JobQueue,
     shared: Arc<Shared>,
+    auth: Auth,
 ) {
     let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
     let mut carry: Option<Job> = None;
@@ -416,7 +279,7 @@ async fn worker(
         match conn::connect(&target, &connector).await {
             Ok(c) => {
                 tracing::info!(endpoint = %target.authority, connection = index, "APNS connection up");
-                let (left, answered) = stream_jobs(c, &target.authority, carry.take(), &rx, &shared).await;
+                let (left, answered) = stream_jobs(c, &target.authority, carry.take(), &rx, &shared, &auth).await;
                 carry = left;
                 if answered {
                     backoff.reset();
@@ -426,16 +289,7 @@ async fn worker(
             Err(e) => tracing::warn!(connection = index, error = %e, "cannot reach APNS"),
         }
         if let Some(job) = carry.take() {
-            if job.n.expired_at(unix_now()) {
-                shared.finish(
-                    job,
-                    Outcome::Expired {
-                        reason: "expired while APNS was unreachable".into(),
-                    },
-                );
-            } else {
-                carry = Some(job);
-            }
+            carry = shared.unless_expired(job, "expired while APNS was unreachable");
         }
         let delay = backoff.next_delay();
         tracing::debug!(connection = index, ?delay, "reconnecting after delay");
@@ -451,13 +305,14 @@ async fn stream_jobs(
     mut carry: Option<Job>,
     rx: &Mutex<mpsc::Receiver<Job>>,
     shared: &Arc<Shared>,
+    auth: &Auth,
 ) -> (Option<Job>, bool) {
     let conn::Conn { mut send, closed } = c;
     let window = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // With token auth Apple allows one stream until a request with a valid
     // token succeeded: the first request goes alone.
-    let mut primed = matches!(shared.auth, Auth::Certificate);
+    let mut primed = matches!(auth, Auth::Certificate);
     loop {
         let job = match carry.take() {
             Some(j) => j,
@@ -482,24 +337,18 @@ async fn stream_jobs(
                 return (Some(job), answered.load(Ordering::Relaxed));
             }
         };
-        if job.n.expired_at(unix_now()) {
-            shared.finish(
-                job,
-                Outcome::Expired {
-                    reason: "expired before it could be sent".into(),
-                },
-            );
+        let Some(job) = shared.unless_expired(job, "expired before it could be sent") else {
             continue;
-        }
-        let bearer = match &shared.auth {
+        };
+        let bearer = match auth {
             Auth::Token(s) => Some(s.token()),
             Auth::Certificate => None,
         };
-        let req = match request::build(&job.n, authority, &job.apns_id, bearer.as_deref()) {
+        let req = match request::build(&job.n, authority, &job.label, bearer.as_deref()) {
             Ok(r) => r,
             Err(e) => {
                 let reason = e.to_string();
-                tracing::warn!(apns_id = %job.apns_id, reason, "notification cannot be sent");
+                tracing::warn!(apns_id = %job.label, reason, "notification cannot be sent");
                 shared.finish(
                     job,
                     Outcome::Rejected {
@@ -525,6 +374,7 @@ async fn stream_jobs(
         }
         let (done_tx, done_rx) = oneshot::channel();
         let shared2 = shared.clone();
+        let auth2 = auth.clone();
         let answered2 = answered.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -532,7 +382,7 @@ async fn stream_jobs(
                 Ok(a) => {
                     answered2.store(true, Ordering::Relaxed);
                     let ok = a.status == 200;
-                    shared2.answer(job, a, bearer.as_deref());
+                    answer(&shared2, &auth2, job, a, bearer.as_deref());
                     let _ = done_tx.send(ok);
                 }
                 Err(e) => {
