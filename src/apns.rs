@@ -14,6 +14,22 @@ pub fn http2_host(env: Environment) -> &'static str {
     }
 }
 
+/// Legacy binary gateway host for an environment.
+pub fn binary_host(env: Environment) -> &'static str {
+    match env {
+        Environment::Production => "gateway.push.apple.com:2195",
+        Environment::Sandbox => "gateway.sandbox.push.apple.com:2195",
+    }
+}
+
+/// Legacy feedback service host for an environment.
+pub fn feedback_host(env: Environment) -> &'static str {
+    match env {
+        Environment::Production => "feedback.push.apple.com:2196",
+        Environment::Sandbox => "feedback.sandbox.push.apple.com:2196",
+    }
+}
+
 /// Apple's `reason` strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {

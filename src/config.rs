@@ -134,6 +134,9 @@ pub struct AppConfig {
     pub max_retries: u32,
     /// Binary protocol: notification format, 2 (frames, default) or 1 (enhanced).
     pub binary_command: Option<u8>,
+    /// Binary protocol: milliseconds a written notification must go without
+    /// an error response before it counts as delivered (default 500).
+    pub binary_confirm_ms: Option<u64>,
     /// Binary protocol: feedback service `host:port` override.
     pub feedback_endpoint: Option<String>,
     /// Binary protocol: seconds between feedback polls (default 3600).
@@ -177,6 +180,7 @@ impl AppConfig {
             connections: 1,
             max_retries: default_max_retries(),
             binary_command: None,
+            binary_confirm_ms: None,
             feedback_endpoint: None,
             feedback_interval: None,
             queue: default_queue(),

@@ -1,7 +1,8 @@
 //! Command-line interface: `run`, `check`, `devices`, `push`, `simulate`,
-//! `bench`, `bench-http2`.
+//! `bench`, `bench-http2`, `bench-binary`.
 
 mod bench;
+mod bench_binary;
 mod bench_http2;
 mod devices;
 mod push;
@@ -52,12 +53,17 @@ enum Cmd {
     /// Run the APNS simulator: a local stand-in for Apple's HTTP/2 provider
     /// API (TLS, Apple's validation, status codes and reasons), printing
     /// each accepted notification as a JSON line.
-    Simulate(simulate::Args),
+    Simulate(Box<simulate::Args>),
     /// Benchmark the HTTP/2 sink: notifications through one (or --connections)
     /// TLS connection(s) into the simulator in this process; prints
     /// notifications/s and latency percentiles.
     #[command(name = "bench-http2")]
     BenchHttp2(bench_http2::Args),
+    /// Benchmark the legacy binary sink: notifications through one (or
+    /// --connections) TLS connection(s) into the binary simulator in this
+    /// process; prints notifications/s and peak memory.
+    #[command(name = "bench-binary")]
+    BenchBinary(bench_binary::Args),
 }
 
 /// Logs go to stderr (stdout carries the `log` protocol's JSON lines).
@@ -81,8 +87,9 @@ pub fn main() -> ExitCode {
         Cmd::Devices { config, action } => devices::run(&config, action),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Push(args) => push::run(args),
-        Cmd::Simulate(args) => simulate::run(args),
+        Cmd::Simulate(args) => simulate::run(*args),
         Cmd::BenchHttp2(args) => bench_http2::run(args),
+        Cmd::BenchBinary(args) => bench_binary::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! `pushbridge simulate`: the APNS simulator as a command, for operators
-//! trying a config and for adapter authors.
+//! trying a config and for adapter authors: the HTTP/2 provider API, and
+//! on request the legacy binary gateway and its feedback service.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args as ClapArgs;
+use pushbridge::simulator::binary;
 use pushbridge::simulator::http2::{Options, Simulator};
 use pushbridge::simulator::Recorder;
 use pushbridge::tls::{self, TestPki};
@@ -66,6 +68,51 @@ pub struct Args {
     /// Append accepted notifications as JSON lines here (default: stdout).
     #[arg(long)]
     record: Option<PathBuf>,
+    /// Also serve the legacy binary gateway here (e.g. 127.0.0.1:2195);
+    /// it requires client certificates (--write-client-cert or --client-ca).
+    #[arg(long, value_name = "ADDR")]
+    binary_listen: Option<String>,
+    /// Serve the binary protocol's feedback service here (e.g. 127.0.0.1:2196).
+    #[arg(long, value_name = "ADDR", requires = "binary_listen")]
+    feedback_listen: Option<String>,
+    /// Binary gateway: answer notifications for TOKEN with an error
+    /// response of STATUS (8 = invalid token), e.g. <token>=8 (repeatable).
+    #[arg(long = "binary-reject", value_name = "TOKEN=STATUS")]
+    binary_rejects: Vec<String>,
+    /// Binary gateway: drop each connection after N notifications without
+    /// an error response.
+    #[arg(long, value_name = "N")]
+    binary_drop_every: Option<u64>,
+    /// Feedback service: list TOKEN as gone since UNIX_TIME (default: now),
+    /// e.g. <token>@1700000000 (repeatable).
+    #[arg(long = "feedback", value_name = "TOKEN[@UNIX_TIME]")]
+    feedback: Vec<String>,
+}
+
+fn parse_binary_reject(s: &str) -> anyhow::Result<(String, u8)> {
+    let (token, status) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--binary-reject {s:?}: expected TOKEN=STATUS"))?;
+    let status: u8 = status
+        .parse()
+        .ok()
+        .filter(|s| *s != 0)
+        .ok_or_else(|| anyhow!("--binary-reject {s:?}: STATUS must be 1 to 255"))?;
+    pushbridge_api::DeviceToken::parse(token).map_err(|e| anyhow!("--binary-reject {s:?}: {e}"))?;
+    Ok((token.to_owned(), status))
+}
+
+fn parse_feedback(s: &str, now: u32) -> anyhow::Result<(String, u32)> {
+    let (token, time) = match s.split_once('@') {
+        Some((t, time)) => (
+            t,
+            time.parse()
+                .map_err(|_| anyhow!("--feedback {s:?}: UNIX_TIME must be seconds since 1970"))?,
+        ),
+        None => (s, now),
+    };
+    pushbridge_api::DeviceToken::parse(token).map_err(|e| anyhow!("--feedback {s:?}: {e}"))?;
+    Ok((token.to_owned(), time))
 }
 
 fn parse_fail_status(s: &str) -> Result<u16, String> {
@@ -107,6 +154,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|s| parse_reject(s))
         .collect::<Result<Vec<_>, _>>()?;
+    let binary_rejects = args
+        .binary_rejects
+        .iter()
+        .map(|s| parse_binary_reject(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as u32;
+    let feedback = args
+        .feedback
+        .iter()
+        .map(|s| parse_feedback(s, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.binary_drop_every == Some(0) {
+        bail!("--binary-drop-every must be at least 1");
+    }
     let pki = TestPki::generate()?;
     let identity = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => tls::load_identity(c, Some(k))?,
@@ -158,17 +221,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fail_status: args.fail_status,
         max_concurrent_streams: args.max_streams,
     };
-    let server = tls::server_config(identity, client_ca.as_deref(), &[b"h2"])?;
-    let out: Box<dyn std::io::Write + Send> = match &args.record {
-        Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout()),
+    let binary_server = match (&args.binary_listen, &client_ca) {
+        (None, _) => None,
+        (Some(_), None) => bail!("the binary gateway authenticates clients by certificate: add --write-client-cert FILE or --client-ca CA.pem"),
+        (Some(_), Some(cas)) => Some(tls::server_config(identity.clone(), Some(cas), &[])?),
     };
+    let server = tls::server_config(identity, client_ca.as_deref(), &[b"h2"])?;
+    let output = |record: &Option<PathBuf>| -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+        Ok(match record {
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stdout()),
+        })
+    };
+    let out = output(&args.record)?;
+    let binary_out = output(&args.record)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -179,7 +251,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             sim.state().reject(token, *status, reason);
         }
         eprintln!("simulator: HTTP/2 provider API listening on {} (auth: {auth})", sim.addr());
+        let binary = match (binary_server, &args.binary_listen) {
+            (Some(server), Some(addr)) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                let feedback_listener = match &args.feedback_listen {
+                    Some(f) => Some(
+                        tokio::net::TcpListener::bind(f)
+                            .await
+                            .with_context(|| format!("cannot listen on {f}"))?,
+                    ),
+                    None => None,
+                };
+                let b = binary::Simulator::start(
+                    listener,
+                    feedback_listener,
+                    server,
+                    binary::Options {
+                        drop_every: args.binary_drop_every,
+                    },
+                    Recorder::new(false, Some(binary_out)),
+                )?;
+                for (token, status) in &binary_rejects {
+                    b.state().reject(token, *status);
+                }
+                for (token, time) in &feedback {
+                    b.state().add_feedback(token, *time);
+                }
+                eprintln!("simulator: binary gateway listening on {} (client certificates)", b.addr());
+                if let Some(f) = b.feedback_addr() {
+                    eprintln!("simulator: feedback service listening on {f} ({} tokens listed)", feedback.len());
+                }
+                Some(b)
+            }
+            _ => None,
+        };
         super::shutdown_signal().await;
+        if let Some(b) = binary {
+            let s = b.state().clone();
+            b.stop().await;
+            eprintln!(
+                "simulator: binary gateway accepted {} notifications over {} connections, {} error responses, {} dropped",
+                s.recorder.count(),
+                s.connections.load(Ordering::Relaxed),
+                s.errors_sent.load(Ordering::Relaxed),
+                s.drops.load(Ordering::Relaxed)
+            );
+        }
         let s = sim.state().clone();
         sim.stop().await;
         eprintln!(

@@ -495,6 +495,8 @@ async fn check(req: Request<RecvStream>, state: &State, has_cert: bool, conn: u6
     }
     Ok(Record {
         apns_id,
+        identifier: None,
+        command: None,
         device_token: token,
         topic,
         push_type,

@@ -2,10 +2,12 @@
 //! benchmarks talk to it instead of APNS.
 //!
 //! [`http2`] serves the HTTP/2 provider API over TLS with Apple's
-//! validation, status codes and reasons. Accepted notifications are kept
+//! validation, status codes and reasons; [`binary`] the legacy binary
+//! gateway and its feedback service. Accepted notifications are kept
 //! as [`Record`]s: in memory for tests, and as JSON lines on stdout or in a
 //! file for people.
 
+pub mod binary;
 pub mod http2;
 
 use std::io::Write;
@@ -19,8 +21,18 @@ use tokio::sync::Notify;
 /// One notification the simulator accepted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
+    /// HTTP/2: the `apns-id` (empty for the binary protocol).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub apns_id: String,
+    /// Binary: the notification identifier and the command it came in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<u8>,
     pub device_token: String,
+    /// HTTP/2: `apns-topic` (the binary protocol has none: the client
+    /// certificate names the app).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub topic: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push_type: Option<String>,

@@ -10,8 +10,10 @@
 //! A sink runs until its input channel closes, then drains what it holds
 //! (bounded by the gateway's shutdown grace) and returns.
 
+pub mod binary;
 pub mod http2;
 pub mod log;
+pub mod net;
 pub mod pool;
 
 use std::future::Future;
@@ -122,10 +124,7 @@ pub fn check_app(app: &AppConfig) -> Result<(), String> {
     match app.protocol {
         SinkProtocol::Log => Ok(()),
         SinkProtocol::Http2 => http2::check(app),
-        SinkProtocol::Binary => Err(format!(
-            "protocol {:?} is not available in this build yet; use protocol = \"log\"",
-            app.protocol.as_str()
-        )),
+        SinkProtocol::Binary => binary::check(app),
     }
 }
 
@@ -134,9 +133,6 @@ pub fn build(app: &AppConfig) -> Result<Box<dyn Sink>, String> {
     match app.protocol {
         SinkProtocol::Log => Ok(Box::new(log::LogSink::new(app.output.clone()))),
         SinkProtocol::Http2 => Ok(Box::new(http2::Http2Sink::from_app(app)?)),
-        SinkProtocol::Binary => {
-            check_app(app)?;
-            Err("unsupported protocol".into())
-        }
+        SinkProtocol::Binary => Ok(Box::new(binary::BinarySink::from_app(app)?)),
     }
 }

@@ -28,7 +28,29 @@ pub struct SinkStats {
     pub rejected: AtomicU64,
     pub expired: AtomicU64,
     pub retried: AtomicU64,
+    /// Sent, then lost with their connection before an answer came: APNS
+    /// may have taken them, so their re-sends may arrive twice.
+    pub lost: AtomicU64,
     pub connects: AtomicU64,
+}
+
+impl SinkStats {
+    /// One log line with every counter.
+    pub fn log(&self, topic: &str, protocol: &str) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            topic,
+            protocol,
+            delivered = g(&self.delivered),
+            devices_removed = g(&self.devices_removed),
+            rejected = g(&self.rejected),
+            expired = g(&self.expired),
+            retried = g(&self.retried),
+            lost = g(&self.lost),
+            connects = g(&self.connects),
+            "sink stopped"
+        );
+    }
 }
 
 /// A notification on its way, with what happened to it so far.
@@ -96,12 +118,7 @@ impl Shared {
     /// Expire the job if its time has passed; otherwise hand it back.
     pub fn unless_expired(&self, job: Job, why: &str) -> Option<Job> {
         if job.n.expired_at(unix_now()) {
-            self.finish(
-                job,
-                Outcome::Expired {
-                    reason: why.to_owned(),
-                },
-            );
+            self.finish(job, Outcome::Expired { reason: why.to_owned() });
             None
         } else {
             Some(job)
@@ -135,6 +152,8 @@ impl Shared {
 
 /// Starts the pool of connections for one environment: returns its queue.
 pub trait PoolStarter {
+    /// Called once when the sink starts (feedback pollers, …).
+    fn started(&mut self, _shared: &Arc<Shared>) {}
     fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Job>, String>;
     /// How logs name a notification.
     fn label(&self, n: &Notification) -> Arc<str>;
@@ -159,6 +178,7 @@ pub async fn dispatch(
         max_retries,
         stats,
     });
+    pools_for.started(&shared);
     let mut pools: HashMap<Environment, mpsc::Sender<Job>> = HashMap::new();
     let mut open = true;
     loop {

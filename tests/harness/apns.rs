@@ -95,3 +95,36 @@ pub fn http2_config(dir: &Path, app_keys: &str, extra: &str) -> String {
         topic = super::TOPIC,
     )
 }
+
+impl Creds {
+    /// A binary gateway + feedback simulator requiring our client certificates.
+    pub async fn binary_simulator(
+        &self,
+        addr: &str,
+        options: pushbridge::simulator::binary::Options,
+    ) -> pushbridge::simulator::binary::Simulator {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let feedback = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = pushbridge::tls::server_config(self.pki.server_identity().unwrap(), Some(&[self.pki.ca_der()]), &[])
+            .unwrap();
+        pushbridge::simulator::binary::Simulator::start(
+            listener,
+            Some(feedback),
+            tls,
+            options,
+            Recorder::new(true, None),
+        )
+        .unwrap()
+    }
+
+    /// `[[apps]]` keys for the binary protocol against a binary simulator.
+    pub fn binary_app(&self, sim: &pushbridge::simulator::binary::Simulator) -> String {
+        format!(
+            "protocol = \"binary\"\nendpoint = \"{}\"\nfeedback_endpoint = \"{}\"\nca_file = {:?}\ncert_file = {:?}\nbinary_confirm_ms = 100\n",
+            sim.addr(),
+            sim.feedback_addr().unwrap(),
+            self.ca_file.display().to_string(),
+            self.client_pem.display().to_string(),
+        )
+    }
+}

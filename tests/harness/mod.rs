@@ -51,7 +51,10 @@ impl Gateway {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
             .args(["run", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("PB_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -171,6 +174,23 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, wait, and return the exit status with everything logged.
+    pub fn stop_with_logs(self) -> (std::process::ExitStatus, String) {
+        let stderr = self.stderr.clone();
+        let status = self.stop();
+        // The reader thread may still be draining the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        let logs = stderr.lock().unwrap().join("\n");
+        (status, logs)
+    }
+
+    /// A `key=value` number from the last log line containing `marker`.
+    pub fn log_number(logs: &str, marker: &str, key: &str) -> Option<u64> {
+        let line = logs.lines().rev().find(|l| l.contains(marker))?;
+        let v = line.split(&format!("{key}=")).nth(1)?;
+        v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     }
 
     /// SIGKILL and wait.

@@ -60,7 +60,37 @@ pub struct Push {
     pub payload: Bytes,
 }
 
+/// A notification to encode, borrowing its token and payload (the sink
+/// encodes straight from what it holds).
+#[derive(Debug, Clone, Copy)]
+pub struct PushRef<'a> {
+    pub command: u8,
+    pub id: u32,
+    pub expiry: u32,
+    pub priority: u8,
+    pub token: &'a [u8],
+    pub payload: &'a [u8],
+}
+
 impl Push {
+    pub fn borrowed(&self) -> PushRef<'_> {
+        PushRef {
+            command: self.command,
+            id: self.id,
+            expiry: self.expiry,
+            priority: self.priority,
+            token: &self.token,
+            payload: &self.payload,
+        }
+    }
+
+    /// Bytes it takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        self.borrowed().encoded_len()
+    }
+}
+
+impl PushRef<'_> {
     /// Bytes it takes on the wire.
     pub fn encoded_len(&self) -> usize {
         let (t, p) = (self.token.len(), self.payload.len());
@@ -93,6 +123,14 @@ impl Encoder<&Push> for PushEncoder {
     type Error = EncodeError;
 
     fn encode(&mut self, p: &Push, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode(p.borrowed(), dst)
+    }
+}
+
+impl Encoder<PushRef<'_>> for PushEncoder {
+    type Error = EncodeError;
+
+    fn encode(&mut self, p: PushRef<'_>, dst: &mut BytesMut) -> Result<(), EncodeError> {
         if p.token.is_empty() || p.token.len() > MAX_TOKEN {
             return Err(EncodeError::Token(p.token.len()));
         }
@@ -104,28 +142,28 @@ impl Encoder<&Push> for PushEncoder {
             0 => {
                 dst.put_u8(0);
                 dst.put_u16(p.token.len() as u16);
-                dst.put_slice(&p.token);
+                dst.put_slice(p.token);
                 dst.put_u16(p.payload.len() as u16);
-                dst.put_slice(&p.payload);
+                dst.put_slice(p.payload);
             }
             1 => {
                 dst.put_u8(1);
                 dst.put_u32(p.id);
                 dst.put_u32(p.expiry);
                 dst.put_u16(p.token.len() as u16);
-                dst.put_slice(&p.token);
+                dst.put_slice(p.token);
                 dst.put_u16(p.payload.len() as u16);
-                dst.put_slice(&p.payload);
+                dst.put_slice(p.payload);
             }
             2 => {
                 dst.put_u8(2);
                 dst.put_u32((p.encoded_len() - 5) as u32);
                 dst.put_u8(1);
                 dst.put_u16(p.token.len() as u16);
-                dst.put_slice(&p.token);
+                dst.put_slice(p.token);
                 dst.put_u8(2);
                 dst.put_u16(p.payload.len() as u16);
-                dst.put_slice(&p.payload);
+                dst.put_slice(p.payload);
                 dst.put_u8(3);
                 dst.put_u16(4);
                 dst.put_u32(p.id);
@@ -269,8 +307,12 @@ fn decode_frame(src: &mut BytesMut) -> Option<Result<Push, Refused>> {
         let dup = match item {
             1 => token.replace(data).is_some(),
             2 => payload.replace(data).is_some(),
-            3 if len == 4 => id.replace(u32::from_be_bytes([data[0], data[1], data[2], data[3]])).is_some(),
-            4 if len == 4 => expiry.replace(u32::from_be_bytes([data[0], data[1], data[2], data[3]])).is_some(),
+            3 if len == 4 => id
+                .replace(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
+                .is_some(),
+            4 if len == 4 => expiry
+                .replace(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
+                .is_some(),
             5 if len == 1 => priority.replace(data[0]).is_some(),
             _ => {
                 bad.get_or_insert(status::PROTOCOL_ERROR);
@@ -462,7 +504,10 @@ mod tests {
         // 61 + N bytes with a 32-byte token (PROTOCOLS.md §1.4).
         assert_eq!(b.len(), 61 + p.payload.len());
         assert_eq!(b[0], 2);
-        assert_eq!(u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize, 56 + p.payload.len());
+        assert_eq!(
+            u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize,
+            56 + p.payload.len()
+        );
         assert_eq!(&b[5..8], &[1, 0, 32]);
         let id_at = 5 + 35 + 3 + p.payload.len();
         assert_eq!(&b[id_at..id_at + 7], &[3, 0, 4, 1, 2, 3, 4]);
@@ -537,7 +582,13 @@ mod tests {
         p.priority = 7;
         let mut b = BytesMut::new();
         PushEncoder.encode(&p, &mut b).unwrap();
-        assert_eq!(refused(&b), Refused { status: status::PROCESSING_ERROR, id: 3 });
+        assert_eq!(
+            refused(&b),
+            Refused {
+                status: status::PROCESSING_ERROR,
+                id: 3
+            }
+        );
         let mut b = BytesMut::new();
         b.put_u8(0);
         b.put_u16(32);

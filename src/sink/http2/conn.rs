@@ -7,16 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::{Connection, SendRequest};
 use h2::Ping;
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::apns::ErrorBody;
+pub use crate::sink::net::{connect_tls, ConnectError, Target, CONNECT_TIMEOUT};
 
-/// Time allowed for TCP connect, TLS and the HTTP/2 preface each.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A PING goes out after this long; Apple recommends keeping connections
 /// open for hours, and middleboxes forget quiet ones.
 pub const PING_EVERY: Duration = Duration::from_secs(60);
@@ -24,45 +22,6 @@ pub const PING_EVERY: Duration = Duration::from_secs(60);
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// Error bodies are small JSON; anything longer is cut.
 const MAX_ERROR_BODY: usize = 4096;
-
-/// Where a pool connects.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// `host:port`, resolved anew on every connect (Apple asks for an
-    /// uncached lookup per connection).
-    pub authority: String,
-    pub server_name: ServerName<'static>,
-}
-
-impl Target {
-    pub fn parse(authority: &str) -> Result<Target, String> {
-        let (host, _port) = authority
-            .rsplit_once(':')
-            .ok_or_else(|| format!("endpoint {authority:?} is not host:port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(host.to_owned())
-            .map_err(|e| format!("endpoint {authority:?}: {host:?} is not a valid TLS server name: {e}"))?;
-        Ok(Target {
-            authority: authority.to_owned(),
-            server_name,
-        })
-    }
-}
-
-/// Why a connection could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connect to {0}: {1}")]
-    Tcp(String, std::io::Error),
-    #[error("TLS with {0}: {1}")]
-    Tls(String, std::io::Error),
-    #[error("{0} did not agree to HTTP/2 (ALPN h2)")]
-    NoH2(String),
-    #[error("HTTP/2 handshake with {0}: {1}")]
-    H2(String, h2::Error),
-    #[error("{0}: timed out")]
-    Timeout(String),
-}
 
 /// A live connection: the handle to open streams, and a token cancelled
 /// when the connection is gone (closed, GOAWAY drained, PING unanswered).
@@ -75,15 +34,7 @@ pub struct Conn {
 pub async fn connect(target: &Target, tls: &TlsConnector) -> Result<Conn, ConnectError> {
     let name = &target.authority;
     let timed = |what: &str| ConnectError::Timeout(format!("{what} {name}"));
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(name))
-        .await
-        .map_err(|_| timed("connect to"))?
-        .map_err(|e| ConnectError::Tcp(name.clone(), e))?;
-    let _ = tcp.set_nodelay(true);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(target.server_name.clone(), tcp))
-        .await
-        .map_err(|_| timed("TLS with"))?
-        .map_err(|e| ConnectError::Tls(name.clone(), e))?;
+    let stream = connect_tls(target, tls).await?;
     if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(ConnectError::NoH2(name.clone()));
     }
@@ -171,21 +122,4 @@ pub async fn read_answer(resp: h2::client::ResponseFuture) -> Result<Answer, h2:
 /// TLS connector for a client config.
 pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
     TlsConnector::from(config)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets() {
-        let t = Target::parse("api.push.apple.com:443").unwrap();
-        assert_eq!(t.authority, "api.push.apple.com:443");
-        assert!(matches!(t.server_name, ServerName::DnsName(_)));
-        let t = Target::parse("127.0.0.1:2197").unwrap();
-        assert!(matches!(t.server_name, ServerName::IpAddress(_)));
-        let t = Target::parse("[::1]:2197").unwrap();
-        assert!(matches!(t.server_name, ServerName::IpAddress(_)));
-        assert!(Target::parse("nocolon").is_err());
-    }
 }

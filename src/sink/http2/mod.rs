@@ -134,6 +134,7 @@ impl Http2Setup {
 /// The sink.
 pub struct Http2Sink {
     setup: Http2Setup,
+    topic: String,
     connections: usize,
     max_retries: u32,
     stats: Arc<SinkStats>,
@@ -141,12 +142,18 @@ pub struct Http2Sink {
 
 impl Http2Sink {
     pub fn from_app(app: &AppConfig) -> Result<Self, String> {
-        Ok(Self::new(Http2Setup::from_app(app)?, app.connections, app.max_retries))
+        Ok(Self::new(
+            Http2Setup::from_app(app)?,
+            &app.topic,
+            app.connections,
+            app.max_retries,
+        ))
     }
 
-    pub fn new(setup: Http2Setup, connections: usize, max_retries: u32) -> Self {
+    pub fn new(setup: Http2Setup, topic: &str, connections: usize, max_retries: u32) -> Self {
         Self {
             setup,
+            topic: topic.to_owned(),
             connections: connections.max(1),
             max_retries,
             stats: Arc::default(),
@@ -208,7 +215,8 @@ impl Sink for Http2Sink {
                 prefix: process_prefix(),
             };
             let (max_retries, stats) = (self.max_retries, self.stats.clone());
-            dispatch(pools, input, reports, max_retries, stats).await
+            dispatch(pools, input, reports, max_retries, stats).await;
+            self.stats.log(&self.topic, "http2");
         })
     }
 }
@@ -386,6 +394,13 @@ async fn stream_jobs(
                     let _ = done_tx.send(ok);
                 }
                 Err(e) => {
+                    // Streams past a GOAWAY's last-stream-id, and refused
+                    // ones, were not processed; anything else may have been.
+                    let unprocessed =
+                        e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM));
+                    if !unprocessed {
+                        shared2.stats.lost.fetch_add(1, Ordering::Relaxed);
+                    }
                     shared2.retry(job, &format!("stream lost: {e}"));
                     let _ = done_tx.send(false);
                 }
