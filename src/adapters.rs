@@ -14,17 +14,22 @@ pub struct AdaptersConfig {
     /// `[[adapters.line]]`
     #[serde(default)]
     pub line: Vec<pushbridge_line::LineConfig>,
+    /// `[[adapters.xmpp]]`
+    #[serde(default)]
+    pub xmpp: Vec<pushbridge_xmpp::XmppConfig>,
 }
 
 impl AdaptersConfig {
     /// Start every configured adapter instance under supervision.
     pub fn spawn_all(&self, deps: &AdapterDeps) {
         spawn_all::<pushbridge_line::LineAdapter>(&self.line, deps);
+        spawn_all::<pushbridge_xmpp::XmppAdapter>(&self.xmpp, deps);
     }
 
     /// Check every instance; the error names the section.
     pub fn check(&self) -> Result<(), String> {
         check_each::<pushbridge_line::LineAdapter>(&self.line)?;
+        check_each::<pushbridge_xmpp::XmppAdapter>(&self.xmpp)?;
         Ok(())
     }
 
@@ -32,6 +37,7 @@ impl AdaptersConfig {
     pub fn instances(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         names::<pushbridge_line::LineAdapter>(&self.line, &mut out);
+        names::<pushbridge_xmpp::XmppAdapter>(&self.xmpp, &mut out);
         out
     }
 }

@@ -1,0 +1,301 @@
+//! The XMPP adapter: an external component (XEP-0114) that acts as a
+//! XEP-0357 push App Server.
+//!
+//! The user's XMPP server (Prosody's mod_cloud_notify, ejabberd's mod_push,
+//! …) publishes a notification to a node of this component whenever a
+//! message reaches an offline or hibernated session of a user who enabled
+//! push; the component turns it into a push to the device behind that node.
+//! Devices register with XEP-0050 ad-hoc commands (`register-push-apns` /
+//! `unregister-push-apns`, and mod_push_appserver's `v1-register-push`).
+//!
+//! Layout: [`xml`] reads and writes stanzas (quick-xml, bounded);
+//! [`service`] answers disco, commands and publishes; this file holds the
+//! config, the component handshake and the connection loop.
+#![forbid(unsafe_code)]
+
+pub mod service;
+pub mod xml;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pushbridge_api::{Adapter, AdapterError, Context, Environment};
+use serde::Deserialize;
+use sha1::{Digest, Sha1};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+
+use self::xml::{Element, ReadError, StreamReader};
+
+pub const NS_COMPONENT: &str = "jabber:component:accept";
+pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+
+/// Whitespace keepalive interval.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// `[[adapters.xmpp]]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmppConfig {
+    /// The XMPP server's component port, `host:port` (Prosody: 5347).
+    pub server: String,
+    /// The component's domain, as in Prosody's `Component "push.example.org"`.
+    pub domain: String,
+    /// The shared secret (`component_secret`).
+    pub secret: String,
+    /// Scope of user ids: `<name>:<bare jid>` (default `xmpp`).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Largest stanza accepted; a larger one ends the stream with a
+    /// policy-violation error (default 65536).
+    #[serde(default = "default_max_stanza")]
+    pub max_stanza_size: usize,
+    /// App (APNS topic) of devices registered here; default: the first app.
+    pub topic: Option<String>,
+    /// Environment of devices registered here when the client does not say
+    /// (`sandbox` field in the command); default: the app's.
+    pub environment: Option<Environment>,
+    /// Alert title when the server does not say who sent the message.
+    #[serde(default = "default_title")]
+    pub anonymous_title: String,
+    /// Publishes being handed to the core at once; more are answered
+    /// `wait`/`resource-constraint` so the server retries later.
+    #[serde(default = "default_inflight")]
+    pub max_inflight: usize,
+}
+
+impl std::fmt::Debug for XmppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XmppConfig")
+            .field("server", &self.server)
+            .field("domain", &self.domain)
+            .field("secret", &"<redacted>")
+            .field("name", &self.name)
+            .field("max_stanza_size", &self.max_stanza_size)
+            .field("topic", &self.topic)
+            .field("environment", &self.environment)
+            .finish()
+    }
+}
+
+fn default_name() -> String {
+    "xmpp".to_owned()
+}
+fn default_max_stanza() -> usize {
+    65_536
+}
+fn default_title() -> String {
+    "New message".to_owned()
+}
+fn default_inflight() -> usize {
+    1024
+}
+
+/// The XEP-0114 handshake: lower-case hex SHA-1 of stream id ‖ secret.
+pub fn handshake_digest(stream_id: &str, secret: &str) -> String {
+    let d = Sha1::digest(format!("{stream_id}{secret}").as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The XMPP adapter.
+pub struct XmppAdapter;
+
+impl Adapter for XmppAdapter {
+    type Config = XmppConfig;
+    const KIND: &'static str = "xmpp";
+
+    fn instance_name(config: &XmppConfig) -> String {
+        config.name.clone()
+    }
+
+    fn check(c: &XmppConfig) -> Result<(), String> {
+        match c.server.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+            _ => return Err(format!("server {:?} is not host:port", c.server)),
+        }
+        if c.domain.is_empty() || c.domain.contains(|ch: char| ch.is_whitespace() || ch == '@' || ch == '/') {
+            return Err(format!("domain {:?} is not a component domain", c.domain));
+        }
+        if c.secret.is_empty() {
+            return Err("secret must be the server's component_secret".into());
+        }
+        if c.name.is_empty() || c.name.contains(char::is_whitespace) {
+            return Err("name must be non-empty without spaces".into());
+        }
+        if c.max_stanza_size < 1024 {
+            return Err("max_stanza_size must be at least 1024".into());
+        }
+        if c.max_inflight == 0 {
+            return Err("max_inflight must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    async fn run(ctx: Context<XmppConfig>) -> Result<(), AdapterError> {
+        let cfg = ctx.config().clone();
+        let tcp = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&cfg.server)) => r
+                .map_err(|_| AdapterError::Io(std::io::Error::other(format!("connect to {}: timed out", cfg.server))))?
+                .map_err(|e| AdapterError::Io(std::io::Error::new(e.kind(), format!("connect to {}: {e}", cfg.server))))?,
+            _ = ctx.shutdown().cancelled() => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let (rd, mut wr) = tcp.into_split();
+        let mut reader = StreamReader::new(rd, cfg.max_stanza_size);
+
+        // Open the stream and authenticate.
+        let mut open = Vec::new();
+        open.extend_from_slice(b"<?xml version='1.0'?>");
+        let header = Element::new("stream:stream")
+            .attr("xmlns", NS_COMPONENT)
+            .attr("xmlns:stream", NS_STREAM)
+            .attr("to", &cfg.domain);
+        let mut h = header.to_bytes();
+        // An opening tag only: drop the self-closing "/>".
+        if h.ends_with(b"/>") {
+            h.truncate(h.len() - 2);
+            h.push(b'>');
+        }
+        open.extend_from_slice(&h);
+        wr.write_all(&open).await?;
+        let server_header = reader.header().await.map_err(|e| protocol("stream header", e))?;
+        let id = server_header
+            .get("id")
+            .ok_or_else(|| AdapterError::Protocol("the server's stream header has no id".into()))?
+            .to_owned();
+        let hs = Element::new("handshake").text(&handshake_digest(&id, &cfg.secret));
+        wr.write_all(&hs.to_bytes()).await?;
+        match reader.next().await {
+            Ok(e) if e.local() == "handshake" => {}
+            Ok(e) if e.local() == "error" => {
+                let cond = e.elements().next().map(|c| c.local().to_owned()).unwrap_or_default();
+                return Err(if cond == "not-authorized" {
+                    AdapterError::Config(format!(
+                        "{} refused the component secret for {} (not-authorized): check secret against the server's component_secret",
+                        cfg.server, cfg.domain
+                    ))
+                } else {
+                    AdapterError::Config(format!("{} refused component {}: {cond}", cfg.server, cfg.domain))
+                });
+            }
+            Ok(e) => return Err(AdapterError::Protocol(format!("expected <handshake/>, got <{}>", e.name))),
+            Err(ReadError::Closed) => {
+                return Err(AdapterError::Config(format!(
+                    "{} closed the stream during the handshake: wrong secret or unknown component {}?",
+                    cfg.server, cfg.domain
+                )))
+            }
+            Err(e) => return Err(protocol("handshake", e)),
+        }
+        tracing::info!(adapter = ctx.name(), server = %cfg.server, domain = %cfg.domain, "XMPP component connected");
+
+        // Reader task: stanzas in, so the main loop can select freely.
+        let (stanza_tx, mut stanzas) = mpsc::channel::<Result<Element, ReadError>>(256);
+        let reader_task = tokio::spawn(async move {
+            loop {
+                let r = reader.next().await;
+                let end = r.is_err();
+                if stanza_tx.send(r).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let (out_tx, mut out) = mpsc::channel::<Element>(1024);
+        let svc = Arc::new(service::Service::new(ctx.clone(), out_tx));
+        let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        let result = loop {
+            tokio::select! {
+                s = stanzas.recv() => match s {
+                    Some(Ok(stanza)) => svc.handle(stanza, &inflight),
+                    Some(Err(ReadError::TooBig(max))) => {
+                        tracing::warn!(adapter = ctx.name(), max, "stanza over max_stanza_size; closing the stream");
+                        let err = Element::new("stream:error").child(
+                            Element::new("policy-violation").attr("xmlns", NS_STREAM_ERRORS),
+                        );
+                        let mut b = err.to_bytes();
+                        b.extend_from_slice(b"</stream:stream>");
+                        let _ = wr.write_all(&b).await;
+                        break Err(AdapterError::Protocol(format!("stanza larger than {max} bytes")));
+                    }
+                    Some(Err(ReadError::Closed)) | None => {
+                        break Err(AdapterError::Io(std::io::Error::other("the XMPP server closed the stream")))
+                    }
+                    Some(Err(e)) => {
+                        let err = Element::new("stream:error").child(
+                            Element::new("not-well-formed").attr("xmlns", NS_STREAM_ERRORS),
+                        );
+                        let mut b = err.to_bytes();
+                        b.extend_from_slice(b"</stream:stream>");
+                        let _ = wr.write_all(&b).await;
+                        break Err(protocol("stream", e));
+                    }
+                },
+                Some(reply) = out.recv() => {
+                    wr.write_all(&reply.to_bytes()).await?;
+                }
+                _ = keepalive.tick() => {
+                    wr.write_all(b" ").await?;
+                }
+                _ = ctx.shutdown().cancelled() => {
+                    // Answer what is being answered, then close.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, out.recv()).await {
+                        let _ = wr.write_all(&reply.to_bytes()).await;
+                        if inflight.available_permits() == cfg.max_inflight && out.is_empty() {
+                            break;
+                        }
+                    }
+                    let _ = wr.write_all(b"</stream:stream>").await;
+                    break Ok(());
+                }
+            }
+        };
+        reader_task.abort();
+        let _ = wr.shutdown().await;
+        result
+    }
+}
+
+fn protocol(what: &str, e: ReadError) -> AdapterError {
+    match e {
+        ReadError::Io(io) => AdapterError::Io(io),
+        other => AdapterError::Protocol(format!("{what}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_test_vector() {
+        // PROTOCOLS.md §4.
+        assert_eq!(
+            handshake_digest("3BF96D32", "secret"),
+            "b09ea9b3b7f586be8a08d0a3dd7466f110aeb136"
+        );
+    }
+
+    #[test]
+    fn config_checks() {
+        let ok: XmppConfig = serde_json::from_value(serde_json::json!({
+            "server": "127.0.0.1:5347", "domain": "push.localhost", "secret": "s"
+        }))
+        .unwrap();
+        assert!(XmppAdapter::check(&ok).is_ok());
+        assert!(!format!("{ok:?}").contains("\"s\""));
+        let mut bad = ok.clone();
+        bad.server = "nohost".into();
+        assert!(XmppAdapter::check(&bad).unwrap_err().contains("host:port"));
+        let mut bad = ok.clone();
+        bad.secret = String::new();
+        assert!(XmppAdapter::check(&bad).is_err());
+        let mut bad = ok;
+        bad.domain = "a@b".into();
+        assert!(XmppAdapter::check(&bad).is_err());
+    }
+}

@@ -1,0 +1,522 @@
+//! What the component answers: service discovery, the registration
+//! commands (XEP-0050) and XEP-0357 publishes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pushbridge_api::{Context, Device, DeviceToken, Environment, Event, EventError, Message, Reply, UserId};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::xml::Element;
+use crate::XmppConfig;
+
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
+pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const NS_PUSH: &str = "urn:xmpp:push:0";
+pub const NS_DATA: &str = "jabber:x:data";
+pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const FORM_SUMMARY: &str = "urn:xmpp:push:summary";
+pub const FORM_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+
+/// The registration commands, with their names for disco#items.
+pub const COMMANDS: [(&str, &str); 3] = [
+    ("register-push-apns", "Register an APNS device for push notifications"),
+    ("unregister-push-apns", "Unregister an APNS device"),
+    ("v1-register-push", "Register a device (mod_push_appserver dialect)"),
+];
+
+/// A device behind a node, as kept in the adapter's state (`node:<node>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Registration {
+    pub jid: String,
+    pub token: String,
+    pub secret: String,
+    pub device_id: Option<String>,
+    pub topic: Option<String>,
+    pub environment: Option<Environment>,
+}
+
+/// The addressing of a request, to answer it.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl Req {
+    fn reply(&self, typ: &str) -> Element {
+        Element::new("iq")
+            .attr("type", typ)
+            .attr("id", &self.id)
+            .attr("from", &self.to)
+            .attr("to", &self.from)
+    }
+
+    pub fn result(&self, payload: Option<Element>) -> Element {
+        let r = self.reply("result");
+        match payload {
+            Some(p) => r.child(p),
+            None => r,
+        }
+    }
+
+    /// An error reply: `typ` (cancel, modify, wait, auth), a defined
+    /// condition, and an optional human-readable text.
+    pub fn error(&self, typ: &str, condition: &str, text: Option<&str>) -> Element {
+        let mut err = Element::new("error")
+            .attr("type", typ)
+            .child(Element::new(condition).attr("xmlns", NS_STANZAS));
+        if let Some(t) = text {
+            err = err.child(Element::new("text").attr("xmlns", NS_STANZAS).text(t));
+        }
+        self.reply("error").child(err)
+    }
+}
+
+/// The bare JID (no resource), lower-cased.
+pub fn bare(jid: &str) -> String {
+    jid.split('/').next().unwrap_or(jid).to_lowercase()
+}
+
+/// The fields of a data form: var → first value.
+pub fn fields(form: &Element) -> HashMap<String, String> {
+    form.elements()
+        .filter(|f| f.local() == "field")
+        .filter_map(|f| {
+            let var = f.get("var")?.to_owned();
+            let value = f.find("value", None).map(|v| v.text_content()).unwrap_or_default();
+            Some((var, value))
+        })
+        .collect()
+}
+
+fn field(var: &str, value: &str) -> Element {
+    Element::new("field")
+        .attr("var", var)
+        .child(Element::new("value").text(value))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // An OS RNG failure leaves zeros: refuse to hand those out as secrets.
+    if getrandom::fill(&mut buf).is_err() {
+        return String::new();
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Answers stanzas; replies go to the connection's writer.
+pub struct Service {
+    ctx: Context<XmppConfig>,
+    out: mpsc::Sender<Element>,
+}
+
+impl Service {
+    pub fn new(ctx: Context<XmppConfig>, out: mpsc::Sender<Element>) -> Self {
+        Self { ctx, out }
+    }
+
+    fn send_now(&self, e: Element) {
+        if self.out.try_send(e).is_err() {
+            tracing::warn!("XMPP reply queue full; reply dropped");
+        }
+    }
+
+    /// Handle one stanza. Anything that waits on the core runs in its own
+    /// task (at most `max_inflight`), so the stream never stalls.
+    pub fn handle(self: &Arc<Self>, stanza: Element, inflight: &Arc<Semaphore>) {
+        if stanza.local() != "iq" {
+            return; // messages and presence are not for us
+        }
+        let typ = stanza.get("type").unwrap_or("");
+        if typ != "get" && typ != "set" {
+            return; // results and errors need no answer
+        }
+        let req = Req {
+            id: stanza.get("id").unwrap_or("").to_owned(),
+            from: stanza.get("from").unwrap_or("").to_owned(),
+            to: stanza
+                .get("to")
+                .unwrap_or(&self.ctx.config().domain)
+                .to_owned(),
+        };
+        let Some(payload) = stanza.elements().next().cloned() else {
+            self.send_now(req.error("modify", "bad-request", Some("empty iq")));
+            return;
+        };
+        match (typ, payload.local(), payload.ns()) {
+            ("get", "query", Some(NS_DISCO_INFO)) => self.send_now(req.result(Some(disco_info(&payload)))),
+            ("get", "query", Some(NS_DISCO_ITEMS)) => {
+                let reply = disco_items(&payload, &req.to);
+                self.send_now(req.result(Some(reply)))
+            }
+            ("set", "command", Some(NS_COMMANDS)) | ("set", "pubsub", Some(NS_PUBSUB)) => {
+                let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                    self.send_now(req.error("wait", "resource-constraint", Some("too many requests in progress")));
+                    return;
+                };
+                let svc = self.clone();
+                tokio::spawn(async move {
+                    let reply = if payload.local() == "command" {
+                        svc.command(&req, &payload).await
+                    } else {
+                        svc.publish(&req, &payload).await
+                    };
+                    let _ = svc.out.send(reply).await;
+                    drop(permit);
+                });
+            }
+            _ => self.send_now(req.error("cancel", "service-unavailable", None)),
+        }
+    }
+
+    fn user(&self, jid: &str) -> Option<UserId> {
+        UserId::scoped(self.ctx.name(), jid).ok()
+    }
+
+    /// XEP-0050 command execution.
+    pub async fn command(&self, req: &Req, cmd: &Element) -> Element {
+        let node = cmd.get("node").unwrap_or("");
+        if !COMMANDS.iter().any(|(n, _)| *n == node) {
+            return req.error("cancel", "item-not-found", Some("unknown command"));
+        }
+        let session = cmd
+            .get("sessionid")
+            .map(str::to_owned)
+            .unwrap_or_else(|| random_hex(8));
+        let head = |status: &str| {
+            Element::new("command")
+                .attr("xmlns", NS_COMMANDS)
+                .attr("node", node)
+                .attr("sessionid", &session)
+                .attr("status", status)
+        };
+        if cmd.get("action") == Some("cancel") {
+            return req.result(Some(head("canceled")));
+        }
+        let Some(form) = cmd
+            .find("x", Some(NS_DATA))
+            .filter(|x| x.get("type").unwrap_or("submit") == "submit")
+        else {
+            // A bare execute: hand out the form to fill.
+            return req.result(Some(
+                head("executing")
+                    .child(Element::new("actions").attr("execute", "complete").child(Element::new("complete")))
+                    .child(form_to_fill(node)),
+            ));
+        };
+        let f = fields(form);
+        let jid = bare(&req.from);
+        if jid.is_empty() || jid.contains(char::is_whitespace) {
+            return req.error("modify", "bad-request", Some("the request has no usable sender JID"));
+        }
+        let result = match node {
+            "register-push-apns" => {
+                let Some(token) = f.get("token").filter(|t| !t.is_empty()) else {
+                    return req.error("modify", "bad-request", Some("field 'token' is required"));
+                };
+                let device_id = f.get("device-id").filter(|d| !d.is_empty()).cloned();
+                let env = match f.get("sandbox").map(String::as_str) {
+                    Some("true" | "1") => Some(Environment::Sandbox),
+                    Some("false" | "0") => Some(Environment::Production),
+                    _ => None,
+                };
+                match self.register(&jid, token, device_id, f.get("topic").cloned(), env).await {
+                    Ok(reg_node) => vec![("node", reg_node.0), ("secret", reg_node.1)],
+                    Err(e) => return e.reply(req),
+                }
+            }
+            "v1-register-push" => {
+                match f.get("type").map(String::as_str) {
+                    Some("apns") => {}
+                    other => {
+                        return req.error(
+                            "modify",
+                            "not-acceptable",
+                            Some(&format!("field 'type' must be apns, got {:?}", other.unwrap_or(""))),
+                        )
+                    }
+                }
+                let Some(device) = f.get("node").filter(|n| !n.is_empty()) else {
+                    return req.error("modify", "bad-request", Some("field 'node' is required"));
+                };
+                let Some(token) = f.get("token").filter(|t| !t.is_empty()) else {
+                    return req.error("modify", "bad-request", Some("field 'token' is required"));
+                };
+                match self.register(&jid, token, Some(device.clone()), None, None).await {
+                    Ok((n, s)) => vec![("jid", req.to.clone()), ("node", n), ("secret", s)],
+                    Err(e) => return e.reply(req),
+                }
+            }
+            _ => {
+                let token = f.get("token").filter(|t| !t.is_empty());
+                let device_id = f.get("device-id").filter(|d| !d.is_empty());
+                if token.is_none() && device_id.is_none() {
+                    return req.error("modify", "bad-request", Some("field 'token' or 'device-id' is required"));
+                }
+                match self.unregister(&jid, token.map(String::as_str), device_id.map(String::as_str)).await {
+                    Ok(n) => vec![("removed", n.to_string())],
+                    Err(e) => return e.reply(req),
+                }
+            }
+        };
+        let mut x = Element::new("x").attr("xmlns", NS_DATA).attr("type", "result");
+        for (var, value) in &result {
+            x = x.child(field(var, value));
+        }
+        req.result(Some(head("completed").child(x)))
+    }
+
+    /// Bind a device to a (node, secret); reuse the node of the same
+    /// device of the same JID.
+    async fn register(
+        &self,
+        jid: &str,
+        token: &str,
+        device_id: Option<String>,
+        topic: Option<String>,
+        environment: Option<Environment>,
+    ) -> Result<(String, String), Fail> {
+        let token = DeviceToken::parse(token)
+            .map_err(|e| Fail::new("modify", "not-acceptable", format!("field 'token': {e}")))?;
+        let user = self
+            .user(jid)
+            .ok_or_else(|| Fail::new("modify", "bad-request", "unusable JID".into()))?;
+        let topic = topic.or_else(|| self.ctx.config().topic.clone());
+        let environment = environment.or(self.ctx.config().environment);
+        let dev_key = format!("dev:{jid}\n{}", device_id.as_deref().unwrap_or(token.as_str()));
+        let existing = match self.ctx.state_get(&dev_key).await.map_err(Fail::store)? {
+            Some(node) => self
+                .ctx
+                .state_get(&format!("node:{node}"))
+                .await
+                .map_err(Fail::store)?
+                .and_then(|v| serde_json::from_str::<Registration>(&v).ok())
+                .map(|r| (node, r.secret)),
+            None => None,
+        };
+        let (node, secret) = existing.unwrap_or_else(|| (random_hex(12), random_hex(18)));
+        if node.is_empty() || secret.is_empty() {
+            return Err(Fail::new("wait", "internal-server-error", "no randomness available".into()));
+        }
+        match self
+            .ctx
+            .submit(Event::Register {
+                user,
+                device: Device {
+                    token: token.clone(),
+                    topic: topic.clone(),
+                    environment,
+                },
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(EventError::UnknownTopic(t)) => {
+                return Err(Fail::new("modify", "not-acceptable", format!("unknown topic {t:?}")))
+            }
+            Err(e) => return Err(Fail::new("wait", "internal-server-error", e.to_string())),
+        }
+        let reg = Registration {
+            jid: jid.to_owned(),
+            token: token.as_str().to_owned(),
+            secret: secret.clone(),
+            device_id,
+            topic,
+            environment,
+        };
+        let json = serde_json::to_string(&reg).map_err(|e| Fail::new("wait", "internal-server-error", e.to_string()))?;
+        self.ctx
+            .state_put(&format!("node:{node}"), &json)
+            .await
+            .map_err(Fail::store)?;
+        self.ctx.state_put(&dev_key, &node).await.map_err(Fail::store)?;
+        tracing::info!(adapter = self.ctx.name(), jid, device = token.short(), "XMPP device registered");
+        Ok((node, secret))
+    }
+
+    async fn unregister(&self, jid: &str, token: Option<&str>, device_id: Option<&str>) -> Result<usize, Fail> {
+        let mut removed = 0;
+        for (key, value) in self.ctx.state_list("node:").await.map_err(Fail::store)? {
+            let Ok(reg) = serde_json::from_str::<Registration>(&value) else { continue };
+            let matches = reg.jid == jid
+                && (token.is_some_and(|t| t.eq_ignore_ascii_case(&reg.token))
+                    || (device_id.is_some() && reg.device_id.as_deref() == device_id));
+            if !matches {
+                continue;
+            }
+            self.forget(&key, &reg).await?;
+            if let (Some(user), Ok(token)) = (self.user(jid), DeviceToken::parse(&reg.token)) {
+                let _ = self.ctx.submit(Event::Unregister { user, token }).await;
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    async fn forget(&self, node_key: &str, reg: &Registration) -> Result<(), Fail> {
+        self.ctx.state_delete(node_key).await.map_err(Fail::store)?;
+        let dev_key = format!("dev:{}\n{}", reg.jid, reg.device_id.as_deref().unwrap_or(&reg.token));
+        self.ctx.state_delete(&dev_key).await.map_err(Fail::store)?;
+        Ok(())
+    }
+
+    /// A XEP-0357 publish.
+    pub async fn publish(&self, req: &Req, pubsub: &Element) -> Element {
+        let Some(publish) = pubsub.find("publish", None) else {
+            return req.error("modify", "bad-request", Some("no publish element"));
+        };
+        let Some(node) = publish.get("node") else {
+            return req.error("modify", "bad-request", Some("publish without a node"));
+        };
+        let node_key = format!("node:{node}");
+        let reg = match self.ctx.state_get(&node_key).await {
+            Ok(Some(v)) => match serde_json::from_str::<Registration>(&v) {
+                Ok(r) => r,
+                Err(_) => return req.error("wait", "internal-server-error", Some("unreadable registration")),
+            },
+            Ok(None) => return req.error("cancel", "item-not-found", Some("unknown push node/secret")),
+            Err(e) => return req.error("wait", "internal-server-error", Some(&e.to_string())),
+        };
+        let secret = pubsub
+            .find("publish-options", None)
+            .and_then(|o| o.find("x", Some(NS_DATA)))
+            .map(fields)
+            .and_then(|f| f.get("secret").cloned())
+            .unwrap_or_default();
+        if secret.is_empty() || !bool::from(secret.as_bytes().ct_eq(reg.secret.as_bytes())) {
+            tracing::info!(adapter = self.ctx.name(), node, "publish with a missing or wrong secret refused");
+            return req.error("cancel", "item-not-found", Some("unknown push node/secret"));
+        }
+        let summary = publish
+            .find("item", None)
+            .and_then(|i| i.find("notification", Some(NS_PUSH)))
+            .and_then(|n| n.find("x", Some(NS_DATA)))
+            .map(fields)
+            .unwrap_or_default();
+        let sender = summary
+            .get("last-message-sender")
+            .map(|s| bare(s))
+            .filter(|s| !s.is_empty());
+        let body = summary.get("last-message-body").filter(|b| !b.is_empty()).cloned();
+        let badge = summary.get("message-count").and_then(|c| c.trim().parse::<u32>().ok());
+        let (Some(user), Ok(token)) = (self.user(&reg.jid), DeviceToken::parse(&reg.token)) else {
+            return req.error("cancel", "item-not-found", Some("registration unusable"));
+        };
+        let message = Message {
+            to: user,
+            from: sender.clone().unwrap_or_else(|| self.ctx.config().anonymous_title.clone()),
+            text: body,
+            thread: sender,
+            device: Some(token.clone()),
+            respect_presence: false,
+            badge,
+        };
+        match self.ctx.submit(Event::Message(message)).await {
+            Ok(Reply::Queued(n)) if n > 0 => req.result(None),
+            Ok(_) | Err(EventError::NoSuchDevice) => {
+                // APNS reported the device gone (or it was removed): the
+                // node is dead, so the user's server should disable it.
+                let _ = self.forget(&node_key, &reg).await;
+                tracing::info!(adapter = self.ctx.name(), node, device = token.short(), "publish for a removed device: node disabled");
+                req.error("cancel", "item-not-found", Some("the device is no longer registered"))
+            }
+            Err(EventError::UnknownTopic(t)) => req.error("cancel", "item-not-found", Some(&format!("unknown topic {t:?}"))),
+            Err(e) => req.error("wait", "internal-server-error", Some(&e.to_string())),
+        }
+    }
+}
+
+/// A failure to answer as an iq error.
+pub struct Fail {
+    typ: &'static str,
+    condition: &'static str,
+    text: String,
+}
+
+impl Fail {
+    fn new(typ: &'static str, condition: &'static str, text: String) -> Self {
+        Self { typ, condition, text }
+    }
+
+    fn store(e: impl std::fmt::Display) -> Self {
+        Self::new("wait", "internal-server-error", format!("store: {e}"))
+    }
+
+    fn reply(&self, req: &Req) -> Element {
+        req.error(self.typ, self.condition, Some(&self.text))
+    }
+}
+
+fn disco_info(query: &Element) -> Element {
+    let mut q = Element::new("query").attr("xmlns", NS_DISCO_INFO);
+    if let Some(node) = query.get("node") {
+        q = q.attr("node", node);
+    }
+    q.child(
+        Element::new("identity")
+            .attr("category", "pubsub")
+            .attr("type", "push")
+            .attr("name", "pushbridge"),
+    )
+    .child(Element::new("feature").attr("var", NS_PUSH))
+    .child(Element::new("feature").attr("var", NS_COMMANDS))
+    .child(Element::new("feature").attr("var", NS_DISCO_INFO))
+    .child(Element::new("feature").attr("var", NS_DISCO_ITEMS))
+}
+
+fn disco_items(query: &Element, domain: &str) -> Element {
+    let mut q = Element::new("query").attr("xmlns", NS_DISCO_ITEMS);
+    if let Some(node) = query.get("node") {
+        q = q.attr("node", node);
+        if node == NS_COMMANDS {
+            for (n, name) in COMMANDS {
+                q = q.child(
+                    Element::new("item")
+                        .attr("jid", domain)
+                        .attr("node", n)
+                        .attr("name", name),
+                );
+            }
+        }
+    }
+    q
+}
+
+fn form_to_fill(node: &str) -> Element {
+    let mut x = Element::new("x").attr("xmlns", NS_DATA).attr("type", "form");
+    let text = |var: &str, label: &str, required: bool| {
+        let mut f = Element::new("field")
+            .attr("var", var)
+            .attr("type", "text-single")
+            .attr("label", label);
+        if required {
+            f = f.child(Element::new("required"));
+        }
+        f
+    };
+    match node {
+        "register-push-apns" => {
+            x = x
+                .child(text("token", "APNS device token (hex)", true))
+                .child(text("device-id", "Device id", false))
+        }
+        "v1-register-push" => {
+            x = x
+                .child(text("type", "Push type (apns)", true))
+                .child(text("node", "Device id", true))
+                .child(text("token", "APNS device token (hex)", true))
+        }
+        _ => {
+            x = x
+                .child(text("token", "APNS device token (hex)", false))
+                .child(text("device-id", "Device id", false))
+        }
+    }
+    x
+}

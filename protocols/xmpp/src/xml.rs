@@ -1,0 +1,420 @@
+//! A small element tree over quick-xml: the XMPP stream is read stanza by
+//! stanza (each a tree of bounded size) and stanzas are written with
+//! quick-xml's writer, which escapes every name, attribute and text.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
+
+/// An element: its (prefixed) name, attributes in document order, and
+/// children.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Element {
+    pub name: String,
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Element(Element),
+    Text(String),
+}
+
+impl Element {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Builder: add an attribute.
+    pub fn attr(mut self, k: &str, v: &str) -> Self {
+        self.attrs.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    /// Builder: add a child element.
+    pub fn child(mut self, c: Element) -> Self {
+        self.children.push(Node::Element(c));
+        self
+    }
+
+    /// Builder: add text.
+    pub fn text(mut self, t: &str) -> Self {
+        self.children.push(Node::Text(t.to_owned()));
+        self
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
+    }
+
+    /// The local part of the name (`stream:error` → `error`).
+    pub fn local(&self) -> &str {
+        self.name.rsplit(':').next().unwrap_or(&self.name)
+    }
+
+    /// The namespace declared on this element (`xmlns`).
+    pub fn ns(&self) -> Option<&str> {
+        self.get("xmlns")
+    }
+
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// The first child element named `local` (and in namespace `ns` when given).
+    pub fn find(&self, local: &str, ns: Option<&str>) -> Option<&Element> {
+        self.elements()
+            .find(|e| e.local() == local && (ns.is_none() || e.ns() == ns))
+    }
+
+    /// All text directly inside.
+    pub fn text_content(&self) -> String {
+        let mut s = String::new();
+        for n in &self.children {
+            if let Node::Text(t) = n {
+                s.push_str(t);
+            }
+        }
+        s
+    }
+
+    /// Serialize (escaping done by quick-xml).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut w = quick_xml::Writer::new(out);
+        self.write(&mut w);
+    }
+
+    fn write(&self, w: &mut quick_xml::Writer<&mut Vec<u8>>) {
+        let mut start = BytesStart::new(self.name.as_str());
+        for (k, v) in &self.attrs {
+            start.push_attribute((k.as_str(), v.as_str()));
+        }
+        if self.children.is_empty() {
+            let _ = w.write_event(Event::Empty(start));
+            return;
+        }
+        let _ = w.write_event(Event::Start(start));
+        for c in &self.children {
+            match c {
+                Node::Element(e) => e.write(w),
+                Node::Text(t) => {
+                    let _ = w.write_event(Event::Text(BytesText::new(t)));
+                }
+            }
+        }
+        let _ = w.write_event(Event::End(BytesEnd::new(self.name.as_str())));
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.write_to(&mut v);
+        v
+    }
+}
+
+/// Why reading the stream stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("stanza larger than {0} bytes")]
+    TooBig(usize),
+    #[error("malformed XML: {0}")]
+    Xml(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the server closed the stream")]
+    Closed,
+}
+
+/// Counts bytes read from the socket and refuses to read more than the
+/// budget allows: bounds what the XML parser can buffer before a stanza
+/// is complete (the budget is refilled at each stanza boundary).
+pub struct Limited<R> {
+    inner: R,
+    budget: Arc<AtomicUsize>,
+    scratch: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Limited<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let left = self.budget.load(Ordering::Relaxed);
+        if left == 0 {
+            return Poll::Ready(Err(std::io::Error::other("stanza size limit reached")));
+        }
+        let n = if left >= buf.remaining() {
+            let before = buf.filled().len();
+            let this = &mut *self;
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => buf.filled().len() - before,
+                other => return other,
+            }
+        } else {
+            // Read at most `left` bytes through a scratch buffer.
+            let this = &mut *self;
+            this.scratch.resize(left, 0);
+            let mut small = ReadBuf::new(&mut this.scratch[..left]);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut small) {
+                Poll::Ready(Ok(())) => {
+                    let got = small.filled().len();
+                    buf.put_slice(&this.scratch[..got]);
+                    got
+                }
+                other => return other,
+            }
+        };
+        self.budget.fetch_sub(n.min(left), Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads the component stream: the stream header, then one stanza at a
+/// time.
+pub struct StreamReader<R> {
+    reader: quick_xml::Reader<BufReader<Limited<R>>>,
+    budget: Arc<AtomicUsize>,
+    max: usize,
+    buf: Vec<u8>,
+}
+
+/// Bytes the buffered reader may read ahead past a stanza.
+const READ_AHEAD: usize = 8192;
+
+impl<R: AsyncRead + Unpin> StreamReader<R> {
+    pub fn new(inner: R, max_stanza: usize) -> Self {
+        let budget = Arc::new(AtomicUsize::new(max_stanza + READ_AHEAD));
+        let limited = Limited {
+            inner,
+            budget: budget.clone(),
+            scratch: Vec::new(),
+        };
+        let mut reader = quick_xml::Reader::from_reader(BufReader::with_capacity(READ_AHEAD, limited));
+        let config = reader.config_mut();
+        config.trim_text(false);
+        config.check_end_names = true;
+        Self {
+            reader,
+            budget,
+            max: max_stanza,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    fn xml_err(e: impl std::fmt::Display) -> ReadError {
+        let s = e.to_string();
+        if s.contains("stanza size limit") {
+            ReadError::TooBig(0)
+        } else {
+            ReadError::Xml(s)
+        }
+    }
+
+    /// The server's `<stream:stream>` header.
+    pub async fn header(&mut self) -> Result<Element, ReadError> {
+        loop {
+            self.buf.clear();
+            let ev = self
+                .reader
+                .read_event_into_async(&mut self.buf)
+                .await
+                .map_err(Self::xml_err)?;
+            match ev {
+                Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
+                Event::Text(t) if t.xml10_content().trim().is_empty() => {}
+                Event::Start(s) => return start_element(&s),
+                Event::Eof => return Err(ReadError::Closed),
+                other => return Err(ReadError::Xml(format!("expected a stream header, got {other:?}"))),
+            }
+        }
+    }
+
+    /// The next stanza; `Err(Closed)` at the end of the stream.
+    pub async fn next(&mut self) -> Result<Element, ReadError> {
+        let start = self.reader.buffer_position();
+        let mut stack: Vec<Element> = Vec::new();
+        loop {
+            self.buf.clear();
+            let ev = self
+                .reader
+                .read_event_into_async(&mut self.buf)
+                .await
+                .map_err(|e| match Self::xml_err(e) {
+                    ReadError::TooBig(_) => ReadError::TooBig(self.max),
+                    other => other,
+                })?;
+            if self.reader.buffer_position() - start > self.max as u64 {
+                return Err(ReadError::TooBig(self.max));
+            }
+            let done = match ev {
+                Event::Start(s) => {
+                    stack.push(start_element(&s)?);
+                    None
+                }
+                Event::Empty(s) => {
+                    let e = start_element(&s)?;
+                    match stack.last_mut() {
+                        Some(parent) => {
+                            parent.children.push(Node::Element(e));
+                            None
+                        }
+                        None => Some(e),
+                    }
+                }
+                Event::End(_) => match stack.pop() {
+                    Some(e) => match stack.last_mut() {
+                        Some(parent) => {
+                            parent.children.push(Node::Element(e));
+                            None
+                        }
+                        None => Some(e),
+                    },
+                    // `</stream:stream>`
+                    None => return Err(ReadError::Closed),
+                },
+                Event::Text(t) => {
+                    if let Some(top) = stack.last_mut() {
+                        push_text(top, &t.xml10_content());
+                    }
+                    None
+                }
+                Event::CData(c) => {
+                    if let Some(top) = stack.last_mut() {
+                        let text: &str = c.as_ref();
+                        push_text(top, text);
+                    }
+                    None
+                }
+                Event::GeneralRef(r) => {
+                    let ch = match r.resolve_char_ref().map_err(|e| ReadError::Xml(e.to_string()))? {
+                        Some(c) => c.to_string(),
+                        None => match r.as_ref() {
+                            "amp" => "&".into(),
+                            "lt" => "<".into(),
+                            "gt" => ">".into(),
+                            "quot" => "\"".into(),
+                            "apos" => "'".into(),
+                            other => return Err(ReadError::Xml(format!("unknown entity &{other};"))),
+                        },
+                    };
+                    if let Some(top) = stack.last_mut() {
+                        push_text(top, &ch);
+                    }
+                    None
+                }
+                Event::Comment(_) | Event::PI(_) | Event::Decl(_) => None,
+                Event::DocType(_) => return Err(ReadError::Xml("DOCTYPE is not allowed in XMPP".into())),
+                Event::Eof => return Err(ReadError::Closed),
+            };
+            if let Some(stanza) = done {
+                self.budget.store(self.max + READ_AHEAD, Ordering::Relaxed);
+                return Ok(stanza);
+            }
+        }
+    }
+}
+
+fn push_text(e: &mut Element, t: &str) {
+    if let Some(Node::Text(last)) = e.children.last_mut() {
+        last.push_str(t);
+    } else {
+        e.children.push(Node::Text(t.to_owned()));
+    }
+}
+
+fn start_element(s: &BytesStart<'_>) -> Result<Element, ReadError> {
+    let qname = s.name();
+    let name: &str = qname.as_ref();
+    let name = name.to_owned();
+    let mut attrs = Vec::new();
+    for a in s.attributes() {
+        let a = a.map_err(|e| ReadError::Xml(e.to_string()))?;
+        let k: &str = a.key.as_ref();
+        let k = k.to_owned();
+        let v = a
+            .normalized_value(quick_xml::XmlVersion::Explicit1_0)
+            .map_err(|e| ReadError::Xml(e.to_string()))?
+            .into_owned();
+        attrs.push((k, v));
+    }
+    Ok(Element {
+        name,
+        attrs,
+        children: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parse(input: &str, max: usize) -> Vec<Result<Element, String>> {
+        let mut r = StreamReader::new(input.as_bytes(), max);
+        let mut out = vec![r.header().await.map_err(|e| e.to_string())];
+        loop {
+            match r.next().await {
+                Ok(e) => out.push(Ok(e)),
+                Err(ReadError::Closed) => break,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn stanzas_with_entities_and_namespaces() {
+        let s = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='3BF96D32' from='push.localhost'><handshake/>\
+                 <iq type='set' id='a&amp;b' from='alice@localhost/x'><q xmlns='urn:x'>1 &lt; 2 &#x1F600; <![CDATA[<raw>]]></q></iq> </stream:stream>";
+        let out = parse(s, 65536).await;
+        let header = out[0].as_ref().unwrap();
+        assert_eq!(header.get("id"), Some("3BF96D32"));
+        assert_eq!(out[1].as_ref().unwrap().name, "handshake");
+        let iq = out[2].as_ref().unwrap();
+        assert_eq!(iq.get("id"), Some("a&b"));
+        let q = iq.find("q", Some("urn:x")).unwrap();
+        assert_eq!(q.text_content(), "1 < 2 😀 <raw>");
+        assert_eq!(out.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn oversized_stanza_is_refused() {
+        let big = "x".repeat(5000);
+        let s = format!("<stream:stream id='1'><message><body>{big}</body></message>");
+        let out = parse(&s, 1024).await;
+        assert!(out[1].as_ref().unwrap_err().contains("larger than 1024"), "{:?}", out[1]);
+        // Unbounded text without a closing tag is cut off too.
+        let s = format!("<stream:stream id='1'><message><body>{}", "y".repeat(100_000));
+        let out = parse(&s, 1024).await;
+        assert!(out[1].as_ref().unwrap_err().contains("larger than 1024"), "{:?}", out[1]);
+    }
+
+    #[tokio::test]
+    async fn doctype_and_bad_xml_are_errors() {
+        let out = parse("<stream:stream id='1'><a></b>", 1024).await;
+        assert!(out[1].is_err());
+        let out = parse("<stream:stream id='1'><a>&ent;</a>", 1024).await;
+        assert!(out[1].as_ref().unwrap_err().contains("unknown entity"));
+    }
+
+    #[test]
+    fn writing_escapes_everything() {
+        let e = Element::new("message")
+            .attr("to", "a'b\"<c>&")
+            .child(Element::new("body").text("</body><evil/> & more"));
+        let s = String::from_utf8(e.to_bytes()).unwrap();
+        assert!(!s.contains("<evil/>"), "{s}");
+        assert!(s.contains("&lt;/body&gt;&lt;evil/&gt; &amp; more"), "{s}");
+        assert!(s.contains("&lt;c&gt;&amp;"), "{s}");
+    }
+}
