@@ -115,7 +115,10 @@ impl Adapter for XmppAdapter {
             Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
             _ => return Err(format!("server {:?} is not host:port", c.server)),
         }
-        if c.domain.is_empty() || c.domain.contains(|ch: char| ch.is_whitespace() || ch == '@' || ch == '/') {
+        if c.domain.is_empty()
+            || c.domain
+                .contains(|ch: char| ch.is_whitespace() || ch == '@' || ch == '/')
+        {
             return Err(format!("domain {:?} is not a component domain", c.domain));
         }
         if c.secret.is_empty() {
@@ -180,7 +183,12 @@ impl Adapter for XmppAdapter {
                     AdapterError::Config(format!("{} refused component {}: {cond}", cfg.server, cfg.domain))
                 });
             }
-            Ok(e) => return Err(AdapterError::Protocol(format!("expected <handshake/>, got <{}>", e.name))),
+            Ok(e) => {
+                return Err(AdapterError::Protocol(format!(
+                    "expected <handshake/>, got <{}>",
+                    e.name
+                )))
+            }
             Err(ReadError::Closed) => {
                 return Err(AdapterError::Config(format!(
                     "{} closed the stream during the handshake: wrong secret or unknown component {}?",
@@ -243,10 +251,12 @@ impl Adapter for XmppAdapter {
                 _ = ctx.shutdown().cancelled() => {
                     // Answer what is being answered, then close.
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, out.recv()).await {
-                        let _ = wr.write_all(&reply.to_bytes()).await;
-                        if inflight.available_permits() == cfg.max_inflight && out.is_empty() {
-                            break;
+                    while inflight.available_permits() < cfg.max_inflight || !out.is_empty() {
+                        match tokio::time::timeout_at(deadline, out.recv()).await {
+                            Ok(Some(reply)) => {
+                                let _ = wr.write_all(&reply.to_bytes()).await;
+                            }
+                            _ => break,
                         }
                     }
                     let _ = wr.write_all(b"</stream:stream>").await;
@@ -297,5 +307,111 @@ mod tests {
         let mut bad = ok;
         bad.domain = "a@b".into();
         assert!(XmppAdapter::check(&bad).is_err());
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    fn config(port: u16) -> XmppConfig {
+        serde_json::from_value(serde_json::json!({
+            "server": format!("127.0.0.1:{port}"),
+            "domain": "push.localhost",
+            "secret": "secret",
+            "max_stanza_size": 4096
+        }))
+        .unwrap()
+    }
+
+    /// A fake server: reads the stream header, sends its own with id
+    /// 3BF96D32, reads the handshake, then runs `then` with what it read.
+    async fn fake_server(then: &'static [u8]) -> (u16, tokio::task::JoinHandle<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("push.localhost") {
+                let n = s.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='3BF96D32' from='push.localhost'>").await.unwrap();
+            while !String::from_utf8_lossy(&seen).contains("</handshake>") {
+                let n = s.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(then).await.unwrap();
+            // Collect what the adapter says until it closes.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_is_a_config_error() {
+        let (port, server) = fake_server(
+            b"<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>",
+        )
+        .await;
+        let (ctx, _core) = Context::for_test("xmpp", config(port));
+        let err = XmppAdapter::run(ctx).await.unwrap_err();
+        assert!(
+            matches!(err, AdapterError::Config(ref m) if m.contains("not-authorized")),
+            "{err}"
+        );
+        let seen = server.await.unwrap();
+        assert!(seen.contains("b09ea9b3b7f586be8a08d0a3dd7466f110aeb136"), "{seen}");
+        assert!(seen.contains("jabber:component:accept"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn oversized_stanza_ends_the_stream_with_policy_violation() {
+        static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let big = BIG.get_or_init(|| {
+            let mut v = b"<handshake/><message from='a@localhost' to='push.localhost'><body>".to_vec();
+            v.extend(std::iter::repeat_n(b'x', 10_000));
+            v.extend_from_slice(b"</body></message>");
+            v
+        });
+        let (port, server) = fake_server(big).await;
+        let (ctx, _core) = Context::for_test("xmpp", config(port));
+        let err = XmppAdapter::run(ctx).await.unwrap_err();
+        assert!(
+            matches!(err, AdapterError::Protocol(ref m) if m.contains("4096")),
+            "{err}"
+        );
+        let seen = server.await.unwrap();
+        assert!(seen.contains("policy-violation"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn answers_disco_over_the_link_and_stops_on_shutdown() {
+        let (port, server) = fake_server(
+            b"<handshake/><iq type='get' id='d1' from='alice@localhost/x' to='push.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq><iq type='get' id='d2' from='alice@localhost/x' to='push.localhost'><vcard xmlns='vcard-temp'/></iq>",
+        )
+        .await;
+        let (ctx, _core) = Context::for_test("xmpp", config(port));
+        let stop = ctx.shutdown().clone();
+        let run = tokio::spawn(XmppAdapter::run(ctx));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        assert!(run.await.unwrap().is_ok());
+        let seen = server.await.unwrap();
+        assert!(
+            seen.contains("urn:xmpp:push:0") && seen.contains("category=\"pubsub\""),
+            "{seen}"
+        );
+        assert!(seen.contains("service-unavailable"), "unknown iq gets an error: {seen}");
+        assert!(seen.ends_with("</stream:stream>"), "{seen}");
     }
 }

@@ -140,10 +140,7 @@ impl Service {
         let req = Req {
             id: stanza.get("id").unwrap_or("").to_owned(),
             from: stanza.get("from").unwrap_or("").to_owned(),
-            to: stanza
-                .get("to")
-                .unwrap_or(&self.ctx.config().domain)
-                .to_owned(),
+            to: stanza.get("to").unwrap_or(&self.ctx.config().domain).to_owned(),
         };
         let Some(payload) = stanza.elements().next().cloned() else {
             self.send_now(req.error("modify", "bad-request", Some("empty iq")));
@@ -165,7 +162,14 @@ impl Service {
                     let reply = if payload.local() == "command" {
                         svc.command(&req, &payload).await
                     } else {
-                        svc.publish(&req, &payload).await
+                        let reply = svc.publish(&req, &payload).await;
+                        let outcome = reply
+                            .find("error", None)
+                            .and_then(|e| e.elements().next())
+                            .map(|c| c.local().to_owned())
+                            .unwrap_or_else(|| "result".to_owned());
+                        tracing::info!(adapter = svc.ctx.name(), from = %req.from, outcome, "XEP-0357 publish answered");
+                        reply
                     };
                     let _ = svc.out.send(reply).await;
                     drop(permit);
@@ -185,10 +189,7 @@ impl Service {
         if !COMMANDS.iter().any(|(n, _)| *n == node) {
             return req.error("cancel", "item-not-found", Some("unknown command"));
         }
-        let session = cmd
-            .get("sessionid")
-            .map(str::to_owned)
-            .unwrap_or_else(|| random_hex(8));
+        let session = cmd.get("sessionid").map(str::to_owned).unwrap_or_else(|| random_hex(8));
         let head = |status: &str| {
             Element::new("command")
                 .attr("xmlns", NS_COMMANDS)
@@ -206,7 +207,11 @@ impl Service {
             // A bare execute: hand out the form to fill.
             return req.result(Some(
                 head("executing")
-                    .child(Element::new("actions").attr("execute", "complete").child(Element::new("complete")))
+                    .child(
+                        Element::new("actions")
+                            .attr("execute", "complete")
+                            .child(Element::new("complete")),
+                    )
                     .child(form_to_fill(node)),
             ));
         };
@@ -226,7 +231,10 @@ impl Service {
                     Some("false" | "0") => Some(Environment::Production),
                     _ => None,
                 };
-                match self.register(&jid, token, device_id, f.get("topic").cloned(), env).await {
+                match self
+                    .register(&jid, token, device_id, f.get("topic").cloned(), env)
+                    .await
+                {
                     Ok(reg_node) => vec![("node", reg_node.0), ("secret", reg_node.1)],
                     Err(e) => return e.reply(req),
                 }
@@ -257,9 +265,16 @@ impl Service {
                 let token = f.get("token").filter(|t| !t.is_empty());
                 let device_id = f.get("device-id").filter(|d| !d.is_empty());
                 if token.is_none() && device_id.is_none() {
-                    return req.error("modify", "bad-request", Some("field 'token' or 'device-id' is required"));
+                    return req.error(
+                        "modify",
+                        "bad-request",
+                        Some("field 'token' or 'device-id' is required"),
+                    );
                 }
-                match self.unregister(&jid, token.map(String::as_str), device_id.map(String::as_str)).await {
+                match self
+                    .unregister(&jid, token.map(String::as_str), device_id.map(String::as_str))
+                    .await
+                {
                     Ok(n) => vec![("removed", n.to_string())],
                     Err(e) => return e.reply(req),
                 }
@@ -302,7 +317,11 @@ impl Service {
         };
         let (node, secret) = existing.unwrap_or_else(|| (random_hex(12), random_hex(18)));
         if node.is_empty() || secret.is_empty() {
-            return Err(Fail::new("wait", "internal-server-error", "no randomness available".into()));
+            return Err(Fail::new(
+                "wait",
+                "internal-server-error",
+                "no randomness available".into(),
+            ));
         }
         match self
             .ctx
@@ -330,20 +349,28 @@ impl Service {
             topic,
             environment,
         };
-        let json = serde_json::to_string(&reg).map_err(|e| Fail::new("wait", "internal-server-error", e.to_string()))?;
+        let json =
+            serde_json::to_string(&reg).map_err(|e| Fail::new("wait", "internal-server-error", e.to_string()))?;
         self.ctx
             .state_put(&format!("node:{node}"), &json)
             .await
             .map_err(Fail::store)?;
         self.ctx.state_put(&dev_key, &node).await.map_err(Fail::store)?;
-        tracing::info!(adapter = self.ctx.name(), jid, device = token.short(), "XMPP device registered");
+        tracing::info!(
+            adapter = self.ctx.name(),
+            jid,
+            device = token.short(),
+            "XMPP device registered"
+        );
         Ok((node, secret))
     }
 
     async fn unregister(&self, jid: &str, token: Option<&str>, device_id: Option<&str>) -> Result<usize, Fail> {
         let mut removed = 0;
         for (key, value) in self.ctx.state_list("node:").await.map_err(Fail::store)? {
-            let Ok(reg) = serde_json::from_str::<Registration>(&value) else { continue };
+            let Ok(reg) = serde_json::from_str::<Registration>(&value) else {
+                continue;
+            };
             let matches = reg.jid == jid
                 && (token.is_some_and(|t| t.eq_ignore_ascii_case(&reg.token))
                     || (device_id.is_some() && reg.device_id.as_deref() == device_id));
@@ -390,7 +417,11 @@ impl Service {
             .and_then(|f| f.get("secret").cloned())
             .unwrap_or_default();
         if secret.is_empty() || !bool::from(secret.as_bytes().ct_eq(reg.secret.as_bytes())) {
-            tracing::info!(adapter = self.ctx.name(), node, "publish with a missing or wrong secret refused");
+            tracing::info!(
+                adapter = self.ctx.name(),
+                node,
+                "publish with a missing or wrong secret refused"
+            );
             return req.error("cancel", "item-not-found", Some("unknown push node/secret"));
         }
         let summary = publish
@@ -410,7 +441,9 @@ impl Service {
         };
         let message = Message {
             to: user,
-            from: sender.clone().unwrap_or_else(|| self.ctx.config().anonymous_title.clone()),
+            from: sender
+                .clone()
+                .unwrap_or_else(|| self.ctx.config().anonymous_title.clone()),
             text: body,
             thread: sender,
             device: Some(token.clone()),
@@ -423,10 +456,17 @@ impl Service {
                 // APNS reported the device gone (or it was removed): the
                 // node is dead, so the user's server should disable it.
                 let _ = self.forget(&node_key, &reg).await;
-                tracing::info!(adapter = self.ctx.name(), node, device = token.short(), "publish for a removed device: node disabled");
+                tracing::info!(
+                    adapter = self.ctx.name(),
+                    node,
+                    device = token.short(),
+                    "publish for a removed device: node disabled"
+                );
                 req.error("cancel", "item-not-found", Some("the device is no longer registered"))
             }
-            Err(EventError::UnknownTopic(t)) => req.error("cancel", "item-not-found", Some(&format!("unknown topic {t:?}"))),
+            Err(EventError::UnknownTopic(t)) => {
+                req.error("cancel", "item-not-found", Some(&format!("unknown topic {t:?}")))
+            }
             Err(e) => req.error("wait", "internal-server-error", Some(&e.to_string())),
         }
     }
@@ -519,4 +559,305 @@ fn form_to_fill(node: &str) -> Element {
         }
     }
     x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pushbridge_api::Envelope;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    struct Fixture {
+        svc: Arc<Service>,
+        events: Arc<Mutex<Vec<Event>>>,
+        device_gone: Arc<AtomicBool>,
+    }
+
+    fn fixture() -> Fixture {
+        let config: XmppConfig = serde_json::from_value(serde_json::json!({
+            "server": "127.0.0.1:5347", "domain": "push.localhost", "secret": "s"
+        }))
+        .unwrap();
+        let (ctx, mut core) = Context::for_test("xmpp", config);
+        let (out, _rx) = mpsc::channel(16);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let device_gone = Arc::new(AtomicBool::new(false));
+        let (ev, gone) = (events.clone(), device_gone.clone());
+        // A stand-in for the core.
+        tokio::spawn(async move {
+            while let Some(Envelope { event, reply, .. }) = core.recv().await {
+                let answer = match &event {
+                    Event::Message(_) if gone.load(Ordering::Relaxed) => Err(EventError::NoSuchDevice),
+                    Event::Message(_) => Ok(Reply::Queued(1)),
+                    _ => Ok(Reply::Done),
+                };
+                ev.lock().unwrap().push(event);
+                if let Some(r) = reply {
+                    let _ = r.send(answer);
+                }
+            }
+        });
+        Fixture {
+            svc: Arc::new(Service::new(ctx, out)),
+            events,
+            device_gone,
+        }
+    }
+
+    fn req() -> Req {
+        Req {
+            id: "q1".into(),
+            from: "Alice@Localhost/phone".into(),
+            to: "push.localhost".into(),
+        }
+    }
+
+    fn command(node: &str, fields: &[(&str, &str)]) -> Element {
+        let mut x = Element::new("x").attr("xmlns", NS_DATA).attr("type", "submit");
+        for (k, v) in fields {
+            x = x.child(field(k, v));
+        }
+        Element::new("command")
+            .attr("xmlns", NS_COMMANDS)
+            .attr("node", node)
+            .attr("action", "execute")
+            .child(x)
+    }
+
+    fn result_fields(reply: &Element) -> HashMap<String, String> {
+        assert_eq!(reply.get("type"), Some("result"), "{reply:?}");
+        let cmd = reply.find("command", Some(NS_COMMANDS)).unwrap();
+        assert_eq!(cmd.get("status"), Some("completed"));
+        fields(cmd.find("x", Some(NS_DATA)).unwrap())
+    }
+
+    fn condition(reply: &Element) -> (String, String, String) {
+        assert_eq!(reply.get("type"), Some("error"), "{reply:?}");
+        let e = reply.find("error", None).unwrap();
+        let cond = e.elements().next().unwrap().local().to_owned();
+        let text = e.find("text", None).map(|t| t.text_content()).unwrap_or_default();
+        (e.get("type").unwrap().to_owned(), cond, text)
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn register_reuse_and_unregister() {
+        let f = fixture();
+        let r = f
+            .svc
+            .command(
+                &req(),
+                &command("register-push-apns", &[("token", TOKEN), ("device-id", "d1")]),
+            )
+            .await;
+        let got = result_fields(&r);
+        let (node, secret) = (got["node"].clone(), got["secret"].clone());
+        assert_eq!(node.len(), 24);
+        assert_eq!(secret.len(), 36);
+        assert_eq!(r.get("to"), Some("Alice@Localhost/phone"));
+        assert_eq!(r.get("from"), Some("push.localhost"));
+        match &f.events.lock().unwrap()[0] {
+            Event::Register { user, device } => {
+                assert_eq!(user.as_str(), "xmpp:alice@localhost");
+                assert_eq!(device.token.as_str(), TOKEN);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same device again: same node and secret.
+        let again = f
+            .svc
+            .command(
+                &req(),
+                &command("register-push-apns", &[("token", TOKEN), ("device-id", "d1")]),
+            )
+            .await;
+        assert_eq!(result_fields(&again)["node"], node);
+        assert_eq!(result_fields(&again)["secret"], secret);
+        // Unregister by device id.
+        let un = f
+            .svc
+            .command(&req(), &command("unregister-push-apns", &[("device-id", "d1")]))
+            .await;
+        assert_eq!(result_fields(&un)["removed"], "1");
+        assert!(matches!(
+            f.events.lock().unwrap().last(),
+            Some(Event::Unregister { .. })
+        ));
+        assert!(f.svc.ctx.state_get(&format!("node:{node}")).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_forms_are_explained() {
+        let f = fixture();
+        let r = f
+            .svc
+            .command(&req(), &command("register-push-apns", &[("token", "xyz")]))
+            .await;
+        let (typ, cond, text) = condition(&r);
+        assert_eq!((typ.as_str(), cond.as_str()), ("modify", "not-acceptable"));
+        assert!(text.contains("token"), "{text}");
+        let r = f.svc.command(&req(), &command("register-push-apns", &[])).await;
+        assert_eq!(condition(&r).1, "bad-request");
+        let r = f
+            .svc
+            .command(
+                &req(),
+                &command("v1-register-push", &[("type", "fcm"), ("node", "n"), ("token", TOKEN)]),
+            )
+            .await;
+        assert_eq!(condition(&r).1, "not-acceptable");
+        let r = f
+            .svc
+            .command(
+                &req(),
+                &command("v1-register-push", &[("type", "apns"), ("token", TOKEN)]),
+            )
+            .await;
+        assert!(condition(&r).2.contains("'node'"));
+        let r = f.svc.command(&req(), &command("unregister-push-apns", &[])).await;
+        assert_eq!(condition(&r).1, "bad-request");
+        let r = f.svc.command(&req(), &command("no-such-command", &[])).await;
+        assert_eq!(condition(&r).1, "item-not-found");
+        // A bare execute gets the form to fill.
+        let bare_exec = Element::new("command")
+            .attr("xmlns", NS_COMMANDS)
+            .attr("node", "register-push-apns")
+            .attr("action", "execute");
+        let r = f.svc.command(&req(), &bare_exec).await;
+        let cmd = r.find("command", Some(NS_COMMANDS)).unwrap();
+        assert_eq!(cmd.get("status"), Some("executing"));
+        let form = cmd.find("x", Some(NS_DATA)).unwrap();
+        assert_eq!(form.get("type"), Some("form"));
+        assert!(form.elements().any(|f| f.get("var") == Some("token")));
+        assert!(f.events.lock().unwrap().is_empty(), "nothing reached the core");
+    }
+
+    #[tokio::test]
+    async fn v1_register_push_answers_jid_node_secret() {
+        let f = fixture();
+        let r = f
+            .svc
+            .command(
+                &req(),
+                &command(
+                    "v1-register-push",
+                    &[("type", "apns"), ("node", "dev-7"), ("token", TOKEN)],
+                ),
+            )
+            .await;
+        let got = result_fields(&r);
+        assert_eq!(got["jid"], "push.localhost");
+        assert!(!got["node"].is_empty() && !got["secret"].is_empty());
+    }
+
+    fn publish(node: &str, secret: Option<&str>, summary: &[(&str, &str)]) -> Element {
+        let mut x = Element::new("x")
+            .attr("xmlns", NS_DATA)
+            .child(field("FORM_TYPE", FORM_SUMMARY));
+        for (k, v) in summary {
+            x = x.child(field(k, v));
+        }
+        let mut pubsub = Element::new("pubsub").attr("xmlns", NS_PUBSUB).child(
+            Element::new("publish")
+                .attr("node", node)
+                .child(Element::new("item").child(Element::new("notification").attr("xmlns", NS_PUSH).child(x))),
+        );
+        if let Some(s) = secret {
+            pubsub = pubsub.child(
+                Element::new("publish-options").child(
+                    Element::new("x")
+                        .attr("xmlns", NS_DATA)
+                        .child(field("FORM_TYPE", FORM_PUBLISH_OPTIONS))
+                        .child(field("secret", s)),
+                ),
+            );
+        }
+        pubsub
+    }
+
+    #[tokio::test]
+    async fn publishes_checked_and_turned_into_messages() {
+        let f = fixture();
+        let r = f
+            .svc
+            .command(&req(), &command("register-push-apns", &[("token", TOKEN)]))
+            .await;
+        let got = result_fields(&r);
+        let (node, secret) = (got["node"].clone(), got["secret"].clone());
+        let server = Req {
+            id: "p1".into(),
+            from: "localhost".into(),
+            to: "push.localhost".into(),
+        };
+        let sum = [
+            ("message-count", "3"),
+            ("last-message-sender", "bob@localhost/pc"),
+            ("last-message-body", "hi <there> & you"),
+        ];
+        // Unknown node, wrong secret, no secret: item-not-found.
+        for p in [
+            publish("nope", Some(&secret), &sum),
+            publish(&node, Some("wrong"), &sum),
+            publish(&node, None, &sum),
+        ] {
+            let r = f.svc.publish(&server, &p).await;
+            assert_eq!(condition(&r).0, "cancel");
+            assert_eq!(condition(&r).1, "item-not-found");
+        }
+        let before = f.events.lock().unwrap().len();
+        assert_eq!(before, 1, "only the registration reached the core");
+        // A good one.
+        let r = f.svc.publish(&server, &publish(&node, Some(&secret), &sum)).await;
+        assert_eq!(r.get("type"), Some("result"));
+        match f.events.lock().unwrap().last().unwrap() {
+            Event::Message(m) => {
+                assert_eq!(m.to.as_str(), "xmpp:alice@localhost");
+                assert_eq!(m.from, "bob@localhost");
+                assert_eq!(m.text.as_deref(), Some("hi <there> & you"));
+                assert_eq!(m.badge, Some(3));
+                assert_eq!(m.device.as_ref().map(|d| d.as_str()), Some(TOKEN));
+                assert!(!m.respect_presence);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A summary without body or sender.
+        let r = f.svc.publish(&server, &publish(&node, Some(&secret), &[])).await;
+        assert_eq!(r.get("type"), Some("result"));
+        match f.events.lock().unwrap().last().unwrap() {
+            Event::Message(m) => {
+                assert_eq!(m.text, None);
+                assert_eq!(m.from, "New message");
+                assert_eq!(m.badge, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The core removed the device (APNS said 410): item-not-found, and
+        // the node is forgotten.
+        f.device_gone.store(true, Ordering::Relaxed);
+        let r = f.svc.publish(&server, &publish(&node, Some(&secret), &sum)).await;
+        assert_eq!(condition(&r).1, "item-not-found");
+        assert!(f.svc.ctx.state_get(&format!("node:{node}")).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn disco_says_push_and_commands() {
+        let info = disco_info(&Element::new("query").attr("xmlns", NS_DISCO_INFO));
+        let id = info.find("identity", None).unwrap();
+        assert_eq!((id.get("category"), id.get("type")), (Some("pubsub"), Some("push")));
+        let features: Vec<&str> = info.elements().filter_map(|e| e.get("var")).collect();
+        assert!(features.contains(&NS_PUSH) && features.contains(&NS_COMMANDS));
+        let items = disco_items(
+            &Element::new("query")
+                .attr("xmlns", NS_DISCO_ITEMS)
+                .attr("node", NS_COMMANDS),
+            "push.localhost",
+        );
+        let nodes: Vec<&str> = items.elements().filter_map(|e| e.get("node")).collect();
+        assert_eq!(
+            nodes,
+            ["register-push-apns", "unregister-push-apns", "v1-register-push"]
+        );
+    }
 }

@@ -392,11 +392,19 @@ mod tests {
         let big = "x".repeat(5000);
         let s = format!("<stream:stream id='1'><message><body>{big}</body></message>");
         let out = parse(&s, 1024).await;
-        assert!(out[1].as_ref().unwrap_err().contains("larger than 1024"), "{:?}", out[1]);
+        assert!(
+            out[1].as_ref().unwrap_err().contains("larger than 1024"),
+            "{:?}",
+            out[1]
+        );
         // Unbounded text without a closing tag is cut off too.
         let s = format!("<stream:stream id='1'><message><body>{}", "y".repeat(100_000));
         let out = parse(&s, 1024).await;
-        assert!(out[1].as_ref().unwrap_err().contains("larger than 1024"), "{:?}", out[1]);
+        assert!(
+            out[1].as_ref().unwrap_err().contains("larger than 1024"),
+            "{:?}",
+            out[1]
+        );
     }
 
     #[tokio::test]

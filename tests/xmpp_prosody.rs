@@ -1,0 +1,338 @@
+//! The XMPP adapter against a real Prosody (Debian's `prosody` +
+//! `prosody-modules` for mod_cloud_notify) and a real XMPP client
+//! (slixmpp, driven by `tests/xmpp/client.py`): registration by ad-hoc
+//! command, XEP-0357 enable, a phone-like drop, a push through the HTTP/2
+//! simulator, then APNS reporting the device gone and Prosody disabling
+//! the node.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::apns::{http2_config, Creds};
+use harness::{token, Gateway};
+
+const SECRET: &str = "comp-s3cret";
+
+/// Prosody and slixmpp, or why they cannot be used here.
+fn peers() -> Result<(PathBuf, PathBuf), String> {
+    let prosody = PathBuf::from("/usr/bin/prosody");
+    if !prosody.exists() {
+        return Err("prosody is not installed (apt-get install prosody prosody-modules; .ci/setup does)".into());
+    }
+    if !Path::new("/usr/lib/prosody/modules/mod_cloud_notify/mod_cloud_notify.lua").exists() {
+        return Err("mod_cloud_notify is missing (apt-get install prosody-modules)".into());
+    }
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", "import slixmpp"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        return Err(format!("{} with slixmpp is missing (run .ci/setup)", python.display()));
+    }
+    Ok((prosody, python))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Prosody {
+    child: Child,
+    config: PathBuf,
+    log: PathBuf,
+    c2s: u16,
+    component: u16,
+}
+
+impl Prosody {
+    fn start(dir: &Path, prosody: &Path) -> Prosody {
+        let (c2s, component) = (free_port(), free_port());
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        let log = dir.join("prosody.log");
+        let config = dir.join("prosody.cfg.lua");
+        std::fs::write(
+            &config,
+            format!(
+                r#"run_as_root = true
+pidfile = "{pid}"
+data_path = "{data}"
+log = {{ debug = "{log}" }}
+certificates = "{certs}"
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s} }}
+component_ports = {{ {component} }}
+component_interfaces = {{ "127.0.0.1" }}
+legacy_ssl_ports = {{ }}
+modules_disabled = {{ "s2s" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "smacks"; "cloud_notify"; "offline" }}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_hashed"
+storage = "internal"
+push_notification_with_body = true
+push_notification_with_sender = true
+push_max_errors = 1
+smacks_hibernation_time = 600
+VirtualHost "localhost"
+Component "push.localhost"
+    component_secret = "{SECRET}"
+"#,
+                pid = dir.join("prosody.pid").display(),
+                data = data.display(),
+                log = log.display(),
+                certs = dir.join("certs").display(),
+            ),
+        )
+        .unwrap();
+        for (user, pass) in [("alice", "alicepass"), ("bob", "bobpass")] {
+            let out = Command::new("prosodyctl")
+                .args(["--config"])
+                .arg(&config)
+                .args(["register", user, "localhost", pass])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "prosodyctl register {user}: {out:?}");
+        }
+        let child = Command::new(prosody)
+            .args(["-F", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", c2s)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", component)).is_err()
+        {
+            assert!(Instant::now() < deadline, "prosody did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Prosody {
+            child,
+            config,
+            log,
+            c2s,
+            component,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.config;
+    }
+}
+
+fn client(python: &Path, prosody: &Prosody, args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/xmpp/client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .args(["--port", &prosody.c2s.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_push_register_publish_and_disable() {
+    let (prosody_bin, python) = match peers() {
+        Ok(p) => p,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true and {why}"),
+        Err(why) => {
+            eprintln!("SKIPPING the Prosody integration test: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prosody = Prosody::start(dir.path(), &prosody_bin);
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    let text = format!(
+        "{}\n[[adapters.xmpp]]\nserver = \"127.0.0.1:{}\"\ndomain = \"push.localhost\"\nsecret = \"{SECRET}\"\n",
+        http2_config(dir.path(), &creds.token_app(&sim.addr().to_string()), ""),
+        prosody.component
+    );
+    let gw = Gateway::start(dir.path(), &text);
+    wait_for(
+        "the component link",
+        || gw.logs().contains("XMPP component connected"),
+        || gw.logs(),
+    );
+
+    // alice registers her phone, enables push, and vanishes.
+    let alice_token = token(0xa11ce);
+    let out = client(
+        &python,
+        &prosody,
+        &[
+            "register-enable",
+            "--jid",
+            "alice@localhost/phone",
+            "--password",
+            "alicepass",
+            "--component",
+            "push.localhost",
+            "--token",
+            &alice_token,
+        ],
+    );
+    let reg: serde_json::Value = serde_json::from_str(out.trim()).expect("node and secret as JSON");
+    assert!(reg["node"].as_str().is_some_and(|n| n.len() >= 16), "{reg}");
+    assert!(reg["secret"].as_str().is_some_and(|s| s.len() >= 24), "{reg}");
+
+    // bob writes; Prosody publishes to pushbridge; one push reaches APNS.
+    client(
+        &python,
+        &prosody,
+        &[
+            "send",
+            "--jid",
+            "bob@localhost/pc",
+            "--password",
+            "bobpass",
+            "--to",
+            "alice@localhost",
+            "--body",
+            "are you there, alice?",
+        ],
+    );
+    assert!(
+        sim.state().recorder.wait_for(1, Duration::from_secs(20)).await,
+        "no push:\n{}\n{}",
+        gw.logs(),
+        prosody.log()
+    );
+    let r = sim.state().recorder.records();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].device_token, alice_token);
+    assert_eq!(r[0].payload["aps"]["alert"]["title"], "bob@localhost");
+    assert_eq!(r[0].payload["aps"]["alert"]["body"], "are you there, alice?");
+    wait_for(
+        "pushbridge to answer the publish",
+        || gw.logs().contains("outcome=\"result\""),
+        || gw.logs(),
+    );
+    assert!(!prosody.log().contains("Got error"), "{}", prosody.log());
+
+    // APNS now says alice's token is gone. The next publish is still taken
+    // (the device is removed when APNS answers 410)…
+    sim.state().reject(&alice_token, 410, "Unregistered");
+    client(
+        &python,
+        &prosody,
+        &[
+            "send",
+            "--jid",
+            "bob@localhost/pc",
+            "--password",
+            "bobpass",
+            "--to",
+            "alice@localhost",
+            "--body",
+            "second",
+        ],
+    );
+    wait_for(
+        "the device to be removed",
+        || gw.logs().contains("removing it"),
+        || format!("{}\n{}", gw.logs(), prosody.log()),
+    );
+    // …and the one after is answered item-not-found: Prosody disables push.
+    client(
+        &python,
+        &prosody,
+        &[
+            "send",
+            "--jid",
+            "bob@localhost/pc",
+            "--password",
+            "bobpass",
+            "--to",
+            "alice@localhost",
+            "--body",
+            "third",
+        ],
+    );
+    wait_for(
+        "pushbridge to refuse the publish",
+        || gw.logs().contains("outcome=\"item-not-found\""),
+        || gw.logs(),
+    );
+    wait_for(
+        "Prosody to disable the node",
+        || prosody.log().contains("Disabling push notifications for identifier"),
+        || prosody.log(),
+    );
+    // A fourth message publishes nothing more.
+    let answered = count(&gw.logs(), "XEP-0357 publish answered");
+    client(
+        &python,
+        &prosody,
+        &[
+            "send",
+            "--jid",
+            "bob@localhost/pc",
+            "--password",
+            "bobpass",
+            "--to",
+            "alice@localhost",
+            "--body",
+            "fourth",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        count(&gw.logs(), "XEP-0357 publish answered"),
+        answered,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(sim.state().recorder.count(), 1, "no more pushes");
+}
