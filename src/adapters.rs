@@ -17,6 +17,9 @@ pub struct AdaptersConfig {
     /// `[[adapters.xmpp]]`
     #[serde(default)]
     pub xmpp: Vec<pushbridge_xmpp::XmppConfig>,
+    /// `[[adapters.irc]]`
+    #[serde(default)]
+    pub irc: Vec<pushbridge_irc::IrcConfig>,
 }
 
 impl AdaptersConfig {
@@ -24,12 +27,14 @@ impl AdaptersConfig {
     pub fn spawn_all(&self, deps: &AdapterDeps) {
         spawn_all::<pushbridge_line::LineAdapter>(&self.line, deps);
         spawn_all::<pushbridge_xmpp::XmppAdapter>(&self.xmpp, deps);
+        spawn_all::<pushbridge_irc::IrcAdapter>(&self.irc, deps);
     }
 
     /// Check every instance; the error names the section.
     pub fn check(&self) -> Result<(), String> {
         check_each::<pushbridge_line::LineAdapter>(&self.line)?;
         check_each::<pushbridge_xmpp::XmppAdapter>(&self.xmpp)?;
+        check_each::<pushbridge_irc::IrcAdapter>(&self.irc)?;
         Ok(())
     }
 
@@ -38,6 +43,7 @@ impl AdaptersConfig {
         let mut out = Vec::new();
         names::<pushbridge_line::LineAdapter>(&self.line, &mut out);
         names::<pushbridge_xmpp::XmppAdapter>(&self.xmpp, &mut out);
+        names::<pushbridge_irc::IrcAdapter>(&self.irc, &mut out);
         out
     }
 }

@@ -1,0 +1,407 @@
+//! The IRC adapter against a real network: Debian's InspIRCd 3 with Atheme
+//! services linked, on loopback, from temporary configs. Test users are
+//! raw IRC clients with real NickServ accounts, logging in with SASL PLAIN.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use harness::{config_text, token, Gateway};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+const INSPIRCD: &str = "/usr/sbin/inspircd";
+const ATHEME: &str = "/usr/bin/atheme-services";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// InspIRCd + Atheme in `dir`.
+struct Net {
+    dir: PathBuf,
+    client_port: u16,
+    server_port: u16,
+    ircd: Option<Child>,
+    services: Option<Child>,
+    starts: usize,
+}
+
+impl Net {
+    fn new(dir: &Path) -> Net {
+        let n = Net {
+            dir: dir.to_owned(),
+            client_port: free_port(),
+            server_port: free_port(),
+            ircd: None,
+            services: None,
+            starts: 0,
+        };
+        std::fs::create_dir_all(dir.join("atheme-data")).unwrap();
+        n.write_configs();
+        n
+    }
+
+    fn write_configs(&self) {
+        let d = self.dir.display();
+        std::fs::write(
+            self.dir.join("inspircd.conf"),
+            format!(
+                r#"<server name="irc.localhost" description="pushbridge test" network="PushTest">
+<admin name="test" nick="test" email="test@localhost">
+<bind address="127.0.0.1" port="{cp}" type="clients">
+<bind address="127.0.0.1" port="{sp}" type="servers">
+<connect name="main" allow="*" localmax="1000" globalmax="1000" useident="no" resolvehostnames="no" threshold="1000" commandrate="100000" fakelag="no" maxchans="50" timeout="20" pingfreq="120" sendq="1048576" recvq="65536">
+<pid file="{d}/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{d}/inspircd.log">
+<performance nouserdns="yes">
+<module name="cap">
+<module name="ircv3">
+<module name="ircv3_accounttag">
+<module name="ircv3_servertime">
+<module name="ircv3_ctctags">
+<module name="ircv3_msgid">
+<module name="ircv3_echomessage">
+<module name="ircv3_capnotify">
+<module name="monitor">
+<module name="services_account">
+<module name="sasl">
+<module name="svshold">
+<module name="chghost">
+<module name="spanningtree">
+<ircv3 accountnotify="yes" awaynotify="yes" extendedjoin="yes">
+<monitor maxentries="100">
+<sasl target="services.localhost" requiressl="no">
+<link name="services.localhost" ipaddr="127.0.0.1" port="{sp}" allowmask="127.0.0.0/8" sendpass="linkpass" recvpass="linkpass">
+<uline server="services.localhost" silent="yes">
+"#,
+                cp = self.client_port,
+                sp = self.server_port
+            ),
+        )
+        .unwrap();
+        let modules = [
+            "protocol/inspircd",
+            "backend/opensex",
+            "crypto/pbkdf2v2",
+            "nickserv/main",
+            "nickserv/register",
+            "nickserv/identify",
+            "nickserv/info",
+            "nickserv/status",
+            "nickserv/ghost",
+            "nickserv/set_core",
+            "saslserv/main",
+            "saslserv/plain",
+        ];
+        let mut conf: String = modules
+            .iter()
+            .map(|m| format!("loadmodule \"modules/{m}\";\n"))
+            .collect();
+        conf.push_str(&format!(
+            r##"serverinfo {{
+	name = "services.localhost"; desc = "Atheme"; numeric = "00A"; recontime = 2;
+	netname = "PushTest"; hidehostsuffix = "users.test"; adminname = "test";
+	adminemail = "admin@localhost"; registeremail = "noreply@localhost"; auth = none;
+	loglevel = {{ admin; error; info; network; }};
+	maxlogins = 5; maxusers = 5; maxnicks = 5; maxchans = 5; mdlimit = 30; emaillimit = 10; emailtime = 300;
+}};
+uplink "irc.localhost" {{ host = "127.0.0.1"; port = {sp}; send_password = "linkpass"; receive_password = "linkpass"; }};
+nickserv {{ nick = "NickServ"; user = "NickServ"; host = "services.localhost"; real = "Nickname Services"; }};
+saslserv {{ nick = "SaslServ"; user = "SaslServ"; host = "services.localhost"; real = "SASL"; }};
+general {{
+	helpchan = "#help"; helpurl = "http://localhost/"; join_chans; leave_chans;
+	uflags = {{ hidemail; }}; cflags = {{ guard; verbose; }};
+	flood_msgs = 100; flood_time = 10; ratelimit_uses = 1000; ratelimit_period = 60;
+	kline_time = 7; commit_interval = 1; default_clone_allowed = 1000; default_clone_warn = 1000;
+	clone_time = 0; uplink_sendq_limit = 1048576; language = "en";
+}};
+logfile "{d}/atheme.log" {{ debug; }};
+"##,
+            sp = self.server_port
+        ));
+        std::fs::write(self.dir.join("atheme.conf"), conf).unwrap();
+    }
+
+    fn atheme_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("atheme.log")).unwrap_or_default()
+    }
+
+    fn start(&mut self) {
+        let d = &self.dir;
+        self.ircd = Some(
+            Command::new(INSPIRCD)
+                .arg("--config")
+                .arg(d.join("inspircd.conf"))
+                .args(["--nofork", "--runasroot"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
+            assert!(Instant::now() < deadline, "inspircd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let synced_before = self.atheme_log().matches("finished synching with uplink").count();
+        self.services = Some(
+            Command::new(ATHEME)
+                .arg("-n")
+                .arg("-c")
+                .arg(d.join("atheme.conf"))
+                .arg("-D")
+                .arg(d.join("atheme-data"))
+                .arg("-l")
+                .arg(d.join("atheme.log"))
+                .arg("-p")
+                .arg(d.join("atheme.pid"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        while self.atheme_log().matches("finished synching with uplink").count() <= synced_before {
+            assert!(Instant::now() < deadline, "atheme did not link:\n{}", self.atheme_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.starts += 1;
+    }
+
+    fn stop(&mut self) {
+        for child in [self.services.take(), self.ircd.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A raw IRC client.
+struct Irc {
+    nick: String,
+    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    w: OwnedWriteHalf,
+}
+
+impl Irc {
+    /// Connect as `nick`; with `sasl`, log in to that account first.
+    async fn connect(port: u16, nick: &str, sasl: Option<(&str, &str)>) -> Irc {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (r, w) = s.into_split();
+        let mut c = Irc {
+            nick: nick.to_owned(),
+            lines: BufReader::new(r).lines(),
+            w,
+        };
+        if let Some((account, password)) = sasl {
+            c.send("CAP REQ :sasl").await;
+            c.send(&format!("NICK {nick}")).await;
+            c.send(&format!("USER {nick} 0 * :{nick}")).await;
+            c.expect(|l| l.contains(" ACK ")).await;
+            c.send("AUTHENTICATE PLAIN").await;
+            c.expect(|l| l.contains("AUTHENTICATE")).await;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{account}\0{account}\0{password}"));
+            c.send(&format!("AUTHENTICATE {b64}")).await;
+            c.expect(|l| l.contains(" 903 ")).await;
+            c.send("CAP END").await;
+        } else {
+            c.send(&format!("NICK {nick}")).await;
+            c.send(&format!("USER {nick} 0 * :{nick}")).await;
+        }
+        c.expect(|l| l.contains(" 001 ")).await;
+        c
+    }
+
+    async fn send(&mut self, l: &str) {
+        self.w.write_all(format!("{l}\r\n").as_bytes()).await.unwrap();
+    }
+
+    /// Read until a line matches (answering PINGs); the line.
+    async fn expect(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{}: timed out waiting", self.nick))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{}: connection closed", self.nick));
+            if let Some(p) = l.strip_prefix("PING ") {
+                self.send(&format!("PONG {p}")).await;
+            }
+            if pred(&l) {
+                return l;
+            }
+        }
+    }
+
+    async fn join(&mut self, chan: &str) {
+        self.send(&format!("JOIN {chan}")).await;
+        let me = format!(":{}!", self.nick);
+        self.expect(|l| l.starts_with(&me) && l.contains(" JOIN ")).await;
+    }
+
+    /// A private command to the bot; its NOTICE answer.
+    async fn ask(&mut self, bot: &str, text: &str) -> String {
+        self.send(&format!("PRIVMSG {bot} :{text}")).await;
+        let from = format!(":{bot}!");
+        self.expect(|l| l.starts_with(&from) && l.contains(" NOTICE ")).await
+    }
+
+    async fn quit(mut self) {
+        self.send("QUIT :bye").await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(Some(_)) = self.lines.next_line().await {}
+        })
+        .await;
+    }
+}
+
+/// Create a NickServ account.
+async fn create_account(port: u16, name: &str) {
+    let mut c = Irc::connect(port, name, None).await;
+    c.send(&format!("PRIVMSG NickServ :REGISTER {name}-pass {name}@example.org"))
+        .await;
+    c.expect(|l| l.contains(" 900 ")).await;
+    c.quit().await;
+}
+
+fn wait_log(gw: &Gateway, what: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.logs().matches(what).count() < n {
+        assert!(Instant::now() < deadline, "waiting for {n}x {what:?}:\n{}", gw.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspircd_highlights_presence_accounts_and_restart() {
+    if !Path::new(INSPIRCD).exists() || !Path::new(ATHEME).exists() {
+        let why =
+            "inspircd and atheme-services are not installed (apt-get install inspircd atheme-services; .ci/setup does)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true and {why}");
+        }
+        eprintln!("SKIPPING the InspIRCd integration test: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = Net::new(dir.path());
+    net.start();
+    let port = net.client_port;
+    tokio::join!(
+        create_account(port, "alice"),
+        create_account(port, "bob"),
+        create_account(port, "mallory")
+    );
+
+    let text = format!(
+        "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\n",
+        config_text(dir.path(), "", "")
+    );
+    let gw = Gateway::start(dir.path(), &text);
+    wait_log(&gw, "registered on the IRC network", 1);
+
+    // alice logs in, registers her phone with the bot, and leaves.
+    let alice_token = token(0xa11ce);
+    let (mut alice, mut bob) = tokio::join!(
+        Irc::connect(port, "alice", Some(("alice", "alice-pass"))),
+        Irc::connect(port, "bob", Some(("bob", "bob-pass")))
+    );
+    alice.join("#chat").await;
+    bob.join("#chat").await;
+    let answer = alice.ask("pushbot", &format!("REGISTER {alice_token}")).await;
+    assert!(answer.contains("registered for account alice"), "{answer}");
+    wait_log(&gw, "account=alice presence=Online", 1);
+    alice.quit().await;
+    wait_log(&gw, "account=alice presence=Offline", 1);
+
+    // bob highlights her: one push, with bob, #chat and the text.
+    bob.send("PRIVMSG #chat :\x02alice\x02: lunch at noon?").await;
+    let p = gw.wait_pushes(1);
+    assert_eq!(p[0]["device_token"], alice_token.as_str());
+    assert_eq!(p[0]["payload"]["aps"]["alert"]["title"], "bob in #chat");
+    assert_eq!(p[0]["payload"]["aps"]["alert"]["body"], "alice: lunch at noon?");
+    // Not a highlight: no push.
+    bob.send("PRIVMSG #chat :malice is not a name").await;
+
+    // alice is back: no push.
+    let mut alice = Irc::connect(port, "alice", Some(("alice", "alice-pass"))).await;
+    alice.join("#chat").await;
+    wait_log(&gw, "account=alice presence=Online", 2);
+    bob.send("PRIVMSG #chat :alice, welcome back").await;
+    gw.assert_pushes_stay(1);
+
+    // alice goes away: pushes again.
+    alice.send("AWAY :in a meeting").await;
+    wait_log(&gw, "account=alice presence=Away", 1);
+    bob.send("PRIVMSG #chat :ALICE are you there?").await;
+    let p = gw.wait_pushes(2);
+    assert_eq!(p[1]["payload"]["aps"]["alert"]["body"], "ALICE are you there?");
+
+    // mallory, not logged in, cannot register a device; logged in as
+    // herself, she registers one for her own account, never for alice.
+    let mallory_token = token(0xbad);
+    let mut guest = Irc::connect(port, "mallory", None).await;
+    let answer = guest.ask("pushbot", &format!("REGISTER {mallory_token}")).await;
+    assert!(answer.contains("not logged in"), "{answer}");
+    guest.quit().await;
+    let mut mallory = Irc::connect(port, "mallory2", Some(("mallory", "mallory-pass"))).await;
+    let answer = mallory.ask("pushbot", &format!("REGISTER {mallory_token}")).await;
+    assert!(answer.contains("account mallory"), "{answer}");
+    let status = alice.ask("pushbot", "STATUS").await;
+    assert!(status.contains("Account alice: 1 device(s)"), "{status}");
+    bob.send("PRIVMSG #chat :alice: still away?").await;
+    let p = gw.wait_pushes(3);
+    assert_eq!(p[2]["device_token"], alice_token.as_str(), "only alice's device");
+    gw.assert_pushes_stay(3);
+
+    // TELL: a private message pushed through the bot.
+    let answer = bob.ask("pushbot", "TELL alice call me when you are back").await;
+    assert!(answer.contains("Pushed to alice"), "{answer}");
+    let p = gw.wait_pushes(4);
+    assert_eq!(p[3]["payload"]["aps"]["alert"]["title"], "bob");
+    assert_eq!(p[3]["payload"]["aps"]["alert"]["body"], "call me when you are back");
+
+    // The IRC server restarts: the bot reconnects, re-joins and keeps working.
+    drop((alice, bob, mallory));
+    net.stop();
+    net.start();
+    wait_log(&gw, "registered on the IRC network", 2);
+    let mut bob = Irc::connect(port, "bob", Some(("bob", "bob-pass"))).await;
+    bob.join("#chat").await;
+    // The bot is back in #chat (bob sees it in NAMES) and alice is offline.
+    bob.send("NAMES #chat").await;
+    bob.expect(|l| l.contains(" 353 ") && l.contains("pushbot")).await;
+    bob.send("PRIVMSG #chat :alice: the server restarted").await;
+    let p = gw.wait_pushes(5);
+    assert_eq!(p[4]["payload"]["aps"]["alert"]["body"], "alice: the server restarted");
+    assert_eq!(p[4]["device_token"], alice_token.as_str());
+}
