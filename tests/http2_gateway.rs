@@ -286,6 +286,62 @@ async fn crash_with_apns_down_then_everything_arrives_once() {
     assert_eq!(badges, (1..=1000).collect::<Vec<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_prints_apples_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    let gone = token(0x410);
+    sim.state().reject(&gone, 410, "Unregistered");
+    let path = dir.path().join("push.toml");
+    std::fs::write(
+        &path,
+        http2_config(dir.path(), &creds.token_app(&sim.addr().to_string()), ""),
+    )
+    .unwrap();
+    let push = |tok: &str| {
+        let path = path.clone();
+        let tok = tok.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+                    .args(["push", "--config"])
+                    .arg(&path)
+                    .args([
+                        "--token",
+                        &tok,
+                        "--alert",
+                        "hello from push",
+                        "--badge",
+                        "7",
+                        "--sound",
+                        "ping.aiff",
+                    ])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let ok = push(&token(0x200)).await;
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(out.contains("status 200"), "{out}");
+    let r = &sim.state().recorder.records()[0];
+    assert!(out.contains(&r.apns_id), "the apns-id is printed: {out}");
+    assert_eq!(r.payload["aps"]["alert"], "hello from push");
+    assert_eq!(r.payload["aps"]["badge"], 7);
+    assert_eq!(r.payload["aps"]["sound"], "ping.aiff");
+    let refused = push(&gone).await;
+    let out = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success());
+    assert!(
+        out.contains("status 410: Unregistered") && out.contains("token invalid since"),
+        "{out}"
+    );
+}
+
 /// `check` and `run` with a broken app: both fail, with the same message.
 fn check_and_run(dir: &std::path::Path, app_keys: &str) -> String {
     let text = http2_config(dir, app_keys, "");

@@ -261,6 +261,33 @@ async fn expired_provider_token_mints_a_new_jwt_and_retries() {
 }
 
 #[tokio::test]
+async fn streams_stay_within_the_servers_max_concurrent_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds
+        .simulator(
+            "127.0.0.1:0",
+            Options {
+                max_concurrent_streams: 4,
+                response_delay: Some(Duration::from_millis(20)),
+                ..creds.options(false)
+            },
+        )
+        .await;
+    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "");
+    let stats = sink.stats();
+    let exp = later();
+    let notes = (1..=200).map(|i| note(i, &token(i as u64), exp)).collect();
+    let r = run(sink, notes, 200).await;
+    assert!(r.iter().all(|r| r.outcome == Outcome::Delivered));
+    let max = sim.state().max_active.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((2..=4).contains(&max), "several streams at once, never over 4: {max}");
+    // Had the sink opened more streams than allowed, the server would have
+    // refused them and the sink would have sent them again.
+    assert_eq!(stats.retried.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
 async fn expired_notifications_are_not_sent() {
     let dir = tempfile::tempdir().unwrap();
     let creds = Creds::new(dir.path());

@@ -65,6 +65,9 @@ pub struct Args {
     /// SETTINGS_MAX_CONCURRENT_STREAMS announced to clients.
     #[arg(long, default_value_t = 1000)]
     max_streams: u32,
+    /// Answer each HTTP/2 request this many milliseconds late (a distant APNS).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
     /// Append accepted notifications as JSON lines here (default: stdout).
     #[arg(long)]
     record: Option<PathBuf>,
@@ -220,6 +223,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fail_rate: args.fail_rate,
         fail_status: args.fail_status,
         max_concurrent_streams: args.max_streams,
+        response_delay: (args.delay_ms > 0).then(|| std::time::Duration::from_millis(args.delay_ms)),
     };
     let binary_server = match (&args.binary_listen, &client_ca) {
         (None, _) => None,

@@ -74,6 +74,8 @@ pub struct Options {
     pub fail_status: u16,
     /// `SETTINGS_MAX_CONCURRENT_STREAMS` announced to clients.
     pub max_concurrent_streams: u32,
+    /// Answer each request this much later (a distant APNS).
+    pub response_delay: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             fail_rate: 0.0,
             fail_status: 503,
             max_concurrent_streams: 1000,
+            response_delay: None,
         }
     }
 }
@@ -104,6 +107,10 @@ pub struct State {
     pub goaways: AtomicU64,
     pub drops: AtomicU64,
     pub failures_injected: AtomicU64,
+    /// Requests being handled now, and the most ever at once (the client
+    /// must stay within SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub active: AtomicU64,
+    pub max_active: AtomicU64,
 }
 
 impl State {
@@ -210,6 +217,8 @@ impl Simulator {
             goaways: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             failures_injected: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            max_active: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
@@ -321,7 +330,13 @@ async fn handle(
         .get("apns-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let now_active = state.active.fetch_add(1, Ordering::AcqRel) + 1;
+    state.max_active.fetch_max(now_active, Ordering::AcqRel);
     let result = check(req, &state, has_cert, conn).await;
+    if let Some(d) = state.options.response_delay {
+        tokio::time::sleep(d).await;
+    }
+    state.active.fetch_sub(1, Ordering::AcqRel);
     let echo = match &apns_id {
         Some(id) if is_uuid(id) => id.clone(),
         _ => uuid::Uuid::new_v4().to_string(),
