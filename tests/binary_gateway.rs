@@ -9,41 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use harness::apns::{http2_config, Creds};
-use harness::{token, Client, Gateway};
+use harness::{token, wait_outbox_empty, Gateway};
 use pushbridge::simulator::binary::Options;
-
-/// Send `lines` pipelined in batches; every reply must be `want`.
-async fn pipeline(c: &mut Client, lines: &[String], want: &str) {
-    for chunk in lines.chunks(500) {
-        let mut buf = String::new();
-        for l in chunk {
-            buf.push_str(l);
-            buf.push('\n');
-        }
-        c.send_raw(buf.as_bytes()).await;
-        for l in chunk {
-            assert_eq!(c.line().await.as_deref(), Some(want), "reply to {l:?}");
-        }
-    }
-}
-
-fn outbox_len(dir: &std::path::Path) -> i64 {
-    let db = rusqlite::Connection::open(dir.join("pushbridge.db")).unwrap();
-    db.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).unwrap()
-}
-
-async fn wait_outbox_empty(dir: &std::path::Path, gw: &Gateway) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while outbox_len(dir) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "outbox not drained ({} left):\n{}",
-            outbox_len(dir),
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_2_and_1_end_to_end_with_client_certificates() {
@@ -91,7 +58,7 @@ async fn invalid_token_mid_stream_removes_the_device_and_loses_nothing() {
     let regs: Vec<String> = (0..users)
         .map(|u| format!("REGISTER u{u} {}", token(0x5000 + u)))
         .collect();
-    pipeline(&mut c, &regs, "OK").await;
+    c.pipeline(&regs, "OK").await;
     // 10,000 notifications; the bad device's first one is number 37.
     let msgs: Vec<String> = (0..10_000).map(|i| format!("MSG bob u{} n{i}", i % users)).collect();
     // Until the bad device is removed its messages are accepted too.
@@ -141,9 +108,9 @@ async fn connection_dropped_every_1000_during_20000_delivers_all_at_least_once()
     let regs: Vec<String> = (0..users)
         .map(|u| format!("REGISTER u{u} {}", token(0x7000 + u)))
         .collect();
-    pipeline(&mut c, &regs, "OK").await;
+    c.pipeline(&regs, "OK").await;
     let msgs: Vec<String> = (0..20_000).map(|i| format!("MSG bob u{} m{i}", i % users)).collect();
-    pipeline(&mut c, &msgs, "OK 1").await;
+    c.pipeline(&msgs, "OK 1").await;
     wait_outbox_empty(dir.path(), &gw).await;
     let records = sim.state().recorder.records();
     let ids: HashSet<u32> = records.iter().map(|r| r.identifier.unwrap()).collect();

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use harness::apns::{http2_config, Creds};
-use harness::{token, Client, Gateway, TOPIC};
+use harness::{outbox_len, token, wait_outbox_empty, Gateway, TOPIC};
 use pushbridge::simulator::http2::Options;
 use pushbridge::simulator::Record;
 use pushbridge::sink::http2::request::outbox_id_of;
@@ -22,26 +22,6 @@ fn by_outbox_id(records: &[Record]) -> HashMap<i64, usize> {
             .or_insert(0) += 1;
     }
     m
-}
-
-/// Send `lines` pipelined in batches; every reply must be `want`.
-async fn pipeline(c: &mut Client, lines: &[String], want: &str) {
-    for chunk in lines.chunks(200) {
-        let mut buf = String::new();
-        for l in chunk {
-            buf.push_str(l);
-            buf.push('\n');
-        }
-        c.send_raw(buf.as_bytes()).await;
-        for l in chunk {
-            assert_eq!(c.line().await.as_deref(), Some(want), "reply to {l:?}");
-        }
-    }
-}
-
-fn outbox_len(dir: &std::path::Path) -> i64 {
-    let db = rusqlite::Connection::open(dir.join("pushbridge.db")).unwrap();
-    db.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,11 +169,11 @@ async fn goaway_and_503s_during_5000_notifications_lose_nothing_and_one_jwt_serv
     let regs: Vec<String> = (0..users)
         .map(|u| format!("REGISTER u{u} {}", token(0x1000 + u)))
         .collect();
-    pipeline(&mut c, &regs, "OK").await;
+    c.pipeline(&regs, "OK").await;
     let msgs: Vec<String> = (0..5000)
         .map(|i| format!("MSG bob u{} message {i}", i % users))
         .collect();
-    pipeline(&mut c, &msgs, "OK 1").await;
+    c.pipeline(&msgs, "OK 1").await;
     assert!(
         sim.state().recorder.wait_for(5000, Duration::from_secs(60)).await,
         "only {} arrived:\n{}",
@@ -201,11 +181,7 @@ async fn goaway_and_503s_during_5000_notifications_lose_nothing_and_one_jwt_serv
         gw.logs()
     );
     // Every outbox entry (= every accepted notification) arrived.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while outbox_len(dir.path()) > 0 {
-        assert!(std::time::Instant::now() < deadline, "outbox not drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_outbox_empty(dir.path(), &gw).await;
     let records = sim.state().recorder.records();
     let counts = by_outbox_id(&records);
     assert_eq!(counts.len(), 5000, "distinct notifications delivered");
@@ -251,7 +227,7 @@ async fn crash_with_apns_down_then_everything_arrives_once() {
     let mut c = gw.client().await;
     assert_eq!(c.cmd(&format!("REGISTER gina {}", token(0x61))).await, "OK");
     let msgs: Vec<String> = (0..1000).map(|i| format!("MSG bob gina note {i}")).collect();
-    pipeline(&mut c, &msgs, "OK 1").await;
+    c.pipeline(&msgs, "OK 1").await;
     gw.kill();
     assert_eq!(outbox_len(dir.path()), 1000, "every OK is in the outbox");
 
@@ -263,11 +239,7 @@ async fn crash_with_apns_down_then_everything_arrives_once() {
         sim.state().recorder.count(),
         gw.logs()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while outbox_len(dir.path()) > 0 {
-        assert!(std::time::Instant::now() < deadline, "outbox not drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_outbox_empty(dir.path(), &gw).await;
     assert!(gw.stop().success());
     // A third start has nothing left to send.
     let gw = Gateway::start(dir.path(), &text);

@@ -9,21 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use harness::{config_text, token, Gateway};
+use harness::{config_text, free_port, token, Gateway};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 const INSPIRCD: &str = "/usr/sbin/inspircd";
 const ATHEME: &str = "/usr/bin/atheme-services";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// InspIRCd + Atheme in `dir`.
 struct Net {

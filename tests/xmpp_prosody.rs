@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::apns::{http2_config, Creds};
-use harness::{token, Gateway};
+use harness::{free_port, token, Gateway};
 
 const SECRET: &str = "comp-s3cret";
 
@@ -35,14 +35,6 @@ fn peers() -> Result<(PathBuf, PathBuf), String> {
         return Err(format!("{} with slixmpp is missing (run .ci/setup)", python.display()));
     }
     Ok((prosody, python))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Prosody {

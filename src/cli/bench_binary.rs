@@ -37,14 +37,6 @@ pub struct Args {
     command: u8,
 }
 
-fn rt(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()?)
-}
-
 /// Peak resident set size in MiB (Linux), if known.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -65,8 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let client = dir.path().join("client.pem");
     std::fs::write(&client, format!("{cert}{key}"))?;
 
-    let sim_rt = rt("simulator")?;
-    let sink_rt = rt("sink")?;
+    let sim_rt = super::bench_runtime("simulator")?;
+    let sink_rt = super::bench_runtime("sink")?;
     let server = pushbridge::tls::server_config(pki.server_identity()?, Some(&[pki.ca_der()]), &[])?;
     let sim = sim_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -39,14 +39,6 @@ pub struct Args {
     streams: u32,
 }
 
-fn rt(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()?)
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.notifications == 0 || args.connections == 0 {
         bail!("--notifications and --connections must be at least 1");
@@ -59,8 +51,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let p8 = dir.path().join("AuthKey.p8");
     std::fs::write(&p8, kp.serialize_pem())?;
 
-    let sim_rt = rt("simulator")?;
-    let sink_rt = rt("sink")?;
+    let sim_rt = super::bench_runtime("simulator")?;
+    let sink_rt = super::bench_runtime("sink")?;
     let options = Options {
         jwt_key: Some(Arc::new(jsonwebtoken::DecodingKey::from_ec_pem(
             kp.public_key_pem().as_bytes(),

@@ -172,3 +172,13 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A one-worker runtime, so that a benchmark's simulator and sink each get a
+/// core of their own instead of competing inside one scheduler.
+fn bench_runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()?)
+}

@@ -159,18 +159,9 @@ async fn accept_loop(
 ) {
     let conns = TaskTracker::new();
     loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "simulator accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
+        let Some((tcp, _)) = super::next_connection(&listener, &stop).await else {
+            break;
         };
-        let _ = tcp.set_nodelay(true);
         let (acceptor, state, stop) = (acceptor.clone(), state.clone(), stop.clone());
         conns.spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else { return };

@@ -254,18 +254,9 @@ async fn accept_loop(
 ) {
     let conns = TaskTracker::new();
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "simulator accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
+        let Some((tcp, peer)) = super::next_connection(&listener, &stop).await else {
+            break;
         };
-        let _ = tcp.set_nodelay(true);
         let id = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let (acceptor, state, stop) = (acceptor.clone(), state.clone(), stop.clone());
         conns.spawn(async move {

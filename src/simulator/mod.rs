@@ -113,3 +113,27 @@ impl Recorder {
         }
     }
 }
+
+/// The next connection on `listener` (with TCP_NODELAY), or `None` once
+/// `stop` is cancelled. Accept errors (out of descriptors) are logged and
+/// retried after a pause instead of ending the simulator.
+pub(crate) async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "simulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.cancelled() => return None,
+        }
+    }
+}

@@ -69,6 +69,18 @@ pub enum Outcome {
     Expired { reason: String },
 }
 
+impl Outcome {
+    /// Refused for good without touching the device (a bad notification, an
+    /// unusable app, a 4xx that does not name the token).
+    pub fn dropped(reason: String) -> Self {
+        Outcome::Rejected {
+            reason,
+            remove_device: false,
+            since_ms: None,
+        }
+    }
+}
+
 /// A sink's report about one notification.
 #[derive(Debug, Clone)]
 pub struct Report {

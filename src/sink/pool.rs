@@ -212,14 +212,7 @@ pub async fn dispatch(
                     tx
                 }
                 Err(reason) => {
-                    shared.finish(
-                        job,
-                        Outcome::Rejected {
-                            reason,
-                            remove_device: false,
-                            since_ms: None,
-                        },
-                    );
+                    shared.finish(job, Outcome::dropped(reason));
                     continue;
                 }
             },

@@ -243,4 +243,49 @@ impl Client {
             .await
             .unwrap_or_else(|| panic!("connection closed after {line:?}"))
     }
+
+    /// Send `lines` pipelined in batches; every reply must be `want`.
+    pub async fn pipeline(&mut self, lines: &[String], want: &str) {
+        for chunk in lines.chunks(200) {
+            let mut buf = String::new();
+            for l in chunk {
+                buf.push_str(l);
+                buf.push('\n');
+            }
+            self.send_raw(buf.as_bytes()).await;
+            for l in chunk {
+                assert_eq!(self.line().await.as_deref(), Some(want), "reply to {l:?}");
+            }
+        }
+    }
+}
+
+/// Notifications waiting in the gateway's outbox (the store in `dir`).
+pub fn outbox_len(dir: &Path) -> i64 {
+    let db = rusqlite::Connection::open(dir.join("pushbridge.db")).unwrap();
+    db.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).unwrap()
+}
+
+/// Wait until every notification in the outbox has an outcome.
+pub async fn wait_outbox_empty(dir: &Path, gw: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outbox_len(dir) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "outbox not drained ({} left):\n{}",
+            outbox_len(dir),
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A loopback port that was free a moment ago (for servers we cannot hand a
+/// bound socket).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -409,14 +409,7 @@ fn settle_error(
         status::PROCESSING_ERROR | status::UNKNOWN => shared.retry(named.job, &reason),
         _ => {
             tracing::warn!(id = err.id, token = named.job.n.token.short(), %reason, "APNS rejected the notification");
-            shared.finish(
-                named.job,
-                Outcome::Rejected {
-                    reason,
-                    remove_device: false,
-                    since_ms: None,
-                },
-            )
+            shared.finish(named.job, Outcome::dropped(reason))
         }
     }
     if !window.is_empty() {
@@ -526,14 +519,7 @@ async fn stream_jobs(
             if let Err(e) = PushEncoder.encode(push, &mut wbuf) {
                 let reason = format!("cannot be sent over the binary protocol: {e}");
                 tracing::warn!(id = %job.label, %reason);
-                shared.finish(
-                    job,
-                    Outcome::Rejected {
-                        reason,
-                        remove_device: false,
-                        since_ms: None,
-                    },
-                );
+                shared.finish(job, Outcome::dropped(reason));
                 continue;
             }
             written.push(Sent {

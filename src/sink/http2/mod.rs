@@ -197,11 +197,7 @@ fn answer(shared: &Arc<Shared>, auth: &Auth, job: Job, answer: Answer, bearer: O
         }
         Action::Drop => {
             tracing::warn!(apns_id = %job.label, token = job.n.token.short(), status = answer.status, %reason, "APNS rejected the notification");
-            let outcome = Outcome::Rejected {
-                reason: format!("{} {reason}", answer.status),
-                remove_device: false,
-                since_ms: None,
-            };
+            let outcome = Outcome::dropped(format!("{} {reason}", answer.status));
             shared.finish(job, outcome)
         }
     }
@@ -357,14 +353,7 @@ async fn stream_jobs(
             Err(e) => {
                 let reason = e.to_string();
                 tracing::warn!(apns_id = %job.label, reason, "notification cannot be sent");
-                shared.finish(
-                    job,
-                    Outcome::Rejected {
-                        reason,
-                        remove_device: false,
-                        since_ms: None,
-                    },
-                );
+                shared.finish(job, Outcome::dropped(reason));
                 continue;
             }
         };
