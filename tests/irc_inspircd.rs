@@ -311,15 +311,17 @@ async fn inspircd_highlights_presence_accounts_and_restart() {
     tokio::join!(
         create_account(port, "alice"),
         create_account(port, "bob"),
-        create_account(port, "mallory")
+        create_account(port, "mallory"),
+        create_account(port, "pushbot")
     );
 
     let text = format!(
-        "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\n",
+        "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"pushbot-pass\"\n",
         config_text(dir.path(), "", "")
     );
     let gw = Gateway::start(dir.path(), &text);
     wait_log(&gw, "registered on the IRC network", 1);
+    wait_log(&gw, "logged in to services adapter=\"irc:test\" account=pushbot", 1);
 
     // alice logs in, registers her phone with the bot, and leaves.
     let alice_token = token(0xa11ce);
@@ -382,8 +384,27 @@ async fn inspircd_highlights_presence_accounts_and_restart() {
     assert_eq!(p[3]["payload"]["aps"]["alert"]["title"], "bob");
     assert_eq!(p[3]["payload"]["aps"]["alert"]["body"], "call me when you are back");
 
+    // alice leaves the channel and the network; a guest takes her nick and
+    // tries to register a device on her account: refused.
+    alice.send("PART #chat").await;
+    alice.quit().await;
+    wait_log(&gw, "account=alice presence=Offline", 2);
+    let mut guest = Irc::connect(port, "alice", None).await;
+    let answer = guest.ask("pushbot", &format!("REGISTER {mallory_token}")).await;
+    assert!(answer.contains("not logged in"), "{answer}");
+    let answer = guest.ask("pushbot", "STATUS").await;
+    assert!(answer.contains("not logged in"), "{answer}");
+    let status = bob.ask("pushbot", "TELL alice are you there?").await;
+    assert!(
+        status.contains("Pushed to alice (1 device(s))"),
+        "the guest holding her nick is not alice: {status}"
+    );
+    let p = gw.wait_pushes(5);
+    assert_eq!(p[4]["device_token"], alice_token.as_str());
+    guest.quit().await;
+
     // The IRC server restarts: the bot reconnects, re-joins and keeps working.
-    drop((alice, bob, mallory));
+    drop((bob, mallory));
     net.stop();
     net.start();
     wait_log(&gw, "registered on the IRC network", 2);
@@ -393,7 +414,8 @@ async fn inspircd_highlights_presence_accounts_and_restart() {
     bob.send("NAMES #chat").await;
     bob.expect(|l| l.contains(" 353 ") && l.contains("pushbot")).await;
     bob.send("PRIVMSG #chat :alice: the server restarted").await;
-    let p = gw.wait_pushes(5);
-    assert_eq!(p[4]["payload"]["aps"]["alert"]["body"], "alice: the server restarted");
-    assert_eq!(p[4]["device_token"], alice_token.as_str());
+    let p = gw.wait_pushes(6);
+    assert_eq!(p[5]["payload"]["aps"]["alert"]["body"], "alice: the server restarted");
+    assert_eq!(p[5]["device_token"], alice_token.as_str());
+    wait_log(&gw, "logged in to services adapter=\"irc:test\" account=pushbot", 2);
 }

@@ -43,7 +43,7 @@ pub struct IrcConfig {
     pub tls: bool,
     /// Extra trusted CA certificate (PEM).
     pub ca_file: Option<PathBuf>,
-    /// The bot's nick (a `_` is appended while it is taken).
+    /// The bot's nick (`pushbridge_`, then `pushbri_2`, … while it is taken).
     #[serde(default = "default_nick")]
     pub nick: String,
     pub username: Option<String>,
@@ -103,6 +103,9 @@ fn default_ison() -> u64 {
     30
 }
 
+/// Lines waiting for the token bucket at most (a flood of commands to the
+/// bot cannot grow memory; past it new lines are dropped and counted).
+const MAX_PACED: usize = 1000;
 /// Silence after which the bot PINGs the server.
 const PING_AFTER: Duration = Duration::from_secs(90);
 /// Silence after which the connection is given up.
@@ -274,6 +277,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ctx: Context<IrcConfig>, strea
     let mut bucket = Bucket::new(cfg.burst, cfg.messages_per_second);
     let mut paced: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut next_paced = tokio::time::Instant::now();
+    let mut dropped_paced: u64 = 0;
     let mut last_heard = tokio::time::Instant::now();
     let mut pinged = false;
     let mut ison = tokio::time::interval(Duration::from_secs(cfg.ison_interval));
@@ -288,7 +292,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ctx: Context<IrcConfig>, strea
                     tracing::trace!(line = %l, "irc >");
                     wr.write_all(format!("{l}\r\n").as_bytes()).await?;
                 }
-                Output::Paced(l) => paced.push_back(l),
+                Output::Paced(l) if paced.len() < MAX_PACED => paced.push_back(l),
+                Output::Paced(l) => {
+                    dropped_paced += 1;
+                    if dropped_paced.is_power_of_two() {
+                        tracing::warn!(adapter = ctx.name(), dropped = dropped_paced, line = %l, "outgoing queue full; dropping lines");
+                    }
+                }
                 Output::Fail(e) => {
                     let _ = wr.write_all(b"QUIT :bye\r\n").await;
                     return Err(e);
