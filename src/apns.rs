@@ -207,9 +207,11 @@ impl ErrorBody {
         match serde_json::from_slice::<Raw>(body) {
             Ok(raw) => ErrorBody {
                 reason: Reason::parse(raw.reason.as_deref().unwrap_or("")),
+                // Apple documents milliseconds; some gateways send seconds.
                 timestamp_ms: raw
                     .timestamp
-                    .and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))),
+                    .and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)))
+                    .map(|t| if t < 100_000_000_000 { t * 1000 } else { t }),
             },
             Err(_) => ErrorBody {
                 reason: Reason::Other(format!("HTTP {status} without a JSON reason")),
@@ -312,6 +314,12 @@ mod tests {
         let b = ErrorBody::parse(410, br#"{"reason":"Unregistered","timestamp":1700000000123}"#);
         assert_eq!(b.reason, Reason::Unregistered);
         assert_eq!(b.timestamp_ms, Some(1_700_000_000_123));
+        let secs = ErrorBody::parse(410, br#"{"reason":"Unregistered","timestamp":1700000000}"#);
+        assert_eq!(
+            secs.timestamp_ms,
+            Some(1_700_000_000_000),
+            "seconds are taken as seconds"
+        );
         assert_eq!(ErrorBody::parse(410, &b.to_json().into_bytes()), b);
         let junk = ErrorBody::parse(500, b"<html>");
         assert!(matches!(junk.reason, Reason::Other(ref s) if s.contains("500")));

@@ -165,3 +165,41 @@ async fn feedback_removes_gone_devices_but_keeps_re_registered_ones() {
     }
     assert!(gw.logs().contains("feedback service"), "{}", gw.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_is_polled_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.binary_simulator("127.0.0.1:0", Options::default()).await;
+    // An hour between polls: only the poll at start can find it.
+    let app = format!("{}feedback_interval = 3600\n", creds.binary_app(&sim));
+    let text = http2_config(dir.path(), &app, "");
+    let gone = token(0x92);
+    let gw = Gateway::start(dir.path(), &text);
+    let mut c = gw.client().await;
+    assert_eq!(c.cmd(&format!("REGISTER gone {gone}")).await, "OK");
+    assert!(gw.stop().success());
+    let reads = sim.state().feedback_reads.load(Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    assert!(sim.state().add_feedback(&gone, now + 1));
+    let gw = Gateway::start(dir.path(), &text);
+    let mut c = gw.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.cmd("MSG bob gone hi").await != "OK 0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not removed at start:\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sim.state().feedback_reads.load(Ordering::Relaxed),
+        reads + 1,
+        "one poll, at start"
+    );
+    assert!(gw.stop().success());
+}

@@ -256,8 +256,11 @@ async fn expired_provider_token_mints_a_new_jwt_and_retries() {
     );
     let r = run(sink, vec![note(1, &token(1), later())], 1).await;
     assert!(matches!(r[0].outcome, Outcome::Expired { .. }), "{:?}", r[0]);
-    // First token, then one new token per ExpiredProviderToken answer.
-    assert_eq!(sim.state().jwts_seen(), 3);
+    // First token, then one new token for the first ExpiredProviderToken
+    // answer; the second answer, a moment later, mints none (a clock
+    // problem, not an old token).
+    assert_eq!(sim.state().jwts_seen(), 2);
+    assert_eq!(sim.state().requests.load(std::sync::atomic::Ordering::Relaxed), 3);
 }
 
 #[tokio::test]
@@ -378,4 +381,105 @@ async fn waits_for_an_unreachable_apns_then_delivers() {
         other => panic!("{other:?}"),
     }
     assert_eq!(sim.state().recorder.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_503s_holds_a_bounded_number_of_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    // Certificate auth: no one-stream priming, every stream in use at once.
+    let sim = creds
+        .simulator(
+            "127.0.0.1:0",
+            Options {
+                fail_rate: 1.0,
+                fail_status: 503,
+                ..creds.options(true)
+            },
+        )
+        .await;
+    let sink = sink_for(
+        dir.path(),
+        &creds.cert_app(&sim.addr().to_string()),
+        "max_retries = 1000\n",
+    );
+    let stats = sink.stats();
+    let (tx, rx) = mpsc::channel(1024);
+    let (rtx, _rrx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(Box::new(sink).run(rx, rtx));
+    let exp = later();
+    let total = 40_000;
+    let feeder = tokio::spawn(async move {
+        for i in 1..=total {
+            if tx.send(note(i, &token(i as u64), exp)).await.is_err() {
+                break;
+            }
+        }
+    });
+    // One connection: 2 × (2000 streams + 4096 queued) at most.
+    let cap = 2 * (2000 + 4096);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stats.peak_outstanding.load(std::sync::atomic::Ordering::Relaxed) < cap as u64 {
+        assert!(std::time::Instant::now() < deadline, "never reached the cap");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stats.peak_outstanding.load(std::sync::atomic::Ordering::Relaxed),
+        cap as u64,
+        "the sink stops taking input at its cap"
+    );
+    assert!(
+        !feeder.is_finished(),
+        "the rest waits upstream (in the outbox), not in memory"
+    );
+    feeder.abort();
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    // The same keys, but a CA file of an unrelated PKI.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = Creds::new(other.path());
+    let keys = creds.token_app(&sim.addr().to_string()).replace(
+        &format!("{:?}", creds.ca_file.display().to_string()),
+        &format!("{:?}", stranger.ca_file.display().to_string()),
+    );
+    assert!(keys.contains(&stranger.ca_file.display().to_string()));
+    let text = harness::apns::http2_config(dir.path(), &keys, "");
+    let config = Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+    let setup = pushbridge::sink::http2::Http2Setup::from_app(&config.apps[0]).unwrap();
+    let err = pushbridge::sink::http2::send_one(
+        &setup,
+        &note(1, &token(1), later()),
+        "00000000-0000-0000-0000-000000000001",
+    )
+    .await
+    .expect_err("an unknown issuer must not be trusted");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(sim.state().recorder.count(), 0);
+}
+
+#[tokio::test]
+async fn a_request_without_credentials_gets_missing_provider_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    // The simulator wants tokens and asks for no client certificate, so the
+    // certificate-auth app arrives with neither.
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    let sink = sink_for(dir.path(), &creds.cert_app(&sim.addr().to_string()), "");
+    let r = run(sink, vec![note(1, &token(1), later())], 1).await;
+    match &r[0].outcome {
+        Outcome::Rejected {
+            reason,
+            remove_device: false,
+            ..
+        } => assert!(reason.contains("403 MissingProviderToken"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.state().recorder.count(), 0);
 }

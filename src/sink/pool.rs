@@ -32,6 +32,9 @@ pub struct SinkStats {
     /// may have taken them, so their re-sends may arrive twice.
     pub lost: AtomicU64,
     pub connects: AtomicU64,
+    /// Most notifications held at once (in flight, queued or waiting for
+    /// a retry); never above the dispatcher's limit.
+    pub peak_outstanding: AtomicU64,
 }
 
 impl SinkStats {
@@ -80,6 +83,9 @@ pub struct Shared {
     /// Taken from the input, not yet reported.
     outstanding: AtomicUsize,
     idle: Notify,
+    /// Most `outstanding` allowed: the dispatcher stops taking input there.
+    max_outstanding: usize,
+    room: Notify,
     retry_tx: mpsc::UnboundedSender<Job>,
     max_retries: u32,
     pub stats: Arc<SinkStats>,
@@ -105,7 +111,11 @@ impl Shared {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let _ = self.reports.send(SinkReport::Done(Report::new(&job.n, outcome)));
-        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let before = self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if before >= self.max_outstanding {
+            self.room.notify_waiters();
+        }
+        if before == 1 {
             self.idle.notify_waiters();
         }
     }
@@ -122,6 +132,14 @@ impl Shared {
             None
         } else {
             Some(job)
+        }
+    }
+
+    /// Send again now, without counting an attempt: for notifications APNS
+    /// provably never processed (streams past a GOAWAY, refused streams).
+    pub fn resend(&self, job: Job) {
+        if let Some(job) = self.unless_expired(job, "expired before it could be sent") {
+            let _ = self.retry_tx.send(job);
         }
     }
 
@@ -162,11 +180,18 @@ pub trait PoolStarter {
 /// The dispatcher: takes notifications and retries, routes them to the
 /// pool of their environment (started on first use), and ends when the
 /// input is closed and every notification taken has been reported.
+///
+/// It holds at most `max_outstanding` notifications (in flight, queued
+/// for a connection, or sleeping before a retry): past that it stops
+/// reading `input`, so a storm of 429/5xx answers backs up into the
+/// core's queue and the durable outbox instead of memory, and the retry
+/// rate falls with the backoff.
 pub async fn dispatch(
     mut pools_for: impl PoolStarter,
     mut input: mpsc::Receiver<Notification>,
     reports: ReportSender,
     max_retries: u32,
+    max_outstanding: usize,
     stats: Arc<SinkStats>,
 ) {
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel();
@@ -174,6 +199,8 @@ pub async fn dispatch(
         reports,
         outstanding: AtomicUsize::new(0),
         idle: Notify::new(),
+        max_outstanding: max_outstanding.max(1),
+        room: Notify::new(),
         retry_tx,
         max_retries,
         stats,
@@ -187,21 +214,28 @@ pub async fn dispatch(
         let idle = shared.idle.notified();
         tokio::pin!(idle);
         idle.as_mut().enable();
-        if !open && shared.outstanding.load(Ordering::Acquire) == 0 {
+        let room = shared.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        let held = shared.outstanding.load(Ordering::Acquire);
+        if !open && held == 0 {
             break;
         }
+        let full = held >= shared.max_outstanding;
         let job = tokio::select! {
             biased;
             Some(job) = retry_rx.recv() => job,
-            n = input.recv(), if open => match n {
+            n = input.recv(), if open && !full => match n {
                 Some(n) => {
-                    shared.outstanding.fetch_add(1, Ordering::AcqRel);
+                    let held = shared.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
+                    shared.stats.peak_outstanding.fetch_max(held as u64, Ordering::Relaxed);
                     let label = pools_for.label(&n);
                     Job { n, attempts: 0, label }
                 }
                 None => { open = false; continue; }
             },
             _ = &mut idle, if !open => continue,
+            _ = &mut room, if open && full => continue,
         };
         let env = job.n.environment;
         let tx = match pools.get(&env) {

@@ -180,7 +180,18 @@ impl Sink for BinarySink {
                 stop: stop.clone(),
                 _guard: stop.drop_guard(),
             };
-            dispatch(pools, input, reports, self.max_retries, self.stats.clone()).await;
+            // Room for every connection's full replay window plus a queue's
+            // worth, in both environments.
+            let max_outstanding = 2 * (self.connections * MAX_WINDOW + POOL_QUEUE);
+            dispatch(
+                pools,
+                input,
+                reports,
+                self.max_retries,
+                max_outstanding,
+                self.stats.clone(),
+            )
+            .await;
             self.stats.log(&self.topic, "binary");
         })
     }
@@ -321,6 +332,7 @@ async fn worker(
             limit,
             confirmed: 0,
             confirm_after,
+            recent: VecDeque::new(),
         };
         let end = stream_jobs(stream, command, &mut replay, &mut conn, &rx, &shared).await;
         let progressed = conn.confirmed > 0;
@@ -329,7 +341,7 @@ async fn worker(
             End::Done => return,
             End::Error(err) => {
                 // Everything before the named notification was accepted.
-                settle_error(err, &mut conn.window, &mut replay, &shared);
+                settle_error(err, &mut conn, &mut replay, &shared);
                 backoff.reset();
                 continue;
             }
@@ -357,7 +369,15 @@ struct ConnState {
     /// Notifications confirmed on this connection.
     confirmed: u64,
     confirm_after: Duration,
+    /// The last [`RECENT`] notifications confirmed by time: an error
+    /// response that names one of them came too late to replay what
+    /// followed, but is still acted on and counted.
+    recent: VecDeque<(u32, Arc<str>, DeviceToken)>,
 }
+
+/// Confirmed notifications remembered per connection for late error
+/// responses.
+const RECENT: usize = 8192;
 
 /// Put `jobs` (in order) before what `replay` already holds.
 fn requeue_front(replay: &mut VecDeque<Job>, jobs: impl DoubleEndedIterator<Item = Job>) {
@@ -367,19 +387,39 @@ fn requeue_front(replay: &mut VecDeque<Job>, jobs: impl DoubleEndedIterator<Item
 }
 
 /// Apply an error response to the window.
-fn settle_error(
-    err: codec::ErrorResponse,
-    window: &mut VecDeque<Sent>,
-    replay: &mut VecDeque<Job>,
-    shared: &Arc<Shared>,
-) {
+fn settle_error(err: codec::ErrorResponse, conn: &mut ConnState, replay: &mut VecDeque<Job>, shared: &Arc<Shared>) {
     let desc = status::describe(err.status);
+    let window = &mut conn.window;
     let Some(pos) = window.iter().position(|s| s.id == err.id) else {
-        tracing::warn!(
-            status = err.status,
-            id = err.id,
-            "error response for a notification no longer in the window; re-sending the whole window"
-        );
+        if let Some(i) = conn.recent.iter().position(|(id, ..)| *id == err.id) {
+            // Confirmed by time already: what followed it was reported
+            // delivered but APNS dropped it. Say so loudly, count it, and
+            // still act on the named token.
+            let after = (conn.recent.len() - i - 1) as u64;
+            shared.stats.lost.fetch_add(after, Ordering::Relaxed);
+            tracing::error!(
+                status = err.status,
+                id = err.id,
+                possibly_lost = after,
+                confirm_ms = conn.confirm_after.as_millis() as u64,
+                "late error response for a notification already confirmed; raise binary_confirm_ms"
+            );
+            if err.status == status::INVALID_TOKEN {
+                let (_, topic, token) = conn.recent[i].clone();
+                shared.device_gone(SinkReport::DeviceGone {
+                    topic,
+                    token,
+                    since_ms: None,
+                    reason: format!("binary status {} ({desc})", err.status),
+                });
+            }
+        } else {
+            tracing::warn!(
+                status = err.status,
+                id = err.id,
+                "error response for a notification no longer in the window; re-sending the whole window"
+            );
+        }
         requeue_front(replay, window.drain(..).map(|s| s.job));
         return;
     };
@@ -475,6 +515,10 @@ async fn stream_jobs(
                 let before = conn.confirmed;
                 while conn.window.front().is_some_and(|s| now.duration_since(s.at) >= conn.confirm_after) {
                     if let Some(s) = conn.window.pop_front() {
+                        if conn.recent.len() == RECENT {
+                            conn.recent.pop_front();
+                        }
+                        conn.recent.push_back((s.id, s.job.n.topic.clone(), s.job.n.token.clone()));
                         shared.finish(s.job, Outcome::Delivered);
                         conn.confirmed += 1;
                     }
@@ -528,6 +572,7 @@ async fn stream_jobs(
                 job,
             });
         }
+        let count = written.len();
         conn.window.extend(written);
         if wbuf.is_empty() {
             continue;
@@ -536,7 +581,15 @@ async fn stream_jobs(
             wr.write_all(&wbuf).await?;
             wr.flush().await
         };
-        if let Err(e) = write.await {
+        let result = write.await;
+        // The confirmation clock starts once the bytes are handed to the
+        // kernel, not when they were encoded: a write held up by a full
+        // socket buffer does not eat into the time an error response has.
+        let flushed = Instant::now();
+        for s in conn.window.iter_mut().rev().take(count) {
+            s.at = flushed;
+        }
+        if let Err(e) = result {
             // An error response may already be waiting: prefer it.
             let mut tail = [0u8; 64];
             if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), rd.read(&mut tail)).await {

@@ -14,6 +14,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 /// A token is replaced when it is this old.
 pub const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
+/// Least time between two tokens minted because APNS called the current
+/// one expired: with a wrong clock every token is "expired", and minting
+/// one per retry would earn `429 TooManyProviderTokenUpdates`.
+pub const FORCED_MINT_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a signing key cannot be used; names the file.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,7 @@ pub struct JwtSigner {
     team_id: String,
     current: Mutex<Option<Current>>,
     minted: std::sync::atomic::AtomicU64,
+    last_forced: Mutex<Option<Instant>>,
 }
 
 struct Current {
@@ -82,6 +87,7 @@ impl JwtSigner {
             team_id: team_id.to_owned(),
             current: Mutex::new(None),
             minted: std::sync::atomic::AtomicU64::new(0),
+            last_forced: Mutex::new(None),
         };
         // The PEM parser does not look inside the key; signing does.
         signer
@@ -133,8 +139,21 @@ impl JwtSigner {
                 return c.token.clone();
             }
         }
+        let now = Instant::now();
+        let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(at), Some(c)) = (*last, cur.as_ref()) {
+            if now.saturating_duration_since(at) < FORCED_MINT_EVERY {
+                tracing::error!(
+                    "APNS calls a provider token minted {} s ago expired; is this host's clock right? Not minting another within {} s",
+                    now.saturating_duration_since(c.at).as_secs(),
+                    FORCED_MINT_EVERY.as_secs()
+                );
+                return c.token.clone();
+            }
+        }
+        *last = Some(now);
         tracing::warn!("APNS says the provider token expired; minting a new one");
-        self.mint(&mut cur, Instant::now())
+        self.mint(&mut cur, now)
     }
 
     fn mint(&self, cur: &mut Option<Current>, now: Instant) -> Arc<str> {

@@ -47,6 +47,9 @@ use crate::config::AppConfig;
 /// Streams one connection keeps open at most (the server's limit applies
 /// when lower).
 pub const MAX_IN_FLIGHT: usize = 2000;
+/// A stream APNS has not answered by then is reset and retried (the
+/// connection may still answer PINGs while a stream hangs).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnect backoff.
 const RECONNECT_BASE: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
@@ -211,7 +214,10 @@ impl Sink for Http2Sink {
                 prefix: process_prefix(),
             };
             let (max_retries, stats) = (self.max_retries, self.stats.clone());
-            dispatch(pools, input, reports, max_retries, stats).await;
+            // Room for every connection's streams plus a queue's worth, in
+            // both environments.
+            let max_outstanding = 2 * (self.connections * MAX_IN_FLIGHT + POOL_QUEUE);
+            dispatch(pools, input, reports, max_retries, max_outstanding, stats).await;
             self.stats.log(&self.topic, "http2");
         })
     }
@@ -375,10 +381,22 @@ async fn stream_jobs(
         let answered2 = answered.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match conn::read_answer(resp).await {
+            let answer_or_timeout = match tokio::time::timeout(ANSWER_TIMEOUT, conn::read_answer(resp)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Dropping the stream resets it (CANCEL).
+                    shared2.stats.lost.fetch_add(1, Ordering::Relaxed);
+                    shared2.retry(job, &format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()));
+                    let _ = done_tx.send(false);
+                    return;
+                }
+            };
+            match answer_or_timeout {
                 Ok(a) => {
                     answered2.store(true, Ordering::Relaxed);
-                    let ok = a.status == 200;
+                    // Apple checked the token: delivered, or refused for a
+                    // reason about the notification itself.
+                    let ok = a.status == 200 || matches!(a.status, 400 | 404 | 405 | 410 | 413);
                     answer(&shared2, &auth2, job, a, bearer.as_deref());
                     let _ = done_tx.send(ok);
                 }
@@ -387,10 +405,14 @@ async fn stream_jobs(
                     // ones, were not processed; anything else may have been.
                     let unprocessed =
                         e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM));
-                    if !unprocessed {
+                    if unprocessed {
+                        // APNS never looked at it: send again at once, without
+                        // spending one of its retries.
+                        shared2.resend(job);
+                    } else {
                         shared2.stats.lost.fetch_add(1, Ordering::Relaxed);
+                        shared2.retry(job, &format!("stream lost: {e}"));
                     }
-                    shared2.retry(job, &format!("stream lost: {e}"));
                     let _ = done_tx.send(false);
                 }
             }
