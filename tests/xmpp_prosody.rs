@@ -59,6 +59,7 @@ impl Prosody {
                 r#"run_as_root = true
 pidfile = "{pid}"
 data_path = "{data}"
+-- Debug level: the test reads the router's "Received[component]" lines.
 log = {{ debug = "{log}" }}
 certificates = "{certs}"
 interfaces = {{ "127.0.0.1" }}
@@ -168,6 +169,13 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool, logs: impl Fn() -> Strin
     }
 }
 
+/// The value of a Debug-formatted tracing field (`name="value"`) in a log line.
+fn quoted_field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = line[start..].find('"')?;
+    Some(line[start..start + len].to_owned())
+}
+
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
@@ -250,6 +258,28 @@ async fn prosody_push_register_publish_and_disable() {
         "pushbridge to answer the publish",
         || gw.logs().contains("outcome=\"result\""),
         || gw.logs(),
+    );
+    // Prosody received that iq result: its router logs every stanza a
+    // component sends (debug level), with the id of the publish it answers.
+    let logs = gw.logs();
+    let id = logs
+        .lines()
+        .find(|l| l.contains("XEP-0357 publish answered") && l.contains("outcome=\"result\""))
+        .and_then(|l| quoted_field(l, "id"))
+        .unwrap_or_else(|| panic!("no id in the publish log line:\n{logs}"));
+    assert!(!id.is_empty(), "{logs}");
+    wait_for(
+        "Prosody to receive the iq result for the publish",
+        || {
+            prosody.log().lines().any(|l| {
+                l.contains("Received[component]: <iq ")
+                    && l.contains(&format!("id='{id}'"))
+                    && l.contains("type='result'")
+                    && l.contains("from='push.localhost'")
+                    && l.contains("to='localhost'")
+            })
+        },
+        || prosody.log(),
     );
     assert!(!prosody.log().contains("Got error"), "{}", prosody.log());
 

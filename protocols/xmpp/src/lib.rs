@@ -64,6 +64,10 @@ pub struct XmppConfig {
     /// `wait`/`resource-constraint` so the server retries later.
     #[serde(default = "default_inflight")]
     pub max_inflight: usize,
+    /// Devices (push nodes) one bare JID may register; one more is refused
+    /// with `cancel`/`not-allowed` until one is unregistered (default 10).
+    #[serde(default = "default_max_devices")]
+    pub max_devices_per_jid: usize,
 }
 
 impl std::fmt::Debug for XmppConfig {
@@ -76,6 +80,9 @@ impl std::fmt::Debug for XmppConfig {
             .field("max_stanza_size", &self.max_stanza_size)
             .field("topic", &self.topic)
             .field("environment", &self.environment)
+            .field("anonymous_title", &self.anonymous_title)
+            .field("max_inflight", &self.max_inflight)
+            .field("max_devices_per_jid", &self.max_devices_per_jid)
             .finish()
     }
 }
@@ -91,6 +98,9 @@ fn default_title() -> String {
 }
 fn default_inflight() -> usize {
     1024
+}
+fn default_max_devices() -> usize {
+    10
 }
 
 /// The XEP-0114 handshake: lower-case hex SHA-1 of stream id ‖ secret.
@@ -133,6 +143,9 @@ impl Adapter for XmppAdapter {
         if c.max_inflight == 0 {
             return Err("max_inflight must be at least 1".into());
         }
+        if c.max_devices_per_jid == 0 {
+            return Err("max_devices_per_jid must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -173,14 +186,15 @@ impl Adapter for XmppAdapter {
         match reader.next().await {
             Ok(e) if e.local() == "handshake" => {}
             Ok(e) if e.local() == "error" => {
-                let cond = e.elements().next().map(|c| c.local().to_owned()).unwrap_or_default();
+                let (cond, text) = stream_error_parts(&e);
+                let text = text.map(|t| format!(" ({t})")).unwrap_or_default();
                 return Err(if cond == "not-authorized" {
                     AdapterError::Config(format!(
-                        "{} refused the component secret for {} (not-authorized): check secret against the server's component_secret",
+                        "{} refused the component secret for {} (not-authorized){text}: check secret against the server's component_secret",
                         cfg.server, cfg.domain
                     ))
                 } else {
-                    AdapterError::Config(format!("{} refused component {}: {cond}", cfg.server, cfg.domain))
+                    AdapterError::Config(format!("{} refused component {}: {cond}{text}", cfg.server, cfg.domain))
                 });
             }
             Ok(e) => {
@@ -212,12 +226,30 @@ impl Adapter for XmppAdapter {
         });
         let (out_tx, mut out) = mpsc::channel::<Element>(1024);
         let svc = Arc::new(service::Service::new(ctx.clone(), out_tx));
+        if let Err(e) = svc.index_existing().await {
+            // Unregistration may miss devices registered before the index
+            // existed until it is built (tried again at the next start).
+            tracing::warn!(adapter = ctx.name(), error = %e, "could not build the per-JID device index");
+        }
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         let result = loop {
             tokio::select! {
                 s = stanzas.recv() => match s {
+                    Some(Ok(stanza)) if stanza.local() == "error" => {
+                        // A <stream:error>: the server is ending the stream.
+                        let (condition, text) = stream_error_parts(&stanza);
+                        tracing::error!(
+                            adapter = ctx.name(),
+                            server = %cfg.server,
+                            condition,
+                            text = text.as_deref().unwrap_or(""),
+                            "the XMPP server ended the component stream with a stream error"
+                        );
+                        let _ = wr.write_all(b"</stream:stream>").await;
+                        break Err(stream_error(&cfg, &condition, text.as_deref()));
+                    }
                     Some(Ok(stanza)) => svc.handle(stanza, &inflight),
                     Some(Err(ReadError::TooBig(max))) => {
                         tracing::warn!(adapter = ctx.name(), max, "stanza over max_stanza_size; closing the stream");
@@ -270,6 +302,48 @@ impl Adapter for XmppAdapter {
     }
 }
 
+/// The defined condition and the text (at most 200 characters, control
+/// characters blanked) of a `<stream:error>`.
+pub fn stream_error_parts(e: &Element) -> (String, Option<String>) {
+    let condition = e
+        .elements()
+        .find(|c| c.local() != "text")
+        .map(|c| c.local().to_owned())
+        .unwrap_or_else(|| "undefined-condition".to_owned());
+    let text = e
+        .find("text", None)
+        .map(|t| {
+            // Peer text goes into logs: no control characters (new lines).
+            t.text_content()
+                .trim()
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect::<String>()
+        })
+        .filter(|t| !t.is_empty());
+    (condition, text)
+}
+
+/// Why the adapter stops after a `<stream:error>` received once connected.
+/// `conflict` means another component connected as our domain (or the
+/// server replaced us with it): reconnecting at once would only fight it,
+/// so it is a configuration error (longest backoff).
+pub fn stream_error(cfg: &XmppConfig, condition: &str, text: Option<&str>) -> AdapterError {
+    let text = text.map(|t| format!(" ({t})")).unwrap_or_default();
+    if condition == "conflict" {
+        AdapterError::Config(format!(
+            "{} ended the stream with conflict{text}: another component is connected as {}; is the domain configured for a second pushbridge or another service?",
+            cfg.server, cfg.domain
+        ))
+    } else {
+        AdapterError::Other(format!(
+            "{} ended the stream with stream error {condition}{text}",
+            cfg.server
+        ))
+    }
+}
+
 fn protocol(what: &str, e: ReadError) -> AdapterError {
     match e {
         ReadError::Io(io) => AdapterError::Io(io),
@@ -297,6 +371,10 @@ mod tests {
         }))
         .unwrap();
         assert!(XmppAdapter::check(&ok).is_ok());
+        assert_eq!(ok.max_devices_per_jid, 10);
+        let mut bad = ok.clone();
+        bad.max_devices_per_jid = 0;
+        assert!(XmppAdapter::check(&bad).unwrap_err().contains("max_devices_per_jid"));
         assert!(!format!("{ok:?}").contains("\"s\""));
         let mut bad = ok.clone();
         bad.server = "nohost".into();
@@ -372,6 +450,100 @@ mod link_tests {
         let seen = server.await.unwrap();
         assert!(seen.contains("b09ea9b3b7f586be8a08d0a3dd7466f110aeb136"), "{seen}");
         assert!(seen.contains("jabber:component:accept"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn conflict_after_the_handshake_is_a_config_error() {
+        let (port, server) = fake_server(
+            b"<handshake/><stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Replaced by new connection</text></stream:error></stream:stream>",
+        )
+        .await;
+        let (ctx, _core) = Context::for_test("xmpp", config(port));
+        let err = tokio::time::timeout(Duration::from_secs(5), XmppAdapter::run(ctx))
+            .await
+            .expect("the adapter stops on a stream error")
+            .unwrap_err();
+        assert!(
+            matches!(err, AdapterError::Config(ref m)
+                if m.contains("conflict") && m.contains("Replaced by new connection") && m.contains("push.localhost")),
+            "{err}"
+        );
+        let seen = server.await.unwrap();
+        assert!(seen.ends_with("</stream:stream>"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn other_stream_errors_end_the_link_for_a_normal_retry() {
+        let (port, server) = fake_server(
+            b"<handshake/><stream:error><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>bye</text><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>",
+        )
+        .await;
+        let (ctx, _core) = Context::for_test("xmpp", config(port));
+        let err = tokio::time::timeout(Duration::from_secs(5), XmppAdapter::run(ctx))
+            .await
+            .expect("the adapter stops on a stream error")
+            .unwrap_err();
+        assert!(
+            matches!(err, AdapterError::Other(ref m) if m.contains("system-shutdown") && m.contains("bye")),
+            "{err}"
+        );
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn stream_error_parts_read_condition_and_text() {
+        let e = Element::new("stream:error")
+            .child(
+                Element::new("text")
+                    .attr("xmlns", NS_STREAM_ERRORS)
+                    .text(&"x".repeat(500)),
+            )
+            .child(Element::new("host-unknown").attr("xmlns", NS_STREAM_ERRORS));
+        let (_, text) =
+            stream_error_parts(&Element::new("stream:error").child(Element::new("text").text(" two\nlines\r\n")));
+        assert_eq!(text.as_deref(), Some("two lines"));
+        let (cond, text) = stream_error_parts(&e);
+        assert_eq!(cond, "host-unknown");
+        assert_eq!(text.map(|t| t.len()), Some(200));
+        let (cond, text) = stream_error_parts(&Element::new("stream:error"));
+        assert_eq!((cond.as_str(), text), ("undefined-condition", None));
+    }
+
+    #[tokio::test]
+    async fn a_publish_stuck_in_the_core_does_not_stall_the_stream() {
+        // The core (`_core`) never reads, so the publish waits forever;
+        // the disco request after it must still be answered.
+        let (port, server) = fake_server(
+            b"<handshake/><iq type='set' id='pub1' from='localhost' to='push.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n1'><item><notification xmlns='urn:xmpp:push:0'/></item></publish><publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>s1</value></field></x></publish-options></pubsub></iq><iq type='get' id='disco1' from='localhost' to='push.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        )
+        .await;
+        let (ctx, mut core) = Context::for_test("xmpp", config(port));
+        let reg = service::Registration {
+            jid: "alice@localhost".into(),
+            token: "ab".repeat(32),
+            secret: "s1".into(),
+            device_id: None,
+            topic: None,
+            environment: None,
+        };
+        ctx.state_put("node:n1", &serde_json::to_string(&reg).unwrap())
+            .await
+            .unwrap();
+        let stop = ctx.shutdown().clone();
+        let run = tokio::spawn(XmppAdapter::run(ctx));
+        // The publish reaches the core, which holds it unanswered.
+        let held = tokio::time::timeout(Duration::from_secs(5), core.recv())
+            .await
+            .expect("the publish reaches the core")
+            .unwrap();
+        assert!(matches!(held.event, pushbridge_api::Event::Message(_)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        assert!(run.await.unwrap().is_ok());
+        let seen = server.await.unwrap();
+        assert!(seen.contains("disco1") && seen.contains("urn:xmpp:push:0"), "{seen}");
+        assert!(!seen.contains("pub1"), "the publish is still unanswered: {seen}");
+        drop(held);
     }
 
     #[tokio::test]

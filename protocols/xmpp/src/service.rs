@@ -29,7 +29,14 @@ pub const COMMANDS: [(&str, &str); 3] = [
     ("v1-register-push", "Register a device (mod_push_appserver dialect)"),
 ];
 
+/// State key marking that the per-JID index covers every node row.
+const INDEX_MARKER: &str = "meta:jid-index";
+
 /// A device behind a node, as kept in the adapter's state (`node:<node>`).
+/// The adapter's state also holds `dev:<bare jid>\n<device id or token>` →
+/// node (to reuse the node of a device registering again) and
+/// `jid:<bare jid>` → JSON list of that JID's nodes (the per-JID index that
+/// bounds registrations and serves unregistration).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Registration {
     pub jid: String,
@@ -114,11 +121,18 @@ fn random_hex(bytes: usize) -> String {
 pub struct Service {
     ctx: Context<XmppConfig>,
     out: mpsc::Sender<Element>,
+    /// Serializes changes to registrations (node, device and index rows),
+    /// so the per-JID cap and index stay exact under concurrent commands.
+    registry: tokio::sync::Mutex<()>,
 }
 
 impl Service {
     pub fn new(ctx: Context<XmppConfig>, out: mpsc::Sender<Element>) -> Self {
-        Self { ctx, out }
+        Self {
+            ctx,
+            out,
+            registry: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn send_now(&self, e: Element) {
@@ -168,7 +182,14 @@ impl Service {
                             .and_then(|e| e.elements().next())
                             .map(|c| c.local().to_owned())
                             .unwrap_or_else(|| "result".to_owned());
-                        tracing::info!(adapter = svc.ctx.name(), from = %req.from, outcome, "XEP-0357 publish answered");
+                        // Debug-formatted: peer data cannot forge log lines.
+                        tracing::info!(
+                            adapter = svc.ctx.name(),
+                            from = ?req.from,
+                            id = ?req.id,
+                            outcome,
+                            "XEP-0357 publish answered"
+                        );
                         reply
                     };
                     let _ = svc.out.send(reply).await;
@@ -288,7 +309,8 @@ impl Service {
     }
 
     /// Bind a device to a (node, secret); reuse the node of the same
-    /// device of the same JID.
+    /// device of the same JID. A new node is refused once the JID has
+    /// `max_devices_per_jid` of them.
     async fn register(
         &self,
         jid: &str,
@@ -304,6 +326,7 @@ impl Service {
             .ok_or_else(|| Fail::new("modify", "bad-request", "unusable JID".into()))?;
         let topic = topic.or_else(|| self.ctx.config().topic.clone());
         let environment = environment.or(self.ctx.config().environment);
+        let _registry = self.registry.lock().await;
         let dev_key = format!("dev:{jid}\n{}", device_id.as_deref().unwrap_or(token.as_str()));
         let existing = match self.ctx.state_get(&dev_key).await.map_err(Fail::store)? {
             Some(node) => self
@@ -315,7 +338,33 @@ impl Service {
                 .map(|r| (node, r.secret)),
             None => None,
         };
-        let (node, secret) = existing.unwrap_or_else(|| (random_hex(12), random_hex(18)));
+        let mut nodes = self.jid_nodes(jid).await?;
+        let (node, secret) = match existing {
+            Some(reused) => reused,
+            None => {
+                // Count only nodes that still exist (an index entry can
+                // outlive its node if the store failed half-way).
+                nodes = self.live_nodes(jid, nodes).await?;
+                let max = self.ctx.config().max_devices_per_jid;
+                if nodes.len() >= max {
+                    tracing::info!(
+                        adapter = self.ctx.name(),
+                        jid,
+                        max,
+                        "XMPP registration refused: device limit reached"
+                    );
+                    return Err(Fail::new(
+                        "cancel",
+                        "not-allowed",
+                        format!(
+                            "{jid} already has {} devices registered, the most allowed (max_devices_per_jid = {max}); unregister one with unregister-push-apns first",
+                            nodes.len()
+                        ),
+                    ));
+                }
+                (random_hex(12), random_hex(18))
+            }
+        };
         if node.is_empty() || secret.is_empty() {
             return Err(Fail::new(
                 "wait",
@@ -356,6 +405,10 @@ impl Service {
             .await
             .map_err(Fail::store)?;
         self.ctx.state_put(&dev_key, &node).await.map_err(Fail::store)?;
+        if !nodes.contains(&node) {
+            nodes.push(node.clone());
+            self.put_jid_nodes(jid, &nodes).await?;
+        }
         tracing::info!(
             adapter = self.ctx.name(),
             jid,
@@ -365,31 +418,137 @@ impl Service {
         Ok((node, secret))
     }
 
+    /// Remove the JID's devices matching the token or device id; reads
+    /// only that JID's nodes (the `jid:` index).
     async fn unregister(&self, jid: &str, token: Option<&str>, device_id: Option<&str>) -> Result<usize, Fail> {
+        let _registry = self.registry.lock().await;
+        let mut keep = Vec::new();
         let mut removed = 0;
-        for (key, value) in self.ctx.state_list("node:").await.map_err(Fail::store)? {
-            let Ok(reg) = serde_json::from_str::<Registration>(&value) else {
-                continue;
+        for node in self.jid_nodes(jid).await? {
+            let key = format!("node:{node}");
+            let Some(reg) = self.registration(&key).await? else {
+                continue; // gone or unreadable: drop it from the index
             };
             let matches = reg.jid == jid
                 && (token.is_some_and(|t| t.eq_ignore_ascii_case(&reg.token))
                     || (device_id.is_some() && reg.device_id.as_deref() == device_id));
             if !matches {
+                keep.push(node);
                 continue;
             }
-            self.forget(&key, &reg).await?;
+            self.forget_rows(&key, &reg).await?;
             if let (Some(user), Ok(token)) = (self.user(jid), DeviceToken::parse(&reg.token)) {
                 let _ = self.ctx.submit(Event::Unregister { user, token }).await;
             }
             removed += 1;
         }
+        self.put_jid_nodes(jid, &keep).await?;
         Ok(removed)
     }
 
-    async fn forget(&self, node_key: &str, reg: &Registration) -> Result<(), Fail> {
+    /// Forget a node the core reported gone: its rows and its index entry.
+    async fn forget(&self, node: &str, reg: &Registration) -> Result<(), Fail> {
+        let _registry = self.registry.lock().await;
+        self.forget_rows(&format!("node:{node}"), reg).await?;
+        let mut nodes = self.jid_nodes(&reg.jid).await?;
+        nodes.retain(|n| n != node);
+        self.put_jid_nodes(&reg.jid, &nodes).await
+    }
+
+    /// Delete a node's rows (not its index entry). Call with `registry` held.
+    async fn forget_rows(&self, node_key: &str, reg: &Registration) -> Result<(), Fail> {
         self.ctx.state_delete(node_key).await.map_err(Fail::store)?;
         let dev_key = format!("dev:{}\n{}", reg.jid, reg.device_id.as_deref().unwrap_or(&reg.token));
         self.ctx.state_delete(&dev_key).await.map_err(Fail::store)?;
+        Ok(())
+    }
+
+    /// A node row, `None` when absent or unreadable.
+    async fn registration(&self, node_key: &str) -> Result<Option<Registration>, Fail> {
+        Ok(self
+            .ctx
+            .state_get(node_key)
+            .await
+            .map_err(Fail::store)?
+            .and_then(|v| serde_json::from_str::<Registration>(&v).ok()))
+    }
+
+    /// The JID's nodes from the index. An unreadable index is rebuilt from
+    /// the node rows (a full scan, only then).
+    async fn jid_nodes(&self, jid: &str) -> Result<Vec<String>, Fail> {
+        let Some(v) = self.ctx.state_get(&format!("jid:{jid}")).await.map_err(Fail::store)? else {
+            return Ok(Vec::new());
+        };
+        if let Ok(nodes) = serde_json::from_str::<Vec<String>>(&v) {
+            return Ok(nodes);
+        }
+        tracing::warn!(adapter = self.ctx.name(), jid, "unreadable device index; rebuilding it");
+        let mut nodes = Vec::new();
+        for (key, value) in self.ctx.state_list("node:").await.map_err(Fail::store)? {
+            if serde_json::from_str::<Registration>(&value).is_ok_and(|r| r.jid == jid) {
+                nodes.push(key.trim_start_matches("node:").to_owned());
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Those of `nodes` whose row exists and belongs to `jid`.
+    async fn live_nodes(&self, jid: &str, nodes: Vec<String>) -> Result<Vec<String>, Fail> {
+        let mut live = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            if self
+                .registration(&format!("node:{node}"))
+                .await?
+                .is_some_and(|r| r.jid == jid)
+            {
+                live.push(node);
+            }
+        }
+        Ok(live)
+    }
+
+    async fn put_jid_nodes(&self, jid: &str, nodes: &[String]) -> Result<(), Fail> {
+        let key = format!("jid:{jid}");
+        if nodes.is_empty() {
+            self.ctx.state_delete(&key).await.map_err(Fail::store)?;
+        } else {
+            let json =
+                serde_json::to_string(nodes).map_err(|e| Fail::new("wait", "internal-server-error", e.to_string()))?;
+            self.ctx.state_put(&key, &json).await.map_err(Fail::store)?;
+        }
+        Ok(())
+    }
+
+    /// Build the per-JID index for node rows stored before it existed
+    /// (once: a marker row records that it is done).
+    pub async fn index_existing(&self) -> Result<(), String> {
+        let _registry = self.registry.lock().await;
+        let err = |e: pushbridge_api::StateError| e.to_string();
+        if self.ctx.state_get(INDEX_MARKER).await.map_err(err)?.is_some() {
+            return Ok(());
+        }
+        let mut by_jid: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (key, value) in self.ctx.state_list("node:").await.map_err(err)? {
+            if let Ok(reg) = serde_json::from_str::<Registration>(&value) {
+                by_jid
+                    .entry(reg.jid)
+                    .or_default()
+                    .push(key.trim_start_matches("node:").to_owned());
+            }
+        }
+        let jids = by_jid.len();
+        for (jid, mut nodes) in by_jid {
+            for n in self.jid_nodes(&jid).await.map_err(|f| f.text)? {
+                if !nodes.contains(&n) {
+                    nodes.push(n);
+                }
+            }
+            self.put_jid_nodes(&jid, &nodes).await.map_err(|f| f.text)?;
+        }
+        self.ctx.state_put(INDEX_MARKER, "1").await.map_err(err)?;
+        if jids > 0 {
+            tracing::info!(adapter = self.ctx.name(), jids, "per-JID device index built");
+        }
         Ok(())
     }
 
@@ -455,7 +614,9 @@ impl Service {
             Ok(_) | Err(EventError::NoSuchDevice) => {
                 // APNS reported the device gone (or it was removed): the
                 // node is dead, so the user's server should disable it.
-                let _ = self.forget(&node_key, &reg).await;
+                if let Err(e) = self.forget(node, &reg).await {
+                    tracing::warn!(adapter = self.ctx.name(), node, error = %e.text, "could not forget a dead node");
+                }
                 tracing::info!(
                     adapter = self.ctx.name(),
                     node,
@@ -564,31 +725,104 @@ fn form_to_fill(node: &str) -> Element {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pushbridge_api::Envelope;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use pushbridge_api::context::{MemoryState, StateFuture};
+    use pushbridge_api::{Envelope, StateStore};
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// How the stand-in core answers messages (publishes).
+    #[derive(Clone, Copy)]
+    #[repr(u8)]
+    enum Core {
+        Accepts = 0,
+        /// APNS reported the device gone and the core removed it.
+        DeviceGone = 1,
+        /// The core cannot accept it now (store failure, overload).
+        Unavailable = 2,
+        /// Never answers (a stalled APNS path), keeping the reply open.
+        Silent = 3,
+    }
+
+    /// Memory state that counts full listings, to show which paths scan.
+    #[derive(Default)]
+    struct CountingState {
+        inner: MemoryState,
+        lists: AtomicUsize,
+    }
+
+    impl StateStore for CountingState {
+        fn get<'a>(&'a self, ns: &'a str, key: &'a str) -> StateFuture<'a, Option<String>> {
+            self.inner.get(ns, key)
+        }
+        fn put<'a>(&'a self, ns: &'a str, key: &'a str, value: &'a str) -> StateFuture<'a, ()> {
+            self.inner.put(ns, key, value)
+        }
+        fn delete<'a>(&'a self, ns: &'a str, key: &'a str) -> StateFuture<'a, bool> {
+            self.inner.delete(ns, key)
+        }
+        fn list<'a>(&'a self, ns: &'a str, prefix: &'a str) -> StateFuture<'a, Vec<(String, String)>> {
+            self.lists.fetch_add(1, Ordering::Relaxed);
+            self.inner.list(ns, prefix)
+        }
+    }
 
     struct Fixture {
         svc: Arc<Service>,
         events: Arc<Mutex<Vec<Event>>>,
-        device_gone: Arc<AtomicBool>,
+        mode: Arc<AtomicU8>,
+        state: Arc<CountingState>,
+        /// What `Service::handle` sends to the connection's writer.
+        out: mpsc::Receiver<Element>,
+    }
+
+    impl Fixture {
+        fn core(&self, mode: Core) {
+            self.mode.store(mode as u8, Ordering::Relaxed);
+        }
     }
 
     fn fixture() -> Fixture {
-        let config: XmppConfig = serde_json::from_value(serde_json::json!({
+        fixture_with(serde_json::json!({}))
+    }
+
+    /// A service with `extra` merged into its config.
+    fn fixture_with(extra: serde_json::Value) -> Fixture {
+        let mut json = serde_json::json!({
             "server": "127.0.0.1:5347", "domain": "push.localhost", "secret": "s"
-        }))
-        .unwrap();
-        let (ctx, mut core) = Context::for_test("xmpp", config);
-        let (out, _rx) = mpsc::channel(16);
+        });
+        if let (Some(base), Some(extra)) = (json.as_object_mut(), extra.as_object()) {
+            base.extend(extra.clone());
+        }
+        let config: XmppConfig = serde_json::from_value(json).unwrap();
+        let (events_tx, mut core) = mpsc::channel(1024);
+        let state = Arc::new(CountingState::default());
+        let ctx = Context::new(
+            "xmpp",
+            config,
+            events_tx,
+            tokio_util::sync::CancellationToken::new(),
+            state.clone(),
+        );
+        let (out, out_rx) = mpsc::channel(16);
         let events = Arc::new(Mutex::new(Vec::new()));
-        let device_gone = Arc::new(AtomicBool::new(false));
-        let (ev, gone) = (events.clone(), device_gone.clone());
+        let mode = Arc::new(AtomicU8::new(Core::Accepts as u8));
+        let (ev, m) = (events.clone(), mode.clone());
         // A stand-in for the core.
         tokio::spawn(async move {
+            let mut unanswered = Vec::new();
             while let Some(Envelope { event, reply, .. }) = core.recv().await {
+                let mode = m.load(Ordering::Relaxed);
                 let answer = match &event {
-                    Event::Message(_) if gone.load(Ordering::Relaxed) => Err(EventError::NoSuchDevice),
+                    Event::Message(_) if mode == Core::DeviceGone as u8 => Err(EventError::NoSuchDevice),
+                    Event::Message(_) if mode == Core::Unavailable as u8 => {
+                        Err(EventError::Unavailable("store is busy".into()))
+                    }
+                    Event::Message(_) if mode == Core::Silent as u8 => {
+                        ev.lock().unwrap().push(event);
+                        unanswered.push(reply);
+                        continue;
+                    }
                     Event::Message(_) => Ok(Reply::Queued(1)),
                     _ => Ok(Reply::Done),
                 };
@@ -601,7 +835,9 @@ mod tests {
         Fixture {
             svc: Arc::new(Service::new(ctx, out)),
             events,
-            device_gone,
+            mode,
+            state,
+            out: out_rx,
         }
     }
 
@@ -835,10 +1071,258 @@ mod tests {
         }
         // The core removed the device (APNS said 410): item-not-found, and
         // the node is forgotten.
-        f.device_gone.store(true, Ordering::Relaxed);
+        f.core(Core::DeviceGone);
         let r = f.svc.publish(&server, &publish(&node, Some(&secret), &sum)).await;
         assert_eq!(condition(&r).1, "item-not-found");
         assert!(f.svc.ctx.state_get(&format!("node:{node}")).await.unwrap().is_none());
+        assert_eq!(
+            index(&f, "alice@localhost").await,
+            Vec::<String>::new(),
+            "index entry gone too"
+        );
+    }
+
+    fn req_from(from: &str) -> Req {
+        Req {
+            id: "q1".into(),
+            from: from.into(),
+            to: "push.localhost".into(),
+        }
+    }
+
+    /// Register `device` for `from`: (node, secret) or the error's
+    /// (type, condition, text).
+    async fn register_as(f: &Fixture, from: &str, device: &str) -> Result<(String, String), (String, String, String)> {
+        let r = f
+            .svc
+            .command(
+                &req_from(from),
+                &command("register-push-apns", &[("token", TOKEN), ("device-id", device)]),
+            )
+            .await;
+        if r.get("type") == Some("result") {
+            let got = result_fields(&r);
+            Ok((got["node"].clone(), got["secret"].clone()))
+        } else {
+            Err(condition(&r))
+        }
+    }
+
+    async fn index(f: &Fixture, jid: &str) -> Vec<String> {
+        match f.svc.ctx.state_get(&format!("jid:{jid}")).await.unwrap() {
+            Some(v) => serde_json::from_str(&v).unwrap(),
+            None => Vec::new(),
+        }
+    }
+
+    fn registrations(f: &Fixture) -> usize {
+        f.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, Event::Register { .. }))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn device_cap_refuses_new_nodes_but_reuses_known_devices() {
+        let f = fixture_with(serde_json::json!({ "max_devices_per_jid": 2 }));
+        let alice = "alice@localhost/phone";
+        let (n1, s1) = register_as(&f, alice, "d1").await.unwrap();
+        register_as(&f, "Alice@localhost/tablet", "d2").await.unwrap();
+        // A third device of the same bare JID is refused, clearly…
+        let (typ, cond, text) = register_as(&f, alice, "d3").await.unwrap_err();
+        assert_eq!((typ.as_str(), cond.as_str()), ("cancel", "not-allowed"));
+        assert!(text.contains("max_devices_per_jid = 2"), "{text}");
+        assert_eq!(registrations(&f), 2, "the refused one never reached the core");
+        assert_eq!(index(&f, "alice@localhost").await.len(), 2);
+        // …but a known device registering again gets its node back.
+        assert_eq!(register_as(&f, alice, "d1").await.unwrap(), (n1.clone(), s1));
+        // Other JIDs have their own allowance.
+        register_as(&f, "bob@localhost/pc", "d3").await.unwrap();
+        // Unregistering one makes room.
+        let un = f
+            .svc
+            .command(
+                &req_from(alice),
+                &command("unregister-push-apns", &[("device-id", "d1")]),
+            )
+            .await;
+        assert_eq!(result_fields(&un)["removed"], "1");
+        let (n3, _) = register_as(&f, alice, "d3").await.unwrap();
+        assert_ne!(n3, n1);
+        assert_eq!(register_as(&f, alice, "d4").await.unwrap_err().1, "not-allowed");
+        // An index entry whose node row is gone does not count.
+        f.svc.ctx.state_delete(&format!("node:{n3}")).await.unwrap();
+        register_as(&f, alice, "d4").await.unwrap();
+        assert!(!index(&f, "alice@localhost").await.contains(&n3));
+    }
+
+    #[tokio::test]
+    async fn unregister_reads_only_the_jid_index() {
+        let f = fixture();
+        let (a1, _) = register_as(&f, "alice@localhost/phone", "d1").await.unwrap();
+        let (a2, _) = register_as(&f, "alice@localhost/phone", "d2").await.unwrap();
+        let (b1, _) = register_as(&f, "bob@localhost/pc", "d1").await.unwrap();
+        assert_eq!(index(&f, "alice@localhost").await, [a1.clone(), a2.clone()]);
+        assert_eq!(index(&f, "bob@localhost").await, std::slice::from_ref(&b1));
+        // Many other JIDs' nodes: unregistering alice must not read them.
+        for i in 0..50 {
+            register_as(&f, &format!("user{i}@localhost"), "d").await.unwrap();
+        }
+        let lists = f.state.lists.load(Ordering::Relaxed);
+        // By token: both of alice's devices (same token), not bob's.
+        let un = f
+            .svc
+            .command(&req(), &command("unregister-push-apns", &[("token", TOKEN)]))
+            .await;
+        assert_eq!(result_fields(&un)["removed"], "2");
+        assert_eq!(f.state.lists.load(Ordering::Relaxed), lists, "no scan of all nodes");
+        assert!(index(&f, "alice@localhost").await.is_empty());
+        assert!(f.svc.ctx.state_get("jid:alice@localhost").await.unwrap().is_none());
+        for n in [&a1, &a2] {
+            assert!(f.svc.ctx.state_get(&format!("node:{n}")).await.unwrap().is_none());
+        }
+        assert!(f.svc.ctx.state_get(&format!("node:{b1}")).await.unwrap().is_some());
+        assert_eq!(index(&f, "bob@localhost").await, [b1]);
+        let unregs = f
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, Event::Unregister { .. }))
+            .count();
+        assert_eq!(unregs, 2);
+    }
+
+    #[tokio::test]
+    async fn index_is_built_once_for_older_registrations() {
+        let f = fixture();
+        // Rows as written before the index existed.
+        for (node, dev) in [("n1", "d1"), ("n2", "d2")] {
+            let reg = Registration {
+                jid: "alice@localhost".into(),
+                token: TOKEN.into(),
+                secret: "s".into(),
+                device_id: Some(dev.into()),
+                topic: None,
+                environment: None,
+            };
+            let json = serde_json::to_string(&reg).unwrap();
+            f.svc.ctx.state_put(&format!("node:{node}"), &json).await.unwrap();
+            f.svc
+                .ctx
+                .state_put(&format!("dev:alice@localhost\n{dev}"), node)
+                .await
+                .unwrap();
+        }
+        f.svc.index_existing().await.unwrap();
+        assert_eq!(index(&f, "alice@localhost").await, ["n1", "n2"]);
+        let lists = f.state.lists.load(Ordering::Relaxed);
+        f.svc.index_existing().await.unwrap();
+        assert_eq!(f.state.lists.load(Ordering::Relaxed), lists, "only once");
+        let un = f
+            .svc
+            .command(&req(), &command("unregister-push-apns", &[("device-id", "d2")]))
+            .await;
+        assert_eq!(result_fields(&un)["removed"], "1");
+        assert_eq!(index(&f, "alice@localhost").await, ["n1"]);
+    }
+
+    fn server_req() -> Req {
+        Req {
+            id: "p1".into(),
+            from: "localhost".into(),
+            to: "push.localhost".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_the_core_cannot_take_now_answers_wait_and_keeps_the_node() {
+        let f = fixture();
+        let (node, secret) = register_as(&f, "alice@localhost/phone", "d1").await.unwrap();
+        f.core(Core::Unavailable);
+        let r = f
+            .svc
+            .publish(&server_req(), &publish(&node, Some(&secret), &[("message-count", "1")]))
+            .await;
+        let (typ, cond, text) = condition(&r);
+        assert_eq!((typ.as_str(), cond.as_str()), ("wait", "internal-server-error"));
+        assert!(text.contains("store is busy"), "{text}");
+        assert!(matches!(f.events.lock().unwrap().last(), Some(Event::Message(_))));
+        // The registration stays, so the next publish goes through.
+        assert!(f.svc.ctx.state_get(&format!("node:{node}")).await.unwrap().is_some());
+        assert_eq!(index(&f, "alice@localhost").await, std::slice::from_ref(&node));
+        f.core(Core::Accepts);
+        let r = f.svc.publish(&server_req(), &publish(&node, Some(&secret), &[])).await;
+        assert_eq!(r.get("type"), Some("result"), "{r:?}");
+    }
+
+    fn iq(typ: &str, id: &str, payload: Element) -> Element {
+        Element::new("iq")
+            .attr("type", typ)
+            .attr("id", id)
+            .attr("from", "localhost")
+            .attr("to", "push.localhost")
+            .child(payload)
+    }
+
+    fn disco_iq(id: &str) -> Element {
+        iq("get", id, Element::new("query").attr("xmlns", NS_DISCO_INFO))
+    }
+
+    #[tokio::test]
+    async fn publishes_beyond_max_inflight_answer_resource_constraint() {
+        let mut f = fixture();
+        let none_free = Arc::new(Semaphore::new(0));
+        f.svc.handle(iq("set", "p9", publish("n", Some("s"), &[])), &none_free);
+        let r = tokio::time::timeout(Duration::from_secs(5), f.out.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.get("id"), Some("p9"));
+        let (typ, cond, _) = condition(&r);
+        assert_eq!((typ.as_str(), cond.as_str()), ("wait", "resource-constraint"));
+    }
+
+    #[tokio::test]
+    async fn a_publish_the_core_never_answers_does_not_stall_other_stanzas() {
+        let mut f = fixture();
+        let (node, secret) = register_as(&f, "alice@localhost/phone", "d1").await.unwrap();
+        f.core(Core::Silent);
+        let inflight = Arc::new(Semaphore::new(8));
+        f.svc
+            .handle(iq("set", "p1", publish(&node, Some(&secret), &[])), &inflight);
+        // The publish reached the core, which sits on it.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !matches!(f.events.lock().unwrap().last(), Some(Event::Message(_))) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the publish reaches the core");
+        // Still, disco is answered (first: the publish has no answer).
+        f.svc.handle(disco_iq("d1"), &inflight);
+        let r = tokio::time::timeout(Duration::from_secs(5), f.out.recv())
+            .await
+            .expect("disco answered while a publish hangs")
+            .unwrap();
+        assert_eq!((r.get("id"), r.get("type")), (Some("d1"), Some("result")), "{r:?}");
+        assert_eq!(inflight.available_permits(), 7, "the publish still holds its slot");
+        // And so is a registration command.
+        f.svc.handle(
+            iq(
+                "set",
+                "c1",
+                command("register-push-apns", &[("token", TOKEN), ("device-id", "d2")]),
+            ),
+            &inflight,
+        );
+        let r = tokio::time::timeout(Duration::from_secs(5), f.out.recv())
+            .await
+            .expect("command answered while a publish hangs")
+            .unwrap();
+        assert_eq!((r.get("id"), r.get("type")), (Some("c1"), Some("result")), "{r:?}");
     }
 
     #[test]
