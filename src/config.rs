@@ -132,6 +132,10 @@ pub struct AppConfig {
     /// connection) before it is given up and logged.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// HTTP/2: seconds between keep-alive PINGs (default 60); a PING not
+    /// answered within 20 s (or this interval, if shorter) ends the
+    /// connection.
+    pub ping_interval: Option<u64>,
     /// Binary protocol: notification format, 2 (frames, default) or 1 (enhanced).
     pub binary_command: Option<u8>,
     /// Binary protocol: milliseconds a written notification must go without
@@ -179,6 +183,7 @@ impl AppConfig {
             pkcs12_password: None,
             connections: 1,
             max_retries: default_max_retries(),
+            ping_interval: None,
             binary_command: None,
             binary_confirm_ms: None,
             feedback_endpoint: None,

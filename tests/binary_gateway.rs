@@ -100,7 +100,13 @@ async fn connection_dropped_every_1000_during_20000_delivers_all_at_least_once()
     let dir = tempfile::tempdir().unwrap();
     let creds = Creds::new(dir.path());
     let sim = creds
-        .binary_simulator("127.0.0.1:0", Options { drop_every: Some(1000) })
+        .binary_simulator(
+            "127.0.0.1:0",
+            Options {
+                drop_every: Some(1000),
+                ..Options::default()
+            },
+        )
         .await;
     let gw = Gateway::start(dir.path(), &http2_config(dir.path(), &creds.binary_app(&sim), ""));
     let mut c = gw.client().await;
@@ -122,10 +128,104 @@ async fn connection_dropped_every_1000_during_20000_delivers_all_at_least_once()
     assert_eq!(bodies.len(), 20_000);
     let drops = sim.state().drops.load(Ordering::Relaxed);
     assert!(drops >= 19, "drops: {drops}");
+    let tls_records = sim.state().tls_records.load(Ordering::Relaxed);
     eprintln!(
-        "{} records for 20000 notifications over {drops} dropped connections",
+        "{} records for 20000 notifications over {drops} dropped connections in {tls_records} TLS records",
         records.len()
     );
+    // Coalesced: many notifications per TLS record, not one each.
+    assert!(
+        tls_records >= drops,
+        "at least one record per connection: {tls_records}"
+    );
+    assert!(
+        tls_records * 10 < records.len() as u64,
+        "{tls_records} TLS records for {} notifications",
+        records.len()
+    );
+}
+
+/// Error responses that come late: within `binary_confirm_ms` (the named
+/// notification is still in the replay window) and after it (it was
+/// already reported delivered). Either way the device is removed and
+/// everything written after it, which the simulator read and discarded,
+/// arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_error_responses_remove_the_device_and_resend_what_followed() {
+    for (delay_ms, confirm_ms, late) in [(150u64, 2000u64, false), (400, 100, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Creds::new(dir.path());
+        let options = Options {
+            error_delay: Some(Duration::from_millis(delay_ms)),
+            ..Options::default()
+        };
+        let sim = creds.binary_simulator("127.0.0.1:0", options).await;
+        let app = creds
+            .binary_app(&sim)
+            .replace("binary_confirm_ms = 100", &format!("binary_confirm_ms = {confirm_ms}"));
+        let gw = Gateway::start(dir.path(), &http2_config(dir.path(), &app, ""));
+        let mut c = gw.client().await;
+        let users = 50u64;
+        let bad = users; // one more user, sent exactly one notification
+        sim.state().reject(&token(0x9000 + bad), 8);
+        let regs: Vec<String> = (0..=users)
+            .map(|u| format!("REGISTER u{u} {}", token(0x9000 + u)))
+            .collect();
+        c.pipeline(&regs, "OK").await;
+        let total = 3000u64;
+        let msgs: Vec<String> = (0..total)
+            .map(|i| {
+                let to = if i == total / 2 { bad } else { i % users };
+                format!("MSG bob u{to} n{i}")
+            })
+            .collect();
+        c.pipeline(&msgs, "OK 1").await;
+        wait_outbox_empty(dir.path(), &gw).await;
+        // The removal and the re-sent ones may still be on their way
+        // when the outbox is empty (the late path reported them once).
+        assert!(
+            sim.state().recorder.wait_for(total - 1, Duration::from_secs(30)).await,
+            "delay {delay_ms} ms: {} of {} arrived\n{}",
+            sim.state().recorder.count(),
+            total - 1,
+            gw.logs()
+        );
+        let discarded = sim.state().discarded.load(Ordering::Relaxed);
+        assert!(
+            discarded > 0,
+            "delay {delay_ms} ms: nothing was written after the bad one"
+        );
+        let records = sim.state().recorder.records();
+        let mut bodies: Vec<&str> = records
+            .iter()
+            .map(|r| r.payload["aps"]["alert"]["body"].as_str().unwrap())
+            .collect();
+        bodies.sort_unstable();
+        let mut want: Vec<String> = (0..total)
+            .filter(|i| *i != total / 2)
+            .map(|i| format!("n{i}"))
+            .collect();
+        want.sort_unstable();
+        assert_eq!(bodies, want, "delay {delay_ms} ms: each good one exactly once");
+        assert_eq!(sim.state().errors_sent.load(Ordering::Relaxed), 1);
+        let mut removed = false;
+        for _ in 0..100 {
+            if c.cmd(&format!("MSG bob u{bad} anyone?")).await == "OK 0" {
+                removed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(removed, "delay {delay_ms} ms: device not removed\n{}", gw.logs());
+        let logs = gw.logs();
+        assert_eq!(
+            logs.contains("error response later than binary_confirm_ms"),
+            late,
+            "delay {delay_ms} ms\n{logs}"
+        );
+        eprintln!("delay {delay_ms} ms, confirm {confirm_ms} ms: {discarded} discarded after the bad one, all re-sent");
+        assert!(gw.stop().success());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,4 +302,41 @@ async fn feedback_is_polled_at_start() {
         "one poll, at start"
     );
     assert!(gw.stop().success());
+}
+
+/// What the simulator answers a malformed notification, by format: an
+/// error response naming it for commands 1 and 2, a silent close for
+/// command 0 (it has no identifier to name), as Apple's gateway did.
+#[tokio::test]
+async fn the_simulator_answers_bad_frames_as_apple_did() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.binary_simulator("127.0.0.1:0", Options::default()).await;
+    let identity = pushbridge::tls::load_identity(&creds.client_pem, None).unwrap();
+    let tls = pushbridge::tls::client_config(Some(&creds.ca_file), Some(identity), &[]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let target = pushbridge::sink::net::Target::parse(&format!("localhost:{}", sim.addr().port())).unwrap();
+    // Command 1, identifier 7, expiry 0, token length 0: missing token (2).
+    let bad_1: &[u8] = &[1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0];
+    // Command 0 with token length 0.
+    let bad_0: &[u8] = &[0, 0, 0];
+    let mut answers = Vec::new();
+    for frame in [bad_1, bad_0] {
+        let mut s = pushbridge::sink::net::connect_tls(&target, &connector).await.unwrap();
+        s.write_all(frame).await.unwrap();
+        s.flush().await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+            .await
+            .expect("the simulator closes the connection");
+        answers.push(got);
+    }
+    assert_eq!(
+        answers[0],
+        vec![8, 2, 0, 0, 0, 7],
+        "error response: status 2 for identifier 7"
+    );
+    assert!(answers[1].is_empty(), "command 0: closed without a word");
+    assert_eq!(sim.state().errors_sent.load(Ordering::Relaxed), 1);
 }

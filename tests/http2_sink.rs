@@ -483,3 +483,130 @@ async fn a_request_without_credentials_gets_missing_provider_token() {
     }
     assert_eq!(sim.state().recorder.count(), 0);
 }
+
+/// One request with provider token `jwt` on `send`; Apple's status and reason.
+async fn post_with(send: &mut h2::client::SendRequest<bytes::Bytes>, jwt: &str, tok: &str) -> (u16, String) {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost/3/device/{tok}"))
+        .header("authorization", format!("bearer {jwt}"))
+        .header("apns-topic", TOPIC)
+        .header("apns-push-type", "alert")
+        .body(())
+        .unwrap();
+    let mut ready = send.clone().ready().await.unwrap();
+    let (resp, mut body) = ready.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(br#"{"aps":{"alert":"hi"}}"#), true)
+        .unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let mut stream = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = stream.data().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    *send = ready;
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Apple: a provider token may be replaced no more than once every 20
+/// minutes on a connection. The simulator enforces it (so the sink's
+/// one-JWT-for-everything tests are checked by the server too).
+#[tokio::test]
+async fn the_simulator_refuses_provider_token_updates_within_20_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(&creds.p8_file).unwrap()).unwrap();
+    let now = later() - 3600;
+    let jwt = |iat: u64| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(harness::apns::KEY_ID.to_owned());
+        let claims = serde_json::json!({"iss": harness::apns::TEAM_ID, "iat": iat});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let (a, b, c) = (jwt(now - 1250), jwt(now - 100), jwt(now - 10));
+    let connect = || async {
+        let tls = pushbridge::tls::client_config(Some(&creds.ca_file), None, &[b"h2"]).unwrap();
+        let target = pushbridge::sink::net::Target::parse(&format!("localhost:{}", sim.addr().port())).unwrap();
+        let stream = pushbridge::sink::net::connect_tls(&target, &tokio_rustls::TlsConnector::from(Arc::new(tls)))
+            .await
+            .unwrap();
+        let (send, conn) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(conn);
+        send
+    };
+    let tok = token(1);
+    let mut one = connect().await;
+    assert_eq!(post_with(&mut one, &a, &tok).await.0, 200);
+    let (status, reason) = post_with(&mut one, &b, &tok).await;
+    assert_eq!(
+        (status, reason.contains("TooManyProviderTokenUpdates")),
+        (429, true),
+        "{reason}"
+    );
+    assert_eq!(
+        post_with(&mut one, &a, &tok).await.0,
+        200,
+        "the current token still works"
+    );
+    assert_eq!(
+        post_with(&mut one, &c, &tok).await.0,
+        200,
+        "20 minutes younger: allowed"
+    );
+    let mut two = connect().await;
+    assert_eq!(
+        post_with(&mut two, &b, &tok).await.0,
+        200,
+        "a new connection starts afresh"
+    );
+    assert_eq!(sim.state().recorder.count(), 4);
+}
+
+/// A connection that goes silent (no answers, no PONG, socket open) is
+/// found by the keep-alive PING and given up; the notification it held is
+/// sent again on a new connection. Without the PING it would wait for the
+/// 30 s answer timeout, past `run`'s 20 s limit.
+#[tokio::test]
+async fn a_silent_connection_is_found_by_ping_and_its_notification_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let options = Options {
+        stall_connections: 1,
+        ..creds.options(false)
+    };
+    let sim = creds.simulator("127.0.0.1:0", options).await;
+    let sink = sink_for(
+        dir.path(),
+        &format!("{}ping_interval = 1\n", creds.token_app(&sim.addr().to_string())),
+        "",
+    );
+    let r = run(sink, vec![note(1, &token(1), later())], 1).await;
+    assert_eq!(r[0].outcome, Outcome::Delivered);
+    let state = sim.state();
+    assert_eq!(state.stalls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The silent connection may have taken it before going quiet (its
+    // answer never came): at least once, and the last copy came over a
+    // second connection.
+    let records = state.recorder.records();
+    assert!((1..=2).contains(&records.len()), "{records:?}");
+    assert_eq!(records.last().unwrap().connection, 2, "sent again on a new connection");
+}
+
+#[test]
+fn ping_interval_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    for (value, ok) in [("0", false), ("3601", false), ("1", true), ("3600", true)] {
+        let keys = format!("{}ping_interval = {value}\n", creds.token_app("127.0.0.1:1"));
+        let text = harness::apns::http2_config(dir.path(), &keys, "");
+        match Config::parse(&text, std::path::Path::new("test.toml")) {
+            Ok(_) => assert!(ok, "ping_interval = {value} accepted"),
+            Err(e) => {
+                assert!(!ok, "ping_interval = {value}: {e}");
+                assert!(e.to_string().contains("ping_interval = "), "{e}");
+            }
+        }
+    }
+}

@@ -68,6 +68,11 @@ pub struct Args {
     /// Answer each HTTP/2 request this many milliseconds late (a distant APNS).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// The first N connections go silent after their first request: no
+    /// answers, no PONGs, socket left open (a dead peer; what the
+    /// gateway's PING keep-alive detects).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    stall_connections: u64,
     /// Append accepted notifications as JSON lines here (default: stdout).
     #[arg(long)]
     record: Option<PathBuf>,
@@ -86,6 +91,10 @@ pub struct Args {
     /// an error response.
     #[arg(long, value_name = "N")]
     binary_drop_every: Option<u64>,
+    /// Binary gateway: send error responses this many milliseconds late,
+    /// reading and discarding what the client writes meanwhile.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    binary_error_delay_ms: u64,
     /// Feedback service: list TOKEN as gone since UNIX_TIME (default: now),
     /// e.g. <token>@1700000000 (repeatable).
     #[arg(long = "feedback", value_name = "TOKEN[@UNIX_TIME]")]
@@ -224,6 +233,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fail_status: args.fail_status,
         max_concurrent_streams: args.max_streams,
         response_delay: (args.delay_ms > 0).then(|| std::time::Duration::from_millis(args.delay_ms)),
+        stall_connections: args.stall_connections,
     };
     let binary_server = match (&args.binary_listen, &client_ca) {
         (None, _) => None,
@@ -274,6 +284,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     server,
                     binary::Options {
                         drop_every: args.binary_drop_every,
+                        error_delay: (args.binary_error_delay_ms > 0)
+                            .then(|| std::time::Duration::from_millis(args.binary_error_delay_ms)),
                     },
                     Recorder::new(false, Some(binary_out)),
                 )?;
@@ -296,10 +308,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let s = b.state().clone();
             b.stop().await;
             eprintln!(
-                "simulator: binary gateway accepted {} notifications over {} connections, {} error responses, {} dropped",
+                "simulator: binary gateway accepted {} notifications in {} TLS records over {} connections, {} error responses ({} notifications discarded after them), {} dropped",
                 s.recorder.count(),
+                s.tls_records.load(Ordering::Relaxed),
                 s.connections.load(Ordering::Relaxed),
                 s.errors_sent.load(Ordering::Relaxed),
+                s.discarded.load(Ordering::Relaxed),
                 s.drops.load(Ordering::Relaxed)
             );
         }

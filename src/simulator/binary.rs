@@ -5,31 +5,43 @@
 //!
 //! Faults: rejected tokens (an error response with a given status, then
 //! the connection is closed and what followed is discarded, as Apple
-//! does), and dropping a connection after N notifications without any
-//! error response.
+//! does), error responses sent late (what followed the bad notification
+//! is read and discarded meanwhile), and dropping a connection after N
+//! notifications without any error response.
+//!
+//! It also counts the TLS application-data records clients send, which is
+//! how coalescing (many notifications per record) is observed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Record, Recorder};
-use crate::sink::binary::codec::{ErrorResponse, ErrorResponseCodec, FeedbackCodec, FeedbackTuple, PushDecoder};
+use crate::sink::binary::codec::{
+    ErrorResponse, ErrorResponseCodec, FeedbackCodec, FeedbackTuple, Push, PushDecoder, Refused,
+};
 
 /// Faults to inject.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Close a connection after it carried this many notifications.
     pub drop_every: Option<u64>,
+    /// Send error responses this late, reading and discarding what the
+    /// client writes meanwhile (a distant or busy APNS).
+    pub error_delay: Option<Duration>,
 }
 
 /// Shared state of a running binary simulator.
@@ -42,6 +54,10 @@ pub struct State {
     pub drops: AtomicU64,
     pub errors_sent: AtomicU64,
     pub feedback_reads: AtomicU64,
+    /// TLS application-data records received on gateway connections.
+    pub tls_records: AtomicU64,
+    /// Notifications read after a bad one and discarded.
+    pub discarded: AtomicU64,
 }
 
 fn hex_bytes(token: &str) -> Option<Bytes> {
@@ -108,6 +124,8 @@ impl Simulator {
             drops: AtomicU64::new(0),
             errors_sent: AtomicU64::new(0),
             feedback_reads: AtomicU64::new(0),
+            tls_records: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
@@ -164,6 +182,7 @@ async fn accept_loop(
         };
         let (acceptor, state, stop) = (acceptor.clone(), state.clone(), stop.clone());
         conns.spawn(async move {
+            let tcp = RecordCounter::new(tcp, state.clone());
             let Ok(tls) = acceptor.accept(tcp).await else { return };
             if tls.get_ref().1.peer_certificates().is_none_or(|c| c.is_empty()) {
                 tracing::info!("binary simulator: connection without a client certificate closed");
@@ -185,14 +204,38 @@ async fn accept_loop(
     conns.wait().await;
 }
 
-async fn serve_gateway(tls: TlsStream<tokio::net::TcpStream>, state: &State) {
+type Conn = TlsStream<RecordCounter>;
+
+/// [`PushDecoder`], remembering the command byte of the last frame it
+/// looked at (Apple answers a bad command-0 frame by closing, not with an
+/// error response: that format has no identifier).
+#[derive(Default)]
+struct Watched {
+    inner: PushDecoder,
+    command: u8,
+}
+
+impl Decoder for Watched {
+    type Item = Result<Push, Refused>;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, std::io::Error> {
+        if let Some(&c) = src.first() {
+            self.command = c;
+        }
+        self.inner.decode(src)
+    }
+}
+
+async fn serve_gateway(tls: Conn, state: &State) {
     let id = state.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let (rd, mut wr) = tokio::io::split(tls);
-    let mut frames = FramedRead::new(rd, PushDecoder::default());
+    let mut frames = FramedRead::new(rd, Watched::default());
     let mut count = 0u64;
     while let Some(item) = frames.next().await {
         let refusal = match item {
             Err(_) => return,
+            Ok(Err(_)) if frames.decoder().command == 0 => return,
             Ok(Err(refused)) => ErrorResponse {
                 status: refused.status,
                 id: refused.id,
@@ -205,6 +248,7 @@ async fn serve_gateway(tls: TlsStream<tokio::net::TcpStream>, state: &State) {
                     .get(&push.token)
                     .copied();
                 match rejected {
+                    Some(_) if push.command == 0 => return,
                     Some(status) => ErrorResponse { status, id: push.id },
                     None => {
                         let payload = serde_json::from_slice(&push.payload).unwrap_or_else(|_| {
@@ -236,6 +280,16 @@ async fn serve_gateway(tls: TlsStream<tokio::net::TcpStream>, state: &State) {
         };
         // Apple: an error response, then the connection is closed and
         // everything after the bad notification is discarded.
+        if let Some(delay) = state.options.error_delay {
+            let discard = async {
+                while let Some(Ok(_)) = frames.next().await {
+                    state.discarded.fetch_add(1, Ordering::Relaxed);
+                }
+                // The client closed: wait out the delay all the same.
+                std::future::pending::<()>().await
+            };
+            let _ = tokio::time::timeout(delay, discard).await;
+        }
         state.errors_sent.fetch_add(1, Ordering::Relaxed);
         let mut out = BytesMut::with_capacity(6);
         let _ = ErrorResponseCodec.encode(refusal, &mut out);
@@ -245,7 +299,7 @@ async fn serve_gateway(tls: TlsStream<tokio::net::TcpStream>, state: &State) {
     }
 }
 
-async fn serve_feedback(mut tls: TlsStream<tokio::net::TcpStream>, state: &State) {
+async fn serve_feedback(mut tls: Conn, state: &State) {
     state.feedback_reads.fetch_add(1, Ordering::Relaxed);
     // The list is cleared once read, as Apple's was.
     let list = std::mem::take(&mut *state.feedback.lock().unwrap_or_else(|e| e.into_inner()));
@@ -255,4 +309,110 @@ async fn serve_feedback(mut tls: TlsStream<tokio::net::TcpStream>, state: &State
     }
     let _ = tls.write_all(&out).await;
     let _ = tls.shutdown().await;
+}
+
+/// The TCP stream under the TLS session, counting the application-data
+/// records the client sends.
+pub struct RecordCounter {
+    tcp: TcpStream,
+    state: Arc<State>,
+    scanner: RecordScanner,
+}
+
+impl RecordCounter {
+    fn new(tcp: TcpStream, state: Arc<State>) -> Self {
+        Self {
+            tcp,
+            state,
+            scanner: RecordScanner::default(),
+        }
+    }
+}
+
+/// Follows TLS record headers (type, version, 2-byte length) through a
+/// byte stream that arrives in arbitrary pieces.
+#[derive(Debug, Default)]
+struct RecordScanner {
+    head: [u8; 5],
+    have: usize,
+    body_left: usize,
+}
+
+impl RecordScanner {
+    /// Application-data records (content type 23) whose header is in `data`.
+    fn scan(&mut self, mut data: &[u8]) -> u64 {
+        let mut records = 0;
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.have).min(data.len());
+            self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.have = 0;
+                self.body_left = u16::from_be_bytes([self.head[3], self.head[4]]) as usize;
+                if self.head[0] == 23 {
+                    records += 1;
+                }
+            }
+        }
+        records
+    }
+}
+
+impl AsyncRead for RecordCounter {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let n = this.scanner.scan(&buf.filled()[before..]);
+            if n > 0 {
+                this.state.tls_records.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for RecordCounter {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecordScanner;
+
+    #[test]
+    fn records_are_counted_across_any_split() {
+        // A handshake record, then three application-data records.
+        let mut stream = vec![22, 3, 3, 0, 4, 1, 2, 3, 4];
+        for len in [0u16, 300, 17] {
+            stream.extend_from_slice(&[23, 3, 3]);
+            stream.extend_from_slice(&len.to_be_bytes());
+            stream.extend(std::iter::repeat_n(23u8, len as usize));
+        }
+        for a in 0..=stream.len() {
+            for b in a..=stream.len() {
+                let mut s = RecordScanner::default();
+                let n = s.scan(&stream[..a]) + s.scan(&stream[a..b]) + s.scan(&stream[b..]);
+                assert_eq!(n, 3, "split at {a} and {b}");
+            }
+        }
+    }
 }

@@ -3,14 +3,18 @@
 //!
 //! Authentication: with a JWT public key, requests need a valid ES256
 //! provider token (`403 MissingProviderToken`, `InvalidProviderToken`,
-//! `ExpiredProviderToken` otherwise); with client certificates required,
+//! `ExpiredProviderToken` otherwise; a connection whose token is replaced
+//! by another less than 20 minutes younger gets `429
+//! TooManyProviderTokenUpdates`, unless the one replaced had expired);
+//! with client certificates required,
 //! a connection that presented one needs no token. With neither, anything
 //! goes.
 //!
 //! Fault injection: reject given tokens with a given status and reason
 //! (410 answers carry a `timestamp`), close every connection with GOAWAY
 //! after N requests, drop connections with streams in flight after N
-//! requests, answer 429/500/503 for a fraction of requests.
+//! requests, answer 429/500/503 for a fraction of requests, let the first
+//! connections go silent (no answers, no PONGs) after one request.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -35,6 +39,19 @@ use crate::sink::http2::request::{is_uuid, MAX_COLLAPSE_ID};
 pub const MAX_PAYLOAD: usize = 4096;
 /// Verified provider tokens remembered (verification is the costly part).
 const TOKEN_CACHE: usize = 10_000;
+/// Apple: update the provider token no more than once every 20 minutes.
+pub const TOKEN_UPDATE_SECS: u64 = 20 * 60;
+
+/// The provider token a connection uses now.
+struct ConnToken {
+    jwt: String,
+    iat: u64,
+    /// Answered `ExpiredProviderToken`: replacing it is always allowed.
+    expired: bool,
+}
+
+/// One connection's token, shared by its streams.
+type ConnAuth = Arc<Mutex<Option<ConnToken>>>;
 
 /// Push types Apple knows.
 const PUSH_TYPES: [&str; 11] = [
@@ -76,6 +93,10 @@ pub struct Options {
     pub max_concurrent_streams: u32,
     /// Answer each request this much later (a distant APNS).
     pub response_delay: Option<std::time::Duration>,
+    /// The first this many connections go silent after their first
+    /// request: nothing more is read or answered, not even PINGs, and the
+    /// socket stays open (a dead peer, a forgotten NAT mapping).
+    pub stall_connections: u64,
 }
 
 impl Default for Options {
@@ -90,6 +111,7 @@ impl Default for Options {
             fail_status: 503,
             max_concurrent_streams: 1000,
             response_delay: None,
+            stall_connections: 0,
         }
     }
 }
@@ -107,6 +129,8 @@ pub struct State {
     pub goaways: AtomicU64,
     pub drops: AtomicU64,
     pub failures_injected: AtomicU64,
+    /// Connections that went silent (`stall_connections`).
+    pub stalls: AtomicU64,
     /// Requests being handled now, and the most ever at once (the client
     /// must stay within SETTINGS_MAX_CONCURRENT_STREAMS).
     pub active: AtomicU64,
@@ -217,6 +241,7 @@ impl Simulator {
             goaways: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             failures_injected: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
             active: AtomicU64::new(0),
             max_active: AtomicU64::new(0),
         });
@@ -289,11 +314,12 @@ async fn serve_connection(
         .handshake::<_, Bytes>(tls)
         .await?;
     let mut served = 0u64;
+    let auth = ConnAuth::default();
     while let Some(next) = conn.accept().await {
         let (req, respond) = next?;
         served += 1;
         state.requests.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(handle(req, respond, state.clone(), has_cert, id));
+        tokio::spawn(handle(req, respond, state.clone(), has_cert, id, auth.clone()));
         if state.options.goaway_every == Some(served) {
             state.goaways.fetch_add(1, Ordering::Relaxed);
             conn.graceful_shutdown();
@@ -301,6 +327,11 @@ async fn serve_connection(
         if state.options.drop_every == Some(served) {
             state.drops.fetch_add(1, Ordering::Relaxed);
             return Ok(()); // dropping `conn` closes the socket mid-stream
+        }
+        if id <= state.options.stall_connections {
+            state.stalls.fetch_add(1, Ordering::Relaxed);
+            // Hold the connection without polling it, until stopped.
+            std::future::pending::<()>().await;
         }
     }
     Ok(())
@@ -315,6 +346,7 @@ async fn handle(
     state: Arc<State>,
     has_cert: bool,
     conn: u64,
+    auth: ConnAuth,
 ) {
     let apns_id = req
         .headers()
@@ -323,7 +355,12 @@ async fn handle(
         .map(str::to_owned);
     let now_active = state.active.fetch_add(1, Ordering::AcqRel) + 1;
     state.max_active.fetch_max(now_active, Ordering::AcqRel);
-    let result = check(req, &state, has_cert, conn).await;
+    let result = check(req, &state, has_cert, conn, &auth).await;
+    if let Err(Refusal(_, Reason::ExpiredProviderToken)) = &result {
+        if let Some(t) = auth.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            t.expired = true;
+        }
+    }
     if let Some(d) = state.options.response_delay {
         tokio::time::sleep(d).await;
     }
@@ -384,7 +421,13 @@ fn one_header<'a>(req: &'a Request<RecvStream>, name: &str) -> Result<Option<&'a
 }
 
 /// Apple's checks, in Apple's order; the record if it is accepted.
-async fn check(req: Request<RecvStream>, state: &State, has_cert: bool, conn: u64) -> Result<Record, Refusal> {
+async fn check(
+    req: Request<RecvStream>,
+    state: &State,
+    has_cert: bool,
+    conn: u64,
+    conn_auth: &ConnAuth,
+) -> Result<Record, Refusal> {
     if req.method() != Method::POST {
         return Err(Refusal(405, Reason::MethodNotAllowed));
     }
@@ -413,6 +456,20 @@ async fn check(req: Request<RecvStream>, state: &State, has_cert: bool, conn: u6
         let iat = state.verify_jwt(key, jwt).map_err(|r| Refusal(403, r))?;
         if (now_ms() / 1000) as u64 > iat + 3600 {
             return Err(Refusal(403, Reason::ExpiredProviderToken));
+        }
+        let mut current = conn_auth.lock().unwrap_or_else(|e| e.into_inner());
+        match current.as_ref() {
+            Some(t) if t.jwt == jwt => {}
+            Some(t) if !t.expired && iat < t.iat + TOKEN_UPDATE_SECS => {
+                return Err(Refusal(429, Reason::TooManyProviderTokenUpdates));
+            }
+            _ => {
+                *current = Some(ConnToken {
+                    jwt: jwt.to_owned(),
+                    iat,
+                    expired: false,
+                })
+            }
         }
         "token"
     } else if state.options.client_certs {

@@ -62,6 +62,10 @@ pub struct Job {
     pub attempts: u32,
     /// How logs name it (the HTTP/2 `apns-id`, the binary identifier).
     pub label: Arc<str>,
+    /// Already reported delivered once (its outbox row is gone) and taken
+    /// back because APNS said otherwise later: a second "delivered" is not
+    /// reported again.
+    pub reported: bool,
 }
 
 /// A pool's queue, shared by its connection workers.
@@ -101,6 +105,16 @@ pub fn unix_now() -> u64 {
 impl Shared {
     /// Report the final outcome of a job.
     pub fn finish(&self, job: Job, outcome: Outcome) {
+        drop(self.finish_keep(job, outcome));
+    }
+
+    /// [`Shared::finish`], handing the notification back (the binary sink
+    /// remembers what it reported delivered, for late error responses).
+    pub fn finish_keep(&self, job: Job, outcome: Outcome) -> Notification {
+        if job.reported && outcome == Outcome::Delivered {
+            self.release();
+            return job.n;
+        }
         let counter = match &outcome {
             Outcome::Delivered => &self.stats.delivered,
             Outcome::Rejected {
@@ -111,6 +125,24 @@ impl Shared {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let _ = self.reports.send(SinkReport::Done(Report::new(&job.n, outcome)));
+        self.release();
+        job.n
+    }
+
+    /// Take back a notification already reported delivered, to send it
+    /// again: it is held (and will be reported) like a new one.
+    pub fn take_back(&self, n: Notification, label: Arc<str>) -> Job {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        Job {
+            n,
+            attempts: 0,
+            label,
+            reported: true,
+        }
+    }
+
+    /// One notification fewer held.
+    fn release(&self) {
         let before = self.outstanding.fetch_sub(1, Ordering::AcqRel);
         if before >= self.max_outstanding {
             self.room.notify_waiters();
@@ -230,7 +262,12 @@ pub async fn dispatch(
                     let held = shared.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
                     shared.stats.peak_outstanding.fetch_max(held as u64, Ordering::Relaxed);
                     let label = pools_for.label(&n);
-                    Job { n, attempts: 0, label }
+                    Job {
+                        n,
+                        attempts: 0,
+                        label,
+                        reported: false,
+                    }
                 }
                 None => { open = false; continue; }
             },

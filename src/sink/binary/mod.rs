@@ -14,7 +14,10 @@
 //! - a connection lost without an error response: the whole window is sent
 //!   again on a new connection (at least once, never lost);
 //! - a notification that stayed in the window `binary_confirm_ms` (500 ms
-//!   by default) on a healthy connection is taken as delivered.
+//!   by default) on a healthy connection is taken as delivered, and
+//!   remembered a while longer (up to 16,384 per connection, 30 s): an
+//!   error response that arrives later still fails the one it names, and
+//!   what followed it is taken back and sent again.
 //!
 //! Identifiers are the outbox ids (low 32 bits), so a re-sent notification
 //! keeps its identifier. Frames are coalesced: everything taken from the
@@ -94,6 +97,9 @@ impl BinarySetup {
         } else {
             return Err("binary needs a client certificate: cert_file [+ private_key_file] or pkcs12_file".into());
         };
+        if app.ping_interval.is_some() {
+            return Err("ping_interval works with http2 only (the binary protocol has no PING)".into());
+        }
         let command = match app.binary_command {
             None | Some(2) => 2,
             Some(1) => 1,
@@ -369,15 +375,19 @@ struct ConnState {
     /// Notifications confirmed on this connection.
     confirmed: u64,
     confirm_after: Duration,
-    /// The last [`RECENT`] notifications confirmed by time: an error
-    /// response that names one of them came too late to replay what
-    /// followed, but is still acted on and counted.
-    recent: VecDeque<(u32, Arc<str>, DeviceToken)>,
+    /// Notifications confirmed by time on this connection, newest last
+    /// (at most [`RECENT`], none older than [`RECENT_FOR`]): an error
+    /// response later than `binary_confirm_ms` that names one of them still
+    /// fails it, and what followed it (APNS discarded that) is taken back
+    /// and sent again.
+    recent: VecDeque<(u32, Instant, Notification)>,
 }
 
-/// Confirmed notifications remembered per connection for late error
+/// Most confirmed notifications remembered per connection for late error
 /// responses.
-const RECENT: usize = 8192;
+const RECENT: usize = 16_384;
+/// How long a confirmed notification is remembered for a late error.
+const RECENT_FOR: Duration = Duration::from_secs(30);
 
 /// Put `jobs` (in order) before what `replay` already holds.
 fn requeue_front(replay: &mut VecDeque<Job>, jobs: impl DoubleEndedIterator<Item = Job>) {
@@ -391,36 +401,19 @@ fn settle_error(err: codec::ErrorResponse, conn: &mut ConnState, replay: &mut Ve
     let desc = status::describe(err.status);
     let window = &mut conn.window;
     let Some(pos) = window.iter().position(|s| s.id == err.id) else {
+        // Everything still in the window followed the named notification.
+        requeue_front(replay, conn.window.drain(..).map(|s| s.job));
         if let Some(i) = conn.recent.iter().position(|(id, ..)| *id == err.id) {
-            // Confirmed by time already: what followed it was reported
-            // delivered but APNS dropped it. Say so loudly, count it, and
-            // still act on the named token.
-            let after = (conn.recent.len() - i - 1) as u64;
-            shared.stats.lost.fetch_add(after, Ordering::Relaxed);
+            settle_late_error(err, i, conn, replay, shared);
+        } else {
+            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 status = err.status,
                 id = err.id,
-                possibly_lost = after,
-                confirm_ms = conn.confirm_after.as_millis() as u64,
-                "late error response for a notification already confirmed; raise binary_confirm_ms"
-            );
-            if err.status == status::INVALID_TOKEN {
-                let (_, topic, token) = conn.recent[i].clone();
-                shared.device_gone(SinkReport::DeviceGone {
-                    topic,
-                    token,
-                    since_ms: None,
-                    reason: format!("binary status {} ({desc})", err.status),
-                });
-            }
-        } else {
-            tracing::warn!(
-                status = err.status,
-                id = err.id,
-                "error response for a notification no longer in the window; re-sending the whole window"
+                "error response for a notification neither in the window nor remembered; \
+                 what followed it may be lost (raise binary_confirm_ms); re-sending the window"
             );
         }
-        requeue_front(replay, window.drain(..).map(|s| s.job));
         return;
     };
     let mut before: Vec<Sent> = window.drain(..=pos).collect();
@@ -456,6 +449,64 @@ fn settle_error(err: codec::ErrorResponse, conn: &mut ConnState, replay: &mut Ve
         tracing::info!(count = window.len(), "re-sending what followed the failed notification");
     }
     requeue_front(replay, window.drain(..).map(|s| s.job));
+}
+
+/// An error response for the `i`-th remembered notification, one already
+/// confirmed by time and reported delivered: APNS failed it and discarded
+/// everything written after it, so those are taken back and put first in
+/// `replay`; the named one is acted on as if the answer had come in time.
+fn settle_late_error(
+    err: codec::ErrorResponse,
+    i: usize,
+    conn: &mut ConnState,
+    replay: &mut VecDeque<Job>,
+    shared: &Arc<Shared>,
+) {
+    let mut tail = conn.recent.split_off(i);
+    conn.recent.clear();
+    let Some((_, _, named)) = tail.pop_front() else { return };
+    let desc = status::describe(err.status);
+    tracing::warn!(
+        status = err.status,
+        id = err.id,
+        resent = tail.len(),
+        confirm_ms = conn.confirm_after.as_millis() as u64,
+        "error response later than binary_confirm_ms; re-sending what followed the failed notification"
+    );
+    let label = |n: &Notification| Arc::<str>::from(format!("#{}", ident(n)));
+    let mut back: Vec<Job> = Vec::with_capacity(tail.len() + 1);
+    match err.status {
+        status::SHUTDOWN => {}
+        status::INVALID_TOKEN => {
+            tracing::info!(
+                id = err.id,
+                token = named.token.short(),
+                "APNS says the token is invalid; removing the device"
+            );
+            shared.stats.devices_removed.fetch_add(1, Ordering::Relaxed);
+            shared.device_gone(SinkReport::DeviceGone {
+                topic: named.topic.clone(),
+                token: named.token.clone(),
+                since_ms: None,
+                reason: format!("binary status {} ({desc})", err.status),
+            });
+        }
+        status::PROCESSING_ERROR | status::UNKNOWN => {
+            let l = label(&named);
+            back.push(shared.take_back(named, l));
+        }
+        _ => tracing::warn!(
+            id = err.id,
+            token = named.token.short(),
+            reason = %format!("binary status {} ({desc})", err.status),
+            "APNS rejected a notification already reported delivered"
+        ),
+    }
+    back.extend(tail.into_iter().map(|(_, _, n)| {
+        let l = label(&n);
+        shared.take_back(n, l)
+    }));
+    requeue_front(replay, back.into_iter());
 }
 
 /// Hex token to bytes into `buf`; the token was validated on registration.
@@ -518,10 +569,13 @@ async fn stream_jobs(
                         if conn.recent.len() == RECENT {
                             conn.recent.pop_front();
                         }
-                        conn.recent.push_back((s.id, s.job.n.topic.clone(), s.job.n.token.clone()));
-                        shared.finish(s.job, Outcome::Delivered);
+                        let n = shared.finish_keep(s.job, Outcome::Delivered);
+                        conn.recent.push_back((s.id, now, n));
                         conn.confirmed += 1;
                     }
+                }
+                while conn.recent.front().is_some_and(|(_, at, _)| now.duration_since(*at) > RECENT_FOR) {
+                    conn.recent.pop_front();
                 }
                 if conn.confirmed > before {
                     conn.limit = (conn.limit * 2).min(MAX_WINDOW);

@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::apns::ErrorBody;
 pub use crate::sink::net::{connect_tls, ConnectError, Target, CONNECT_TIMEOUT};
 
-/// A PING goes out after this long; Apple recommends keeping connections
-/// open for hours, and middleboxes forget quiet ones.
+/// Default `ping_interval`: a PING goes out this often; Apple recommends
+/// keeping connections open for hours, and middleboxes forget quiet ones.
 pub const PING_EVERY: Duration = Duration::from_secs(60);
-/// A connection whose PING is not answered within this is given up.
+/// A connection whose PING is not answered within this (or within the
+/// PING interval, if shorter) is given up.
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(20);
 /// Error bodies are small JSON; anything longer is cut.
 const MAX_ERROR_BODY: usize = 4096;
@@ -31,7 +32,7 @@ pub struct Conn {
 }
 
 /// Connect, handshake and start the connection's driver task.
-pub async fn connect(target: &Target, tls: &TlsConnector) -> Result<Conn, ConnectError> {
+pub async fn connect(target: &Target, tls: &TlsConnector, ping_every: Duration) -> Result<Conn, ConnectError> {
     let name = &target.authority;
     let timed = |what: &str| ConnectError::Timeout(format!("{what} {name}"));
     let stream = connect_tls(target, tls).await?;
@@ -51,12 +52,20 @@ pub async fn connect(target: &Target, tls: &TlsConnector) -> Result<Conn, Connec
     .map_err(|_| timed("HTTP/2 handshake with"))?
     .map_err(|e| ConnectError::H2(name.clone(), e))?;
     let closed = CancellationToken::new();
-    tokio::spawn(drive(connection, name.clone(), closed.clone()));
+    tokio::spawn(drive(connection, name.clone(), closed.clone(), ping_every));
     Ok(Conn { send, closed })
 }
 
-/// Run the connection until it ends, PINGing it when quiet.
-async fn drive(mut conn: Connection<TlsStream<TcpStream>, Bytes>, name: String, closed: CancellationToken) {
+/// Run the connection until it ends, PINGing it every `ping_every`; a
+/// PING left unanswered ends it (a dead peer or a forgotten NAT mapping
+/// would otherwise hold streams until their answer timeout).
+async fn drive(
+    mut conn: Connection<TlsStream<TcpStream>, Bytes>,
+    name: String,
+    closed: CancellationToken,
+    ping_every: Duration,
+) {
+    let pong_timeout = PONG_TIMEOUT.min(ping_every);
     let mut pinger = conn.ping_pong();
     loop {
         tokio::select! {
@@ -67,7 +76,7 @@ async fn drive(mut conn: Connection<TlsStream<TcpStream>, Bytes>, name: String, 
                 }
                 break;
             }
-            _ = tokio::time::sleep(PING_EVERY) => {}
+            _ = tokio::time::sleep(ping_every) => {}
         }
         let Some(p) = pinger.as_mut() else { continue };
         tokio::select! {
@@ -77,7 +86,7 @@ async fn drive(mut conn: Connection<TlsStream<TcpStream>, Bytes>, name: String, 
                 }
                 break;
             }
-            pong = tokio::time::timeout(PONG_TIMEOUT, p.ping(Ping::opaque())) => {
+            pong = tokio::time::timeout(pong_timeout, p.ping(Ping::opaque())) => {
                 if !matches!(pong, Ok(Ok(_))) {
                     tracing::warn!(endpoint = %name, "APNS did not answer PING; reconnecting");
                     break;

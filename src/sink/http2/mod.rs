@@ -70,6 +70,8 @@ pub struct Http2Setup {
     pub auth: Auth,
     /// `endpoint` override, or Apple's host per environment.
     pub endpoint: Option<String>,
+    /// Keep-alive PING interval (`ping_interval`).
+    pub ping_interval: Duration,
 }
 
 impl Http2Setup {
@@ -118,10 +120,16 @@ impl Http2Setup {
         if let Some(ep) = &app.endpoint {
             Target::parse(ep)?;
         }
+        let ping_interval = match app.ping_interval {
+            None => conn::PING_EVERY,
+            Some(s @ 1..=3600) => Duration::from_secs(s),
+            Some(s) => return Err(format!("ping_interval = {s}: use 1 to 3600 seconds")),
+        };
         Ok(Self {
             tls: Arc::new(tls),
             auth,
             endpoint: app.endpoint.clone(),
+            ping_interval,
         })
     }
 
@@ -261,6 +269,7 @@ fn start_pool(target: Target, sink: &Http2Sink, shared: Arc<Shared>) -> mpsc::Se
             rx.clone(),
             shared.clone(),
             auth.clone(),
+            sink.setup.ping_interval,
         ));
     }
     tx
@@ -275,6 +284,7 @@ async fn worker(
     rx: JobQueue,
     shared: Arc<Shared>,
     auth: Auth,
+    ping_interval: Duration,
 ) {
     let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
     let mut carry: Option<Job> = None;
@@ -286,7 +296,7 @@ async fn worker(
             }
         }
         shared.stats.connects.fetch_add(1, Ordering::Relaxed);
-        match conn::connect(&target, &connector).await {
+        match conn::connect(&target, &connector, ping_interval).await {
             Ok(c) => {
                 tracing::info!(endpoint = %target.authority, connection = index, "APNS connection up");
                 let (left, answered) = stream_jobs(c, &target.authority, carry.take(), &rx, &shared, &auth).await;
@@ -436,7 +446,7 @@ pub fn check(app: &AppConfig) -> Result<(), String> {
 /// (`pushbridge push`). `apns_id`: the id to send.
 pub async fn send_one(setup: &Http2Setup, n: &Notification, apns_id: &str) -> Result<Answer, String> {
     let target = setup.target(n.environment)?;
-    let c = conn::connect(&target, &conn::connector(setup.tls.clone()))
+    let c = conn::connect(&target, &conn::connector(setup.tls.clone()), setup.ping_interval)
         .await
         .map_err(|e| e.to_string())?;
     let bearer = match &setup.auth {
