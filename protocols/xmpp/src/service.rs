@@ -1258,6 +1258,65 @@ mod tests {
         assert_eq!(r.get("type"), Some("result"), "{r:?}");
     }
 
+    /// A stanza as the component stream reader gives it.
+    async fn read_stanza(xml: &str) -> Element {
+        let doc = format!(
+            "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
+        );
+        let mut r = crate::xml::StreamReader::new(doc.as_bytes(), 65536);
+        r.header().await.unwrap();
+        r.next().await.unwrap()
+    }
+
+    /// Namespaces are matched as resolved, not as spelled: a publish using
+    /// prefixes (legal XML, unusual from servers) works like the plain one,
+    /// and a `pubsub` element in another namespace is not taken for one.
+    #[tokio::test]
+    async fn publish_with_prefixed_namespaces_is_understood() {
+        let mut f = fixture();
+        let (node, secret) = register_as(&f, "alice@localhost/phone", "d1").await.unwrap();
+        let stanza = read_stanza(&format!(
+            "<iq type='set' id='px' from='localhost' to='push.localhost'>\
+             <ps:pubsub xmlns:ps='{NS_PUBSUB}'><ps:publish node='{node}'><ps:item>\
+             <n:notification xmlns:n='{NS_PUSH}'><d:x xmlns:d='{NS_DATA}' type='submit'>\
+             <d:field var='FORM_TYPE'><d:value>urn:xmpp:push:summary</d:value></d:field>\
+             <d:field var='message-count'><d:value>4</d:value></d:field>\
+             <d:field var='last-message-sender'><d:value>bob@localhost</d:value></d:field>\
+             </d:x></n:notification></ps:item></ps:publish>\
+             <ps:publish-options><x xmlns='{NS_DATA}' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+             <field var='secret'><value>{secret}</value></field></x></ps:publish-options>\
+             </ps:pubsub></iq>"
+        ))
+        .await;
+        let inflight = Arc::new(Semaphore::new(8));
+        f.svc.handle(stanza, &inflight);
+        let r = tokio::time::timeout(Duration::from_secs(5), f.out.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.get("id"), r.get("type")), (Some("px"), Some("result")), "{r:?}");
+        match f.events.lock().unwrap().last().unwrap() {
+            Event::Message(m) => {
+                assert_eq!(m.from, "bob@localhost");
+                assert_eq!(m.badge, Some(4));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same shape in a foreign namespace is not a pubsub publish.
+        let stanza = read_stanza(&format!(
+            "<iq type='set' id='py' from='localhost' to='push.localhost'>\
+             <p:pubsub xmlns:p='urn:example:not-pubsub'><p:publish node='{node}'/></p:pubsub></iq>"
+        ))
+        .await;
+        f.svc.handle(stanza, &inflight);
+        let r = tokio::time::timeout(Duration::from_secs(5), f.out.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.get("id"), r.get("type")), (Some("py"), Some("error")), "{r:?}");
+    }
+
     fn iq(typ: &str, id: &str, payload: Element) -> Element {
         Element::new("iq")
             .attr("type", typ)

@@ -11,12 +11,15 @@ use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 /// An element: its (prefixed) name, attributes in document order, and
-/// children.
+/// children; read from a stream, also the namespace its name resolves to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
     pub name: String,
     pub attrs: Vec<(String, String)>,
     pub children: Vec<Node>,
+    /// The resolved namespace (default or prefixed declarations, in this
+    /// element or inherited); `None` for elements built here.
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,9 +63,11 @@ impl Element {
         self.name.rsplit(':').next().unwrap_or(&self.name)
     }
 
-    /// The namespace declared on this element (`xmlns`).
+    /// The element's namespace: resolved when it was read (so
+    /// `<ps:pubsub xmlns:ps='…'>` and inherited defaults count), else the
+    /// `xmlns` it was built with.
     pub fn ns(&self) -> Option<&str> {
-        self.get("xmlns")
+        self.namespace.as_deref().or_else(|| self.get("xmlns"))
     }
 
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
@@ -184,6 +189,9 @@ pub struct StreamReader<R> {
     budget: Arc<AtomicUsize>,
     max: usize,
     buf: Vec<u8>,
+    /// Namespace declarations of the stream header: (prefix, uri), `""`
+    /// for the default namespace.
+    root: Vec<(String, String)>,
 }
 
 /// Bytes the buffered reader may read ahead past a stanza.
@@ -206,6 +214,7 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
             budget,
             max: max_stanza,
             buf: Vec::with_capacity(4096),
+            root: Vec::new(),
         }
     }
 
@@ -230,7 +239,13 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
             match ev {
                 Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
                 Event::Text(t) if t.xml10_content().trim().is_empty() => {}
-                Event::Start(s) => return start_element(&s),
+                Event::Start(s) => {
+                    let mut header = start_element(&s)?;
+                    let mut scope = Vec::new();
+                    resolve(&mut header, &mut scope)?;
+                    self.root = scope;
+                    return Ok(header);
+                }
                 Event::Eof => return Err(ReadError::Closed),
                 other => return Err(ReadError::Xml(format!("expected a stream header, got {other:?}"))),
             }
@@ -241,6 +256,9 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
     pub async fn next(&mut self) -> Result<Element, ReadError> {
         let start = self.reader.buffer_position();
         let mut stack: Vec<Element> = Vec::new();
+        // Declarations in scope, and how many each open element added.
+        let mut scope = self.root.clone();
+        let mut added: Vec<usize> = Vec::new();
         loop {
             self.buf.clear();
             let ev = self
@@ -256,11 +274,15 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
             }
             let done = match ev {
                 Event::Start(s) => {
-                    stack.push(start_element(&s)?);
+                    let mut e = start_element(&s)?;
+                    added.push(resolve(&mut e, &mut scope)?);
+                    stack.push(e);
                     None
                 }
                 Event::Empty(s) => {
-                    let e = start_element(&s)?;
+                    let mut e = start_element(&s)?;
+                    let n = resolve(&mut e, &mut scope)?;
+                    scope.truncate(scope.len() - n);
                     match stack.last_mut() {
                         Some(parent) => {
                             parent.children.push(Node::Element(e));
@@ -270,13 +292,17 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
                     }
                 }
                 Event::End(_) => match stack.pop() {
-                    Some(e) => match stack.last_mut() {
-                        Some(parent) => {
-                            parent.children.push(Node::Element(e));
-                            None
+                    Some(e) => {
+                        let n = added.pop().unwrap_or(0);
+                        scope.truncate(scope.len().saturating_sub(n));
+                        match stack.last_mut() {
+                            Some(parent) => {
+                                parent.children.push(Node::Element(e));
+                                None
+                            }
+                            None => Some(e),
                         }
-                        None => Some(e),
-                    },
+                    }
                     // `</stream:stream>`
                     None => return Err(ReadError::Closed),
                 },
@@ -322,6 +348,36 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
     }
 }
 
+/// Add `e`'s namespace declarations to `scope` and resolve its name's
+/// namespace; returns how many declarations were added.
+fn resolve(e: &mut Element, scope: &mut Vec<(String, String)>) -> Result<usize, ReadError> {
+    let mut n = 0;
+    for (k, v) in &e.attrs {
+        let prefix = if k == "xmlns" {
+            ""
+        } else if let Some(p) = k.strip_prefix("xmlns:") {
+            p
+        } else {
+            continue;
+        };
+        scope.push((prefix.to_owned(), v.clone()));
+        n += 1;
+    }
+    let prefix = match e.name.split_once(':') {
+        Some((p, _)) => p,
+        None => "",
+    };
+    let uri = scope.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.clone());
+    if uri.is_none() && !prefix.is_empty() && prefix != "xml" {
+        return Err(ReadError::Xml(format!(
+            "undeclared namespace prefix {prefix:?} on <{}>",
+            e.name
+        )));
+    }
+    e.namespace = uri.filter(|u| !u.is_empty());
+    Ok(n)
+}
+
 fn push_text(e: &mut Element, t: &str) {
     if let Some(Node::Text(last)) = e.children.last_mut() {
         last.push_str(t);
@@ -349,12 +405,42 @@ fn start_element(s: &BytesStart<'_>) -> Result<Element, ReadError> {
         name,
         attrs,
         children: Vec::new(),
+        namespace: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn namespaces_resolve_through_prefixes_and_inheritance() {
+        let s = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>\
+                 <iq><a:q xmlns:a='urn:a'><a:r/><s xmlns='urn:s'><t/></s><u/></a:q></iq><stream:error/>\
+                 <iq><b:q/></iq>";
+        let mut r = StreamReader::new(s.as_bytes(), 4096);
+        let h = r.header().await.unwrap();
+        assert_eq!(h.ns(), Some("http://etherx.jabber.org/streams"));
+        let iq = r.next().await.unwrap();
+        assert_eq!(iq.ns(), Some("jabber:component:accept"), "inherited from the stream");
+        let q = iq.find("q", Some("urn:a")).unwrap();
+        assert_eq!(q.find("r", None).unwrap().ns(), Some("urn:a"));
+        let sub = q.find("s", None).unwrap();
+        assert_eq!(sub.ns(), Some("urn:s"));
+        assert_eq!(sub.find("t", None).unwrap().ns(), Some("urn:s"), "default inherited");
+        // The default is back to the stream's after <s> closes; the prefix
+        // `a` binds only the element's name.
+        assert_eq!(q.find("u", None).unwrap().ns(), Some("jabber:component:accept"));
+        let err = r.next().await.unwrap();
+        assert_eq!(
+            (err.local(), err.ns()),
+            ("error", Some("http://etherx.jabber.org/streams"))
+        );
+        match r.next().await {
+            Err(ReadError::Xml(e)) => assert!(e.contains("undeclared namespace prefix \"b\""), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     async fn parse(input: &str, max: usize) -> Vec<Result<Element, String>> {
         let mut r = StreamReader::new(input.as_bytes(), max);
