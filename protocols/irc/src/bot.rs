@@ -81,6 +81,9 @@ pub struct Bot {
     tells: HashMap<String, (Instant, u32)>,
     /// Lower-cased nicks known to be on the network.
     online: HashSet<String>,
+    /// Lower-cased nick → the (lower-cased) channels the bot sees it in:
+    /// a nick leaving one of them may still be in sight in another.
+    seen_in: HashMap<String, HashSet<String>>,
     away: HashSet<String>,
     whois: HashMap<String, Whois>,
     /// Commands waiting for a WHOIS to say who sent them.
@@ -119,6 +122,7 @@ impl Bot {
             nick_tries: 0,
             tells: HashMap::new(),
             online: HashSet::new(),
+            seen_in: HashMap::new(),
             away: HashSet::new(),
             whois: HashMap::new(),
             pending: HashMap::new(),
@@ -374,6 +378,10 @@ impl Bot {
                 let n = self.lower(m.param(5));
                 if !n.is_empty() && n != self.lower(&self.nick) {
                     self.online.insert(n.clone());
+                    let channel = self.lower(m.param(1));
+                    if channel.starts_with(['#', '&']) {
+                        self.seen_in.entry(n.clone()).or_default().insert(channel);
+                    }
                     if m.param(6).starts_with('G') {
                         self.away.insert(n);
                     } else {
@@ -446,6 +454,8 @@ impl Bot {
                         out.push(Output::Paced(line("WHO", &[m.param(0)], None)));
                     } else {
                         self.online.insert(n.clone());
+                        let channel = self.lower(m.param(0));
+                        self.seen_in.entry(n.clone()).or_default().insert(channel);
                         if self.caps.contains("extended-join") && m.params.len() >= 2 {
                             self.verified.insert(n.clone());
                             match m.param(1) {
@@ -488,7 +498,22 @@ impl Bot {
                 };
                 let Some(gone) = gone else { return };
                 let n = self.lower(gone);
+                let channel_l = self.lower(channel);
                 if n == self.lower(&self.nick) {
+                    // Whoever the bot saw only there is out of sight now.
+                    let mut stale = Vec::new();
+                    for (nick, chans) in self.seen_in.iter_mut() {
+                        if chans.remove(&channel_l) && chans.is_empty() {
+                            stale.push(nick.clone());
+                        }
+                    }
+                    for nick in stale {
+                        self.seen_in.remove(&nick);
+                        if !self.is_watched(&nick) {
+                            self.forget_nick(&nick);
+                        }
+                    }
+                    self.refresh().await;
                     if m.command == "KICK"
                         && self
                             .ctx
@@ -500,11 +525,24 @@ impl Bot {
                         tracing::warn!(adapter = self.ctx.name(), %channel, by = m.nick().unwrap_or(""), "kicked; rejoining");
                         out.push(Output::Paced(line("JOIN", &[channel], None)));
                     }
-                } else if !self.is_watched(&n) {
-                    // Out of sight: what we knew about this nick goes stale
-                    // (watched nicks stay tracked by MONITOR or ISON).
-                    self.forget_nick(&n);
-                    self.refresh().await;
+                } else {
+                    let still_seen = match self.seen_in.get_mut(&n) {
+                        Some(chans) => {
+                            chans.remove(&channel_l);
+                            !chans.is_empty()
+                        }
+                        None => false,
+                    };
+                    if !still_seen {
+                        self.seen_in.remove(&n);
+                        if !self.is_watched(&n) {
+                            // Out of sight: what we knew about this nick
+                            // goes stale (watched nicks stay tracked by
+                            // MONITOR or ISON).
+                            self.forget_nick(&n);
+                            self.refresh().await;
+                        }
+                    }
                 }
             }
             "PRIVMSG" => {
@@ -521,6 +559,7 @@ impl Bot {
 
     fn forget_nick(&mut self, n: &str) {
         self.online.remove(n);
+        self.seen_in.remove(n);
         self.away.remove(n);
         self.nick_account.remove(n);
         self.verified.remove(n);
@@ -586,6 +625,9 @@ impl Bot {
         let was_online = self.online.remove(&o);
         if was_online {
             self.online.insert(n.clone());
+        }
+        if let Some(chans) = self.seen_in.remove(&o) {
+            self.seen_in.insert(n.clone(), chans);
         }
         if self.away.remove(&o) {
             self.away.insert(n.clone());
@@ -1177,6 +1219,62 @@ mod tests {
         feed(&mut b, &[":alice!a@h AWAY"]).await;
         settle().await;
         assert_eq!(presence(&events), Some(Presence::Online));
+    }
+
+    /// alice is on IRC with a second nick (logged in to her account) in
+    /// two channels the bot watches: leaving one keeps her online; leaving
+    /// the last takes her out of sight, and so does the bot leaving.
+    #[tokio::test]
+    async fn a_nick_leaving_one_channel_of_two_stays_online() {
+        let (mut b, events) =
+            bot(serde_json::json!({"watch_accounts": ["alice"], "channels": ["#chat", "#dev"]})).await;
+        feed(
+            &mut b,
+            &[
+                ":srv CAP * LS :extended-join",
+                ":srv CAP * ACK :extended-join",
+                ":srv 001 pushbridge :hi",
+                ":pushbridge!b@h JOIN #chat * :bot",
+                ":pushbridge!b@h JOIN #dev * :bot",
+                ":alice_m!a@h JOIN #chat alice :Alice",
+                ":alice_m!a@h JOIN #dev alice :Alice",
+            ],
+        )
+        .await;
+        settle().await;
+        let presence = |events: &Mutex<Vec<Event>>| {
+            events.lock().unwrap().iter().rev().find_map(|e| match e {
+                Event::Presence { presence, .. } => Some(*presence),
+                _ => None,
+            })
+        };
+        assert_eq!(presence(&events), Some(Presence::Online));
+        feed(&mut b, &[":alice_m!a@h PART #dev :bye"]).await;
+        settle().await;
+        assert_eq!(presence(&events), Some(Presence::Online), "still in #chat");
+        feed(&mut b, &[":alice_m!a@h PART #chat :bye"]).await;
+        settle().await;
+        assert_eq!(presence(&events), Some(Presence::Offline), "out of sight");
+        // Seen again by WHO in #chat; then the bot leaves #chat.
+        feed(
+            &mut b,
+            &[
+                ":srv 352 pushbridge #chat a h srv alice_m H :0 Alice",
+                ":srv 354 pushbridge #chat",
+                ":srv 315 pushbridge #chat :End of /WHO list.",
+            ],
+        )
+        .await;
+        feed(&mut b, &[":alice_m!a@h ACCOUNT alice"]).await;
+        settle().await;
+        assert_eq!(presence(&events), Some(Presence::Online));
+        feed(&mut b, &[":op!o@h KICK #chat pushbridge :out"]).await;
+        settle().await;
+        assert_eq!(
+            presence(&events),
+            Some(Presence::Offline),
+            "the bot no longer sees #chat"
+        );
     }
 
     #[tokio::test]
