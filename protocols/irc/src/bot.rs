@@ -995,6 +995,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    /// The presence the bot reported last.
+    fn presence(events: &Mutex<Vec<Event>>) -> Option<Presence> {
+        events.lock().unwrap().iter().rev().find_map(|e| match e {
+            Event::Presence { presence, .. } => Some(*presence),
+            _ => None,
+        })
+    }
+
     #[tokio::test]
     async fn multi_line_cap_ls_then_sasl_plain() {
         let (mut b, _) = bot(serde_json::json!({"sasl_account": "bot", "sasl_password": "pw"})).await;
@@ -1209,12 +1217,6 @@ mod tests {
         )
         .await;
         settle().await;
-        let presence = |events: &Mutex<Vec<Event>>| {
-            events.lock().unwrap().iter().rev().find_map(|e| match e {
-                Event::Presence { presence, .. } => Some(*presence),
-                _ => None,
-            })
-        };
         assert_eq!(presence(&events), Some(Presence::Away));
         feed(&mut b, &[":alice!a@h AWAY"]).await;
         settle().await;
@@ -1242,12 +1244,6 @@ mod tests {
         )
         .await;
         settle().await;
-        let presence = |events: &Mutex<Vec<Event>>| {
-            events.lock().unwrap().iter().rev().find_map(|e| match e {
-                Event::Presence { presence, .. } => Some(*presence),
-                _ => None,
-            })
-        };
         assert_eq!(presence(&events), Some(Presence::Online));
         feed(&mut b, &[":alice_m!a@h PART #dev :bye"]).await;
         settle().await;
