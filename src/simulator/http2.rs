@@ -20,9 +20,12 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::{Method, Request, Response, StatusCode};
@@ -315,32 +318,90 @@ async fn serve_connection(
         .await?;
     let mut served = 0u64;
     let auth = ConnAuth::default();
-    while let Some(next) = conn.accept().await {
-        let (req, respond) = next?;
+    // The connection's requests are handled inside its task: the answers
+    // ready after one round of reading go out together in one write (a
+    // task per request ran between the connection's polls and each answer
+    // cost a TLS record and a syscall of its own).
+    let mut handlers = Handlers::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            n = conn.accept() => n,
+            _ = drain(&mut handlers) => continue,
+        };
+        let Some(next) = next else { break };
+        let (req, respond) = match next {
+            Ok(x) => x,
+            Err(e) => {
+                detach(handlers);
+                return Err(e.into());
+            }
+        };
         served += 1;
         state.requests.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(handle(req, respond, state.clone(), has_cert, id, auth.clone()));
+        handlers.push(handle(req, respond, state.clone(), has_cert, id, auth.clone()));
         if state.options.goaway_every == Some(served) {
             state.goaways.fetch_add(1, Ordering::Relaxed);
             conn.graceful_shutdown();
         }
         if state.options.drop_every == Some(served) {
             state.drops.fetch_add(1, Ordering::Relaxed);
-            return Ok(()); // dropping `conn` closes the socket mid-stream
+            drop(conn); // closes the socket mid-stream
+            detach(handlers);
+            return Ok(());
         }
         if id <= state.options.stall_connections {
             state.stalls.fetch_add(1, Ordering::Relaxed);
+            detach(handlers);
             // Hold the connection without polling it, until stopped.
-            std::future::pending::<()>().await;
+            return std::future::pending().await;
         }
     }
+    detach(handlers);
     Ok(())
+}
+
+/// Requests being handled on one connection.
+type Handlers = FuturesUnordered<BoxFuture<'static, ()>>;
+
+/// Run every handler that can make progress; completes once at least one
+/// finished (pending while none did).
+fn drain(handlers: &mut Handlers) -> impl std::future::Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut finished = false;
+        while let Poll::Ready(Some(())) = handlers.poll_next_unpin(cx) {
+            finished = true;
+        }
+        if finished {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
+/// Let the handlers of a connection no longer polled finish on their own.
+fn detach(mut handlers: Handlers) {
+    if !handlers.is_empty() {
+        tokio::spawn(async move { while handlers.next().await.is_some() {} });
+    }
 }
 
 /// A refusal: status and reason (410 also gets a timestamp).
 struct Refusal(u16, Reason);
 
-async fn handle(
+fn handle(
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    state: Arc<State>,
+    has_cert: bool,
+    conn: u64,
+    auth: ConnAuth,
+) -> BoxFuture<'static, ()> {
+    Box::pin(answer(req, respond, state, has_cert, conn, auth))
+}
+
+async fn answer(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     state: Arc<State>,
