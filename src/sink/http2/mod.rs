@@ -333,6 +333,7 @@ async fn stream_jobs(
     // With token auth Apple allows one stream until a request with a valid
     // token succeeded: the first request goes alone.
     let mut primed = matches!(auth, Auth::Certificate);
+    let mut requests = request::RequestBuilder::new(authority);
     loop {
         let job = match carry.take() {
             Some(j) => j,
@@ -364,7 +365,7 @@ async fn stream_jobs(
             Auth::Token(s) => Some(s.token()),
             Auth::Certificate => None,
         };
-        let req = match request::build(&job.n, authority, &job.label, bearer.as_deref()) {
+        let req = match requests.build(&job.n, &job.label, bearer.as_ref()) {
             Ok(r) => r,
             Err(e) => {
                 let reason = e.to_string();

@@ -1,7 +1,10 @@
 //! Building provider API requests: pure functions, no sockets.
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{Method, Request};
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Uri};
 
 use crate::sink::Notification;
 
@@ -66,29 +69,106 @@ pub fn build(
     apns_id: &str,
     bearer: Option<&str>,
 ) -> Result<Request<()>, BuildError> {
-    let uri = format!("https://{authority}/3/device/{}", n.token.as_str());
-    let mut b = Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(&APNS_TOPIC, value(&n.topic, "topic")?)
-        .header(&APNS_PUSH_TYPE, HeaderValue::from_static("alert"))
-        .header(&APNS_PRIORITY, HeaderValue::from(n.priority as u32))
-        .header(&APNS_EXPIRATION, HeaderValue::from(n.expiration))
-        .header(&APNS_ID, value(apns_id, "apns-id")?)
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .header(CONTENT_LENGTH, HeaderValue::from(n.payload.len()));
-    if let Some(c) = &n.collapse_id {
-        if c.len() > MAX_COLLAPSE_ID {
-            return Err(BuildError(format!("collapse id longer than {MAX_COLLAPSE_ID} bytes")));
+    RequestBuilder::new(authority).build(n, apns_id, bearer.map(Arc::from).as_ref())
+}
+
+/// Builds the requests of one connection ([`build`]'s result), keeping the
+/// header values that repeat from one notification to the next (provider
+/// token, topic, expiration) instead of checking and copying them anew.
+pub struct RequestBuilder {
+    /// The authority, or why it cannot be one (then every request fails).
+    authority: Result<Authority, String>,
+    bearer: Option<(Arc<str>, HeaderValue)>,
+    topic: Option<(Arc<str>, HeaderValue)>,
+    expiration: Option<(u64, HeaderValue)>,
+}
+
+impl RequestBuilder {
+    /// For requests to `authority` (`host:port`).
+    pub fn new(authority: &str) -> Self {
+        Self {
+            authority: Authority::try_from(authority).map_err(|e| format!("bad request: {e}")),
+            bearer: None,
+            topic: None,
+            expiration: None,
         }
-        b = b.header(&APNS_COLLAPSE_ID, value(c, "collapse id")?);
     }
-    if let Some(t) = bearer {
-        let mut v = value(&format!("bearer {t}"), "authorization")?;
-        v.set_sensitive(true);
-        b = b.header(AUTHORIZATION, v);
+
+    /// The request for `n`; `bearer` is the provider token (token auth).
+    pub fn build(
+        &mut self,
+        n: &Notification,
+        apns_id: &str,
+        bearer: Option<&Arc<str>>,
+    ) -> Result<Request<()>, BuildError> {
+        let mut h = HeaderMap::with_capacity(12);
+        h.insert(&APNS_TOPIC, cached(&mut self.topic, &n.topic, |t| value(t, "topic"))?);
+        h.insert(&APNS_PUSH_TYPE, HeaderValue::from_static("alert"));
+        h.insert(
+            &APNS_PRIORITY,
+            match n.priority {
+                10 => HeaderValue::from_static("10"),
+                5 => HeaderValue::from_static("5"),
+                p => HeaderValue::from(p as u32),
+            },
+        );
+        let expiration = match &self.expiration {
+            Some((e, v)) if *e == n.expiration => v.clone(),
+            _ => {
+                let v = HeaderValue::from(n.expiration);
+                self.expiration = Some((n.expiration, v.clone()));
+                v
+            }
+        };
+        h.insert(&APNS_EXPIRATION, expiration);
+        h.insert(&APNS_ID, value(apns_id, "apns-id")?);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(n.payload.len()));
+        if let Some(c) = &n.collapse_id {
+            if c.len() > MAX_COLLAPSE_ID {
+                return Err(BuildError(format!("collapse id longer than {MAX_COLLAPSE_ID} bytes")));
+            }
+            h.insert(&APNS_COLLAPSE_ID, value(c, "collapse id")?);
+        }
+        if let Some(t) = bearer {
+            let v = cached(&mut self.bearer, t, |t| {
+                let mut v = value(&format!("bearer {t}"), "authorization")?;
+                v.set_sensitive(true);
+                Ok(v)
+            })?;
+            h.insert(AUTHORIZATION, v);
+        }
+        let mut path = String::with_capacity(10 + n.token.as_str().len());
+        path.push_str("/3/device/");
+        path.push_str(n.token.as_str());
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTPS)
+            .authority(self.authority.clone().map_err(BuildError)?)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| BuildError(format!("bad request: {e}")))?;
+        let mut req = Request::new(());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = h;
+        Ok(req)
     }
-    b.body(()).map_err(|e| BuildError(format!("bad request: {e}")))
+}
+
+/// The header value for `s`: the one made last time when `s` is the same.
+fn cached(
+    slot: &mut Option<(Arc<str>, HeaderValue)>,
+    s: &Arc<str>,
+    make: impl FnOnce(&str) -> Result<HeaderValue, BuildError>,
+) -> Result<HeaderValue, BuildError> {
+    if let Some((k, v)) = slot {
+        if Arc::ptr_eq(k, s) || **k == **s {
+            return Ok(v.clone());
+        }
+    }
+    let v = make(s)?;
+    *slot = Some((s.clone(), v.clone()));
+    Ok(v)
 }
 
 fn value(s: &str, what: &str) -> Result<HeaderValue, BuildError> {
@@ -99,7 +179,6 @@ fn value(s: &str, what: &str) -> Result<HeaderValue, BuildError> {
 mod tests {
     use super::*;
     use pushbridge_api::{DeviceToken, Environment};
-    use std::sync::Arc;
 
     fn note(collapse: Option<&str>) -> Notification {
         Notification {
@@ -134,6 +213,31 @@ mod tests {
         assert_eq!(h["authorization"], "bearer jwt.token.sig");
         assert!(h["authorization"].is_sensitive());
         assert_eq!(h["content-length"], n.payload.len().to_string().as_str());
+    }
+
+    #[test]
+    fn a_reused_builder_follows_what_changes() {
+        let mut b = RequestBuilder::new("h:1");
+        let (t1, t2): (Arc<str>, Arc<str>) = (Arc::from("jwt.one.sig"), Arc::from("jwt.two.sig"));
+        let mut n = note(None);
+        let r = b.build(&n, &apns_id(1, 1), Some(&t1)).unwrap();
+        assert_eq!(r.headers()["authorization"], "bearer jwt.one.sig");
+        n.topic = Arc::from("org.example.other");
+        n.priority = 1;
+        n.expiration = 7;
+        let r = b.build(&n, &apns_id(1, 2), Some(&t2)).unwrap();
+        let h = r.headers();
+        assert_eq!(h["authorization"], "bearer jwt.two.sig");
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(h["apns-topic"], "org.example.other");
+        assert_eq!(h["apns-priority"], "1");
+        assert_eq!(h["apns-expiration"], "7");
+        assert_eq!(h["apns-id"], apns_id(1, 2).as_str());
+        assert_eq!(r.uri().to_string(), format!("https://h:1/3/device/{}", "ab".repeat(32)));
+        let r = b.build(&n, &apns_id(1, 3), None).unwrap();
+        assert!(r.headers().get("authorization").is_none());
+        n.topic = Arc::from("bad\ntopic");
+        assert!(b.build(&n, &apns_id(1, 4), None).is_err());
     }
 
     #[test]
