@@ -30,11 +30,13 @@ pub mod request;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use pushbridge_api::Environment;
-use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio::sync::{mpsc, Mutex};
 
 use self::conn::{Answer, Target};
 use self::jwt::JwtSigner;
@@ -317,19 +319,76 @@ async fn worker(
     }
 }
 
+/// How one stream ended.
+struct Settled {
+    /// APNS answered it.
+    answered: bool,
+    /// APNS checked the token: delivered, or refused for a reason about
+    /// the notification itself.
+    token_ok: bool,
+}
+
+/// The streams of one connection waiting for their answers.
+type InFlight = FuturesUnordered<futures::future::BoxFuture<'static, Settled>>;
+
 /// Send jobs over one connection until it ends. Returns the job it held
 /// but could not send, and whether the connection answered anything.
+///
+/// Answers are read inside this task (not a task per stream): the answers
+/// of one read are handled in one go. Streams still open when it returns
+/// are left to finish in a task of their own.
 async fn stream_jobs(
+    c: conn::Conn,
+    authority: &str,
+    carry: Option<Job>,
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    shared: &Arc<Shared>,
+    auth: &Auth,
+) -> (Option<Job>, bool) {
+    let mut inflight = InFlight::new();
+    let mut answered = false;
+    let left = send_jobs(c, authority, carry, rx, shared, auth, &mut inflight, &mut answered).await;
+    // Answers already here count for this connection.
+    std::future::poll_fn(|cx| {
+        settle_ready(&mut inflight, &mut answered, cx);
+        Poll::Ready(())
+    })
+    .await;
+    if !inflight.is_empty() {
+        tokio::spawn(async move { while inflight.next().await.is_some() {} });
+    }
+    (left, answered)
+}
+
+/// Handle the answers that came; never completes (a branch of the
+/// `select!`s below that keeps the open streams going).
+async fn settle(inflight: &mut InFlight, answered: &mut bool) -> std::convert::Infallible {
+    std::future::poll_fn(|cx| {
+        settle_ready(inflight, answered, cx);
+        Poll::Pending
+    })
+    .await
+}
+
+/// Handle the answers that came (those FuturesUnordered hands out in one go).
+fn settle_ready(inflight: &mut InFlight, answered: &mut bool, cx: &mut std::task::Context<'_>) {
+    while let Poll::Ready(Some(s)) = inflight.poll_next_unpin(cx) {
+        *answered |= s.answered;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_jobs(
     c: conn::Conn,
     authority: &str,
     mut carry: Option<Job>,
     rx: &Mutex<mpsc::Receiver<Job>>,
     shared: &Arc<Shared>,
     auth: &Auth,
-) -> (Option<Job>, bool) {
+    inflight: &mut InFlight,
+    answered: &mut bool,
+) -> Option<Job> {
     let conn::Conn { mut send, closed } = c;
-    let window = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // With token auth Apple allows one stream until a request with a valid
     // token succeeded: the first request goes alone.
     let mut primed = matches!(auth, Auth::Certificate);
@@ -338,24 +397,28 @@ async fn stream_jobs(
         let job = match carry.take() {
             Some(j) => j,
             None => tokio::select! {
-                j = next_job(rx) => match j { Some(j) => j, None => return (None, answered.load(Ordering::Relaxed)) },
-                _ = closed.cancelled() => return (None, answered.load(Ordering::Relaxed)),
+                j = next_job(rx) => j?,
+                _ = closed.cancelled() => return None,
+                x = settle(inflight, answered) => match x {},
             },
         };
-        let permit = tokio::select! {
-            p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return (Some(job), false) },
-            _ = closed.cancelled() => return (Some(job), answered.load(Ordering::Relaxed)),
-        };
+        while inflight.len() >= MAX_IN_FLIGHT {
+            tokio::select! {
+                s = inflight.next() => if let Some(s) = s { *answered |= s.answered },
+                _ = closed.cancelled() => return Some(job),
+            }
+        }
         // Wait for a free stream slot (h2 honours SETTINGS_MAX_CONCURRENT_STREAMS).
         let ready = tokio::select! {
             r = send.clone().ready() => r,
-            _ = closed.cancelled() => return (Some(job), answered.load(Ordering::Relaxed)),
+            _ = closed.cancelled() => return Some(job),
+            x = settle(inflight, answered) => match x {},
         };
         send = match ready {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "connection refuses new streams (GOAWAY or closed)");
-                return (Some(job), answered.load(Ordering::Relaxed));
+                return Some(job);
             }
         };
         let Some(job) = shared.unless_expired(job, "expired before it could be sent") else {
@@ -378,7 +441,7 @@ async fn stream_jobs(
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot open stream");
-                return (Some(job), answered.load(Ordering::Relaxed));
+                return Some(job);
             }
         };
         let payload = Bytes::copy_from_slice(job.n.payload.as_bytes());
@@ -386,54 +449,63 @@ async fn stream_jobs(
             tracing::debug!(error = %e, "stream lost while sending");
             // The response future reports the loss below.
         }
-        let (done_tx, done_rx) = oneshot::channel();
-        let shared2 = shared.clone();
-        let auth2 = auth.clone();
-        let answered2 = answered.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let answer_or_timeout = match tokio::time::timeout(ANSWER_TIMEOUT, conn::read_answer(resp)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // Dropping the stream resets it (CANCEL).
-                    shared2.stats.lost.fetch_add(1, Ordering::Relaxed);
-                    shared2.retry(job, &format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()));
-                    let _ = done_tx.send(false);
-                    return;
-                }
-            };
-            match answer_or_timeout {
-                Ok(a) => {
-                    answered2.store(true, Ordering::Relaxed);
-                    // Apple checked the token: delivered, or refused for a
-                    // reason about the notification itself.
-                    let ok = a.status == 200 || matches!(a.status, 400 | 404 | 405 | 410 | 413);
-                    answer(&shared2, &auth2, job, a, bearer.as_deref());
-                    let _ = done_tx.send(ok);
-                }
-                Err(e) => {
-                    // Streams past a GOAWAY's last-stream-id, and refused
-                    // ones, were not processed; anything else may have been.
-                    let unprocessed =
-                        e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM));
-                    if unprocessed {
-                        // APNS never looked at it: send again at once, without
-                        // spending one of its retries.
-                        shared2.resend(job);
-                    } else {
-                        shared2.stats.lost.fetch_add(1, Ordering::Relaxed);
-                        shared2.retry(job, &format!("stream lost: {e}"));
-                    }
-                    let _ = done_tx.send(false);
-                }
-            }
-        });
+        inflight.push(Box::pin(await_answer(resp, job, shared.clone(), auth.clone(), bearer)));
         if !primed {
             // Wait for the first answer before opening more streams.
             tokio::select! {
-                ok = done_rx => primed = ok.unwrap_or(false),
-                _ = closed.cancelled() => return (None, answered.load(Ordering::Relaxed)),
+                s = inflight.next() => if let Some(s) = s {
+                    *answered |= s.answered;
+                    primed = s.token_ok;
+                },
+                _ = closed.cancelled() => return None,
             }
+        }
+    }
+}
+
+/// Wait for the answer on one stream and act on it.
+async fn await_answer(
+    resp: h2::client::ResponseFuture,
+    job: Job,
+    shared: Arc<Shared>,
+    auth: Auth,
+    bearer: Option<Arc<str>>,
+) -> Settled {
+    let lost = Settled {
+        answered: false,
+        token_ok: false,
+    };
+    let answer_or_timeout = match tokio::time::timeout(ANSWER_TIMEOUT, conn::read_answer(resp)).await {
+        Ok(r) => r,
+        Err(_) => {
+            // Dropping the stream resets it (CANCEL).
+            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+            shared.retry(job, &format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()));
+            return lost;
+        }
+    };
+    match answer_or_timeout {
+        Ok(a) => {
+            let token_ok = a.status == 200 || matches!(a.status, 400 | 404 | 405 | 410 | 413);
+            answer(&shared, &auth, job, a, bearer.as_deref());
+            Settled {
+                answered: true,
+                token_ok,
+            }
+        }
+        Err(e) => {
+            // Streams past a GOAWAY's last-stream-id, and refused
+            // ones, were not processed; anything else may have been.
+            let unprocessed = e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM));
+            if unprocessed {
+                // APNS never looked at it: send again at once, without
+                // spending one of its retries.
+                shared.resend(job);
+            } else {
+                shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+                shared.retry(job, &format!("stream lost: {e}"));
+            }
+            lost
         }
     }
 }
