@@ -514,7 +514,18 @@ async fn check(
         if jwt.is_empty() {
             return Err(Refusal(403, Reason::MissingProviderToken));
         }
-        let iat = state.verify_jwt(key, jwt).map_err(|r| Refusal(403, r))?;
+        // The connection's current token was verified when it became
+        // current (the verdict for a token never changes): only its age
+        // is checked again.
+        let known = conn_auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|t| (t.jwt == jwt).then_some(t.iat));
+        let iat = match known {
+            Some(iat) => iat,
+            None => state.verify_jwt(key, jwt).map_err(|r| Refusal(403, r))?,
+        };
         if (now_ms() / 1000) as u64 > iat + 3600 {
             return Err(Refusal(403, Reason::ExpiredProviderToken));
         }
