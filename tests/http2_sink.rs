@@ -213,20 +213,22 @@ async fn unregistered_and_bad_tokens_remove_the_device_other_4xx_drop() {
     assert_eq!(r[5].outcome, Outcome::Delivered);
 }
 
+/// A simulator answering every valid request 503 (`certs`: accepting our
+/// client certificates as well as tokens).
+async fn always_503(creds: &Creds, certs: bool) -> pushbridge::simulator::http2::Simulator {
+    let options = Options {
+        fail_rate: 1.0,
+        fail_status: 503,
+        ..creds.options(certs)
+    };
+    creds.simulator("127.0.0.1:0", options).await
+}
+
 #[tokio::test]
 async fn transient_failures_are_retried_until_max_retries() {
     let dir = tempfile::tempdir().unwrap();
     let creds = Creds::new(dir.path());
-    let sim = creds
-        .simulator(
-            "127.0.0.1:0",
-            Options {
-                fail_rate: 1.0,
-                fail_status: 503,
-                ..creds.options(false)
-            },
-        )
-        .await;
+    let sim = always_503(&creds, false).await;
     let sink = sink_for(
         dir.path(),
         &creds.token_app(&sim.addr().to_string()),
@@ -388,16 +390,7 @@ async fn a_storm_of_503s_holds_a_bounded_number_of_notifications() {
     let dir = tempfile::tempdir().unwrap();
     let creds = Creds::new(dir.path());
     // Certificate auth: no one-stream priming, every stream in use at once.
-    let sim = creds
-        .simulator(
-            "127.0.0.1:0",
-            Options {
-                fail_rate: 1.0,
-                fail_status: 503,
-                ..creds.options(true)
-            },
-        )
-        .await;
+    let sim = always_503(&creds, true).await;
     let sink = sink_for(
         dir.path(),
         &creds.cert_app(&sim.addr().to_string()),

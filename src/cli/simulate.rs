@@ -129,13 +129,11 @@ fn parse_feedback(s: &str, now: u32) -> anyhow::Result<(String, u32)> {
 
 fn parse_fail_status(s: &str) -> Result<u16, String> {
     match s {
-        "429" | "500" | "503" => s.parse().map_err(|_| unreachable_msg()),
+        "429" => Ok(429),
+        "500" => Ok(500),
+        "503" => Ok(503),
         _ => Err("must be 429, 500 or 503".into()),
     }
-}
-
-fn unreachable_msg() -> String {
-    "must be 429, 500 or 503".into()
 }
 
 fn parse_reject(s: &str) -> anyhow::Result<(String, u16, String)> {

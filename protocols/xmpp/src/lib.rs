@@ -435,59 +435,56 @@ mod link_tests {
         (port, task)
     }
 
+    /// Run the adapter against a fake server sending `then` after the
+    /// handshake: the error the adapter stopped with, and all it wrote.
+    async fn run_until_error(then: &'static [u8]) -> (AdapterError, String) {
+        let (port, server) = fake_server(then).await;
+        let (ctx, _core) = Context::for_test("xmpp", config(port));
+        let err = tokio::time::timeout(Duration::from_secs(5), XmppAdapter::run(ctx))
+            .await
+            .expect("the adapter stops")
+            .unwrap_err();
+        (err, server.await.unwrap())
+    }
+
     #[tokio::test]
     async fn wrong_secret_is_a_config_error() {
-        let (port, server) = fake_server(
+        let (err, seen) = run_until_error(
             b"<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>",
         )
         .await;
-        let (ctx, _core) = Context::for_test("xmpp", config(port));
-        let err = XmppAdapter::run(ctx).await.unwrap_err();
         assert!(
             matches!(err, AdapterError::Config(ref m) if m.contains("not-authorized")),
             "{err}"
         );
-        let seen = server.await.unwrap();
         assert!(seen.contains("b09ea9b3b7f586be8a08d0a3dd7466f110aeb136"), "{seen}");
         assert!(seen.contains("jabber:component:accept"), "{seen}");
     }
 
     #[tokio::test]
     async fn conflict_after_the_handshake_is_a_config_error() {
-        let (port, server) = fake_server(
+        let (err, seen) = run_until_error(
             b"<handshake/><stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Replaced by new connection</text></stream:error></stream:stream>",
         )
         .await;
-        let (ctx, _core) = Context::for_test("xmpp", config(port));
-        let err = tokio::time::timeout(Duration::from_secs(5), XmppAdapter::run(ctx))
-            .await
-            .expect("the adapter stops on a stream error")
-            .unwrap_err();
         assert!(
             matches!(err, AdapterError::Config(ref m)
                 if m.contains("conflict") && m.contains("Replaced by new connection") && m.contains("push.localhost")),
             "{err}"
         );
-        let seen = server.await.unwrap();
         assert!(seen.ends_with("</stream:stream>"), "{seen}");
     }
 
     #[tokio::test]
     async fn other_stream_errors_end_the_link_for_a_normal_retry() {
-        let (port, server) = fake_server(
+        let (err, _) = run_until_error(
             b"<handshake/><stream:error><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>bye</text><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>",
         )
         .await;
-        let (ctx, _core) = Context::for_test("xmpp", config(port));
-        let err = tokio::time::timeout(Duration::from_secs(5), XmppAdapter::run(ctx))
-            .await
-            .expect("the adapter stops on a stream error")
-            .unwrap_err();
         assert!(
             matches!(err, AdapterError::Other(ref m) if m.contains("system-shutdown") && m.contains("bye")),
             "{err}"
         );
-        server.await.unwrap();
     }
 
     #[test]
@@ -555,14 +552,11 @@ mod link_tests {
             v.extend_from_slice(b"</body></message>");
             v
         });
-        let (port, server) = fake_server(big).await;
-        let (ctx, _core) = Context::for_test("xmpp", config(port));
-        let err = XmppAdapter::run(ctx).await.unwrap_err();
+        let (err, seen) = run_until_error(big).await;
         assert!(
             matches!(err, AdapterError::Protocol(ref m) if m.contains("4096")),
             "{err}"
         );
-        let seen = server.await.unwrap();
         assert!(seen.contains("policy-violation"), "{seen}");
     }
 
