@@ -19,7 +19,6 @@
 
 pub mod adapters;
 pub mod apns;
-pub mod backoff;
 pub mod config;
 pub mod gateway;
 pub mod metrics;

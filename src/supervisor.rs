@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::Backoff;
+use pushbridge_kit::Backoff;
 
 /// First restart delay.
 const RESTART_BASE: Duration = Duration::from_secs(1);

@@ -1,21 +1,24 @@
-//! TLS building blocks shared by the APNS sinks and the simulator: rustls
-//! client configs (Apple's roots or a configured CA, optional client
-//! certificate), server configs (optionally requiring client certificates),
-//! PEM loading, and a throwaway PKI generated with rcgen for the simulator
-//! and tests.
+//! TLS for the APNS sinks and the simulator: the toolkit's client configs
+//! and PEM loading (re-exported from `pushbridge_kit::tls`), plus what only
+//! the core needs: PKCS#12 identities, server configs (optionally requiring
+//! client certificates) and a throwaway PKI generated with rcgen for the
+//! simulator and tests.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig};
+
+pub use pushbridge_kit::tls::{client_config, load_certs, load_identity, load_key, provider, root_store, Identity};
 
 /// A TLS setup problem, naming the file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
+    /// Loading PEM files or building a client config (the shared toolkit).
+    #[error(transparent)]
+    Kit(#[from] pushbridge_kit::TlsError),
     #[error("tls: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("certificate generation: {0}")]
@@ -25,52 +28,7 @@ pub enum TlsError {
 }
 
 fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
-        path: path.display().to_string(),
-        message: message.to_string(),
-    }
-}
-
-/// A certificate chain and its private key.
-#[derive(Debug)]
-pub struct Identity {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        Self {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-}
-
-/// Every certificate in a PEM file (at least one).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
-    let certs = CertificateDer::pem_slice_iter(&data)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(path, format!("bad PEM certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(file_err(path, "no CERTIFICATE block found"));
-    }
-    Ok(certs)
-}
-
-/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = std::fs::read(path).map_err(|e| file_err(path, e))?;
-    PrivateKeyDer::from_pem_slice(&data).map_err(|e| file_err(path, format!("no usable private key: {e}")))
-}
-
-/// Certificate + key from separate PEM files, or from one combined PEM
-/// (`key_file = None`: the key is looked for in `cert_file`).
-pub fn load_identity(cert_file: &Path, key_file: Option<&Path>) -> Result<Identity, TlsError> {
-    let chain = load_certs(cert_file)?;
-    let key = load_key(key_file.unwrap_or(cert_file))?;
-    Ok(Identity { chain, key })
+    pushbridge_kit::tls::file_err(path, message).into()
 }
 
 /// Certificate chain and key from a PKCS#12 (`.p12`) file, as Keychain
@@ -116,43 +74,6 @@ pub fn to_pkcs12(identity: &Identity, password: &str) -> Result<Vec<u8>, TlsErro
         .writer(password)
         .write()
         .map_err(|e| TlsError::Other(format!("pkcs12 write: {e}")))
-}
-
-/// Roots to verify a server against: Apple's public roots (the Mozilla set)
-/// or, when `ca_file` is given, that CA in addition (simulator, tests).
-pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        for cert in load_certs(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| file_err(path, format!("unusable CA certificate: {e}")))?;
-        }
-    }
-    Ok(roots)
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A client config (TLS 1.2+, certificates always verified) with optional
-/// client certificate and ALPN protocols (e.g. `[b"h2"]`).
-pub fn client_config(
-    ca_file: Option<&Path>,
-    identity: Option<Identity>,
-    alpn: &[&[u8]],
-) -> Result<ClientConfig, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(root_store(ca_file)?);
-    let mut config = match identity {
-        Some(id) => builder.with_client_auth_cert(id.chain, id.key)?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
 }
 
 /// A server config; with `client_ca`, clients must present a certificate
@@ -320,16 +241,5 @@ mod tests {
         assert!(err.contains("client.p12") && err.contains("pkcs12_password"), "{err}");
         // A usable client config comes out of it.
         client_config(None, Some(back), &[b"h2"]).unwrap();
-    }
-
-    #[test]
-    fn missing_and_bad_files_are_named() {
-        let err = load_certs(Path::new("/nonexistent/cert.pem")).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/cert.pem"), "{err}");
-        let dir = tempfile::tempdir().unwrap();
-        let bad = dir.path().join("bad.pem");
-        std::fs::write(&bad, "not pem").unwrap();
-        assert!(load_certs(&bad).unwrap_err().to_string().contains("bad.pem"));
-        assert!(load_key(&bad).unwrap_err().to_string().contains("bad.pem"));
     }
 }

@@ -1,5 +1,6 @@
 //! Connecting to APNS hosts: TCP (resolved anew each time, as Apple asks)
-//! and TLS with certificates always verified.
+//! and TLS with certificates always verified, through the shared toolkit
+//! ([`pushbridge_kit::net`]), plus the HTTP/2 handshake errors.
 
 use std::time::Duration;
 
@@ -21,13 +22,9 @@ pub struct Target {
 }
 
 impl Target {
+    /// `host:port` (or `[v6]:port`); the error says what is wrong with it.
     pub fn parse(authority: &str) -> Result<Target, String> {
-        let (host, _port) = authority
-            .rsplit_once(':')
-            .ok_or_else(|| format!("endpoint {authority:?} is not host:port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(host.to_owned())
-            .map_err(|e| format!("endpoint {authority:?}: {host:?} is not a valid TLS server name: {e}"))?;
+        let server_name = pushbridge_kit::server_name(authority).map_err(|e| format!("endpoint {e}"))?;
         Ok(Target {
             authority: authority.to_owned(),
             server_name,
@@ -38,10 +35,9 @@ impl Target {
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("connect to {0}: {1}")]
-    Tcp(String, std::io::Error),
-    #[error("TLS with {0}: {1}")]
-    Tls(String, std::io::Error),
+    /// TCP or TLS (the toolkit's error names the host).
+    #[error(transparent)]
+    Net(#[from] pushbridge_kit::ConnectError),
     #[error("{0} did not agree to HTTP/2 (ALPN h2)")]
     NoH2(String),
     #[error("HTTP/2 handshake with {0}: {1}")]
@@ -50,19 +46,9 @@ pub enum ConnectError {
     Timeout(String),
 }
 
-/// TCP + TLS to `target`.
+/// TCP + TLS to `target`, each within [`CONNECT_TIMEOUT`].
 pub async fn connect_tls(target: &Target, tls: &TlsConnector) -> Result<TlsStream<TcpStream>, ConnectError> {
-    let name = &target.authority;
-    let timed = |what: &str| ConnectError::Timeout(format!("{what} {name}"));
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(name))
-        .await
-        .map_err(|_| timed("connect to"))?
-        .map_err(|e| ConnectError::Tcp(name.clone(), e))?;
-    let _ = tcp.set_nodelay(true);
-    tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(target.server_name.clone(), tcp))
-        .await
-        .map_err(|_| timed("TLS with"))?
-        .map_err(|e| ConnectError::Tls(name.clone(), e))
+    Ok(pushbridge_kit::connect_tls(&target.authority, target.server_name.clone(), tls, CONNECT_TIMEOUT).await?)
 }
 
 #[cfg(test)]
@@ -74,10 +60,8 @@ mod tests {
         let t = Target::parse("api.push.apple.com:443").unwrap();
         assert_eq!(t.authority, "api.push.apple.com:443");
         assert!(matches!(t.server_name, ServerName::DnsName(_)));
-        let t = Target::parse("127.0.0.1:2197").unwrap();
-        assert!(matches!(t.server_name, ServerName::IpAddress(_)));
         let t = Target::parse("[::1]:2197").unwrap();
         assert!(matches!(t.server_name, ServerName::IpAddress(_)));
-        assert!(Target::parse("nocolon").is_err());
+        assert!(Target::parse("nocolon").unwrap_err().contains("host:port"));
     }
 }

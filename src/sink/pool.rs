@@ -12,7 +12,7 @@ use pushbridge_api::Environment;
 use tokio::sync::{mpsc, Mutex, Notify};
 
 use super::{Notification, Outcome, Report, ReportSender, SinkReport};
-use crate::backoff::Backoff;
+use pushbridge_kit::Backoff;
 
 /// First retry delay; doubles per attempt up to [`RETRY_MAX`].
 pub const RETRY_BASE: Duration = Duration::from_millis(200);

@@ -38,6 +38,26 @@ pub enum AdapterError {
     Other(String),
 }
 
+/// A configuration value an adapter cannot work with: the key (as written
+/// in the adapter's section, e.g. `max_stanza_size`, or two keys joined
+/// with ` and `) and why. The core prefixes the section
+/// (`adapters.xmpp[0]: max_stanza_size: must be at least 1024`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Why the persistent adapter state failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("adapter state store: {0}")]
@@ -224,8 +244,9 @@ pub trait Adapter: Send + Sync + 'static {
         Self::KIND.to_owned()
     }
 
-    /// Checks beyond deserialization (`pushbridge check` and start-up).
-    fn check(_config: &Self::Config) -> Result<(), String> {
+    /// Checks beyond deserialization (`pushbridge check` and start-up); the
+    /// error names the offending key.
+    fn check(_config: &Self::Config) -> Result<(), ConfigError> {
         Ok(())
     }
 

@@ -12,12 +12,15 @@
 //! - [`context`]: the [`Context`] handed to a running adapter (event
 //!   submission, shutdown signal, its own config, a small persistent
 //!   key-value state) and the [`Adapter`] trait itself.
+//! - [`fields`]: the log field vocabulary shared by the core and every
+//!   adapter (documentation only).
 #![forbid(unsafe_code)]
 
 pub mod context;
 pub mod event;
+pub mod fields;
 pub mod types;
 
-pub use context::{Adapter, AdapterError, Context, Envelope, StateError, StateStore};
+pub use context::{Adapter, AdapterError, ConfigError, Context, Envelope, StateError, StateStore};
 pub use event::{Device, Event, EventError, Message, Reply};
 pub use types::{DeviceToken, Environment, Presence, TokenError, UserId, UserIdError};

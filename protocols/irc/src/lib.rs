@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pushbridge_api::{Adapter, AdapterError, Context, Environment};
+use pushbridge_api::{Adapter, AdapterError, ConfigError, Context, Environment};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -122,41 +122,42 @@ impl Adapter for IrcAdapter {
         format!("irc:{}", c.network)
     }
 
-    fn check(c: &IrcConfig) -> Result<(), String> {
+    fn check(c: &IrcConfig) -> Result<(), ConfigError> {
         if c.network.is_empty() || c.network.contains(|ch: char| ch.is_whitespace() || ch == ':') {
-            return Err(format!(
-                "network {:?} must be a name without spaces or colons",
-                c.network
+            return Err(ConfigError::new(
+                "network",
+                format!("{:?} must be a name without spaces or colons", c.network),
             ));
         }
-        match c.server.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-            _ => return Err(format!("server {:?} is not host:port", c.server)),
-        }
+        pushbridge_kit::check_host_port(&c.server).map_err(|e| ConfigError::new("server", e))?;
         if c.nick.is_empty() || c.nick.contains(|ch: char| ch.is_whitespace() || ",*?!@:#".contains(ch)) {
-            return Err(format!("nick {:?} is not a valid nick", c.nick));
+            return Err(ConfigError::new("nick", format!("{:?} is not a valid nick", c.nick)));
         }
         if c.sasl_account.is_some() != c.sasl_password.is_some() {
-            return Err("sasl_account and sasl_password go together".into());
+            return Err(ConfigError::new("sasl_account and sasl_password", "go together"));
         }
         if let Some(ch) = c
             .channels
             .iter()
             .find(|ch| !ch.starts_with(['#', '&']) || ch.contains([' ', ',']))
         {
-            return Err(format!(
-                "channel {ch:?} must start with # or & and have no spaces or commas"
+            return Err(ConfigError::new(
+                "channels",
+                format!("{ch:?} must start with # or & and have no spaces or commas"),
             ));
         }
-        if c.messages_per_second.is_nan() || c.messages_per_second < 0.1 || c.burst == 0 {
-            return Err("messages_per_second must be at least 0.1 and burst at least 1".into());
+        if c.messages_per_second.is_nan() || c.messages_per_second < 0.1 {
+            return Err(ConfigError::new("messages_per_second", "must be at least 0.1"));
+        }
+        if c.burst == 0 {
+            return Err(ConfigError::new("burst", "must be at least 1"));
         }
         if c.ison_interval == 0 {
-            return Err("ison_interval must be at least 1 second".into());
+            return Err(ConfigError::new("ison_interval", "must be at least 1 second"));
         }
         if let Some(ca) = &c.ca_file {
             if !ca.exists() {
-                return Err(format!("ca_file {}: no such file", ca.display()));
+                return Err(ConfigError::new("ca_file", format!("{}: no such file", ca.display())));
             }
         }
         Ok(())

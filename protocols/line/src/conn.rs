@@ -17,9 +17,9 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
-use crate::codec::{Frame, LineCodec};
 use crate::command::{self, Code, Command, ProtoError};
 use crate::{LineConfig, MAX_LINE};
+use pushbridge_kit::{Frame, LineCodec, OverLong};
 
 type ReplyFuture = Pin<Box<dyn Future<Output = String> + Send>>;
 
@@ -38,7 +38,7 @@ enum After {
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context<LineConfig>) {
     tracing::debug!(%peer, "connection opened");
     let (read, write) = stream.into_split();
-    let mut reader = FramedRead::new(read, LineCodec::new(MAX_LINE));
+    let mut reader = FramedRead::new(read, LineCodec::new(MAX_LINE, OverLong::Close));
     let mut writer = BufWriter::new(write);
     let mut pending: FuturesOrdered<ReplyFuture> = FuturesOrdered::new();
     let mut authed = ctx.config().secret.is_none();

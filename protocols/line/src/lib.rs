@@ -1,12 +1,12 @@
 //! The line protocol adapter: one command per line over TCP, one reply per
 //! command, in order. See the README's protocol reference.
 //!
-//! Layout: [`codec`] frames lines with a hard limit; [`command`] parses
+//! Layout: lines are framed by the toolkit's [`pushbridge_kit::LineCodec`]
+//! (hard limit, close after an over-long line); [`command`] parses
 //! commands and formats replies (pure); [`conn`] serves one connection with
 //! in-order pipelining; this file holds the config and the accept loop.
 #![forbid(unsafe_code)]
 
-pub mod codec;
 pub mod command;
 pub mod conn;
 
@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushbridge_api::{Adapter, AdapterError, Context};
+use pushbridge_api::{Adapter, AdapterError, ConfigError, Context};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -80,15 +80,21 @@ impl Adapter for LineAdapter {
         config.name.clone()
     }
 
-    fn check(config: &LineConfig) -> Result<(), String> {
+    fn check(config: &LineConfig) -> Result<(), ConfigError> {
         if config.name.is_empty() || config.name.contains(char::is_whitespace) {
-            return Err("name must be non-empty without spaces".into());
+            return Err(ConfigError::new("name", "must be non-empty without spaces"));
         }
-        if config.max_connections == 0 || config.pipeline == 0 {
-            return Err("max_connections and pipeline must be at least 1".into());
+        if config.max_connections == 0 {
+            return Err(ConfigError::new("max_connections", "must be at least 1"));
+        }
+        if config.pipeline == 0 {
+            return Err(ConfigError::new("pipeline", "must be at least 1"));
         }
         if config.secret.as_deref() == Some("") {
-            return Err("secret must not be empty (remove it to disable AUTH)".into());
+            return Err(ConfigError::new(
+                "secret",
+                "must not be empty (remove it to disable AUTH)",
+            ));
         }
         Ok(())
     }
@@ -109,7 +115,8 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
     let limit = Arc::new(Semaphore::new(ctx.config().max_connections));
     let connections = TaskTracker::new();
     let shutdown = ctx.shutdown().clone();
-    let mut accept_errors = 0u32;
+    // EMFILE and friends: back off instead of spinning.
+    let mut accept_backoff = pushbridge_kit::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         // Take the permit before accepting, so excess clients wait in the backlog.
         let permit = tokio::select! {
@@ -122,7 +129,7 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
         };
         match accepted {
             Ok((stream, peer)) => {
-                accept_errors = 0;
+                accept_backoff.reset();
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 let span = tracing::debug_span!("line_conn", adapter = ctx.name(), %peer);
@@ -135,9 +142,7 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
                 );
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                accept_errors += 1;
-                let delay = Duration::from_millis(10u64 << accept_errors.min(7));
+                let delay = accept_backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "accept failed");
                 tokio::time::sleep(delay).await;
             }

@@ -19,7 +19,7 @@ pub mod xml;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushbridge_api::{Adapter, AdapterError, Context, Environment};
+use pushbridge_api::{Adapter, AdapterError, ConfigError, Context, Environment};
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
 use tokio::io::AsyncWriteExt;
@@ -120,31 +120,31 @@ impl Adapter for XmppAdapter {
         config.name.clone()
     }
 
-    fn check(c: &XmppConfig) -> Result<(), String> {
-        match c.server.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-            _ => return Err(format!("server {:?} is not host:port", c.server)),
-        }
+    fn check(c: &XmppConfig) -> Result<(), ConfigError> {
+        pushbridge_kit::check_host_port(&c.server).map_err(|e| ConfigError::new("server", e))?;
         if c.domain.is_empty()
             || c.domain
                 .contains(|ch: char| ch.is_whitespace() || ch == '@' || ch == '/')
         {
-            return Err(format!("domain {:?} is not a component domain", c.domain));
+            return Err(ConfigError::new(
+                "domain",
+                format!("{:?} is not a component domain", c.domain),
+            ));
         }
         if c.secret.is_empty() {
-            return Err("secret must be the server's component_secret".into());
+            return Err(ConfigError::new("secret", "must be the server's component_secret"));
         }
         if c.name.is_empty() || c.name.contains(char::is_whitespace) {
-            return Err("name must be non-empty without spaces".into());
+            return Err(ConfigError::new("name", "must be non-empty without spaces"));
         }
         if c.max_stanza_size < 1024 {
-            return Err("max_stanza_size must be at least 1024".into());
+            return Err(ConfigError::new("max_stanza_size", "must be at least 1024"));
         }
         if c.max_inflight == 0 {
-            return Err("max_inflight must be at least 1".into());
+            return Err(ConfigError::new("max_inflight", "must be at least 1"));
         }
         if c.max_devices_per_jid == 0 {
-            return Err("max_devices_per_jid must be at least 1".into());
+            return Err(ConfigError::new("max_devices_per_jid", "must be at least 1"));
         }
         Ok(())
     }
@@ -374,11 +374,14 @@ mod tests {
         assert_eq!(ok.max_devices_per_jid, 10);
         let mut bad = ok.clone();
         bad.max_devices_per_jid = 0;
-        assert!(XmppAdapter::check(&bad).unwrap_err().contains("max_devices_per_jid"));
+        assert!(XmppAdapter::check(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("max_devices_per_jid"));
         assert!(!format!("{ok:?}").contains("\"s\""));
         let mut bad = ok.clone();
         bad.server = "nohost".into();
-        assert!(XmppAdapter::check(&bad).unwrap_err().contains("host:port"));
+        assert!(XmppAdapter::check(&bad).unwrap_err().to_string().contains("host:port"));
         let mut bad = ok.clone();
         bad.secret = String::new();
         assert!(XmppAdapter::check(&bad).is_err());

@@ -42,8 +42,8 @@ use self::codec::{status, ErrorResponseCodec, FeedbackCodec, PushEncoder, PushRe
 use super::net::{connect_tls, Target, CONNECT_TIMEOUT};
 use super::pool::{dispatch, next_jobs, Job, JobQueue, PoolStarter, Shared, SinkStats, POOL_QUEUE};
 use super::{BoxFuture, Notification, Outcome, ReportSender, Sink, SinkReport};
-use crate::backoff::Backoff;
 use crate::config::AppConfig;
+use pushbridge_kit::Backoff;
 
 /// Default for `binary_confirm_ms`: a notification written this long ago
 /// on a connection that reported no error is taken as accepted.

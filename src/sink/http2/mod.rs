@@ -43,8 +43,8 @@ use self::jwt::JwtSigner;
 use super::pool::{dispatch, next_job, Job, JobQueue, PoolStarter, Shared, SinkStats, POOL_QUEUE};
 use super::{BoxFuture, Notification, Outcome, ReportSender, Sink};
 use crate::apns::{classify, Action, Reason};
-use crate::backoff::Backoff;
 use crate::config::AppConfig;
+use pushbridge_kit::Backoff;
 
 /// Streams one connection keeps open at most (the server's limit applies
 /// when lower).

@@ -14,6 +14,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A backoff whose first delay is at most `base` and whose delays never
+    /// exceed `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -44,6 +46,15 @@ impl Backoff {
     /// The longest delay this backoff gives.
     pub fn max(&self) -> Duration {
         self.max
+    }
+
+    /// The delay before attempt `attempt` (1 = the first retry) of
+    /// something that keeps its own attempt count (a notification's
+    /// retries): `base · 2^(attempt-1)`, capped at `max`, then
+    /// [`Backoff::jitter`]ed.
+    pub fn delay_for(base: Duration, max: Duration, attempt: u32) -> Duration {
+        let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        Self::jitter(exp.min(max))
     }
 
     /// `d` scaled by a random factor in [0.5, 1.0], for one-off delays
@@ -93,5 +104,16 @@ mod tests {
             .iter()
             .all(|d| *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1)));
         assert!(j.iter().any(|d| *d != j[0]), "jitter varies");
+        let base = Duration::from_millis(200);
+        let max = Duration::from_secs(60);
+        let d1 = Backoff::delay_for(base, max, 1);
+        assert!(d1 >= Duration::from_millis(100) && d1 <= base, "{d1:?}");
+        let d4 = Backoff::delay_for(base, max, 4);
+        assert!(
+            d4 >= Duration::from_millis(800) && d4 <= Duration::from_millis(1600),
+            "{d4:?}"
+        );
+        let d30 = Backoff::delay_for(base, max, 30);
+        assert!(d30 >= Duration::from_secs(30) && d30 <= max, "{d30:?}");
     }
 }
