@@ -1,68 +1,90 @@
-//! The adapters this build knows. Adding one: a field in
-//! [`AdaptersConfig`] and one line in [`AdaptersConfig::spawn_all`] and
-//! [`AdaptersConfig::check`].
+//! The adapters this build knows: one line each in the [`adapters!`] list
+//! below. The macro generates, from that one place, the `[adapters]`
+//! config section, starting every instance, checking every instance, and
+//! listing them, so forgetting one of those cannot compile.
 
 use pushbridge_api::Adapter;
 use serde::Deserialize;
 
+use crate::config::ConfigError;
 use crate::supervisor::{spawn_all, AdapterDeps};
 
-/// `[adapters]`: zero or more instances of each adapter kind.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdaptersConfig {
-    /// `[[adapters.line]]`
-    #[serde(default)]
-    pub line: Vec<pushbridge_line::LineConfig>,
-    /// `[[adapters.xmpp]]`
-    #[serde(default)]
-    pub xmpp: Vec<pushbridge_xmpp::XmppConfig>,
-    /// `[[adapters.irc]]`
-    #[serde(default)]
-    pub irc: Vec<pushbridge_irc::IrcConfig>,
+/// Declares the known adapters: `field => AdapterType`, where `field` is
+/// the adapter's `KIND` (the `[[adapters.<KIND>]]` section name; a unit
+/// test checks they agree).
+macro_rules! adapters {
+    ($( $(#[$doc:meta])* $field:ident => $adapter:ty ),* $(,)?) => {
+        /// `[adapters]`: zero or more instances of each adapter kind.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct AdaptersConfig {
+            $( $(#[$doc])* #[serde(default)] pub $field: Vec<<$adapter as Adapter>::Config>, )*
+        }
+
+        impl AdaptersConfig {
+            /// Start every configured adapter instance under supervision.
+            pub fn spawn_all(&self, deps: &AdapterDeps) {
+                $( spawn_all::<$adapter>(&self.$field, deps); )*
+            }
+
+            /// Check every instance; the error names the section and key.
+            pub fn check(&self) -> Result<(), ConfigError> {
+                $( check_each::<$adapter>(&self.$field)?; )*
+                Ok(())
+            }
+
+            /// `(kind, instance name)` of every configured instance.
+            pub fn instances(&self) -> Vec<(&'static str, String)> {
+                let mut out = Vec::new();
+                $( out.extend(self.$field.iter().map(|c| (<$adapter>::KIND, <$adapter>::instance_name(c)))); )*
+                out
+            }
+
+            /// `(section name, KIND)` of every known adapter.
+            #[cfg(test)]
+            fn kinds() -> Vec<(&'static str, &'static str)> {
+                vec![$( (stringify!($field), <$adapter>::KIND) ),*]
+            }
+        }
+    };
 }
 
-impl AdaptersConfig {
-    /// Start every configured adapter instance under supervision.
-    pub fn spawn_all(&self, deps: &AdapterDeps) {
-        spawn_all::<pushbridge_line::LineAdapter>(&self.line, deps);
-        spawn_all::<pushbridge_xmpp::XmppAdapter>(&self.xmpp, deps);
-        spawn_all::<pushbridge_irc::IrcAdapter>(&self.irc, deps);
-    }
-
-    /// Check every instance; the error names the section.
-    pub fn check(&self) -> Result<(), String> {
-        check_each::<pushbridge_line::LineAdapter>(&self.line)?;
-        check_each::<pushbridge_xmpp::XmppAdapter>(&self.xmpp)?;
-        check_each::<pushbridge_irc::IrcAdapter>(&self.irc)?;
-        Ok(())
-    }
-
-    /// `(kind, instance name)` of every configured instance.
-    pub fn instances(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        names::<pushbridge_line::LineAdapter>(&self.line, &mut out);
-        names::<pushbridge_xmpp::XmppAdapter>(&self.xmpp, &mut out);
-        names::<pushbridge_irc::IrcAdapter>(&self.irc, &mut out);
-        out
-    }
+adapters! {
+    /// `[[adapters.line]]`: the line protocol over TCP.
+    line => pushbridge_line::LineAdapter,
+    /// `[[adapters.xmpp]]`: XEP-0114 component + XEP-0357 App Server.
+    xmpp => pushbridge_xmpp::XmppAdapter,
+    /// `[[adapters.irc]]`: IRC watcher bot.
+    irc => pushbridge_irc::IrcAdapter,
 }
 
-fn check_each<A: Adapter>(configs: &[A::Config]) -> Result<(), String> {
+fn check_each<A: Adapter>(configs: &[A::Config]) -> Result<(), ConfigError> {
     let mut seen = std::collections::HashSet::new();
     for (i, c) in configs.iter().enumerate() {
-        A::check(c).map_err(|e| format!("adapters.{}[{i}]: {e}", A::KIND))?;
+        let section = || format!("adapters.{}[{i}]", A::KIND);
+        A::check(c).map_err(|source| ConfigError::Adapter {
+            section: section(),
+            source,
+        })?;
         let name = A::instance_name(c);
-        if A::KIND != "line" && !seen.insert(name.clone()) {
-            return Err(format!(
-                "adapters.{}[{i}]: instance name {name:?} is used twice",
-                A::KIND
-            ));
+        if A::UNIQUE_NAMES && !seen.insert(name.clone()) {
+            return Err(ConfigError::DuplicateInstance {
+                section: section(),
+                name,
+            });
         }
     }
     Ok(())
 }
 
-fn names<A: Adapter>(configs: &[A::Config], out: &mut Vec<(&'static str, String)>) {
-    out.extend(configs.iter().map(|c| (A::KIND, A::instance_name(c))));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_names_are_the_adapter_kinds() {
+        for (field, kind) in AdaptersConfig::kinds() {
+            assert_eq!(field, kind);
+        }
+    }
 }

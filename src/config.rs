@@ -1,12 +1,12 @@
 //! The TOML configuration: one file, unknown keys are errors naming the key
 //! and the line.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pushbridge_api::Environment;
 use serde::Deserialize;
+
+use crate::sink::AppConfig;
 
 /// A configuration problem, with enough context for an operator to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +17,14 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// An adapter instance's own check failed.
+    #[error("{section}: {source}")]
+    Adapter {
+        section: String,
+        source: pushbridge_api::ConfigError,
+    },
+    #[error("{section}: instance name {name:?} is used twice")]
+    DuplicateInstance { section: String, name: String },
 }
 
 /// The whole configuration file.
@@ -26,7 +34,7 @@ pub struct Config {
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
-    pub apps: Vec<AppConfig>,
+    pub apps: Vec<crate::sink::AppConfig>,
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
@@ -68,129 +76,6 @@ pub enum Synchronous {
     #[default]
     Full,
     Normal,
-}
-
-/// The wire protocol an app's notifications leave by.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkProtocol {
-    /// APNS HTTP/2 provider API.
-    #[default]
-    Http2,
-    /// Legacy APNS binary provider protocol.
-    Binary,
-    /// Print one JSON line per notification; send nothing.
-    Log,
-}
-
-impl SinkProtocol {
-    /// Largest payload this protocol takes, in bytes.
-    pub fn payload_limit(self) -> usize {
-        match self {
-            SinkProtocol::Http2 | SinkProtocol::Log => 4096,
-            SinkProtocol::Binary => 2048,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SinkProtocol::Http2 => "http2",
-            SinkProtocol::Binary => "binary",
-            SinkProtocol::Log => "log",
-        }
-    }
-}
-
-/// `[[apps]]`: one iOS app = one APNS topic (bundle id).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppConfig {
-    pub topic: String,
-    #[serde(default = "default_environment")]
-    pub environment: Environment,
-    #[serde(default)]
-    pub protocol: SinkProtocol,
-    /// `log` protocol: file to append JSON lines to instead of stdout.
-    pub output: Option<PathBuf>,
-    /// `host:port` override (simulator, tests).
-    pub endpoint: Option<String>,
-    /// Extra trusted root CA (PEM) for `endpoint`.
-    pub ca_file: Option<PathBuf>,
-    /// Token auth (http2): `.p8` key, its key id and the team id.
-    pub key_file: Option<PathBuf>,
-    pub key_id: Option<String>,
-    pub team_id: Option<String>,
-    /// Certificate auth: PEM certificate and key (or one combined PEM).
-    pub cert_file: Option<PathBuf>,
-    pub private_key_file: Option<PathBuf>,
-    /// Certificate auth: PKCS#12 file and its password.
-    pub pkcs12_file: Option<PathBuf>,
-    pub pkcs12_password: Option<String>,
-    /// Connections to APNS for this app (a small pool).
-    #[serde(default = "default_connections")]
-    pub connections: usize,
-    /// Retries of a notification after transient failures (429, 5xx, lost
-    /// connection) before it is given up and logged.
-    #[serde(default = "default_max_retries")]
-    pub max_retries: u32,
-    /// HTTP/2: seconds between keep-alive PINGs (default 60); a PING not
-    /// answered within 20 s (or this interval, if shorter) ends the
-    /// connection.
-    pub ping_interval: Option<u64>,
-    /// Binary protocol: notification format, 2 (frames, default) or 1 (enhanced).
-    pub binary_command: Option<u8>,
-    /// Binary protocol: milliseconds a written notification must go without
-    /// an error response before it counts as delivered (default 500).
-    pub binary_confirm_ms: Option<u64>,
-    /// Binary protocol: feedback service `host:port` override.
-    pub feedback_endpoint: Option<String>,
-    /// Binary protocol: seconds between feedback polls (default 3600).
-    pub feedback_interval: Option<u64>,
-    /// Notifications queued in memory for this app's sink; more wait in the
-    /// store and are loaded as the sink catches up.
-    #[serde(default = "default_queue")]
-    pub queue: usize,
-}
-
-fn default_environment() -> Environment {
-    Environment::Production
-}
-fn default_connections() -> usize {
-    1
-}
-fn default_max_retries() -> u32 {
-    10
-}
-fn default_queue() -> usize {
-    16384
-}
-
-impl AppConfig {
-    /// A `log` app, for tests and the CLI.
-    pub fn log(topic: &str) -> Self {
-        Self {
-            topic: topic.to_owned(),
-            environment: Environment::Production,
-            protocol: SinkProtocol::Log,
-            output: None,
-            endpoint: None,
-            ca_file: None,
-            key_file: None,
-            key_id: None,
-            team_id: None,
-            cert_file: None,
-            private_key_file: None,
-            pkcs12_file: None,
-            pkcs12_password: None,
-            connections: 1,
-            max_retries: default_max_retries(),
-            ping_interval: None,
-            binary_command: None,
-            binary_confirm_ms: None,
-            feedback_endpoint: None,
-            feedback_interval: None,
-            queue: default_queue(),
-        }
-    }
 }
 
 /// `[policy]`: what a push says.
@@ -304,21 +189,17 @@ impl Config {
             if !seen.insert(app.topic.as_str()) {
                 return Err(ConfigError::Invalid(format!("{at}: topic configured twice")));
             }
-            if app.connections == 0 || app.connections > 64 {
-                return Err(ConfigError::Invalid(format!("{at}: connections must be 1 to 64")));
-            }
             if app.queue == 0 {
                 return Err(ConfigError::Invalid(format!("{at}: queue must be at least 1")));
             }
-            if let Some(ep) = &app.endpoint {
-                check_host_port(ep).map_err(|m| ConfigError::Invalid(format!("{at}: endpoint: {m}")))?;
-            }
-            crate::sink::check_app(app).map_err(|m| ConfigError::Invalid(format!("{at}: {m}")))?;
+            app.sink
+                .check()
+                .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
         }
         if self.policy.ttl == 0 {
             return Err(ConfigError::Invalid("policy.ttl must be at least 1 second".into()));
         }
-        self.adapters.check().map_err(ConfigError::Invalid)?;
+        self.adapters.check()?;
         Ok(())
     }
 
@@ -328,29 +209,47 @@ impl Config {
     }
 }
 
-/// `host:port` with a non-empty host and a numeric port.
-pub fn check_host_port(s: &str) -> Result<(), String> {
-    if s.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("{s:?} is not host:port")),
-    }
-}
-
 /// toml's messages already name the key and show the line; add the line
 /// number in words so `check` output reads well in logs without the snippet.
+///
+/// An app's sink keys are read after its common keys, and toml then
+/// reports the whole `[[apps]]` table as the place; the key serde names
+/// ("unknown field `binary_command`") is then looked up inside that table,
+/// so the message points at its own line.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().to_owned();
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
-            format!("line {line}: {msg} (at `{snippet}`)")
+    let msg = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else { return msg };
+    let start = span.start.min(text.len());
+    let end = span.end.clamp(start, text.len());
+    let at = named_key(&msg)
+        .and_then(|key| key_offset(&text[start..end], key))
+        .map_or(start, |off| start + off);
+    let line = text[..at].matches('\n').count() + 1;
+    let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+    format!("line {line}: {msg} (at `{snippet}`)")
+}
+
+/// The key a nested error names: serde's "unknown field `key`", or the
+/// "in `key`" toml adds to a bad value.
+fn named_key(msg: &str) -> Option<&str> {
+    let rest = match msg.split_once("field `") {
+        Some((_, rest)) => rest,
+        None => msg.rsplit_once("in `")?.1,
+    };
+    Some(rest.split_once('`')?.0)
+}
+
+/// Offset of the line that assigns `key` in `table` (a TOML table's text).
+fn key_offset(table: &str, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in table.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')) {
+            return Some(offset + (line.len() - t.len()));
         }
-        None => msg,
+        offset += line.len();
     }
+    None
 }
 
 #[cfg(test)]
@@ -367,7 +266,7 @@ mod tests {
     fn minimal_config_has_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.store.path, PathBuf::from("pushbridge.db"));
-        assert_eq!(c.apps[0].environment, Environment::Production);
+        assert_eq!(c.apps[0].environment, pushbridge_api::Environment::Production);
         assert_eq!(c.policy.sound, "default");
         assert_eq!(c.gateway.shutdown_grace, 10);
     }
@@ -376,7 +275,7 @@ mod tests {
     fn example_config_parses() {
         let text = include_str!("../config.toml.example");
         let c = parse(text).unwrap();
-        assert_eq!(c.apps[0].protocol, SinkProtocol::Log);
+        assert!(matches!(c.apps[0].sink, crate::sink::SinkConfig::Log(_)));
         assert!(!c.adapters.line.is_empty());
     }
 
@@ -397,6 +296,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn keys_of_another_sink_protocol_are_refused_with_their_line() {
+        let cases = [
+            ("http2", "binary_command = 1", "binary_command"),
+            ("http2", "feedback_interval = 60", "feedback_interval"),
+            ("log", "key_file = \"AuthKey.p8\"", "key_file"),
+            ("log", "connections = 2", "connections"),
+            ("binary", "key_id = \"ABC123DEFG\"", "key_id"),
+            ("binary", "ping_interval = 30", "ping_interval"),
+        ];
+        for (protocol, line, key) in cases {
+            let text = format!(
+                "[store]\npath = \"x.db\"\n\n[[apps]]\ntopic = \"com.example.chat\"\nprotocol = \"{protocol}\"\n{line}\n"
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{protocol}/{key}: {err}");
+            assert!(err.contains("line 7"), "{protocol}/{key}: {err}");
+            assert!(err.contains(&format!("protocol = \"{protocol}\"")), "{err}");
+        }
+        // The default protocol is http2: its keys are not errors there.
+        let err = parse("[[apps]]\ntopic = \"a\"\noutput = \"x.jsonl\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("output") && err.contains("line 3"), "{err}");
     }
 
     #[test]

@@ -20,10 +20,10 @@
 pub mod adapters;
 pub mod apns;
 pub mod config;
+pub mod feed;
 pub mod gateway;
-pub mod metrics;
+pub mod outcome;
 pub mod policy;
-pub mod reports;
 pub mod router;
 pub mod simulator;
 pub mod sink;

@@ -22,6 +22,41 @@ pub struct Alert<'a> {
     pub thread: &'a str,
 }
 
+/// A message rendered for delivery: the parts every notification of it
+/// shares, and its payload per payload limit (built once per limit).
+#[derive(Debug)]
+pub struct Rendered {
+    /// Unix seconds: now + `ttl` (`apns-expiration`).
+    pub expiration: u64,
+    /// `apns-collapse-id`, with `collapse = true`.
+    pub collapse_id: Option<String>,
+    /// 10: alerts are sent immediately.
+    pub priority: u8,
+    title: String,
+    body: Option<String>,
+    thread: String,
+    badge: u32,
+    payloads: Vec<(usize, std::sync::Arc<str>)>,
+}
+
+impl Rendered {
+    /// The payload within `limit` bytes.
+    pub fn payload(&mut self, policy: &Policy, limit: usize) -> std::sync::Arc<str> {
+        if let Some((_, p)) = self.payloads.iter().find(|(l, _)| *l == limit) {
+            return p.clone();
+        }
+        let alert = Alert {
+            title: &self.title,
+            body: self.body.as_deref(),
+            badge: self.badge,
+            thread: &self.thread,
+        };
+        let p: std::sync::Arc<str> = policy.payload(&alert, limit).into();
+        self.payloads.push((limit, p.clone()));
+        p
+    }
+}
+
 /// Builds payloads according to `[policy]`.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -35,6 +70,22 @@ impl Policy {
 
     pub fn config(&self) -> &PolicyConfig {
         &self.config
+    }
+
+    /// Render a message from `from` (its `thread`, or the sender, groups
+    /// it) with `badge`, at unix second `now`.
+    pub fn message(&self, from: &str, text: Option<&str>, thread: Option<&str>, badge: u32, now: u64) -> Rendered {
+        let thread = thread.unwrap_or(from);
+        Rendered {
+            expiration: now + self.config.ttl,
+            collapse_id: self.config.collapse.then(|| clip(thread, 64).to_owned()),
+            priority: 10,
+            title: from.to_owned(),
+            body: text.map(str::to_owned),
+            thread: thread.to_owned(),
+            badge,
+            payloads: Vec::new(),
+        }
     }
 
     /// The JSON payload for `alert`, at most `limit` bytes. The body is

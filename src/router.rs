@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use pushbridge_api::{Envelope, Event, EventError, Presence, Reply, UserId};
 use tokio::sync::mpsc;
 
-use crate::store::{Command, MessageJob, StoreHandle};
+use crate::store::{MessageJob, ReplyTx, StoreError, StoreHandle};
 
 /// Presence of users who are online or away (offline users are not kept,
 /// so the map only grows with connected users).
@@ -34,51 +34,57 @@ pub async fn run(mut events: mpsc::Receiver<Envelope>, store: StoreHandle) {
     let mut presence = PresenceMap::default();
     while let Some(envelope) = events.recv().await {
         let Envelope { event, reply, .. } = envelope;
-        let cmd = match event {
-            Event::Register { user, device } => Command::Register {
-                user,
-                token: device.token,
-                topic: device.topic,
-                environment: device.environment,
-                reply,
-            },
-            Event::Unregister { user, token } => Command::Unregister { user, token, reply },
-            Event::ListDevices { user } => Command::ListDevices { user, reply },
-            Event::Presence { user, presence: p } => {
-                let previous = presence.set(user.clone(), p);
-                tracing::debug!(user = %user, presence = ?p, "presence");
-                if p == Presence::Online && previous != Presence::Online {
-                    Command::ResetUnread { user, reply }
-                } else {
-                    answer(reply, Ok(Reply::Done));
-                    continue;
-                }
-            }
-            Event::Message(m) => {
-                if m.respect_presence && !presence.get(&m.to).wants_push() {
-                    answer(reply, Ok(Reply::Queued(0)));
-                    continue;
-                }
-                Command::Enqueue {
-                    job: MessageJob {
-                        to: m.to,
-                        from: m.from,
-                        text: m.text,
-                        thread: m.thread,
-                        device: m.device,
-                        badge: m.badge,
-                    },
-                    reply,
-                }
-            }
-        };
-        if let Err(e) = store.send_command(cmd).await {
+        if let Err(e) = route(event, reply, &mut presence, &store).await {
             tracing::error!(error = %e, "store is gone; refusing events");
         }
     }
 }
 
-fn answer(reply: Option<tokio::sync::oneshot::Sender<Result<Reply, EventError>>>, r: Result<Reply, EventError>) {
+/// Hand one event to the store, or answer it here when the store has
+/// nothing to do with it.
+async fn route(
+    event: Event,
+    reply: Option<ReplyTx>,
+    presence: &mut PresenceMap,
+    store: &StoreHandle,
+) -> Result<(), StoreError> {
+    match event {
+        Event::Register { user, device } => {
+            store
+                .register(user, device.token, device.topic, device.environment, reply)
+                .await
+        }
+        Event::Unregister { user, token } => store.unregister(user, token, reply).await,
+        Event::ListDevices { user } => store.list_devices(user, reply).await,
+        Event::Presence { user, presence: p } => {
+            let previous = presence.set(user.clone(), p);
+            tracing::debug!(user = %user, presence = ?p, "presence");
+            if p == Presence::Online && previous != Presence::Online {
+                store.reset_unread(user, reply).await
+            } else {
+                answer(reply, Ok(Reply::Done));
+                Ok(())
+            }
+        }
+        Event::Message(m) => {
+            if m.respect_presence && !presence.get(&m.to).wants_push() {
+                answer(reply, Ok(Reply::Queued(0)));
+                return Ok(());
+            }
+            let job = MessageJob {
+                to: m.to,
+                from: m.from,
+                text: m.text,
+                thread: m.thread,
+                device: m.device,
+                badge: m.badge,
+            };
+            store.enqueue(job, reply).await
+        }
+    }
+}
+
+fn answer(reply: Option<ReplyTx>, r: Result<Reply, EventError>) {
     if let Some(tx) = reply {
         let _ = tx.send(r);
     }

@@ -92,7 +92,7 @@ async fn invalid_token_mid_stream_removes_the_device_and_loses_nothing() {
         "device removed"
     );
     assert_eq!(c.cmd("MSG bob u1 still here").await, "OK 1");
-    assert!(gw.logs().contains("token is invalid"), "{}", gw.logs());
+    assert!(gw.logs().contains("the device is gone"), "{}", gw.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

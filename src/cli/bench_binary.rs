@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Args as ClapArgs;
 use pushbridge::config::Config;
+use pushbridge::outcome::{Completion, Notification, Outcome};
 use pushbridge::simulator::binary::{Options, Simulator};
 use pushbridge::simulator::Recorder;
-use pushbridge::sink::binary::BinarySink;
-use pushbridge::sink::{Notification, Outcome, Sink, SinkReport};
 use pushbridge::tls::TestPki;
 use pushbridge_api::{DeviceToken, Environment};
-use tokio::sync::mpsc;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -79,7 +77,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.command,
     );
     let config = Config::parse(&text, std::path::Path::new("<bench>")).context("bench config")?;
-    let sink = BinarySink::from_app(&config.apps[0]).map_err(anyhow::Error::msg)?;
 
     let n = args.notifications;
     let expiration = std::time::SystemTime::now()
@@ -93,24 +90,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|i| DeviceToken::parse(&format!("{:064x}", i + 1)))
         .collect::<Result<_, _>>()?;
     let state = sim.state().clone();
-    let (tx, rx) = mpsc::channel(16_384);
-    let (rtx, mut rrx) = mpsc::unbounded_channel();
     let (recorded_in, delivered, other) = sink_rt.block_on(async {
-        let sink_task = tokio::spawn(Box::new(sink).run(rx, rtx));
+        let pushbridge::sink::Detached {
+            input: tx,
+            completions: mut rrx,
+            task: sink_task,
+            ..
+        } = config.apps[0].spawn_detached()?;
         let started = Instant::now();
         let feeder = tokio::spawn(async move {
             for i in 0..n {
-                let note = Notification {
-                    id: i as i64,
-                    topic: Arc::from("com.example.bench"),
-                    token: tokens[(i % 1000) as usize].clone(),
-                    environment: Environment::Production,
-                    payload: payload.clone(),
-                    expiration,
-                    priority: 10,
-                    collapse_id: None,
-                    created_ms: 0,
-                };
+                let mut note = Notification::new(
+                    i as i64,
+                    "com.example.bench",
+                    tokens[(i % 1000) as usize].clone(),
+                    Environment::Production,
+                    &payload,
+                );
+                note.expiration = expiration;
                 if tx.send(note).await.is_err() {
                     break;
                 }
@@ -125,8 +122,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 recorded_in = Some(started.elapsed());
             }
             match tokio::time::timeout(Duration::from_millis(5), rrx.recv()).await {
-                Ok(Some(SinkReport::Done(r))) => {
-                    if r.outcome == Outcome::Delivered {
+                Ok(Some(Completion::Settled { outcome, .. })) => {
+                    if outcome == Outcome::Delivered {
                         delivered += 1;
                     } else {
                         other += 1;

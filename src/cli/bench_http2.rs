@@ -15,13 +15,11 @@ use anyhow::{bail, Context as _};
 use clap::Args as ClapArgs;
 use hdrhistogram::Histogram;
 use pushbridge::config::Config;
+use pushbridge::outcome::{Completion, Notification, Outcome};
 use pushbridge::simulator::http2::{Options, Simulator};
 use pushbridge::simulator::Recorder;
-use pushbridge::sink::http2::Http2Sink;
-use pushbridge::sink::{Notification, Outcome, Sink, SinkReport};
 use pushbridge::tls::TestPki;
 use pushbridge_api::{DeviceToken, Environment};
-use tokio::sync::mpsc;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -74,7 +72,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.connections
     );
     let config = Config::parse(&text, std::path::Path::new("<bench>")).context("bench config")?;
-    let sink = Http2Sink::from_app(&config.apps[0]).map_err(anyhow::Error::msg)?;
 
     let n = args.notifications;
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
@@ -90,10 +87,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|i| DeviceToken::parse(&format!("{:064x}", i + 1)))
         .collect::<Result<_, _>>()?;
 
-    let (tx, rx) = mpsc::channel(16_384);
-    let (rtx, mut rrx) = mpsc::unbounded_channel();
     let result = sink_rt.block_on(async {
-        let sink_task = tokio::spawn(Box::new(sink).run(rx, rtx));
+        let pushbridge::sink::Detached {
+            input: tx,
+            completions: mut rrx,
+            task: sink_task,
+            ..
+        } = config.apps[0].spawn_detached()?;
         let feeder = tokio::spawn({
             let sent_at = sent_at.clone();
             let rate = args.rate;
@@ -104,17 +104,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
                         tokio::time::sleep_until(due.into()).await;
                     }
-                    let note = Notification {
-                        id: i as i64,
-                        topic: Arc::from("com.example.bench"),
-                        token: tokens[(i % 1000) as usize].clone(),
-                        environment: Environment::Production,
-                        payload: payload.clone(),
-                        expiration,
-                        priority: 10,
-                        collapse_id: None,
-                        created_ms: 0,
-                    };
+                    let mut note = Notification::new(
+                        i as i64,
+                        "com.example.bench",
+                        tokens[(i % 1000) as usize].clone(),
+                        Environment::Production,
+                        &payload,
+                    );
+                    note.expiration = expiration;
                     sent_at[i as usize].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if tx.send(note).await.is_err() {
                         break;
@@ -127,11 +124,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let started = Instant::now();
         while delivered + other < n {
             match tokio::time::timeout(Duration::from_secs(30), rrx.recv()).await {
-                Ok(Some(SinkReport::Done(r))) => {
+                Ok(Some(Completion::Settled { id, outcome, .. })) => {
                     let now = t0.elapsed().as_nanos() as u64;
-                    let sent = sent_at[r.id as usize].load(Ordering::Relaxed);
+                    let sent = sent_at[id as usize].load(Ordering::Relaxed);
                     let _ = hist.record(((now.saturating_sub(sent)) / 1000).max(1));
-                    if r.outcome == Outcome::Delivered {
+                    if outcome == Outcome::Delivered {
                         delivered += 1;
                     } else {
                         other += 1;

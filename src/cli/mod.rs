@@ -145,19 +145,25 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     );
     for (i, app) in config.apps.iter().enumerate() {
         let default = if i == 0 { " (default)" } else { "" };
-        let target = match app.protocol {
-            pushbridge::config::SinkProtocol::Log => match &app.output {
+        use pushbridge::sink::SinkConfig;
+        let endpoint = match &app.sink {
+            SinkConfig::Log(_) => None,
+            SinkConfig::Http2(c) => c.endpoint.clone(),
+            SinkConfig::Binary(c) => c.endpoint.clone(),
+        };
+        let target = match &app.sink {
+            SinkConfig::Log(c) => match &c.output {
                 Some(p) => format!("JSON lines to {}", p.display()),
                 None => "JSON lines to stdout".to_owned(),
             },
-            _ => app.endpoint.clone().unwrap_or_else(|| "Apple".to_owned()),
+            _ => endpoint.unwrap_or_else(|| "Apple".to_owned()),
         };
         println!(
             "app: {}{default}: {} {}, {target}, payload limit {} bytes",
             app.topic,
-            app.protocol.as_str(),
+            app.sink.protocol().as_str(),
             app.environment,
-            app.protocol.payload_limit()
+            app.sink.payload_limit()
         );
     }
     println!(

@@ -2,13 +2,13 @@
 //! Apple's answer printed — what to run first when pushes don't arrive.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
 use clap::Args as ClapArgs;
-use pushbridge::config::{Config, SinkProtocol};
+use pushbridge::config::Config;
+use pushbridge::outcome::Notification;
 use pushbridge::sink::http2::{send_one, Http2Setup};
-use pushbridge::sink::Notification;
+use pushbridge::sink::SinkConfig;
 use pushbridge_api::{DeviceToken, Environment};
 
 #[derive(ClapArgs, Debug)]
@@ -46,15 +46,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("no [[apps]] entry has topic {t:?}"))?,
         None => config.default_app(),
     };
-    if app.protocol != SinkProtocol::Http2 {
+    let SinkConfig::Http2(http2) = &app.sink else {
         bail!(
             "app {:?} uses protocol {:?}; push talks to APNS over http2",
             app.topic,
-            app.protocol.as_str()
+            app.sink.protocol().as_str()
         );
-    }
+    };
     let token = DeviceToken::parse(&args.token).map_err(|e| anyhow!("--token: {e}"))?;
-    let setup = Http2Setup::from_app(app).map_err(|e| anyhow!("app {:?}: {e}", app.topic))?;
+    let setup = Http2Setup::from_config(http2).map_err(|e| anyhow!("app {:?}: {e}", app.topic))?;
     let mut aps = serde_json::json!({ "alert": args.alert });
     if let Some(b) = args.badge {
         aps["badge"] = b.into();
@@ -63,29 +63,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         aps["sound"] = s.as_str().into();
     }
     let payload = serde_json::json!({ "aps": aps }).to_string();
-    if payload.len() > app.protocol.payload_limit() {
+    if payload.len() > app.sink.payload_limit() {
         bail!(
             "payload is {} bytes; APNS takes at most {}",
             payload.len(),
-            app.protocol.payload_limit()
+            app.sink.payload_limit()
         );
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let n = Notification {
-        id: 0,
-        topic: Arc::from(app.topic.as_str()),
-        token,
-        environment: if args.sandbox {
-            Environment::Sandbox
-        } else {
-            app.environment
-        },
-        payload: Arc::from(payload),
-        expiration: now.as_secs() + config.policy.ttl,
-        priority: 10,
-        collapse_id: None,
-        created_ms: now.as_millis() as i64,
+    let environment = if args.sandbox {
+        Environment::Sandbox
+    } else {
+        app.environment
     };
+    let mut n = Notification::new(0, &app.topic, token, environment, &payload);
+    n.expiration = now.as_secs() + config.policy.ttl;
+    n.created_ms = now.as_millis() as i64;
     let target = setup.target(n.environment).map_err(|e| anyhow!(e))?;
     let apns_id = uuid::Uuid::new_v4().to_string();
     println!(

@@ -1,16 +1,25 @@
-//! Sinks: where an app's notifications leave the gateway.
+//! Sinks: where an app's notifications leave the gateway. Each sink is a
+//! component in its own folder (Vector's sinks are the model): a config
+//! struct that refuses keys of other protocols, built with a
+//! [`SinkContext`] into a future that runs until its input closes, drains
+//! what it holds, and ends.
 //!
-//! Each configured app has one sink, shared by every adapter. The core hands
-//! it [`Notification`]s (already durable in the outbox) on a bounded channel
-//! and the sink reports one final [`Report`] per notification: delivered,
-//! rejected (maybe removing the device) or expired. Only a report takes a
-//! notification out of the outbox, so a sink that dies or is shut down never
-//! loses anything: the next start re-sends what was not reported.
+//! Each configured app has one sink, shared by every adapter. The core
+//! hands it [`Notification`]s (already durable in the outbox) on a bounded
+//! channel, and the sink settles every one it took with exactly one
+//! outcome through [`Outcomes`]. Only that takes a notification out of the
+//! outbox, so a sink that dies or is shut down never loses anything: the
+//! next start re-sends what was not settled.
 //!
-//! A sink runs until its input channel closes, then drains what it holds
-//! (bounded by the gateway's shutdown grace) and returns.
+//! - [`config`]: `[[apps]]`: the keys every app has, and `protocol`
+//!   selecting the sink's own typed config.
+//! - [`http2`], [`binary`], [`log`]: the sinks.
+//! - [`pool`]: the dispatcher and retries the APNS sinks share; [`net`]:
+//!   connecting to APNS.
 
 pub mod binary;
+pub mod config;
+pub mod credentials;
 pub mod http2;
 pub mod log;
 pub mod net;
@@ -20,131 +29,111 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use pushbridge_api::{DeviceToken, Environment};
 use tokio::sync::mpsc;
 
-use crate::config::{AppConfig, SinkProtocol};
+pub use self::config::{AppConfig, SinkConfig};
+use crate::outcome::{Notification, Outcomes};
 
-/// One push to one device, as stored in the outbox.
-#[derive(Debug, Clone)]
-pub struct Notification {
-    /// Outbox row id: unique, increasing; what a report refers to.
-    pub id: i64,
-    pub topic: Arc<str>,
-    pub token: DeviceToken,
-    pub environment: Environment,
-    /// The JSON payload (`{"aps":…}`), within the protocol's limit.
-    pub payload: Arc<str>,
-    /// Unix seconds after which it is not worth delivering (`apns-expiration`).
-    pub expiration: u64,
-    /// 10 (immediate) for alerts, 5 (power-conserving).
-    pub priority: u8,
-    /// `apns-collapse-id`, when the policy sets one.
-    pub collapse_id: Option<String>,
-    /// Unix milliseconds when it was accepted.
-    pub created_ms: i64,
-}
-
-impl Notification {
-    /// Whether its expiration has passed at `now` (unix seconds).
-    pub fn expired_at(&self, now: u64) -> bool {
-        self.expiration != 0 && now > self.expiration
-    }
-}
-
-/// The final fate of a notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// APNS accepted it.
-    Delivered,
-    /// APNS refused it for good. `remove_device`: the token is invalid or
-    /// unregistered and the device is taken out of the registry
-    /// (`since_ms`: only if it was registered before then, when APNS said).
-    Rejected {
-        reason: String,
-        remove_device: bool,
-        since_ms: Option<i64>,
+/// Why a sink cannot be set up: the key (of the app's section) at fault,
+/// or the file or peer address, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A key's value cannot work, or keys that belong together are apart.
+    #[error("{key}: {reason}")]
+    Config { key: &'static str, reason: String },
+    /// Credentials or CA files.
+    #[error("{what}: {source}")]
+    Tls {
+        what: &'static str,
+        source: crate::tls::TlsError,
     },
-    /// Its expiration passed before APNS took it (or retries ran out).
-    Expired { reason: String },
+    /// The provider-token key.
+    #[error(transparent)]
+    Jwt(#[from] http2::jwt::JwtError),
+    /// An APNS host address that cannot be used.
+    #[error("{0}")]
+    Endpoint(String),
 }
 
-impl Outcome {
-    /// Refused for good without touching the device (a bad notification, an
-    /// unusable app, a 4xx that does not name the token).
-    pub fn dropped(reason: String) -> Self {
-        Outcome::Rejected {
-            reason,
-            remove_device: false,
-            since_ms: None,
+impl SinkError {
+    /// A [`SinkError::Config`].
+    pub fn config(key: &'static str, reason: impl Into<String>) -> Self {
+        SinkError::Config {
+            key,
+            reason: reason.into(),
         }
     }
 }
 
-/// A sink's report about one notification.
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub id: i64,
-    pub topic: Arc<str>,
-    pub token: DeviceToken,
-    pub outcome: Outcome,
+/// What a sink is built with.
+pub struct SinkContext {
+    /// The app's topic.
+    pub app: Arc<str>,
+    /// The app's default APNS environment (devices may name another).
+    pub environment: pushbridge_api::Environment,
+    /// Notifications to deliver; closed at shutdown.
+    pub input: mpsc::Receiver<Notification>,
+    /// Where every outcome is recorded.
+    pub outcomes: Outcomes,
 }
 
-impl Report {
-    pub fn new(n: &Notification, outcome: Outcome) -> Self {
-        Self {
-            id: n.id,
-            topic: n.topic.clone(),
-            token: n.token.clone(),
-            outcome,
+/// A sink running on its own, outside a gateway (benchmarks, tests, the
+/// CLI): feed `input`, read every outcome from `completions`.
+pub struct Detached {
+    pub input: mpsc::Sender<Notification>,
+    pub completions: crate::outcome::CompletionReceiver,
+    /// The app's counters (retries, lost, connects, peak outstanding…).
+    pub counters: Arc<crate::outcome::AppCounters>,
+    /// Ends once `input` is dropped and everything taken is settled.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl AppConfig {
+    /// Build this app's sink and run it on its own (needs a runtime).
+    pub fn spawn_detached(&self) -> Result<Detached, SinkError> {
+        let (outcomes, completions, _) = Outcomes::detached(&self.topic);
+        let counters = outcomes.counters().clone();
+        let (input, rx) = mpsc::channel(self.queue);
+        let ctx = SinkContext {
+            app: self.topic.as_str().into(),
+            environment: self.environment,
+            input: rx,
+            outcomes,
+        };
+        let task = tokio::spawn(self.sink.build(ctx)?);
+        Ok(Detached {
+            input,
+            completions,
+            counters,
+            task,
+        })
+    }
+}
+
+/// A built sink: runs until its input closes and everything taken is
+/// settled (or the gateway's shutdown grace runs out).
+pub type SinkFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl SinkConfig {
+    /// Load and check everything the sink needs (files exist and parse,
+    /// keys that belong together are together), for `pushbridge check`
+    /// and start-up.
+    pub fn check(&self) -> Result<(), SinkError> {
+        match self {
+            SinkConfig::Log(_) => Ok(()),
+            SinkConfig::Http2(c) => http2::Http2Setup::from_config(c).map(|_| ()),
+            SinkConfig::Binary(c) => binary::BinarySetup::from_config(c).map(|_| ()),
         }
     }
-}
 
-/// What a sink tells the core.
-#[derive(Debug, Clone)]
-pub enum SinkReport {
-    /// The final outcome of one notification.
-    Done(Report),
-    /// A device APNS says is gone, outside any notification (the binary
-    /// protocol's feedback service): removed when it was registered before
-    /// `since_ms`.
-    DeviceGone {
-        topic: Arc<str>,
-        token: DeviceToken,
-        since_ms: Option<i64>,
-        reason: String,
-    },
-}
-
-/// Where sinks send reports. Unbounded, but bounded in practice by the
-/// sink's queue and in-flight window.
-pub type ReportSender = mpsc::UnboundedSender<SinkReport>;
-
-/// The future a sink runs as.
-pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// A running sink for one app.
-pub trait Sink: Send + 'static {
-    /// Consume `input` until it closes, reporting every notification taken.
-    fn run(self: Box<Self>, input: mpsc::Receiver<Notification>, reports: ReportSender) -> BoxFuture;
-}
-
-/// Checks of an app's sink settings for `pushbridge check` and start-up
-/// (files exist and parse, keys that belong together are together).
-pub fn check_app(app: &AppConfig) -> Result<(), String> {
-    match app.protocol {
-        SinkProtocol::Log => Ok(()),
-        SinkProtocol::Http2 => http2::check(app),
-        SinkProtocol::Binary => binary::check(app),
-    }
-}
-
-/// Build the sink for an app.
-pub fn build(app: &AppConfig) -> Result<Box<dyn Sink>, String> {
-    match app.protocol {
-        SinkProtocol::Log => Ok(Box::new(log::LogSink::new(app.output.clone()))),
-        SinkProtocol::Http2 => Ok(Box::new(http2::Http2Sink::from_app(app)?)),
-        SinkProtocol::Binary => Ok(Box::new(binary::BinarySink::from_app(app)?)),
+    /// Build the sink.
+    pub fn build(&self, ctx: SinkContext) -> Result<SinkFuture, SinkError> {
+        Ok(match self {
+            SinkConfig::Log(c) => Box::pin(log::run(c.clone(), ctx)),
+            SinkConfig::Http2(c) => Box::pin(http2::Http2Sink::new(http2::Http2Setup::from_config(c)?, c).run(ctx)),
+            SinkConfig::Binary(c) => {
+                Box::pin(binary::BinarySink::new(binary::BinarySetup::from_config(c)?, c, &ctx).run(ctx))
+            }
+        })
     }
 }

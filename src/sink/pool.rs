@@ -1,18 +1,20 @@
 //! What the APNS sinks (HTTP/2 and binary) share: the dispatcher that
 //! routes notifications to a pool of connections per APNS environment, the
-//! accounting that gives every notification exactly one report, and
+//! accounting that gives every notification exactly one outcome, and
 //! retries with backoff.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pushbridge_api::Environment;
-use tokio::sync::{mpsc, Mutex, Notify};
-
-use super::{Notification, Outcome, Report, ReportSender, SinkReport};
 use pushbridge_kit::Backoff;
+use tokio::sync::{mpsc, Mutex, Notify};
+use tokio_util::task::TaskTracker;
+
+use super::SinkError;
+use crate::outcome::{Notification, Outcome, Outcomes};
 
 /// First retry delay; doubles per attempt up to [`RETRY_MAX`].
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -20,81 +22,37 @@ pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Queue between the dispatcher and a pool's workers.
 pub const POOL_QUEUE: usize = 4096;
 
-/// Counters of one sink, for logs and the benchmarks.
-#[derive(Debug, Default)]
-pub struct SinkStats {
-    pub delivered: AtomicU64,
-    pub devices_removed: AtomicU64,
-    pub rejected: AtomicU64,
-    pub expired: AtomicU64,
-    pub retried: AtomicU64,
-    /// Sent, then lost with their connection before an answer came: APNS
-    /// may have taken them, so their re-sends may arrive twice.
-    pub lost: AtomicU64,
-    pub connects: AtomicU64,
-    /// Most notifications held at once (in flight, queued or waiting for
-    /// a retry); never above the dispatcher's limit.
-    pub peak_outstanding: AtomicU64,
-}
-
-impl SinkStats {
-    /// One log line with every counter.
-    pub fn log(&self, topic: &str, protocol: &str) {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        tracing::info!(
-            topic,
-            protocol,
-            delivered = g(&self.delivered),
-            devices_removed = g(&self.devices_removed),
-            rejected = g(&self.rejected),
-            expired = g(&self.expired),
-            retried = g(&self.retried),
-            lost = g(&self.lost),
-            connects = g(&self.connects),
-            "sink stopped"
-        );
-    }
-}
-
-/// A notification on its way, with what happened to it so far.
-pub struct Job {
-    pub n: Notification,
-    pub attempts: u32,
-    /// How logs name it (the HTTP/2 `apns-id`, the binary identifier).
-    pub label: Arc<str>,
-    /// Already reported delivered once (its outbox row is gone) and taken
-    /// back because APNS said otherwise later: a second "delivered" is not
-    /// reported again.
-    pub reported: bool,
-}
-
 /// A pool's queue, shared by its connection workers.
-pub type JobQueue = Arc<Mutex<mpsc::Receiver<Job>>>;
+pub type PoolQueue = Arc<Mutex<mpsc::Receiver<Notification>>>;
 
-/// The next job for a worker; `None` when the sink is done.
-pub async fn next_job(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
+/// The next notification for a worker; `None` when the sink is done.
+pub async fn next(rx: &Mutex<mpsc::Receiver<Notification>>) -> Option<Notification> {
     rx.lock().await.recv().await
 }
 
-/// Up to `max` jobs at once (at least one, waiting for it).
-pub async fn next_jobs(rx: &Mutex<mpsc::Receiver<Job>>, into: &mut Vec<Job>, max: usize) -> usize {
+/// Up to `max` notifications at once (at least one, waiting for it).
+pub async fn next_many(rx: &Mutex<mpsc::Receiver<Notification>>, into: &mut Vec<Notification>, max: usize) -> usize {
     rx.lock().await.recv_many(into, max).await
 }
 
 /// State shared by the dispatcher, the workers and their tasks.
 pub struct Shared {
-    reports: ReportSender,
-    /// Taken from the input, not yet reported.
+    /// Where every outcome and sink event is recorded.
+    pub outcomes: Outcomes,
+    /// Taken from the input, not yet settled.
     outstanding: AtomicUsize,
     idle: Notify,
     /// Most `outstanding` allowed: the dispatcher stops taking input there.
     max_outstanding: usize,
     room: Notify,
-    retry_tx: mpsc::UnboundedSender<Job>,
+    retry_tx: mpsc::UnboundedSender<Notification>,
     max_retries: u32,
-    pub stats: Arc<SinkStats>,
+    /// Every task the sink spawns (workers, retry timers, streams left to
+    /// finish), so the sink ends only when they have.
+    pub tasks: TaskTracker,
 }
 
+/// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -103,42 +61,26 @@ pub fn unix_now() -> u64 {
 }
 
 impl Shared {
-    /// Report the final outcome of a job.
-    pub fn finish(&self, job: Job, outcome: Outcome) {
-        drop(self.finish_keep(job, outcome));
+    /// Record the final outcome of a notification.
+    pub fn finish(&self, n: Notification, outcome: Outcome) {
+        drop(self.finish_keep(n, outcome));
     }
 
     /// [`Shared::finish`], handing the notification back (the binary sink
-    /// remembers what it reported delivered, for late error responses).
-    pub fn finish_keep(&self, job: Job, outcome: Outcome) -> Notification {
-        if job.reported && outcome == Outcome::Delivered {
-            self.release();
-            return job.n;
-        }
-        let counter = match &outcome {
-            Outcome::Delivered => &self.stats.delivered,
-            Outcome::Rejected {
-                remove_device: true, ..
-            } => &self.stats.devices_removed,
-            Outcome::Rejected { .. } => &self.stats.rejected,
-            Outcome::Expired { .. } => &self.stats.expired,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let _ = self.reports.send(SinkReport::Done(Report::new(&job.n, outcome)));
+    /// remembers what it settled as delivered, for late error responses).
+    pub fn finish_keep(&self, n: Notification, outcome: Outcome) -> Notification {
+        self.outcomes.settle(&n, outcome);
         self.release();
-        job.n
+        n
     }
 
-    /// Take back a notification already reported delivered, to send it
-    /// again: it is held (and will be reported) like a new one.
-    pub fn take_back(&self, n: Notification, label: Arc<str>) -> Job {
+    /// Take back a notification already settled as delivered, to send it
+    /// again: it is held (and will be settled) like a new one.
+    pub fn take_back(&self, mut n: Notification) -> Notification {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
-        Job {
-            n,
-            attempts: 0,
-            label,
-            reported: true,
-        }
+        n.attempts = 0;
+        n.redelivery = true;
+        n
     }
 
     /// One notification fewer held.
@@ -152,50 +94,40 @@ impl Shared {
         }
     }
 
-    /// Report a device gone outside any notification (feedback service).
-    pub fn device_gone(&self, report: SinkReport) {
-        let _ = self.reports.send(report);
-    }
-
-    /// Expire the job if its time has passed; otherwise hand it back.
-    pub fn unless_expired(&self, job: Job, why: &str) -> Option<Job> {
-        if job.n.expired_at(unix_now()) {
-            self.finish(job, Outcome::Expired { reason: why.to_owned() });
+    /// Expire the notification if its time has passed; otherwise hand it back.
+    pub fn unless_expired(&self, n: Notification, why: &str) -> Option<Notification> {
+        if n.expired_at(unix_now()) {
+            self.finish(n, Outcome::Expired { reason: why.to_owned() });
             None
         } else {
-            Some(job)
+            Some(n)
         }
     }
 
     /// Send again now, without counting an attempt: for notifications APNS
     /// provably never processed (streams past a GOAWAY, refused streams).
-    pub fn resend(&self, job: Job) {
-        if let Some(job) = self.unless_expired(job, "expired before it could be sent") {
-            let _ = self.retry_tx.send(job);
+    pub fn resend(&self, n: Notification) {
+        if let Some(n) = self.unless_expired(n, "expired before it could be sent") {
+            let _ = self.retry_tx.send(n);
         }
     }
 
     /// Send again after a backoff delay, unless retries or time ran out.
-    pub fn retry(self: &Arc<Self>, mut job: Job, why: &str) {
-        job.attempts += 1;
-        if job.attempts > self.max_retries {
-            tracing::warn!(id = %job.label, token = job.n.token.short(), reason = why, "giving up after {} retries", self.max_retries);
+    pub fn retry(&self, mut n: Notification, why: &str) {
+        n.attempts += 1;
+        if n.attempts > self.max_retries {
             let reason = format!("gave up after {} retries: {why}", self.max_retries);
-            return self.finish(job, Outcome::Expired { reason });
+            return self.finish(n, Outcome::Expired { reason });
         }
-        let Some(job) = self.unless_expired(job, &format!("expired while retrying: {why}")) else {
+        let Some(n) = self.unless_expired(n, &format!("expired while retrying: {why}")) else {
             return;
         };
-        self.stats.retried.fetch_add(1, Ordering::Relaxed);
-        let exp = RETRY_BASE
-            .saturating_mul(1 << (job.attempts - 1).min(16))
-            .min(RETRY_MAX);
-        let delay = Backoff::jitter(exp);
-        tracing::debug!(id = %job.label, attempt = job.attempts, reason = why, ?delay, "retrying");
+        let delay = Backoff::delay_for(RETRY_BASE, RETRY_MAX, n.attempts);
+        self.outcomes.retried(&n, why, delay);
         let tx = self.retry_tx.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tx.send(job);
+            let _ = tx.send(n);
         });
     }
 }
@@ -204,14 +136,22 @@ impl Shared {
 pub trait PoolStarter {
     /// Called once when the sink starts (feedback pollers, …).
     fn started(&mut self, _shared: &Arc<Shared>) {}
-    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Job>, String>;
-    /// How logs name a notification.
-    fn label(&self, n: &Notification) -> Arc<str>;
+    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError>;
+}
+
+/// The dispatcher's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Transient failures before a notification is given up.
+    pub max_retries: u32,
+    /// Most notifications held at once.
+    pub max_outstanding: usize,
 }
 
 /// The dispatcher: takes notifications and retries, routes them to the
 /// pool of their environment (started on first use), and ends when the
-/// input is closed and every notification taken has been reported.
+/// input is closed, every notification taken has been settled and every
+/// task the sink spawned has ended.
 ///
 /// It holds at most `max_outstanding` notifications (in flight, queued
 /// for a connection, or sleeping before a retry): past that it stops
@@ -221,27 +161,25 @@ pub trait PoolStarter {
 pub async fn dispatch(
     mut pools_for: impl PoolStarter,
     mut input: mpsc::Receiver<Notification>,
-    reports: ReportSender,
-    max_retries: u32,
-    max_outstanding: usize,
-    stats: Arc<SinkStats>,
+    outcomes: Outcomes,
+    limits: Limits,
 ) {
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        reports,
+        outcomes,
         outstanding: AtomicUsize::new(0),
         idle: Notify::new(),
-        max_outstanding: max_outstanding.max(1),
+        max_outstanding: limits.max_outstanding.max(1),
         room: Notify::new(),
         retry_tx,
-        max_retries,
-        stats,
+        max_retries: limits.max_retries,
+        tasks: TaskTracker::new(),
     });
     pools_for.started(&shared);
-    let mut pools: HashMap<Environment, mpsc::Sender<Job>> = HashMap::new();
+    let mut pools: HashMap<Environment, mpsc::Sender<Notification>> = HashMap::new();
     let mut open = true;
     loop {
-        // Armed before the counter is read, so a last report between the
+        // Armed before the counter is read, so a last outcome between the
         // check and the select still wakes us.
         let idle = shared.idle.notified();
         tokio::pin!(idle);
@@ -254,27 +192,21 @@ pub async fn dispatch(
             break;
         }
         let full = held >= shared.max_outstanding;
-        let job = tokio::select! {
+        let n = tokio::select! {
             biased;
-            Some(job) = retry_rx.recv() => job,
+            Some(n) = retry_rx.recv() => n,
             n = input.recv(), if open && !full => match n {
                 Some(n) => {
                     let held = shared.outstanding.fetch_add(1, Ordering::AcqRel) + 1;
-                    shared.stats.peak_outstanding.fetch_max(held as u64, Ordering::Relaxed);
-                    let label = pools_for.label(&n);
-                    Job {
-                        n,
-                        attempts: 0,
-                        label,
-                        reported: false,
-                    }
+                    shared.outcomes.holding(held);
+                    n
                 }
                 None => { open = false; continue; }
             },
             _ = &mut idle, if !open => continue,
             _ = &mut room, if open && full => continue,
         };
-        let env = job.n.environment;
+        let env = n.environment;
         let tx = match pools.get(&env) {
             Some(tx) => tx.clone(),
             None => match pools_for.start_pool(env, shared.clone()) {
@@ -282,17 +214,21 @@ pub async fn dispatch(
                     pools.insert(env, tx.clone());
                     tx
                 }
-                Err(reason) => {
-                    shared.finish(job, Outcome::dropped(reason));
+                Err(e) => {
+                    shared.finish(n, Outcome::dropped(e.to_string()));
                     continue;
                 }
             },
         };
-        if tx.send(job).await.is_err() {
+        if tx.send(n).await.is_err() {
             break;
         }
     }
     // Dropping the pools' queues ends their workers; connections close
     // once what they hold is settled.
     drop(pools);
+    // Stops what the starter runs beside the pools (feedback pollers).
+    drop(pools_for);
+    shared.tasks.close();
+    shared.tasks.wait().await;
 }

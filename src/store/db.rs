@@ -9,7 +9,7 @@ use pushbridge_api::{DeviceToken, Environment, UserId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::config::Synchronous;
-use crate::sink::Notification;
+use crate::outcome::Notification;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -322,7 +322,7 @@ impl Db {
             let (id, token, env, payload, expiration, priority, collapse_id, created_ms) = row?;
             out.push(Notification {
                 id,
-                topic: topic.clone(),
+                app: topic.clone(),
                 token: parse_token(&token)?,
                 environment: parse_env(&env)?,
                 payload: payload.into(),
@@ -330,6 +330,8 @@ impl Db {
                 priority: priority.clamp(0, 255) as u8,
                 collapse_id,
                 created_ms,
+                attempts: 0,
+                redelivery: false,
             });
         }
         Ok(out)

@@ -3,23 +3,39 @@
 //!
 //! - [`db`]: schema, migrations, statements (synchronous).
 //! - [`writer`]: the store thread. Every change goes through it; it applies
-//!   commands in batches, one transaction per batch (group commit: one fsync
-//!   for many messages), answers only after the commit, and then hands the
-//!   new notifications to the apps' sinks. When a sink's queue is full the
-//!   notifications wait in the outbox and are loaded as it drains, so memory
-//!   stays bounded however long Apple is unreachable.
-//! - [`StoreHandle`]: the async face the router, the report handler and
-//!   adapters' state use.
+//!   commands and completions in batches, one transaction per batch (group
+//!   commit: one fsync for many messages), answers only after the commit,
+//!   and then lets the [`crate::feed::Feed`] hand the new notifications to
+//!   the sinks.
+//! - [`StoreHandle`]: the async face the router and adapters' state use;
+//!   [`Store::open`] + [`OpenStore::start`]: how the gateway starts it.
 
 pub mod db;
 pub mod writer;
 
+#[cfg(test)]
+mod writer_tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
 use pushbridge_api::context::StateFuture;
-use pushbridge_api::{StateError, StateStore};
+use pushbridge_api::{DeviceToken, Environment, StateError, StateStore, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 pub use db::{Db, DeviceRow, StoreError};
-pub use writer::{Command, MessageJob};
+use writer::Command;
+pub use writer::{MessageJob, ReplyTx};
+
+use crate::config::StoreConfig;
+use crate::feed::Feed;
+use crate::outcome::{CompletionReceiver, CompletionSender, Counters};
+use crate::policy::Policy;
+
+/// Commands queued for the store thread at most; senders wait beyond.
+const STORE_QUEUE: usize = 65_536;
+/// How often the WAL is folded into the main file (off the commit path).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// Cheap, cloneable handle to the store thread.
 #[derive(Clone)]
@@ -27,21 +43,134 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
 }
 
+/// The store, opened, before its thread starts.
+pub struct OpenStore {
+    db: Db,
+    rx: mpsc::Receiver<Command>,
+    completions: CompletionReceiver,
+    checkpointer: db::Checkpointer,
+}
+
+/// The running store thread.
+pub struct StoreThread {
+    thread: std::thread::JoinHandle<()>,
+    _checkpointer: db::Checkpointer,
+}
+
+/// Opening the store.
+pub struct Store;
+
+impl Store {
+    /// Open (and migrate) the SQLite file. Returns the handle, where sinks'
+    /// completions go, and the store to [`OpenStore::start`] once the sinks
+    /// are built.
+    pub fn open(config: &StoreConfig) -> Result<(StoreHandle, CompletionSender, OpenStore), StoreError> {
+        let db = Db::open(&config.path, config.synchronous)?;
+        db.disable_autocheckpoint()?;
+        let checkpointer = db::Checkpointer::start(&config.path, CHECKPOINT_EVERY)?;
+        let (tx, rx) = mpsc::channel(STORE_QUEUE);
+        let wake_tx = tx.clone().downgrade();
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(tx) = wake_tx.upgrade() {
+                // Full: the thread is busy and drains completions anyway.
+                let _ = tx.try_send(Command::Wake);
+            }
+        });
+        let (completion_tx, completions) = CompletionSender::new(Some(wake));
+        let open = OpenStore {
+            db,
+            rx,
+            completions,
+            checkpointer,
+        };
+        Ok((StoreHandle { tx }, completion_tx, open))
+    }
+}
+
+impl OpenStore {
+    /// Start the store thread, feeding `feed` with what `policy` renders.
+    pub fn start(self, feed: Feed, policy: Policy, counters: Arc<Counters>) -> std::io::Result<StoreThread> {
+        let writer = writer::Writer::new(self.db, feed, policy, counters, self.completions);
+        let rx = self.rx;
+        let thread = std::thread::Builder::new()
+            .name("pushbridge-store".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(StoreThread {
+            thread,
+            _checkpointer: self.checkpointer,
+        })
+    }
+}
+
+impl StoreThread {
+    /// Wait for the thread to end (every handle and completion sender
+    /// dropped); it checkpoints and closes the file first.
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
 impl StoreHandle {
-    pub(crate) fn new(tx: mpsc::Sender<Command>) -> Self {
-        Self { tx }
+    async fn send(&self, cmd: Command) -> Result<(), StoreError> {
+        self.tx.send(cmd).await.map_err(|_| StoreError::Closed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.send(make(tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 
-    /// Send a command without waiting for it (the reply, if any, travels
-    /// inside the command).
-    pub async fn send_command(&self, cmd: Command) -> Result<(), StoreError> {
-        self.tx.send(cmd).await.map_err(|_| StoreError::Closed)
+    /// Add a device for `user` (`topic` `None`: the first app); the answer
+    /// goes to `reply` after the commit.
+    pub async fn register(
+        &self,
+        user: UserId,
+        token: DeviceToken,
+        topic: Option<String>,
+        environment: Option<Environment>,
+        reply: Option<ReplyTx>,
+    ) -> Result<(), StoreError> {
+        self.send(Command::Register {
+            user,
+            token,
+            topic,
+            environment,
+            reply,
+        })
+        .await
+    }
+
+    /// Remove a device of `user`.
+    pub async fn unregister(&self, user: UserId, token: DeviceToken, reply: Option<ReplyTx>) -> Result<(), StoreError> {
+        self.send(Command::Unregister { user, token, reply }).await
+    }
+
+    /// The user's devices ([`pushbridge_api::Reply::Devices`]).
+    pub async fn list_devices(&self, user: UserId, reply: Option<ReplyTx>) -> Result<(), StoreError> {
+        self.send(Command::ListDevices { user, reply }).await
+    }
+
+    /// Reset the user's unread counter (the badge).
+    pub async fn reset_unread(&self, user: UserId, reply: Option<ReplyTx>) -> Result<(), StoreError> {
+        self.send(Command::ResetUnread { user, reply }).await
+    }
+
+    /// Queue a message's notifications; `reply` gets
+    /// [`pushbridge_api::Reply::Queued`] once they are committed.
+    pub async fn enqueue(&self, job: MessageJob, reply: Option<ReplyTx>) -> Result<(), StoreError> {
+        self.send(Command::Enqueue { job, reply }).await
+    }
+
+    /// Look for outbox entries waiting for room in a sink.
+    pub async fn tick(&self) -> Result<(), StoreError> {
+        self.send(Command::Tick).await
+    }
+
+    /// Shutdown: hand sinks nothing more (they drain and stop); keep
+    /// recording their completions until they are gone.
+    pub async fn close_sinks(&self) -> Result<(), StoreError> {
+        self.send(Command::CloseSinks).await
     }
 }
 

@@ -1,17 +1,19 @@
-//! The store thread: group commit, the outbox, and feeding the sinks.
+//! The store thread: applies commands and completions in batches, one
+//! transaction per batch (group commit: one fsync for many messages),
+//! answers only after the commit, then lets the [`Feed`] hand the new
+//! notifications to the sinks.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pushbridge_api::{DeviceToken, Environment, EventError, Reply, UserId};
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::{now_ms, Db, NewNotification, StoreError};
-use crate::metrics::Stats;
-use crate::policy::{Alert, Policy};
-use crate::sink::Notification;
+use crate::feed::{Feed, OutboxReader};
+use crate::outcome::counters::Counters;
+use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
+use crate::policy::Policy;
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -32,9 +34,9 @@ pub struct MessageJob {
     pub badge: Option<u32>,
 }
 
-/// What the store thread does.
+/// What the store thread does (sent through [`super::StoreHandle`]).
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     Register {
         user: UserId,
         token: DeviceToken,
@@ -59,16 +61,6 @@ pub enum Command {
         user: UserId,
         reply: Option<ReplyTx>,
     },
-    /// A sink reported a final outcome: drop it from the outbox.
-    Complete {
-        id: i64,
-    },
-    /// APNS said this token is gone.
-    RemoveDevice {
-        token: DeviceToken,
-        topic: Arc<str>,
-        since_ms: Option<i64>,
-    },
     StateGet {
         ns: String,
         key: String,
@@ -88,6 +80,8 @@ pub enum Command {
     },
     /// Wake up to load waiting outbox entries into sinks with room.
     Tick,
+    /// Completions are waiting.
+    Wake,
     /// Shutdown: hand sinks nothing more (they drain and stop); keep
     /// recording their reports until every handle is gone.
     CloseSinks,
@@ -133,58 +127,49 @@ impl Pending {
     }
 }
 
-/// One configured app as the store thread sees it.
-pub struct AppSlot {
-    pub topic: Arc<str>,
-    pub environment: Environment,
-    /// Payload limit of the app's protocol.
-    pub limit: usize,
-    /// The sink's queue; `None` once shutting down.
-    pub sender: Option<mpsc::Sender<Notification>>,
-    /// Lowest outbox id of this app not yet handed to the sink; `None` when
-    /// everything is in the sink's hands.
-    pending_from: Option<i64>,
-}
-
-impl AppSlot {
-    pub fn new(topic: &str, environment: Environment, limit: usize, sender: mpsc::Sender<Notification>) -> Self {
-        Self {
-            topic: topic.into(),
-            environment,
-            limit,
-            sender: Some(sender),
-            // On start everything in the outbox is re-queued.
-            pending_from: Some(0),
-        }
-    }
-}
-
 /// The store thread's state.
-pub struct Writer {
+pub(crate) struct Writer {
     db: Db,
-    apps: Vec<AppSlot>,
-    by_topic: HashMap<Arc<str>, usize>,
+    feed: Feed,
     policy: Policy,
-    stats: Arc<Stats>,
+    counters: Arc<Counters>,
+    completions: CompletionReceiver,
+}
+
+/// The outbox as the feed reads it.
+struct Outbox<'a>(&'a Db);
+
+impl OutboxReader for Outbox<'_> {
+    type Error = StoreError;
+    fn load(&mut self, app: &Arc<str>, from: i64, limit: usize) -> Result<Vec<Notification>, StoreError> {
+        self.0.load_outbox(app, from, limit)
+    }
 }
 
 impl Writer {
-    pub fn new(db: Db, apps: Vec<AppSlot>, policy: Policy, stats: Arc<Stats>) -> Self {
-        let by_topic = apps.iter().enumerate().map(|(i, a)| (a.topic.clone(), i)).collect();
+    pub(crate) fn new(
+        db: Db,
+        feed: Feed,
+        policy: Policy,
+        counters: Arc<Counters>,
+        completions: CompletionReceiver,
+    ) -> Self {
         Self {
             db,
-            apps,
-            by_topic,
+            feed,
             policy,
-            stats,
+            counters,
+            completions,
         }
     }
 
-    /// Run until every handle is dropped, then checkpoint and close.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Run until every command handle is dropped and every completion
+    /// sender is gone, then checkpoint and close.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         self.warn_orphans();
-        self.refill();
+        self.feed.refill(&mut Outbox(&self.db));
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut done = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
             while batch.len() < MAX_BATCH {
@@ -193,8 +178,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.apply_batch(&mut batch);
-            self.refill();
+            self.completions.drain(&mut done);
+            self.apply_batch(&mut batch, &mut done);
+            self.feed.refill(&mut Outbox(&self.db));
+        }
+        // The last sinks' completions, until their senders are gone.
+        while let Some(c) = self.completions.blocking_recv() {
+            done.push(c);
+            self.completions.drain(&mut done);
+            self.apply_batch(&mut batch, &mut done);
         }
         self.db.checkpoint();
         tracing::debug!("store closed");
@@ -203,12 +195,12 @@ impl Writer {
     fn warn_orphans(&self) {
         match self.db.outbox_counts() {
             Ok(counts) => {
-                for (topic, n) in counts {
-                    if self.by_topic.contains_key(topic.as_str()) {
-                        tracing::info!(topic, pending = n, "re-queueing notifications from the outbox");
+                for (app, n) in counts {
+                    if self.feed.index(&app).is_some() {
+                        tracing::info!(app, pending = n, "re-queueing notifications from the outbox");
                     } else {
                         tracing::warn!(
-                            topic,
+                            app,
                             pending = n,
                             "outbox holds notifications for an app that is not configured; they are kept until it is"
                         );
@@ -219,14 +211,22 @@ impl Writer {
         }
     }
 
-    fn apply_batch(&mut self, batch: &mut Vec<Command>) {
+    /// Apply `batch` and `done` in one transaction. If it fails, every
+    /// command in it is answered with the error; the completions are kept
+    /// in `done` and tried again with the next batch (a completion lost
+    /// would re-send a delivered notification on the next start).
+    fn apply_batch(&mut self, batch: &mut Vec<Command>, done: &mut Vec<Completion>) {
         let mut pending = Vec::with_capacity(batch.len());
         let mut out: Vec<(usize, Notification)> = Vec::new();
         let mut control = Vec::new();
+        let mut removed = Vec::new();
         let result = self.db.begin().and_then(|_| {
+            for c in done.iter() {
+                self.complete(c, &mut removed)?;
+            }
             for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Tick | Command::CloseSinks => control.push(cmd),
+                    Command::Tick | Command::CloseSinks | Command::Wake => control.push(cmd),
                     cmd => self.apply(cmd, &mut pending, &mut out)?,
                 }
             }
@@ -234,15 +234,23 @@ impl Writer {
         });
         match result {
             Ok(()) => {
+                done.clear();
+                for (app, token) in removed {
+                    events::DeviceRemoved {
+                        app: &app,
+                        token: &token,
+                    }
+                    .emit(&self.counters.app(&app));
+                }
                 for p in pending {
                     p.send();
                 }
-                self.dispatch(out);
+                self.feed.dispatch(out);
             }
             Err(e) => {
                 self.db.rollback();
                 let msg = format!("store: {e}");
-                tracing::error!(error = %e, commands = pending.len() + batch.len(), "store transaction failed; nothing in it was accepted");
+                tracing::error!(error = %e, commands = pending.len() + batch.len(), completions = done.len(), "store transaction failed; nothing in it was accepted");
                 for p in pending {
                     p.fail(&msg);
                 }
@@ -251,13 +259,37 @@ impl Writer {
                 }
             }
         }
-        for cmd in control {
-            if let Command::CloseSinks = cmd {
-                for app in &mut self.apps {
-                    app.sender = None;
+        if control.iter().any(|c| matches!(c, Command::CloseSinks)) {
+            self.feed.close();
+        }
+    }
+
+    /// Record one completion: the outbox row goes; a device APNS says is
+    /// gone goes too (noted in `removed` for the event after the commit).
+    fn complete(&self, c: &Completion, removed: &mut Vec<(Arc<str>, DeviceToken)>) -> Result<(), StoreError> {
+        let (app, token, since_ms) = match c {
+            Completion::Settled {
+                id,
+                app,
+                token,
+                outcome,
+            } => {
+                self.db.delete_outbox(*id)?;
+                match outcome {
+                    Outcome::Rejected {
+                        remove_device: true,
+                        since_ms,
+                        ..
+                    } => (app, token, *since_ms),
+                    _ => return Ok(()),
                 }
             }
+            Completion::DeviceGone { app, token, since_ms } => (app, token, *since_ms),
+        };
+        if self.db.remove_device(token, app, since_ms)? {
+            removed.push((app.clone(), token.clone()));
         }
+        Ok(())
     }
 
     fn apply(
@@ -275,16 +307,15 @@ impl Writer {
                 reply,
             } => {
                 let app = match &topic {
-                    None => Some(0),
-                    Some(t) => self.by_topic.get(t.as_str()).copied(),
+                    None => self.feed.slot(0),
+                    Some(t) => self.feed.index(t).and_then(|i| self.feed.slot(i)),
                 };
                 let result = match app {
                     None => Err(EventError::UnknownTopic(topic.unwrap_or_default())),
-                    Some(i) => {
-                        let app = &self.apps[i];
+                    Some(app) => {
                         let env = environment.unwrap_or(app.environment);
-                        self.db.register(&user, &token, &app.topic, env, now_ms())?;
-                        tracing::info!(user = %user, device = token.short(), topic = %app.topic, "device registered");
+                        self.db.register(&user, &token, &app.app, env, now_ms())?;
+                        tracing::info!(user = %user, device = token.short(), app = %app.app, "device registered");
                         Ok(Reply::Done)
                     }
                 };
@@ -309,13 +340,6 @@ impl Writer {
                 let result = self.enqueue(job, out)?;
                 pending.push(Pending::Event(reply, result));
             }
-            Command::Complete { id } => self.db.delete_outbox(id)?,
-            Command::RemoveDevice { token, topic, since_ms } => {
-                if self.db.remove_device(&token, &topic, since_ms)? {
-                    self.stats.inc_devices_removed();
-                    tracing::info!(device = token.short(), topic = %topic, "device removed: APNS reports it invalid or unregistered");
-                }
-            }
             Command::StateGet { ns, key, reply } => {
                 let v = self.db.state_get(&ns, &key)?;
                 pending.push(Pending::Get(reply, v));
@@ -334,7 +358,7 @@ impl Writer {
                 let v = self.db.state_list(&ns, &prefix)?;
                 pending.push(Pending::List(reply, v));
             }
-            Command::Tick | Command::CloseSinks => {}
+            Command::Tick | Command::CloseSinks | Command::Wake => {}
         }
         Ok(())
     }
@@ -350,7 +374,7 @@ impl Writer {
         let targets: Vec<(DeviceToken, usize, Environment)> = devices
             .into_iter()
             .filter(|(token, _, _)| job.device.as_ref().is_none_or(|d| d == token))
-            .filter_map(|(token, topic, env)| self.by_topic.get(topic.as_str()).map(|&i| (token, i, env)))
+            .filter_map(|(token, app, env)| self.feed.index(&app).map(|i| (token, i, env)))
             .collect();
         if targets.is_empty() {
             return Ok(match job.device {
@@ -363,112 +387,42 @@ impl Writer {
             None => self.db.increment_unread(&job.to)?,
         };
         let created_ms = now_ms();
-        let config = self.policy.config();
-        let expiration = SystemTime::now()
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
-            .unwrap_or(0)
-            + config.ttl;
-        let thread = job.thread.as_deref().unwrap_or(&job.from);
-        let collapse_id = config.collapse.then(|| crate::policy::clip(thread, 64).to_owned());
-        let alert = Alert {
-            title: &job.from,
-            body: job.text.as_deref(),
-            badge,
-            thread,
-        };
-        // Payloads differ only by limit; build each once.
-        let mut payloads: Vec<(usize, Arc<str>)> = Vec::new();
-        for (token, i, env) in &targets {
-            let limit = self.apps[*i].limit;
-            let payload = match payloads.iter().find(|(l, _)| *l == limit) {
-                Some((_, p)) => p.clone(),
-                None => {
-                    let p: Arc<str> = self.policy.payload(&alert, limit).into();
-                    payloads.push((limit, p.clone()));
-                    p
-                }
-            };
-            let topic = self.apps[*i].topic.clone();
+            .unwrap_or(0);
+        let mut msg = self
+            .policy
+            .message(&job.from, job.text.as_deref(), job.thread.as_deref(), badge, now);
+        for (token, i, environment) in &targets {
+            let Some(slot) = self.feed.slot(*i) else { continue };
+            let (app, payload) = (slot.app.clone(), msg.payload(&self.policy, slot.limit));
             let id = self.db.insert_outbox(&NewNotification {
-                topic: &topic,
+                topic: &app,
                 token,
-                environment: *env,
+                environment: *environment,
                 payload: &payload,
-                expiration,
-                priority: 10,
-                collapse_id: collapse_id.as_deref(),
+                expiration: msg.expiration,
+                priority: msg.priority,
+                collapse_id: msg.collapse_id.as_deref(),
                 created_ms,
             })?;
-            out.push((
-                *i,
-                Notification {
-                    id,
-                    topic,
-                    token: token.clone(),
-                    environment: *env,
-                    payload,
-                    expiration,
-                    priority: 10,
-                    collapse_id: collapse_id.clone(),
-                    created_ms,
-                },
-            ));
+            let n = Notification {
+                id,
+                app,
+                token: token.clone(),
+                environment: *environment,
+                payload,
+                expiration: msg.expiration,
+                priority: msg.priority,
+                collapse_id: msg.collapse_id.clone(),
+                created_ms,
+                attempts: 0,
+                redelivery: false,
+            };
+            out.push((*i, n));
         }
-        self.stats.add_accepted(targets.len() as u64);
         Ok(Ok(Reply::Queued(targets.len())))
-    }
-
-    /// Hand freshly committed notifications to their sinks; what does not
-    /// fit waits in the outbox.
-    fn dispatch(&mut self, out: Vec<(usize, Notification)>) {
-        for (i, n) in out {
-            let app = &mut self.apps[i];
-            if app.pending_from.is_some() {
-                continue; // older ones are waiting; refill takes this one in order
-            }
-            let Some(sender) = &app.sender else { continue };
-            match sender.try_send(n) {
-                Ok(()) => {}
-                Err(TrySendError::Full(n)) | Err(TrySendError::Closed(n)) => app.pending_from = Some(n.id),
-            }
-        }
-    }
-
-    /// Load waiting outbox entries into sinks that have room.
-    fn refill(&mut self) {
-        for app in &mut self.apps {
-            let (Some(from), Some(sender)) = (app.pending_from, &app.sender) else {
-                continue;
-            };
-            let room = sender.capacity();
-            if room == 0 {
-                continue;
-            }
-            let rows = match self.db.load_outbox(&app.topic, from, room) {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::error!(error = %e, topic = %app.topic, "cannot load the outbox");
-                    continue;
-                }
-            };
-            let complete = rows.len() < room;
-            let mut stuck = None;
-            let mut last = from - 1;
-            for n in rows {
-                let id = n.id;
-                if sender.try_send(n).is_err() {
-                    stuck = Some(id);
-                    break;
-                }
-                last = id;
-            }
-            app.pending_from = match stuck {
-                Some(id) => Some(id),
-                None if complete => None,
-                None => Some(last + 1),
-            };
-        }
     }
 }
 
@@ -488,6 +442,6 @@ fn fail_command(cmd: Command, msg: &str) {
         Command::StateGet { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StatePut { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StateList { reply, .. } => drop(reply.send(Err(store_err()))),
-        Command::Complete { .. } | Command::RemoveDevice { .. } | Command::Tick | Command::CloseSinks => {}
+        Command::Tick | Command::CloseSinks | Command::Wake => {}
     }
 }

@@ -238,6 +238,11 @@ pub trait Adapter: Send + Sync + 'static {
     /// The adapter kind, as in `[[adapters.<KIND>]]` (`line`, `xmpp`, `irc`).
     const KIND: &'static str;
 
+    /// Whether two instances must have different names (their user ids
+    /// would collide). `false` for adapters whose instances may share one
+    /// scope on purpose (several line-protocol listeners for one server).
+    const UNIQUE_NAMES: bool = true;
+
     /// The instance name, which is also the scope of its user ids
     /// (`line` → `line:alice`; `irc:libera` → `irc:libera:alice`).
     fn instance_name(_config: &Self::Config) -> String {

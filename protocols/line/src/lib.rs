@@ -76,6 +76,9 @@ impl Adapter for LineAdapter {
     type Config = LineConfig;
     const KIND: &'static str = "line";
 
+    /// Several listeners (ports, addresses) may serve one user-id scope.
+    const UNIQUE_NAMES: bool = false;
+
     fn instance_name(config: &LineConfig) -> String {
         config.name.clone()
     }

@@ -24,11 +24,11 @@
 //! backoff. Until a report, the notification stays in the outbox: a crash
 //! re-sends it on the next start.
 
+pub mod config;
 pub mod conn;
 pub mod jwt;
 pub mod request;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -38,12 +38,14 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use pushbridge_api::Environment;
 use tokio::sync::{mpsc, Mutex};
 
+pub use self::config::Http2Config;
 use self::conn::{Answer, Target};
 use self::jwt::JwtSigner;
-use super::pool::{dispatch, next_job, Job, JobQueue, PoolStarter, Shared, SinkStats, POOL_QUEUE};
-use super::{BoxFuture, Notification, Outcome, ReportSender, Sink};
+use super::credentials::{check_common, CertificateKeys};
+use super::pool::{self, dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
+use super::{SinkContext, SinkError};
 use crate::apns::{classify, Action, Reason};
-use crate::config::AppConfig;
+use crate::outcome::{Notification, Outcome};
 use pushbridge_kit::Backoff;
 
 /// Streams one connection keeps open at most (the server's limit applies
@@ -78,59 +80,62 @@ pub struct Http2Setup {
 
 impl Http2Setup {
     /// Load and check an app's credentials; errors name the key or file.
-    pub fn from_app(app: &AppConfig) -> Result<Self, String> {
-        let token_keys = app.key_file.is_some() || app.key_id.is_some() || app.team_id.is_some();
-        let cert_keys = app.cert_file.is_some() || app.private_key_file.is_some();
-        let p12_keys = app.pkcs12_file.is_some() || app.pkcs12_password.is_some();
-        if [token_keys, cert_keys, p12_keys].iter().filter(|b| **b).count() > 1 {
-            return Err("choose one way to authenticate: key_file + key_id + team_id (token), \
-                 cert_file [+ private_key_file] (certificate), or pkcs12_file [+ pkcs12_password]"
-                .into());
+    pub fn from_config(c: &Http2Config) -> Result<Self, SinkError> {
+        let token_keys = c.key_file.is_some() || c.key_id.is_some() || c.team_id.is_some();
+        let certificate = CertificateKeys {
+            cert_file: c.cert_file.as_ref(),
+            private_key_file: c.private_key_file.as_ref(),
+            pkcs12_file: c.pkcs12_file.as_ref(),
+            pkcs12_password: c.pkcs12_password.as_deref(),
+        };
+        if token_keys && certificate.any() {
+            return Err(SinkError::config(
+                "key_file and cert_file/pkcs12_file",
+                "choose one way to authenticate: key_file + key_id + team_id (token), \
+                 cert_file [+ private_key_file] or pkcs12_file [+ pkcs12_password] (certificate)",
+            ));
         }
         let (auth, identity) = if token_keys {
-            let key_file = app
+            let need = |key, what: &str| SinkError::config(key, format!("token auth needs it ({what})"));
+            let key_file = c
                 .key_file
                 .as_deref()
-                .ok_or("token auth needs key_file (the .p8 key from Apple)")?;
-            let key_id = app.key_id.as_deref().ok_or("token auth needs key_id (10 characters)")?;
-            let team_id = app
-                .team_id
-                .as_deref()
-                .ok_or("token auth needs team_id (10 characters)")?;
-            let signer = JwtSigner::from_p8_file(key_file, key_id, team_id).map_err(|e| e.to_string())?;
+                .ok_or_else(|| need("key_file", "the .p8 key from Apple"))?;
+            let key_id = c.key_id.as_deref().ok_or_else(|| need("key_id", "10 characters"))?;
+            let team_id = c.team_id.as_deref().ok_or_else(|| need("team_id", "10 characters"))?;
+            let signer = JwtSigner::from_p8_file(key_file, key_id, team_id)?;
             (Auth::Token(Arc::new(signer)), None)
-        } else if cert_keys {
-            let cert = app
-                .cert_file
-                .as_deref()
-                .ok_or("private_key_file needs cert_file (the certificate it belongs to)")?;
-            let id = crate::tls::load_identity(cert, app.private_key_file.as_deref())
-                .map_err(|e| format!("certificate auth: {e}"))?;
-            (Auth::Certificate, Some(id))
-        } else if p12_keys {
-            let file = app.pkcs12_file.as_deref().ok_or("pkcs12_password needs pkcs12_file")?;
-            let id = crate::tls::load_pkcs12(file, app.pkcs12_password.as_deref().unwrap_or(""))
-                .map_err(|e| format!("certificate auth: {e}"))?;
-            (Auth::Certificate, Some(id))
         } else {
-            return Err("http2 needs credentials: key_file + key_id + team_id (token auth), \
-                 cert_file [+ private_key_file] or pkcs12_file (certificate auth)"
-                .into());
+            match certificate.load()? {
+                Some(id) => (Auth::Certificate, Some(id)),
+                None => {
+                    return Err(SinkError::config(
+                        "key_file or cert_file",
+                        "http2 needs credentials: key_file + key_id + team_id (token auth), \
+                         cert_file [+ private_key_file] or pkcs12_file (certificate auth)",
+                    ))
+                }
+            }
         };
-        let tls = crate::tls::client_config(app.ca_file.as_deref(), identity, &[b"h2"])
-            .map_err(|e| format!("TLS setup: {e}"))?;
-        if let Some(ep) = &app.endpoint {
-            Target::parse(ep)?;
-        }
-        let ping_interval = match app.ping_interval {
+        let tls = crate::tls::client_config(c.ca_file.as_deref(), identity, &[b"h2"]).map_err(|e| SinkError::Tls {
+            what: "TLS setup",
+            source: e.into(),
+        })?;
+        check_common(c.connections, &[("endpoint", c.endpoint.as_ref())])?;
+        let ping_interval = match c.ping_interval {
             None => conn::PING_EVERY,
             Some(s @ 1..=3600) => Duration::from_secs(s),
-            Some(s) => return Err(format!("ping_interval = {s}: use 1 to 3600 seconds")),
+            Some(s) => {
+                return Err(SinkError::config(
+                    "ping_interval",
+                    format!("{s}: use 1 to 3600 seconds"),
+                ))
+            }
         };
         Ok(Self {
             tls: Arc::new(tls),
             auth,
-            endpoint: app.endpoint.clone(),
+            endpoint: c.endpoint.clone(),
             ping_interval,
         })
     }
@@ -147,105 +152,79 @@ impl Http2Setup {
 /// The sink.
 pub struct Http2Sink {
     setup: Http2Setup,
-    topic: String,
     connections: usize,
     max_retries: u32,
-    stats: Arc<SinkStats>,
 }
 
 impl Http2Sink {
-    pub fn from_app(app: &AppConfig) -> Result<Self, String> {
-        Ok(Self::new(
-            Http2Setup::from_app(app)?,
-            &app.topic,
-            app.connections,
-            app.max_retries,
-        ))
-    }
-
-    pub fn new(setup: Http2Setup, topic: &str, connections: usize, max_retries: u32) -> Self {
+    /// A sink for `setup` with the pool size and retries of `config`.
+    pub fn new(setup: Http2Setup, config: &Http2Config) -> Self {
         Self {
             setup,
-            topic: topic.to_owned(),
-            connections: connections.max(1),
-            max_retries,
-            stats: Arc::default(),
+            connections: config.connections.max(1),
+            max_retries: config.max_retries,
         }
     }
 
-    pub fn stats(&self) -> Arc<SinkStats> {
-        self.stats.clone()
+    /// Deliver `ctx.input` until it closes and everything taken is settled.
+    pub async fn run(self, ctx: SinkContext) {
+        let pools = Pools {
+            sink: &self,
+            prefix: process_prefix(),
+        };
+        let limits = Limits {
+            max_retries: self.max_retries,
+            // Room for every connection's streams plus a queue's worth, in
+            // both environments.
+            max_outstanding: 2 * (self.connections * MAX_IN_FLIGHT + POOL_QUEUE),
+        };
+        let outcomes = ctx.outcomes.clone();
+        dispatch(pools, ctx.input, ctx.outcomes, limits).await;
+        outcomes.stopped("http2");
     }
 }
 
 /// Act on Apple's answer.
-fn answer(shared: &Arc<Shared>, auth: &Auth, job: Job, answer: Answer, bearer: Option<&str>) {
+fn answer(shared: &Shared, auth: &Auth, n: Notification, answer: Answer, bearer: Option<&str>) {
     let (reason, ts) = match &answer.error {
         Some(e) => (e.reason.clone(), e.timestamp_ms),
         None => (Reason::Other(String::new()), None),
     };
     match classify(answer.status, &reason) {
-        Action::Delivered => {
-            tracing::trace!(apns_id = %job.label, token = job.n.token.short(), "delivered");
-            shared.finish(job, Outcome::Delivered)
-        }
+        Action::Delivered => shared.finish(n, Outcome::Delivered),
         Action::RemoveDevice => {
-            tracing::info!(apns_id = %job.label, token = job.n.token.short(), status = answer.status, %reason, "APNS says the device is gone; removing it");
             let outcome = Outcome::Rejected {
                 reason: format!("{} {reason}", answer.status),
                 remove_device: true,
                 since_ms: ts,
             };
-            shared.finish(job, outcome)
+            shared.finish(n, outcome)
         }
         Action::RefreshToken => {
             if let (Auth::Token(signer), Some(used)) = (auth, bearer) {
                 signer.expired(used);
             }
-            shared.retry(job, reason.as_str())
+            shared.retry(n, reason.as_str())
         }
         Action::Retry => {
             let why = format!("{} {reason}", answer.status);
-            shared.retry(job, &why)
+            shared.retry(n, &why)
         }
-        Action::Drop => {
-            tracing::warn!(apns_id = %job.label, token = job.n.token.short(), status = answer.status, %reason, "APNS rejected the notification");
-            let outcome = Outcome::dropped(format!("{} {reason}", answer.status));
-            shared.finish(job, outcome)
-        }
-    }
-}
-
-impl Sink for Http2Sink {
-    fn run(self: Box<Self>, input: mpsc::Receiver<Notification>, reports: ReportSender) -> BoxFuture {
-        Box::pin(async move {
-            let pools = Pools {
-                sink: &self,
-                prefix: process_prefix(),
-            };
-            let (max_retries, stats) = (self.max_retries, self.stats.clone());
-            // Room for every connection's streams plus a queue's worth, in
-            // both environments.
-            let max_outstanding = 2 * (self.connections * MAX_IN_FLIGHT + POOL_QUEUE);
-            dispatch(pools, input, reports, max_retries, max_outstanding, stats).await;
-            self.stats.log(&self.topic, "http2");
-        })
+        Action::Drop => shared.finish(n, Outcome::dropped(format!("{} {reason}", answer.status))),
     }
 }
 
 /// Starts pools for the dispatcher.
 struct Pools<'a> {
     sink: &'a Http2Sink,
+    /// A random per-process prefix for our `apns-id`s.
     prefix: u64,
 }
 
 impl PoolStarter for Pools<'_> {
-    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Job>, String> {
-        Ok(start_pool(self.sink.setup.target(env)?, self.sink, shared))
-    }
-
-    fn label(&self, n: &Notification) -> Arc<str> {
-        request::apns_id(self.prefix, n.id).into()
+    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError> {
+        let target = self.sink.setup.target(env).map_err(SinkError::Endpoint)?;
+        Ok(start_pool(target, self.sink, self.prefix, shared))
     }
 }
 
@@ -256,71 +235,74 @@ fn process_prefix() -> u64 {
     u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
+/// What every connection of a pool shares.
+#[derive(Clone)]
+struct Link {
+    target: Target,
+    connector: tokio_rustls::TlsConnector,
+    auth: Auth,
+    ping_interval: Duration,
+    /// The `apns-id` prefix.
+    prefix: u64,
+}
+
 /// Start `connections` workers for one host; returns their queue.
-fn start_pool(target: Target, sink: &Http2Sink, shared: Arc<Shared>) -> mpsc::Sender<Job> {
+fn start_pool(target: Target, sink: &Http2Sink, prefix: u64, shared: Arc<Shared>) -> mpsc::Sender<Notification> {
     let (tx, rx) = mpsc::channel(POOL_QUEUE);
-    let auth = sink.setup.auth.clone();
     let rx = Arc::new(Mutex::new(rx));
-    let connector = conn::connector(sink.setup.tls.clone());
-    tracing::info!(endpoint = %target.authority, connections = sink.connections, "APNS pool starting");
+    tracing::info!(host = %target.authority, connections = sink.connections, "APNS pool starting");
+    let link = Link {
+        target,
+        connector: conn::connector(sink.setup.tls.clone()),
+        auth: sink.setup.auth.clone(),
+        ping_interval: sink.setup.ping_interval,
+        prefix,
+    };
     for index in 0..sink.connections {
-        tokio::spawn(worker(
-            index,
-            target.clone(),
-            connector.clone(),
-            rx.clone(),
-            shared.clone(),
-            auth.clone(),
-            sink.setup.ping_interval,
-        ));
+        shared
+            .tasks
+            .spawn(worker(index, link.clone(), rx.clone(), shared.clone()));
     }
     tx
 }
 
 /// One connection's life: connect when there is work, stream notifications
 /// until the connection ends, reconnect with backoff.
-async fn worker(
-    index: usize,
-    target: Target,
-    connector: tokio_rustls::TlsConnector,
-    rx: JobQueue,
-    shared: Arc<Shared>,
-    auth: Auth,
-    ping_interval: Duration,
-) {
+async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>) {
     let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_MAX);
-    let mut carry: Option<Job> = None;
+    let mut carry: Option<Notification> = None;
+    let host = link.target.authority.as_str();
     loop {
         if carry.is_none() {
-            carry = next_job(&rx).await;
+            carry = pool::next(&rx).await;
             if carry.is_none() {
                 return; // the sink is done
             }
         }
-        shared.stats.connects.fetch_add(1, Ordering::Relaxed);
-        match conn::connect(&target, &connector, ping_interval).await {
+        match conn::connect(&link.target, &link.connector, link.ping_interval).await {
             Ok(c) => {
-                tracing::info!(endpoint = %target.authority, connection = index, "APNS connection up");
-                let (left, answered) = stream_jobs(c, &target.authority, carry.take(), &rx, &shared, &auth).await;
+                shared.outcomes.connected(host, index);
+                let (left, answered) = stream_notifications(c, &link, carry.take(), &rx, &shared).await;
                 carry = left;
                 if answered {
                     backoff.reset();
                     continue;
                 }
             }
-            Err(e) => tracing::warn!(connection = index, error = %e, "cannot reach APNS"),
+            Err(e) => shared.outcomes.unreachable(host, index, &e),
         }
-        if let Some(job) = carry.take() {
-            carry = shared.unless_expired(job, "expired while APNS was unreachable");
+        if let Some(n) = carry.take() {
+            carry = shared.unless_expired(n, "expired while APNS was unreachable");
         }
         let delay = backoff.next_delay();
-        tracing::debug!(connection = index, ?delay, "reconnecting after delay");
+        tracing::debug!(host, connection = index, retry_in = ?delay, "reconnecting after delay");
         tokio::time::sleep(delay).await;
     }
 }
 
-/// How one stream ended.
-struct Settled {
+/// How one stream ended (about the stream, not the notification, whose
+/// outcome is already recorded).
+struct StreamEnd {
     /// APNS answered it.
     answered: bool,
     /// APNS checked the token: delivered, or refused for a reason about
@@ -329,111 +311,127 @@ struct Settled {
 }
 
 /// The streams of one connection waiting for their answers.
-type InFlight = FuturesUnordered<futures::future::BoxFuture<'static, Settled>>;
+type InFlight = FuturesUnordered<futures::future::BoxFuture<'static, StreamEnd>>;
 
-/// Send jobs over one connection until it ends. Returns the job it held
-/// but could not send, and whether the connection answered anything.
+/// Send notifications over one connection until it ends. Returns the one
+/// it held but could not send, and whether the connection answered anything.
 ///
 /// Answers are read inside this task (not a task per stream): the answers
 /// of one read are handled in one go. Streams still open when it returns
 /// are left to finish in a task of their own.
-async fn stream_jobs(
+async fn stream_notifications(
     c: conn::Conn,
-    authority: &str,
-    carry: Option<Job>,
-    rx: &Mutex<mpsc::Receiver<Job>>,
+    link: &Link,
+    carry: Option<Notification>,
+    rx: &Mutex<mpsc::Receiver<Notification>>,
     shared: &Arc<Shared>,
-    auth: &Auth,
-) -> (Option<Job>, bool) {
-    let mut inflight = InFlight::new();
-    let mut answered = false;
-    let left = send_jobs(c, authority, carry, rx, shared, auth, &mut inflight, &mut answered).await;
+) -> (Option<Notification>, bool) {
+    let mut streams = Streams {
+        inflight: InFlight::new(),
+        answered: false,
+    };
+    let left = send_notifications(c, link, carry, rx, shared, &mut streams).await;
     // Answers already here count for this connection.
     std::future::poll_fn(|cx| {
-        settle_ready(&mut inflight, &mut answered, cx);
+        streams.settle_ready(cx);
         Poll::Ready(())
     })
     .await;
+    let Streams { mut inflight, answered } = streams;
     if !inflight.is_empty() {
-        tokio::spawn(async move { while inflight.next().await.is_some() {} });
+        shared
+            .tasks
+            .spawn(async move { while inflight.next().await.is_some() {} });
     }
     (left, answered)
 }
 
-/// Handle the answers that came; never completes (a branch of the
-/// `select!`s below that keeps the open streams going).
-async fn settle(inflight: &mut InFlight, answered: &mut bool) -> std::convert::Infallible {
-    std::future::poll_fn(|cx| {
-        settle_ready(inflight, answered, cx);
-        Poll::Pending
-    })
-    .await
+/// The open streams of one connection.
+struct Streams {
+    inflight: InFlight,
+    /// APNS answered at least one stream of this connection.
+    answered: bool,
 }
 
-/// Handle the answers that came (those FuturesUnordered hands out in one go).
-fn settle_ready(inflight: &mut InFlight, answered: &mut bool, cx: &mut std::task::Context<'_>) {
-    while let Poll::Ready(Some(s)) = inflight.poll_next_unpin(cx) {
-        *answered |= s.answered;
+impl Streams {
+    /// Handle the answers that came; never completes (a branch of the
+    /// `select!`s below that keeps the open streams going).
+    async fn settle(&mut self) -> std::convert::Infallible {
+        std::future::poll_fn(|cx| {
+            self.settle_ready(cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Handle the answers that came (those FuturesUnordered hands out in one go).
+    fn settle_ready(&mut self, cx: &mut std::task::Context<'_>) {
+        while let Poll::Ready(Some(s)) = self.inflight.poll_next_unpin(cx) {
+            self.answered |= s.answered;
+        }
+    }
+
+    /// Wait for the next stream to end; `None` when none is open.
+    async fn next(&mut self) -> Option<StreamEnd> {
+        let s = self.inflight.next().await?;
+        self.answered |= s.answered;
+        Some(s)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_jobs(
+async fn send_notifications(
     c: conn::Conn,
-    authority: &str,
-    mut carry: Option<Job>,
-    rx: &Mutex<mpsc::Receiver<Job>>,
+    link: &Link,
+    mut carry: Option<Notification>,
+    rx: &Mutex<mpsc::Receiver<Notification>>,
     shared: &Arc<Shared>,
-    auth: &Auth,
-    inflight: &mut InFlight,
-    answered: &mut bool,
-) -> Option<Job> {
+    streams: &mut Streams,
+) -> Option<Notification> {
     let conn::Conn { mut send, closed } = c;
     // With token auth Apple allows one stream until a request with a valid
     // token succeeded: the first request goes alone.
-    let mut primed = matches!(auth, Auth::Certificate);
-    let mut requests = request::RequestBuilder::new(authority);
+    let mut primed = matches!(link.auth, Auth::Certificate);
+    let mut requests = request::RequestBuilder::new(&link.target.authority);
     loop {
-        let job = match carry.take() {
-            Some(j) => j,
+        let n = match carry.take() {
+            Some(n) => n,
             None => tokio::select! {
-                j = next_job(rx) => j?,
+                n = pool::next(rx) => n?,
                 _ = closed.cancelled() => return None,
-                x = settle(inflight, answered) => match x {},
+                x = streams.settle() => match x {},
             },
         };
-        while inflight.len() >= MAX_IN_FLIGHT {
+        while streams.inflight.len() >= MAX_IN_FLIGHT {
             tokio::select! {
-                s = inflight.next() => if let Some(s) = s { *answered |= s.answered },
-                _ = closed.cancelled() => return Some(job),
+                _ = streams.next() => {},
+                _ = closed.cancelled() => return Some(n),
             }
         }
         // Wait for a free stream slot (h2 honours SETTINGS_MAX_CONCURRENT_STREAMS).
         let ready = tokio::select! {
             r = send.clone().ready() => r,
-            _ = closed.cancelled() => return Some(job),
-            x = settle(inflight, answered) => match x {},
+            _ = closed.cancelled() => return Some(n),
+            x = streams.settle() => match x {},
         };
         send = match ready {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "connection refuses new streams (GOAWAY or closed)");
-                return Some(job);
+                return Some(n);
             }
         };
-        let Some(job) = shared.unless_expired(job, "expired before it could be sent") else {
+        let Some(n) = shared.unless_expired(n, "expired before it could be sent") else {
             continue;
         };
-        let bearer = match auth {
+        let bearer = match &link.auth {
             Auth::Token(s) => Some(s.token()),
             Auth::Certificate => None,
         };
-        let req = match requests.build(&job.n, &job.label, bearer.as_ref()) {
+        let apns_id = request::apns_id(link.prefix, n.id);
+        let req = match requests.build(&n, &apns_id, bearer.as_ref()) {
             Ok(r) => r,
             Err(e) => {
-                let reason = e.to_string();
-                tracing::warn!(apns_id = %job.label, reason, "notification cannot be sent");
-                shared.finish(job, Outcome::dropped(reason));
+                shared.finish(n, Outcome::dropped(format!("cannot be sent: {e}")));
                 continue;
             }
         };
@@ -441,22 +439,25 @@ async fn send_jobs(
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot open stream");
-                return Some(job);
+                return Some(n);
             }
         };
-        let payload = Bytes::copy_from_slice(job.n.payload.as_bytes());
+        let payload = Bytes::copy_from_slice(n.payload.as_bytes());
         if let Err(e) = body.send_data(payload, true) {
-            tracing::debug!(error = %e, "stream lost while sending");
+            tracing::debug!(apns_id, error = %e, "stream lost while sending");
             // The response future reports the loss below.
         }
-        inflight.push(Box::pin(await_answer(resp, job, shared.clone(), auth.clone(), bearer)));
+        streams.inflight.push(Box::pin(await_answer(
+            resp,
+            n,
+            shared.clone(),
+            link.auth.clone(),
+            bearer,
+        )));
         if !primed {
             // Wait for the first answer before opening more streams.
             tokio::select! {
-                s = inflight.next() => if let Some(s) = s {
-                    *answered |= s.answered;
-                    primed = s.token_ok;
-                },
+                s = streams.next() => if let Some(s) = s { primed = s.token_ok },
                 _ = closed.cancelled() => return None,
             }
         }
@@ -466,12 +467,12 @@ async fn send_jobs(
 /// Wait for the answer on one stream and act on it.
 async fn await_answer(
     resp: h2::client::ResponseFuture,
-    job: Job,
+    n: Notification,
     shared: Arc<Shared>,
     auth: Auth,
     bearer: Option<Arc<str>>,
-) -> Settled {
-    let lost = Settled {
+) -> StreamEnd {
+    let lost = StreamEnd {
         answered: false,
         token_ok: false,
     };
@@ -479,16 +480,17 @@ async fn await_answer(
         Ok(r) => r,
         Err(_) => {
             // Dropping the stream resets it (CANCEL).
-            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
-            shared.retry(job, &format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()));
+            let why = format!("no answer within {} s", ANSWER_TIMEOUT.as_secs());
+            shared.outcomes.lost(1, &why);
+            shared.retry(n, &why);
             return lost;
         }
     };
     match answer_or_timeout {
         Ok(a) => {
             let token_ok = a.status == 200 || matches!(a.status, 400 | 404 | 405 | 410 | 413);
-            answer(&shared, &auth, job, a, bearer.as_deref());
-            Settled {
+            answer(&shared, &auth, n, a, bearer.as_deref());
+            StreamEnd {
                 answered: true,
                 token_ok,
             }
@@ -500,39 +502,46 @@ async fn await_answer(
             if unprocessed {
                 // APNS never looked at it: send again at once, without
                 // spending one of its retries.
-                shared.resend(job);
+                shared.resend(n);
             } else {
-                shared.stats.lost.fetch_add(1, Ordering::Relaxed);
-                shared.retry(job, &format!("stream lost: {e}"));
+                let why = format!("stream lost: {e}");
+                shared.outcomes.lost(1, &why);
+                shared.retry(n, &why);
             }
             lost
         }
     }
 }
 
-/// Sink checks for `pushbridge check` and start-up.
-pub fn check(app: &AppConfig) -> Result<(), String> {
-    Http2Setup::from_app(app).map(|_| ())
+/// Why `pushbridge push` got no answer from APNS.
+#[derive(Debug, thiserror::Error)]
+pub enum SendOneError {
+    #[error("{0}")]
+    Endpoint(String),
+    #[error(transparent)]
+    Connect(#[from] conn::ConnectError),
+    #[error("cannot build the request: {0}")]
+    Request(#[from] request::BuildError),
+    #[error("HTTP/2: {0}")]
+    Http2(#[from] h2::Error),
+    #[error("no answer from APNS within {} s", conn::CONNECT_TIMEOUT.as_secs())]
+    Timeout,
 }
 
 /// Send one notification on a fresh connection and return Apple's answer
 /// (`pushbridge push`). `apns_id`: the id to send.
-pub async fn send_one(setup: &Http2Setup, n: &Notification, apns_id: &str) -> Result<Answer, String> {
-    let target = setup.target(n.environment)?;
-    let c = conn::connect(&target, &conn::connector(setup.tls.clone()), setup.ping_interval)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn send_one(setup: &Http2Setup, n: &Notification, apns_id: &str) -> Result<Answer, SendOneError> {
+    let target = setup.target(n.environment).map_err(SendOneError::Endpoint)?;
+    let c = conn::connect(&target, &conn::connector(setup.tls.clone()), setup.ping_interval).await?;
     let bearer = match &setup.auth {
         Auth::Token(s) => Some(s.token()),
         Auth::Certificate => None,
     };
-    let req = request::build(n, &target.authority, apns_id, bearer.as_deref()).map_err(|e| e.to_string())?;
-    let mut send = c.send.ready().await.map_err(|e| format!("HTTP/2: {e}"))?;
-    let (resp, mut body) = send.send_request(req, false).map_err(|e| format!("HTTP/2: {e}"))?;
-    body.send_data(Bytes::copy_from_slice(n.payload.as_bytes()), true)
-        .map_err(|e| format!("HTTP/2: {e}"))?;
-    tokio::time::timeout(conn::CONNECT_TIMEOUT, conn::read_answer(resp))
+    let req = request::build(n, &target.authority, apns_id, bearer.as_deref())?;
+    let mut send = c.send.ready().await?;
+    let (resp, mut body) = send.send_request(req, false)?;
+    body.send_data(Bytes::copy_from_slice(n.payload.as_bytes()), true)?;
+    Ok(tokio::time::timeout(conn::CONNECT_TIMEOUT, conn::read_answer(resp))
         .await
-        .map_err(|_| "no answer from APNS within 10 s".to_owned())?
-        .map_err(|e| format!("HTTP/2: {e}"))
+        .map_err(|_| SendOneError::Timeout)??)
 }

@@ -6,7 +6,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LE
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Uri};
 
-use crate::sink::Notification;
+use crate::outcome::Notification;
 
 pub static APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 pub static APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
@@ -102,7 +102,7 @@ impl RequestBuilder {
         bearer: Option<&Arc<str>>,
     ) -> Result<Request<()>, BuildError> {
         let mut h = HeaderMap::with_capacity(12);
-        h.insert(&APNS_TOPIC, cached(&mut self.topic, &n.topic, |t| value(t, "topic"))?);
+        h.insert(&APNS_TOPIC, cached(&mut self.topic, &n.app, |t| value(t, "topic"))?);
         h.insert(&APNS_PUSH_TYPE, HeaderValue::from_static("alert"));
         h.insert(
             &APNS_PRIORITY,
@@ -181,17 +181,16 @@ mod tests {
     use pushbridge_api::{DeviceToken, Environment};
 
     fn note(collapse: Option<&str>) -> Notification {
-        Notification {
-            id: 42,
-            topic: Arc::from("org.example.chat"),
-            token: DeviceToken::parse(&"ab".repeat(32)).unwrap(),
-            environment: Environment::Production,
-            payload: Arc::from(r#"{"aps":{"alert":{"title":"bob","body":"hi"}}}"#),
-            expiration: 1_900_000_000,
-            priority: 10,
-            collapse_id: collapse.map(str::to_owned),
-            created_ms: 0,
-        }
+        let mut n = Notification::new(
+            42,
+            "org.example.chat",
+            DeviceToken::parse(&"ab".repeat(32)).unwrap(),
+            Environment::Production,
+            r#"{"aps":{"alert":{"title":"bob","body":"hi"}}}"#,
+        );
+        n.expiration = 1_900_000_000;
+        n.collapse_id = collapse.map(str::to_owned);
+        n
     }
 
     #[test]
@@ -222,7 +221,7 @@ mod tests {
         let mut n = note(None);
         let r = b.build(&n, &apns_id(1, 1), Some(&t1)).unwrap();
         assert_eq!(r.headers()["authorization"], "bearer jwt.one.sig");
-        n.topic = Arc::from("org.example.other");
+        n.app = Arc::from("org.example.other");
         n.priority = 1;
         n.expiration = 7;
         let r = b.build(&n, &apns_id(1, 2), Some(&t2)).unwrap();
@@ -236,7 +235,7 @@ mod tests {
         assert_eq!(r.uri().to_string(), format!("https://h:1/3/device/{}", "ab".repeat(32)));
         let r = b.build(&n, &apns_id(1, 3), None).unwrap();
         assert!(r.headers().get("authorization").is_none());
-        n.topic = Arc::from("bad\ntopic");
+        n.app = Arc::from("bad\ntopic");
         assert!(b.build(&n, &apns_id(1, 4), None).is_err());
     }
 

@@ -1,0 +1,151 @@
+//! Feeding the sinks: committed notifications go to their app's sink
+//! queue in outbox order; what does not fit waits in the outbox and is
+//! loaded as the sink drains, so memory stays bounded however long Apple
+//! is unreachable. Runs on the store thread, which calls [`Feed::dispatch`]
+//! after each commit and [`Feed::refill`] after each batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pushbridge_api::Environment;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::outcome::counters::AppCounters;
+use crate::outcome::{events, Counters, Notification};
+
+/// One configured app as the feed sees it.
+pub struct AppSlot {
+    pub app: Arc<str>,
+    /// Default environment of devices registered without one.
+    pub environment: Environment,
+    /// Payload limit of the app's sink protocol, in bytes.
+    pub limit: usize,
+    /// The sink's queue; `None` once shutting down.
+    sender: Option<mpsc::Sender<Notification>>,
+    /// Lowest outbox id of this app not yet handed to the sink; `None` when
+    /// everything is in the sink's hands.
+    pending_from: Option<i64>,
+    counters: Arc<AppCounters>,
+}
+
+/// Reads up to `limit` outbox entries of `app` with id ≥ `from`, in id
+/// order (the store's `load_outbox`).
+pub trait OutboxReader {
+    type Error: std::fmt::Display;
+    fn load(&mut self, app: &Arc<str>, from: i64, limit: usize) -> Result<Vec<Notification>, Self::Error>;
+}
+
+/// Every app's sink queue.
+pub struct Feed {
+    apps: Vec<AppSlot>,
+    by_app: HashMap<Arc<str>, usize>,
+}
+
+impl Feed {
+    pub fn new() -> Self {
+        Self {
+            apps: Vec::new(),
+            by_app: HashMap::new(),
+        }
+    }
+
+    /// Add an app whose sink reads `sender`. On start everything in the
+    /// outbox for it is loaded again (it was not settled).
+    pub fn add(
+        &mut self,
+        app: &str,
+        environment: Environment,
+        limit: usize,
+        sender: mpsc::Sender<Notification>,
+        counters: &Counters,
+    ) {
+        let slot = AppSlot {
+            app: app.into(),
+            environment,
+            limit,
+            sender: Some(sender),
+            pending_from: Some(0),
+            counters: counters.app(app),
+        };
+        self.by_app.insert(slot.app.clone(), self.apps.len());
+        self.apps.push(slot);
+    }
+
+    /// The index of `app`, if configured.
+    pub fn index(&self, app: &str) -> Option<usize> {
+        self.by_app.get(app).copied()
+    }
+
+    /// App number `i` (an index from [`Feed::index`]; 0 is the default app).
+    pub fn slot(&self, i: usize) -> Option<&AppSlot> {
+        self.apps.get(i)
+    }
+
+    /// Hand freshly committed notifications (in id order) to their sinks;
+    /// what does not fit waits in the outbox.
+    pub fn dispatch(&mut self, committed: Vec<(usize, Notification)>) {
+        for (i, n) in committed {
+            let Some(app) = self.apps.get_mut(i) else { continue };
+            events::NotificationsAccepted { count: 1 }.emit(&app.counters);
+            if app.pending_from.is_some() {
+                continue; // older ones are waiting; refill takes this one in order
+            }
+            let Some(sender) = &app.sender else { continue };
+            match sender.try_send(n) {
+                Ok(()) => {}
+                Err(TrySendError::Full(n)) | Err(TrySendError::Closed(n)) => app.pending_from = Some(n.id),
+            }
+        }
+    }
+
+    /// Load waiting outbox entries into sinks that have room, in id order.
+    pub fn refill<R: OutboxReader>(&mut self, outbox: &mut R) {
+        for app in &mut self.apps {
+            let (Some(from), Some(sender)) = (app.pending_from, &app.sender) else {
+                continue;
+            };
+            let room = sender.capacity();
+            if room == 0 {
+                continue;
+            }
+            let rows = match outbox.load(&app.app, from, room) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, app = %app.app, "cannot load the outbox");
+                    continue;
+                }
+            };
+            let complete = rows.len() < room;
+            let mut stuck = None;
+            let mut last = from - 1;
+            for n in rows {
+                let id = n.id;
+                if sender.try_send(n).is_err() {
+                    stuck = Some(id);
+                    break;
+                }
+                last = id;
+            }
+            app.pending_from = match stuck {
+                Some(id) => Some(id),
+                None if complete => None,
+                None => Some(last + 1),
+            };
+        }
+    }
+
+    /// Shutdown: hand sinks nothing more; their queues close and they
+    /// drain what they hold.
+    pub fn close(&mut self) {
+        for app in &mut self.apps {
+            app.sender = None;
+        }
+    }
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,176 @@
+//! The counters behind the outcome layer's events, readable from outside
+//! (the `counters` log line, benchmarks, tests, and later the Prometheus
+//! exporter). Per app (label `app` = the topic); rejections and expiries
+//! also per `reason`. Only [`super::events`] writes them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Distinct `reason` labels kept per counter; further reasons are counted
+/// under `other`, so a peer inventing reasons cannot grow memory.
+pub const MAX_REASONS: usize = 64;
+
+/// Counts by reason, bounded by [`MAX_REASONS`].
+#[derive(Debug, Default)]
+pub struct ReasonCounts(Mutex<BTreeMap<String, u64>>);
+
+impl ReasonCounts {
+    pub(crate) fn add(&self, reason: &str, n: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = map.get_mut(reason) {
+            *v += n;
+        } else if map.len() < MAX_REASONS {
+            map.insert(reason.to_owned(), n);
+        } else {
+            *map.entry("other".to_owned()).or_default() += n;
+        }
+    }
+
+    /// `(reason, count)` pairs, sorted by reason.
+    pub fn get(&self) -> Vec<(String, u64)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// The sum over every reason.
+    pub fn total(&self) -> u64 {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().sum()
+    }
+}
+
+/// One app's counters. Counters only go up; `peak_outstanding` is a
+/// high-water mark.
+#[derive(Debug)]
+pub struct AppCounters {
+    app: Arc<str>,
+    /// Notifications committed to the outbox for this app.
+    pub accepted: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Final rejections by reason (device-removing ones included).
+    pub rejected: ReasonCounts,
+    /// Notifications that expired or ran out of retries, by reason.
+    pub expired: ReasonCounts,
+    /// Devices the store removed because APNS said they are gone.
+    pub devices_removed: AtomicU64,
+    /// Devices the feedback service reported gone.
+    pub devices_reported_gone: AtomicU64,
+    /// Sends scheduled again after a transient failure.
+    pub retried: AtomicU64,
+    /// Sent, then lost with their connection before an answer came: APNS
+    /// may have taken them, so their re-sends may arrive twice.
+    pub lost: AtomicU64,
+    /// Connections to APNS established.
+    pub connects: AtomicU64,
+    /// Connection attempts to APNS that failed.
+    pub connect_failures: AtomicU64,
+    /// Most notifications a sink held at once (in flight, queued or waiting
+    /// for a retry); never above its dispatcher's limit.
+    pub peak_outstanding: AtomicU64,
+}
+
+impl AppCounters {
+    fn new(app: &str) -> Self {
+        Self {
+            app: app.into(),
+            accepted: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            rejected: ReasonCounts::default(),
+            expired: ReasonCounts::default(),
+            devices_removed: AtomicU64::new(0),
+            devices_reported_gone: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            peak_outstanding: AtomicU64::new(0),
+        }
+    }
+
+    /// The app (topic) these count.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// Read a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
+    }
+}
+
+/// Every app's counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    apps: RwLock<BTreeMap<Arc<str>, Arc<AppCounters>>>,
+}
+
+/// Totals over every app at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub accepted: u64,
+    pub delivered: u64,
+    pub rejected: u64,
+    pub expired: u64,
+    pub devices_removed: u64,
+}
+
+impl Counters {
+    /// The counters of `app`, made on first use.
+    pub fn app(&self, app: &str) -> Arc<AppCounters> {
+        if let Some(c) = self.apps.read().unwrap_or_else(|p| p.into_inner()).get(app) {
+            return c.clone();
+        }
+        let mut apps = self.apps.write().unwrap_or_else(|p| p.into_inner());
+        apps.entry(app.into())
+            .or_insert_with(|| Arc::new(AppCounters::new(app)))
+            .clone()
+    }
+
+    /// Every app's counters, sorted by app.
+    pub fn apps(&self) -> Vec<Arc<AppCounters>> {
+        self.apps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Totals over every app.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for a in self.apps() {
+            s.accepted += a.accepted.load(Relaxed);
+            s.delivered += a.delivered.load(Relaxed);
+            s.rejected += a.rejected.total();
+            s.expired += a.expired.total();
+            s.devices_removed += a.devices_removed.load(Relaxed);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_bounded_and_totals_add_up() {
+        let c = Counters::default();
+        let a = c.app("com.example.chat");
+        assert!(Arc::ptr_eq(&a, &c.app("com.example.chat")));
+        for i in 0..100 {
+            a.rejected.add(&format!("reason {i}"), 1);
+        }
+        a.rejected.add("reason 0", 1);
+        let by_reason = a.rejected.get();
+        assert_eq!(by_reason.len(), MAX_REASONS + 1);
+        assert_eq!(by_reason.iter().find(|(r, _)| r == "other").map(|x| x.1), Some(36));
+        assert_eq!(a.rejected.total(), 101);
+        a.delivered.fetch_add(3, Relaxed);
+        c.app("com.example.other").delivered.fetch_add(2, Relaxed);
+        let s = c.snapshot();
+        assert_eq!((s.delivered, s.rejected), (5, 101));
+    }
+}

@@ -1,0 +1,184 @@
+//! The outcome layer's events: small structs that log and count together,
+//! each emitted from exactly one place, so logs and numbers always agree
+//! (Vector's internal events are the model). Fields follow
+//! `pushbridge_api::fields`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use pushbridge_api::DeviceToken;
+
+use super::counters::AppCounters;
+use super::{Notification, Outcome};
+
+/// A notification reached its outcome (from [`super::Outcomes::settle`]).
+pub struct NotificationSettled<'a> {
+    pub n: &'a Notification,
+    pub outcome: &'a Outcome,
+}
+
+impl NotificationSettled<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        let n = self.n;
+        match self.outcome {
+            Outcome::Delivered => {
+                c.delivered.fetch_add(1, Relaxed);
+                tracing::trace!(app = %n.app, notification = n.id, device = n.token.short(), outcome = "delivered");
+            }
+            Outcome::Rejected {
+                reason, remove_device, ..
+            } => {
+                c.rejected.add(reason, 1);
+                if *remove_device {
+                    tracing::info!(app = %n.app, notification = n.id, device = n.token.short(), outcome = "rejected", reason = %reason, "APNS says the device is gone; removing it");
+                } else {
+                    tracing::warn!(app = %n.app, notification = n.id, device = n.token.short(), outcome = "rejected", reason = %reason, "notification rejected");
+                }
+            }
+            Outcome::Expired { reason } => {
+                c.expired.add(reason, 1);
+                tracing::warn!(app = %n.app, notification = n.id, device = n.token.short(), outcome = "expired", reason = %reason, "notification expired undelivered");
+            }
+        }
+    }
+}
+
+/// The feedback service reported a device gone.
+pub struct DeviceGoneReported<'a> {
+    pub app: &'a str,
+    pub token: &'a DeviceToken,
+    pub reason: &'a str,
+}
+
+impl DeviceGoneReported<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        c.devices_reported_gone.fetch_add(1, Relaxed);
+        tracing::info!(
+            app = self.app,
+            device = self.token.short(),
+            reason = self.reason,
+            "APNS reports a device gone"
+        );
+    }
+}
+
+/// The store removed a device APNS said is gone (emitted by the store,
+/// which alone knows whether the device was still registered).
+pub struct DeviceRemoved<'a> {
+    pub app: &'a str,
+    pub token: &'a DeviceToken,
+}
+
+impl DeviceRemoved<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        c.devices_removed.fetch_add(1, Relaxed);
+        tracing::info!(
+            app = self.app,
+            device = self.token.short(),
+            "device removed from the registry"
+        );
+    }
+}
+
+/// Notifications committed to the outbox (emitted where they are handed
+/// on to the sinks).
+pub struct NotificationsAccepted {
+    pub count: u64,
+}
+
+impl NotificationsAccepted {
+    pub fn emit(&self, c: &AppCounters) {
+        c.accepted.fetch_add(self.count, Relaxed);
+    }
+}
+
+/// A notification will be sent again after a transient failure.
+pub struct NotificationRetried<'a> {
+    pub n: &'a Notification,
+    pub reason: &'a str,
+    pub retry_in: Duration,
+}
+
+impl NotificationRetried<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        c.retried.fetch_add(1, Relaxed);
+        tracing::debug!(app = %self.n.app, notification = self.n.id, attempt = self.n.attempts, reason = self.reason, retry_in = ?self.retry_in, "retrying");
+    }
+}
+
+/// Notifications were written to a connection that ended before APNS
+/// answered them: they will be sent again and may arrive twice.
+pub struct NotificationsLost<'a> {
+    pub app: &'a str,
+    pub count: u64,
+    pub reason: &'a str,
+}
+
+impl NotificationsLost<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        c.lost.fetch_add(self.count, Relaxed);
+        tracing::debug!(
+            app = self.app,
+            count = self.count,
+            reason = self.reason,
+            "sent without an answer; sending again"
+        );
+    }
+}
+
+/// A connection to APNS is up.
+pub struct ApnsConnected<'a> {
+    pub app: &'a str,
+    pub host: &'a str,
+    pub connection: usize,
+}
+
+impl ApnsConnected<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        c.connects.fetch_add(1, Relaxed);
+        tracing::info!(
+            app = self.app,
+            host = self.host,
+            connection = self.connection,
+            "APNS connection up"
+        );
+    }
+}
+
+/// A connection attempt to APNS failed.
+pub struct ApnsUnreachable<'a> {
+    pub app: &'a str,
+    pub host: &'a str,
+    pub connection: usize,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl ApnsUnreachable<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        c.connect_failures.fetch_add(1, Relaxed);
+        tracing::warn!(app = self.app, host = self.host, connection = self.connection, error = %self.error, "cannot reach APNS");
+    }
+}
+
+/// A sink stopped: one line with every counter of its app.
+pub struct SinkStopped<'a> {
+    pub protocol: &'a str,
+}
+
+impl SinkStopped<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        let g = AppCounters::get;
+        tracing::info!(
+            app = c.app(),
+            protocol = self.protocol,
+            delivered = g(&c.delivered),
+            devices_removed = g(&c.devices_removed),
+            rejected = c.rejected.total(),
+            expired = c.expired.total(),
+            retried = g(&c.retried),
+            lost = g(&c.lost),
+            connects = g(&c.connects),
+            "sink stopped"
+        );
+    }
+}
