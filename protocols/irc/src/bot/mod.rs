@@ -1,15 +1,15 @@
 //! The watcher bot's state and decisions, without I/O: the connection hands
 //! it each parsed [`Msg`] and writes the [`Output`] lines it asks for.
 //!
-//! - [`session`]: the bot's own registration with the server: CAP 302
+//! - `session`: the bot's own registration with the server: CAP 302
 //!   negotiation, SASL PLAIN, nick retries, ISUPPORT, joining the channels.
-//! - [`presence`]: who is online, away, and logged in to which account
+//! - `presence`: who is online, away, and logged in to which account
 //!   (MONITOR or ISON, WHOIS, WHO, away-notify, account-notify,
 //!   extended-join), which channels the bot sees each nick in, and the
 //!   presence it reports to the core.
-//! - [`commands`]: what users send the bot privately (HELP, REGISTER,
+//! - `commands`: what users send the bot privately (HELP, REGISTER,
 //!   UNREGISTER, STATUS, TELL).
-//! - [`highlights`]: channel messages that highlight registered users.
+//! - `highlights`: channel messages that highlight registered users.
 //!
 //! Each module adds the methods of its concern to the one [`Bot`]: a
 //! message often touches several concerns (a WHOIS answer updates presence
@@ -52,7 +52,7 @@ pub enum Output {
 pub struct Bot {
     ctx: Context<IrcConfig>,
 
-    // The session ([`session`]).
+    // The session (`session`).
     /// The nick the server knows the bot by.
     nick: String,
     /// The server's `CASEMAPPING` (ISUPPORT).
@@ -69,7 +69,7 @@ pub struct Bot {
     /// The server welcomed the bot (001).
     registered: bool,
 
-    // Presence ([`presence`]).
+    // Presence (`presence`).
     /// Registered accounts → the nick they were last seen with.
     accounts: HashMap<String, String>,
     /// Lower-cased nick → the account it is logged in to.
@@ -92,7 +92,7 @@ pub struct Bot {
     /// The presence last reported to the core, by account.
     reported: HashMap<String, Presence>,
 
-    // Commands ([`commands`]).
+    // Commands (`commands`).
     /// Lower-cased sender → (window start, TELLs in it).
     tells: HashMap<String, (Instant, u32)>,
     /// Commands waiting for a WHOIS to say who sent them, by lower-cased
