@@ -19,8 +19,6 @@ mod commands;
 mod highlights;
 mod presence;
 mod session;
-#[cfg(test)]
-mod testing;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
@@ -208,3 +206,6 @@ impl Bot {
         }
     }
 }
+
+#[cfg(test)]
+mod testing;
