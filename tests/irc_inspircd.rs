@@ -293,6 +293,11 @@ fn wait_log(gw: &Gateway, what: &str, n: usize) {
     }
 }
 
+/// The gateway's log line when the bot reports `account`'s presence.
+fn presence_log(account: &str, presence: &str) -> String {
+    format!("user=irc:test:{account} presence={presence}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspircd_highlights_presence_accounts_and_restart() {
     if !Path::new(INSPIRCD).exists() || !Path::new(ATHEME).exists() {
@@ -307,115 +312,166 @@ async fn inspircd_highlights_presence_accounts_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut net = Net::new(dir.path());
     net.start();
-    let port = net.client_port;
-    tokio::join!(
-        create_account(port, "alice"),
-        create_account(port, "bob"),
-        create_account(port, "mallory"),
-        create_account(port, "pushbot")
-    );
-
-    let text = format!(
-        "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"pushbot-pass\"\n",
-        config_text(dir.path(), "", "")
-    );
-    let gw = Gateway::start(dir.path(), &text);
-    wait_log(&gw, "registered on the IRC network", 1);
-    wait_log(&gw, "logged in to services adapter=\"irc:test\" account=pushbot", 1);
-
-    // alice logs in, registers her phone with the bot, and leaves.
-    let alice_token = token(0xa11ce);
-    let (mut alice, mut bob) = tokio::join!(
-        Irc::connect(port, "alice", Some(("alice", "alice-pass"))),
-        Irc::connect(port, "bob", Some(("bob", "bob-pass")))
-    );
-    alice.join("#chat").await;
-    bob.join("#chat").await;
-    let answer = alice.ask("pushbot", &format!("REGISTER {alice_token}")).await;
-    assert!(answer.contains("registered for account alice"), "{answer}");
-    wait_log(&gw, "account=alice presence=Online", 1);
-    alice.quit().await;
-    wait_log(&gw, "account=alice presence=Offline", 1);
-
-    // bob highlights her: one push, with bob, #chat and the text.
-    bob.send("PRIVMSG #chat :\x02alice\x02: lunch at noon?").await;
-    let p = gw.wait_pushes(1);
-    assert_eq!(p[0]["device_token"], alice_token.as_str());
-    assert_eq!(p[0]["payload"]["aps"]["alert"]["title"], "bob in #chat");
-    assert_eq!(p[0]["payload"]["aps"]["alert"]["body"], "alice: lunch at noon?");
-    // Not a highlight: no push.
-    bob.send("PRIVMSG #chat :malice is not a name").await;
-
-    // alice is back: no push.
-    let mut alice = Irc::connect(port, "alice", Some(("alice", "alice-pass"))).await;
-    alice.join("#chat").await;
-    wait_log(&gw, "account=alice presence=Online", 2);
-    bob.send("PRIVMSG #chat :alice, welcome back").await;
-    gw.assert_pushes_stay(1);
-
-    // alice goes away: pushes again.
-    alice.send("AWAY :in a meeting").await;
-    wait_log(&gw, "account=alice presence=Away", 1);
-    bob.send("PRIVMSG #chat :ALICE are you there?").await;
-    let p = gw.wait_pushes(2);
-    assert_eq!(p[1]["payload"]["aps"]["alert"]["body"], "ALICE are you there?");
-
-    // mallory, not logged in, cannot register a device; logged in as
-    // herself, she registers one for her own account, never for alice.
-    let mallory_token = token(0xbad);
-    let mut guest = Irc::connect(port, "mallory", None).await;
-    let answer = guest.ask("pushbot", &format!("REGISTER {mallory_token}")).await;
-    assert!(answer.contains("not logged in"), "{answer}");
-    guest.quit().await;
-    let mut mallory = Irc::connect(port, "mallory2", Some(("mallory", "mallory-pass"))).await;
-    let answer = mallory.ask("pushbot", &format!("REGISTER {mallory_token}")).await;
-    assert!(answer.contains("account mallory"), "{answer}");
-    let status = alice.ask("pushbot", "STATUS").await;
-    assert!(status.contains("Account alice: 1 device(s)"), "{status}");
-    bob.send("PRIVMSG #chat :alice: still away?").await;
-    let p = gw.wait_pushes(3);
-    assert_eq!(p[2]["device_token"], alice_token.as_str(), "only alice's device");
-    gw.assert_pushes_stay(3);
-
-    // TELL: a private message pushed through the bot.
-    let answer = bob.ask("pushbot", "TELL alice call me when you are back").await;
-    assert!(answer.contains("Pushed to alice"), "{answer}");
-    let p = gw.wait_pushes(4);
-    assert_eq!(p[3]["payload"]["aps"]["alert"]["title"], "bob");
-    assert_eq!(p[3]["payload"]["aps"]["alert"]["body"], "call me when you are back");
-
-    // alice leaves the channel and the network; a guest takes her nick and
-    // tries to register a device on her account: refused.
-    alice.send("PART #chat").await;
-    alice.quit().await;
-    wait_log(&gw, "account=alice presence=Offline", 2);
-    let mut guest = Irc::connect(port, "alice", None).await;
-    let answer = guest.ask("pushbot", &format!("REGISTER {mallory_token}")).await;
-    assert!(answer.contains("not logged in"), "{answer}");
-    let answer = guest.ask("pushbot", "STATUS").await;
-    assert!(answer.contains("not logged in"), "{answer}");
-    let status = bob.ask("pushbot", "TELL alice are you there?").await;
-    assert!(
-        status.contains("Pushed to alice (1 device(s))"),
-        "the guest holding her nick is not alice: {status}"
-    );
-    let p = gw.wait_pushes(5);
-    assert_eq!(p[4]["device_token"], alice_token.as_str());
-    guest.quit().await;
+    let s = Scene::start(dir.path(), net.client_port).await;
+    let mut bob = s.alice_registers_and_is_highlighted_while_offline().await;
+    let mut alice = s.alice_back_then_away(&mut bob).await;
+    let mallory = s.devices_only_for_own_accounts(&mut alice, &mut bob).await;
+    s.tell_pushes(&mut bob).await;
+    s.a_guest_with_alices_nick_is_not_alice(alice, &mut bob).await;
 
     // The IRC server restarts: the bot reconnects, re-joins and keeps working.
     drop((bob, mallory));
     net.stop();
     net.start();
-    wait_log(&gw, "registered on the IRC network", 2);
-    let mut bob = Irc::connect(port, "bob", Some(("bob", "bob-pass"))).await;
-    bob.join("#chat").await;
-    // The bot is back in #chat (bob sees it in NAMES) and alice is offline.
-    bob.send("NAMES #chat").await;
-    bob.expect(|l| l.contains(" 353 ") && l.contains("pushbot")).await;
-    bob.send("PRIVMSG #chat :alice: the server restarted").await;
-    let p = gw.wait_pushes(6);
-    assert_eq!(p[5]["payload"]["aps"]["alert"]["body"], "alice: the server restarted");
-    assert_eq!(p[5]["device_token"], alice_token.as_str());
-    wait_log(&gw, "logged in to services adapter=\"irc:test\" account=pushbot", 2);
+    s.works_after_the_restart().await;
+}
+
+/// The gateway with the bot on the test network, the accounts alice, bob
+/// and mallory, and their device tokens; one method per step of the test.
+struct Scene {
+    gw: Gateway,
+    port: u16,
+    alice_token: String,
+    mallory_token: String,
+}
+
+impl Scene {
+    /// Create the accounts, start the gateway, wait for the bot to be
+    /// registered and logged in to services.
+    async fn start(dir: &Path, port: u16) -> Scene {
+        tokio::join!(
+            create_account(port, "alice"),
+            create_account(port, "bob"),
+            create_account(port, "mallory"),
+            create_account(port, "pushbot")
+        );
+        let text = format!(
+            "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"pushbot-pass\"\n",
+            config_text(dir, "", "")
+        );
+        let gw = Gateway::start(dir, &text);
+        wait_log(&gw, "registered on the IRC network", 1);
+        wait_log(&gw, "logged in to services adapter=\"irc:test\" account=pushbot", 1);
+        Scene {
+            gw,
+            port,
+            alice_token: token(0xa11ce),
+            mallory_token: token(0xbad),
+        }
+    }
+
+    /// alice logs in, registers her phone with the bot, and leaves; bob
+    /// highlights her: one push. bob, in #chat, is returned.
+    async fn alice_registers_and_is_highlighted_while_offline(&self) -> Irc {
+        let (gw, port, alice_token) = (&self.gw, self.port, &self.alice_token);
+        let (mut alice, mut bob) = tokio::join!(
+            Irc::connect(port, "alice", Some(("alice", "alice-pass"))),
+            Irc::connect(port, "bob", Some(("bob", "bob-pass")))
+        );
+        alice.join("#chat").await;
+        bob.join("#chat").await;
+        let answer = alice.ask("pushbot", &format!("REGISTER {alice_token}")).await;
+        assert!(answer.contains("registered for account alice"), "{answer}");
+        wait_log(gw, &presence_log("alice", "Online"), 1);
+        alice.quit().await;
+        wait_log(gw, &presence_log("alice", "Offline"), 1);
+
+        // bob highlights her: one push, with bob, #chat and the text.
+        bob.send("PRIVMSG #chat :\x02alice\x02: lunch at noon?").await;
+        let p = gw.wait_pushes(1);
+        assert_eq!(p[0]["device_token"], alice_token.as_str());
+        assert_eq!(p[0]["payload"]["aps"]["alert"]["title"], "bob in #chat");
+        assert_eq!(p[0]["payload"]["aps"]["alert"]["body"], "alice: lunch at noon?");
+        // Not a highlight: no push.
+        bob.send("PRIVMSG #chat :malice is not a name").await;
+        bob
+    }
+
+    /// alice is back: no push; she goes away: pushes again. alice, away in
+    /// #chat, is returned.
+    async fn alice_back_then_away(&self, bob: &mut Irc) -> Irc {
+        let gw = &self.gw;
+        let mut alice = Irc::connect(self.port, "alice", Some(("alice", "alice-pass"))).await;
+        alice.join("#chat").await;
+        wait_log(gw, &presence_log("alice", "Online"), 2);
+        bob.send("PRIVMSG #chat :alice, welcome back").await;
+        gw.assert_pushes_stay(1);
+
+        // alice goes away: pushes again.
+        alice.send("AWAY :in a meeting").await;
+        wait_log(gw, &presence_log("alice", "Away"), 1);
+        bob.send("PRIVMSG #chat :ALICE are you there?").await;
+        let p = gw.wait_pushes(2);
+        assert_eq!(p[1]["payload"]["aps"]["alert"]["body"], "ALICE are you there?");
+        alice
+    }
+
+    /// mallory, not logged in, cannot register a device; logged in as
+    /// herself, she registers one for her own account, never for alice.
+    /// mallory's connection is returned.
+    async fn devices_only_for_own_accounts(&self, alice: &mut Irc, bob: &mut Irc) -> Irc {
+        let (gw, port, mallory_token) = (&self.gw, self.port, &self.mallory_token);
+        let mut guest = Irc::connect(port, "mallory", None).await;
+        let answer = guest.ask("pushbot", &format!("REGISTER {mallory_token}")).await;
+        assert!(answer.contains("not logged in"), "{answer}");
+        guest.quit().await;
+        let mut mallory = Irc::connect(port, "mallory2", Some(("mallory", "mallory-pass"))).await;
+        let answer = mallory.ask("pushbot", &format!("REGISTER {mallory_token}")).await;
+        assert!(answer.contains("account mallory"), "{answer}");
+        let status = alice.ask("pushbot", "STATUS").await;
+        assert!(status.contains("Account alice: 1 device(s)"), "{status}");
+        bob.send("PRIVMSG #chat :alice: still away?").await;
+        let p = gw.wait_pushes(3);
+        assert_eq!(p[2]["device_token"], self.alice_token.as_str(), "only alice's device");
+        gw.assert_pushes_stay(3);
+        mallory
+    }
+
+    /// TELL: a private message pushed through the bot.
+    async fn tell_pushes(&self, bob: &mut Irc) {
+        let answer = bob.ask("pushbot", "TELL alice call me when you are back").await;
+        assert!(answer.contains("Pushed to alice"), "{answer}");
+        let p = self.gw.wait_pushes(4);
+        assert_eq!(p[3]["payload"]["aps"]["alert"]["title"], "bob");
+        assert_eq!(p[3]["payload"]["aps"]["alert"]["body"], "call me when you are back");
+    }
+
+    /// alice leaves the channel and the network; a guest takes her nick and
+    /// tries to register a device on her account: refused.
+    async fn a_guest_with_alices_nick_is_not_alice(&self, mut alice: Irc, bob: &mut Irc) {
+        let gw = &self.gw;
+        alice.send("PART #chat").await;
+        alice.quit().await;
+        wait_log(gw, &presence_log("alice", "Offline"), 2);
+        let mut guest = Irc::connect(self.port, "alice", None).await;
+        let answer = guest.ask("pushbot", &format!("REGISTER {}", self.mallory_token)).await;
+        assert!(answer.contains("not logged in"), "{answer}");
+        let answer = guest.ask("pushbot", "STATUS").await;
+        assert!(answer.contains("not logged in"), "{answer}");
+        let status = bob.ask("pushbot", "TELL alice are you there?").await;
+        assert!(
+            status.contains("Pushed to alice (1 device(s))"),
+            "the guest holding her nick is not alice: {status}"
+        );
+        let p = gw.wait_pushes(5);
+        assert_eq!(p[4]["device_token"], self.alice_token.as_str());
+        guest.quit().await;
+    }
+
+    /// After the IRC server restarted: the bot is back in #chat (bob sees
+    /// it in NAMES), logged in again, and alice (offline) gets highlights.
+    async fn works_after_the_restart(&self) {
+        let gw = &self.gw;
+        wait_log(gw, "registered on the IRC network", 2);
+        let mut bob = Irc::connect(self.port, "bob", Some(("bob", "bob-pass"))).await;
+        bob.join("#chat").await;
+        // The bot is back in #chat (bob sees it in NAMES) and alice is offline.
+        bob.send("NAMES #chat").await;
+        bob.expect(|l| l.contains(" 353 ") && l.contains("pushbot")).await;
+        bob.send("PRIVMSG #chat :alice: the server restarted").await;
+        let p = gw.wait_pushes(6);
+        assert_eq!(p[5]["payload"]["aps"]["alert"]["body"], "alice: the server restarted");
+        assert_eq!(p[5]["device_token"], self.alice_token.as_str());
+        wait_log(gw, "logged in to services adapter=\"irc:test\" account=pushbot", 2);
+    }
 }
