@@ -54,23 +54,30 @@ pub struct PushNode {
 /// an iq error.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The device token is not one.
     #[error("field 'token': {0}")]
     BadToken(TokenError),
+    /// The JID cannot be a user id.
     #[error("unusable JID")]
     BadJid,
+    /// A new node would pass `max_devices_per_jid`.
     #[error(
         "{jid} already has {count} devices registered, the most allowed (max_devices_per_jid = {max}); unregister one with unregister-push-apns first"
     )]
     TooManyDevices { jid: String, count: usize, max: usize },
+    /// The OS RNG failed: no node or secret can be made.
     #[error("no randomness available")]
     NoRandomness,
     /// The core refused the registration (e.g. an unknown topic).
     #[error("{0}")]
     Core(#[from] EventError),
+    /// A node row that is not a [`Registration`].
     #[error("unreadable registration")]
     Unreadable,
+    /// The adapter state store failed.
     #[error("store: {0}")]
     Store(#[from] StateError),
+    /// A row could not be serialized.
     #[error("{0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -127,6 +134,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The registry in `ctx`'s state, telling `ctx`'s core of changes.
     pub fn new(ctx: Context<XmppConfig>) -> Self {
         Self {
             ctx,

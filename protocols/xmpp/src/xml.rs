@@ -14,14 +14,18 @@ use tokio::io::{AsyncRead, BufReader, ReadBuf};
 /// children; read from a stream, also the namespace its name resolves to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
+    /// The name as written, prefix included (`stream:error`).
     pub name: String,
+    /// Attributes in document order, values unescaped.
     pub attrs: Vec<(String, String)>,
+    /// Child elements and text, in document order.
     pub children: Vec<Node>,
     /// The resolved namespace (default or prefixed declarations, in this
     /// element or inherited); `None` for elements built here.
     pub namespace: Option<String>,
 }
 
+/// A child of an element.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Element(Element),
@@ -29,6 +33,7 @@ pub enum Node {
 }
 
 impl Element {
+    /// An element named `name` (prefix included), without attributes or children.
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
@@ -54,6 +59,7 @@ impl Element {
         self
     }
 
+    /// The value of attribute `k` (as written, e.g. `xmlns:stream`).
     pub fn get(&self, k: &str) -> Option<&str> {
         self.attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
     }
@@ -70,6 +76,7 @@ impl Element {
         self.namespace.as_deref().or_else(|| self.get("xmlns"))
     }
 
+    /// The child elements (not text), in order.
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
@@ -121,6 +128,7 @@ impl Element {
         let _ = w.write_event(Event::End(BytesEnd::new(self.name.as_str())));
     }
 
+    /// The element serialized (see [`Element::write_to`]).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::new();
         self.write_to(&mut v);
@@ -198,6 +206,8 @@ pub struct StreamReader<R> {
 const READ_AHEAD: usize = 8192;
 
 impl<R: AsyncRead + Unpin> StreamReader<R> {
+    /// A reader of `inner` refusing stanzas over `max_stanza` bytes (and
+    /// reading at most `max_stanza` + 8 KiB ahead of a stanza's start).
     pub fn new(inner: R, max_stanza: usize) -> Self {
         let budget = Arc::new(AtomicUsize::new(max_stanza + READ_AHEAD));
         let limited = Limited {
