@@ -30,8 +30,6 @@ pub mod registry;
 pub mod service;
 pub mod session;
 pub mod stanza;
-#[cfg(test)]
-mod test_support;
 pub mod xml;
 
 use pushbridge_api::{Adapter, AdapterError, ConfigError, Context, Environment};
@@ -154,6 +152,9 @@ impl Adapter for XmppAdapter {
         session::run(&ctx, link).await
     }
 }
+
+#[cfg(test)]
+mod test_support;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,5 @@
-//! What the component answers: routes each iq to [`disco`](crate::disco),
-//! [`commands`](crate::commands) (XEP-0050) or [`publish`](crate::publish)
+//! What the component answers: routes each iq to [`disco`],
+//! [`commands`] (XEP-0050) or [`publish`]
 //! (XEP-0357) and sends the reply to the connection's writer. Commands and
 //! publishes wait on the core, so they run in tasks of their own, at most
 //! `max_inflight` at once.
