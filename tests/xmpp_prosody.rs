@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use harness::apns::{http2_config, Creds};
 use harness::{free_port, token, Gateway};
+use pushbridge::simulator::http2::Simulator;
 
 const SECRET: &str = "comp-s3cret";
 
@@ -180,181 +181,196 @@ fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
 
+/// What the test runs against: Prosody with alice and bob, pushbridge
+/// connected to it as `push.localhost`, and the HTTP/2 APNS simulator.
+/// Fields drop in order: pushbridge first, the temporary directory last.
+struct World {
+    gw: Gateway,
+    sim: Simulator,
+    _creds: Creds,
+    prosody: Prosody,
+    python: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    /// Start everything and wait for the component link; `None` (the test
+    /// is skipped) when Prosody or slixmpp is missing outside CI.
+    async fn start() -> Option<World> {
+        let (prosody_bin, python) = match peers() {
+            Ok(p) => p,
+            Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true and {why}"),
+            Err(why) => {
+                eprintln!("SKIPPING the Prosody integration test: {why}");
+                return None;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let prosody = Prosody::start(dir.path(), &prosody_bin);
+        let creds = Creds::new(dir.path());
+        let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+        let text = format!(
+            "{}\n[[adapters.xmpp]]\nserver = \"127.0.0.1:{}\"\ndomain = \"push.localhost\"\nsecret = \"{SECRET}\"\n",
+            http2_config(dir.path(), &creds.token_app(&sim.addr().to_string()), ""),
+            prosody.component
+        );
+        let gw = Gateway::start(dir.path(), &text);
+        wait_for(
+            "the component link",
+            || gw.logs().contains("XMPP component connected"),
+            || gw.logs(),
+        );
+        Some(World {
+            gw,
+            sim,
+            _creds: creds,
+            prosody,
+            python,
+            _dir: dir,
+        })
+    }
+
+    /// alice registers her phone, enables push, and vanishes: her token.
+    fn alice_registers_and_enables_push(&self) -> String {
+        let alice_token = token(0xa11ce);
+        let out = client(
+            &self.python,
+            &self.prosody,
+            &[
+                "register-enable",
+                "--jid",
+                "alice@localhost/phone",
+                "--password",
+                "alicepass",
+                "--component",
+                "push.localhost",
+                "--token",
+                &alice_token,
+            ],
+        );
+        let reg: serde_json::Value = serde_json::from_str(out.trim()).expect("node and secret as JSON");
+        assert!(reg["node"].as_str().is_some_and(|n| n.len() >= 16), "{reg}");
+        assert!(reg["secret"].as_str().is_some_and(|s| s.len() >= 24), "{reg}");
+        alice_token
+    }
+
+    /// bob writes `body` to alice.
+    fn bob_writes(&self, body: &str) {
+        client(
+            &self.python,
+            &self.prosody,
+            &[
+                "send",
+                "--jid",
+                "bob@localhost/pc",
+                "--password",
+                "bobpass",
+                "--to",
+                "alice@localhost",
+                "--body",
+                body,
+            ],
+        );
+    }
+
+    /// bob writes; Prosody publishes to pushbridge; one push reaches APNS.
+    async fn first_message_is_pushed(&self, alice_token: &str) {
+        self.bob_writes("are you there, alice?");
+        assert!(
+            self.sim.state().recorder.wait_for(1, Duration::from_secs(20)).await,
+            "no push:\n{}\n{}",
+            self.gw.logs(),
+            self.prosody.log()
+        );
+        let r = self.sim.state().recorder.records();
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].device_token, alice_token);
+        assert_eq!(r[0].payload["aps"]["alert"]["title"], "bob@localhost");
+        assert_eq!(r[0].payload["aps"]["alert"]["body"], "are you there, alice?");
+    }
+
+    /// Prosody received the iq result for that publish: its router logs
+    /// every stanza a component sends (debug level), with the id of the
+    /// publish it answers.
+    fn prosody_receives_the_publish_result(&self) {
+        let gw = &self.gw;
+        wait_for(
+            "pushbridge to answer the publish",
+            || gw.logs().contains("outcome=\"result\""),
+            || gw.logs(),
+        );
+        let logs = gw.logs();
+        let id = logs
+            .lines()
+            .find(|l| l.contains("XEP-0357 publish answered") && l.contains("outcome=\"result\""))
+            .and_then(|l| quoted_field(l, "id"))
+            .unwrap_or_else(|| panic!("no id in the publish log line:\n{logs}"));
+        assert!(!id.is_empty(), "{logs}");
+        let prosody = &self.prosody;
+        wait_for(
+            "Prosody to receive the iq result for the publish",
+            || {
+                prosody.log().lines().any(|l| {
+                    l.contains("Received[component]: <iq ")
+                        && l.contains(&format!("id='{id}'"))
+                        && l.contains("type='result'")
+                        && l.contains("from='push.localhost'")
+                        && l.contains("to='localhost'")
+                })
+            },
+            || prosody.log(),
+        );
+        assert!(!prosody.log().contains("Got error"), "{}", prosody.log());
+    }
+
+    /// APNS now says alice's token is gone. The next publish is still taken
+    /// (the device is removed when APNS answers 410)… and the one after is
+    /// answered item-not-found: Prosody disables push.
+    fn a_gone_device_gets_its_node_disabled(&self, alice_token: &str) {
+        let (gw, prosody) = (&self.gw, &self.prosody);
+        self.sim.state().reject(alice_token, 410, "Unregistered");
+        self.bob_writes("second");
+        wait_for(
+            "the device to be removed",
+            || gw.logs().contains("removing it"),
+            || format!("{}\n{}", gw.logs(), prosody.log()),
+        );
+        self.bob_writes("third");
+        wait_for(
+            "pushbridge to refuse the publish",
+            || gw.logs().contains("outcome=\"item-not-found\""),
+            || gw.logs(),
+        );
+        wait_for(
+            "Prosody to disable the node",
+            || prosody.log().contains("Disabling push notifications for identifier"),
+            || prosody.log(),
+        );
+    }
+
+    /// A fourth message publishes nothing more.
+    fn a_disabled_node_gets_no_publish(&self) {
+        let answered = count(&self.gw.logs(), "XEP-0357 publish answered");
+        self.bob_writes("fourth");
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(
+            count(&self.gw.logs(), "XEP-0357 publish answered"),
+            answered,
+            "{}",
+            self.gw.logs()
+        );
+        assert_eq!(self.sim.state().recorder.count(), 1, "no more pushes");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_push_register_publish_and_disable() {
-    let (prosody_bin, python) = match peers() {
-        Ok(p) => p,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true and {why}"),
-        Err(why) => {
-            eprintln!("SKIPPING the Prosody integration test: {why}");
-            return;
-        }
+    let Some(world) = World::start().await else {
+        return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let prosody = Prosody::start(dir.path(), &prosody_bin);
-    let creds = Creds::new(dir.path());
-    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
-    let text = format!(
-        "{}\n[[adapters.xmpp]]\nserver = \"127.0.0.1:{}\"\ndomain = \"push.localhost\"\nsecret = \"{SECRET}\"\n",
-        http2_config(dir.path(), &creds.token_app(&sim.addr().to_string()), ""),
-        prosody.component
-    );
-    let gw = Gateway::start(dir.path(), &text);
-    wait_for(
-        "the component link",
-        || gw.logs().contains("XMPP component connected"),
-        || gw.logs(),
-    );
-
-    // alice registers her phone, enables push, and vanishes.
-    let alice_token = token(0xa11ce);
-    let out = client(
-        &python,
-        &prosody,
-        &[
-            "register-enable",
-            "--jid",
-            "alice@localhost/phone",
-            "--password",
-            "alicepass",
-            "--component",
-            "push.localhost",
-            "--token",
-            &alice_token,
-        ],
-    );
-    let reg: serde_json::Value = serde_json::from_str(out.trim()).expect("node and secret as JSON");
-    assert!(reg["node"].as_str().is_some_and(|n| n.len() >= 16), "{reg}");
-    assert!(reg["secret"].as_str().is_some_and(|s| s.len() >= 24), "{reg}");
-
-    // bob writes; Prosody publishes to pushbridge; one push reaches APNS.
-    client(
-        &python,
-        &prosody,
-        &[
-            "send",
-            "--jid",
-            "bob@localhost/pc",
-            "--password",
-            "bobpass",
-            "--to",
-            "alice@localhost",
-            "--body",
-            "are you there, alice?",
-        ],
-    );
-    assert!(
-        sim.state().recorder.wait_for(1, Duration::from_secs(20)).await,
-        "no push:\n{}\n{}",
-        gw.logs(),
-        prosody.log()
-    );
-    let r = sim.state().recorder.records();
-    assert_eq!(r.len(), 1, "{r:?}");
-    assert_eq!(r[0].device_token, alice_token);
-    assert_eq!(r[0].payload["aps"]["alert"]["title"], "bob@localhost");
-    assert_eq!(r[0].payload["aps"]["alert"]["body"], "are you there, alice?");
-    wait_for(
-        "pushbridge to answer the publish",
-        || gw.logs().contains("outcome=\"result\""),
-        || gw.logs(),
-    );
-    // Prosody received that iq result: its router logs every stanza a
-    // component sends (debug level), with the id of the publish it answers.
-    let logs = gw.logs();
-    let id = logs
-        .lines()
-        .find(|l| l.contains("XEP-0357 publish answered") && l.contains("outcome=\"result\""))
-        .and_then(|l| quoted_field(l, "id"))
-        .unwrap_or_else(|| panic!("no id in the publish log line:\n{logs}"));
-    assert!(!id.is_empty(), "{logs}");
-    wait_for(
-        "Prosody to receive the iq result for the publish",
-        || {
-            prosody.log().lines().any(|l| {
-                l.contains("Received[component]: <iq ")
-                    && l.contains(&format!("id='{id}'"))
-                    && l.contains("type='result'")
-                    && l.contains("from='push.localhost'")
-                    && l.contains("to='localhost'")
-            })
-        },
-        || prosody.log(),
-    );
-    assert!(!prosody.log().contains("Got error"), "{}", prosody.log());
-
-    // APNS now says alice's token is gone. The next publish is still taken
-    // (the device is removed when APNS answers 410)…
-    sim.state().reject(&alice_token, 410, "Unregistered");
-    client(
-        &python,
-        &prosody,
-        &[
-            "send",
-            "--jid",
-            "bob@localhost/pc",
-            "--password",
-            "bobpass",
-            "--to",
-            "alice@localhost",
-            "--body",
-            "second",
-        ],
-    );
-    wait_for(
-        "the device to be removed",
-        || gw.logs().contains("removing it"),
-        || format!("{}\n{}", gw.logs(), prosody.log()),
-    );
-    // …and the one after is answered item-not-found: Prosody disables push.
-    client(
-        &python,
-        &prosody,
-        &[
-            "send",
-            "--jid",
-            "bob@localhost/pc",
-            "--password",
-            "bobpass",
-            "--to",
-            "alice@localhost",
-            "--body",
-            "third",
-        ],
-    );
-    wait_for(
-        "pushbridge to refuse the publish",
-        || gw.logs().contains("outcome=\"item-not-found\""),
-        || gw.logs(),
-    );
-    wait_for(
-        "Prosody to disable the node",
-        || prosody.log().contains("Disabling push notifications for identifier"),
-        || prosody.log(),
-    );
-    // A fourth message publishes nothing more.
-    let answered = count(&gw.logs(), "XEP-0357 publish answered");
-    client(
-        &python,
-        &prosody,
-        &[
-            "send",
-            "--jid",
-            "bob@localhost/pc",
-            "--password",
-            "bobpass",
-            "--to",
-            "alice@localhost",
-            "--body",
-            "fourth",
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(
-        count(&gw.logs(), "XEP-0357 publish answered"),
-        answered,
-        "{}",
-        gw.logs()
-    );
-    assert_eq!(sim.state().recorder.count(), 1, "no more pushes");
+    let alice_token = world.alice_registers_and_enables_push();
+    world.first_message_is_pushed(&alice_token).await;
+    world.prosody_receives_the_publish_result();
+    world.a_gone_device_gets_its_node_disabled(&alice_token);
+    world.a_disabled_node_gets_no_publish();
 }

@@ -7,21 +7,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
+use quick_xml::events::{BytesEnd, BytesRef, BytesStart, BytesText, Event};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 /// An element: its (prefixed) name, attributes in document order, and
 /// children; read from a stream, also the namespace its name resolves to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Element {
+    /// The name as written, prefix included (`stream:error`).
     pub name: String,
+    /// Attributes in document order, values unescaped.
     pub attrs: Vec<(String, String)>,
+    /// Child elements and text, in document order.
     pub children: Vec<Node>,
     /// The resolved namespace (default or prefixed declarations, in this
     /// element or inherited); `None` for elements built here.
     pub namespace: Option<String>,
 }
 
+/// A child of an element.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Element(Element),
@@ -29,6 +33,7 @@ pub enum Node {
 }
 
 impl Element {
+    /// An element named `name` (prefix included), without attributes or children.
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
@@ -54,6 +59,7 @@ impl Element {
         self
     }
 
+    /// The value of attribute `k` (as written, e.g. `xmlns:stream`).
     pub fn get(&self, k: &str) -> Option<&str> {
         self.attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
     }
@@ -70,6 +76,7 @@ impl Element {
         self.namespace.as_deref().or_else(|| self.get("xmlns"))
     }
 
+    /// The child elements (not text), in order.
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
@@ -121,6 +128,7 @@ impl Element {
         let _ = w.write_event(Event::End(BytesEnd::new(self.name.as_str())));
     }
 
+    /// The element serialized (see [`Element::write_to`]).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::new();
         self.write_to(&mut v);
@@ -198,6 +206,8 @@ pub struct StreamReader<R> {
 const READ_AHEAD: usize = 8192;
 
 impl<R: AsyncRead + Unpin> StreamReader<R> {
+    /// A reader of `inner` refusing stanzas over `max_stanza` bytes (and
+    /// reading at most `max_stanza` + 8 KiB ahead of a stanza's start).
     pub fn new(inner: R, max_stanza: usize) -> Self {
         let budget = Arc::new(AtomicUsize::new(max_stanza + READ_AHEAD));
         let limited = Limited {
@@ -252,13 +262,11 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
         }
     }
 
-    /// The next stanza; `Err(Closed)` at the end of the stream.
+    /// The next stanza; `Err(Closed)` at the end of the stream (its end
+    /// tag or EOF), `Err(TooBig)` once it passes `max_stanza` bytes.
     pub async fn next(&mut self) -> Result<Element, ReadError> {
         let start = self.reader.buffer_position();
-        let mut stack: Vec<Element> = Vec::new();
-        // Declarations in scope, and how many each open element added.
-        let mut scope = self.root.clone();
-        let mut added: Vec<usize> = Vec::new();
+        let mut partial = Partial::new(self.root.clone());
         loop {
             self.buf.clear();
             let ev = self
@@ -272,80 +280,112 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
             if self.reader.buffer_position() - start > self.max as u64 {
                 return Err(ReadError::TooBig(self.max));
             }
-            let done = match ev {
-                Event::Start(s) => {
-                    let mut e = start_element(&s)?;
-                    added.push(resolve(&mut e, &mut scope)?);
-                    stack.push(e);
-                    None
-                }
-                Event::Empty(s) => {
-                    let mut e = start_element(&s)?;
-                    let n = resolve(&mut e, &mut scope)?;
-                    scope.truncate(scope.len() - n);
-                    match stack.last_mut() {
-                        Some(parent) => {
-                            parent.children.push(Node::Element(e));
-                            None
-                        }
-                        None => Some(e),
-                    }
-                }
-                Event::End(_) => match stack.pop() {
-                    Some(e) => {
-                        let n = added.pop().unwrap_or(0);
-                        scope.truncate(scope.len().saturating_sub(n));
-                        match stack.last_mut() {
-                            Some(parent) => {
-                                parent.children.push(Node::Element(e));
-                                None
-                            }
-                            None => Some(e),
-                        }
-                    }
-                    // `</stream:stream>`
-                    None => return Err(ReadError::Closed),
-                },
-                Event::Text(t) => {
-                    if let Some(top) = stack.last_mut() {
-                        push_text(top, &t.xml10_content());
-                    }
-                    None
-                }
-                Event::CData(c) => {
-                    if let Some(top) = stack.last_mut() {
-                        let text: &str = c.as_ref();
-                        push_text(top, text);
-                    }
-                    None
-                }
-                Event::GeneralRef(r) => {
-                    let ch = match r.resolve_char_ref().map_err(|e| ReadError::Xml(e.to_string()))? {
-                        Some(c) => c.to_string(),
-                        None => match r.as_ref() {
-                            "amp" => "&".into(),
-                            "lt" => "<".into(),
-                            "gt" => ">".into(),
-                            "quot" => "\"".into(),
-                            "apos" => "'".into(),
-                            other => return Err(ReadError::Xml(format!("unknown entity &{other};"))),
-                        },
-                    };
-                    if let Some(top) = stack.last_mut() {
-                        push_text(top, &ch);
-                    }
-                    None
-                }
-                Event::Comment(_) | Event::PI(_) | Event::Decl(_) => None,
-                Event::DocType(_) => return Err(ReadError::Xml("DOCTYPE is not allowed in XMPP".into())),
-                Event::Eof => return Err(ReadError::Closed),
-            };
-            if let Some(stanza) = done {
+            if let Some(stanza) = partial.feed(ev)? {
                 self.budget.store(self.max + READ_AHEAD, Ordering::Relaxed);
                 return Ok(stanza);
             }
         }
     }
+}
+
+/// A stanza being read: its open elements, and the namespace declarations
+/// in scope.
+struct Partial {
+    /// Open elements, the stanza first.
+    stack: Vec<Element>,
+    /// Declarations in scope: (prefix, uri), the stream header's first.
+    scope: Vec<(String, String)>,
+    /// How many declarations each open element added.
+    added: Vec<usize>,
+}
+
+impl Partial {
+    fn new(root: Vec<(String, String)>) -> Self {
+        Self {
+            stack: Vec::new(),
+            scope: root,
+            added: Vec::new(),
+        }
+    }
+
+    /// Take one event; the stanza once its end is read.
+    fn feed(&mut self, ev: Event<'_>) -> Result<Option<Element>, ReadError> {
+        match ev {
+            Event::Start(s) => {
+                let mut e = start_element(&s)?;
+                self.added.push(resolve(&mut e, &mut self.scope)?);
+                self.stack.push(e);
+                Ok(None)
+            }
+            Event::Empty(s) => {
+                let mut e = start_element(&s)?;
+                let n = resolve(&mut e, &mut self.scope)?;
+                self.scope.truncate(self.scope.len() - n);
+                Ok(self.attach(e))
+            }
+            Event::End(_) => self.close(),
+            Event::Text(t) => {
+                if let Some(top) = self.stack.last_mut() {
+                    push_text(top, &t.xml10_content());
+                }
+                Ok(None)
+            }
+            Event::CData(c) => {
+                if let Some(top) = self.stack.last_mut() {
+                    let text: &str = c.as_ref();
+                    push_text(top, text);
+                }
+                Ok(None)
+            }
+            Event::GeneralRef(r) => {
+                let ch = entity(&r)?;
+                if let Some(top) = self.stack.last_mut() {
+                    push_text(top, &ch);
+                }
+                Ok(None)
+            }
+            Event::Comment(_) | Event::PI(_) | Event::Decl(_) => Ok(None),
+            Event::DocType(_) => Err(ReadError::Xml("DOCTYPE is not allowed in XMPP".into())),
+            Event::Eof => Err(ReadError::Closed),
+        }
+    }
+
+    /// An end tag: close the innermost element; `Closed` when none is open
+    /// (`</stream:stream>`).
+    fn close(&mut self) -> Result<Option<Element>, ReadError> {
+        let e = self.stack.pop().ok_or(ReadError::Closed)?;
+        let n = self.added.pop().unwrap_or(0);
+        self.scope.truncate(self.scope.len().saturating_sub(n));
+        Ok(self.attach(e))
+    }
+
+    /// Add a complete element to its parent; the stanza when it has none.
+    fn attach(&mut self, e: Element) -> Option<Element> {
+        match self.stack.last_mut() {
+            Some(parent) => {
+                parent.children.push(Node::Element(e));
+                None
+            }
+            None => Some(e),
+        }
+    }
+}
+
+/// The text of a character or predefined entity reference (`&#x1F600;`,
+/// `&amp;`); other entities are refused (XMPP has no DTD).
+fn entity(r: &BytesRef<'_>) -> Result<String, ReadError> {
+    if let Some(c) = r.resolve_char_ref().map_err(|e| ReadError::Xml(e.to_string()))? {
+        return Ok(c.to_string());
+    }
+    Ok(match r.as_ref() {
+        "amp" => "&",
+        "lt" => "<",
+        "gt" => ">",
+        "quot" => "\"",
+        "apos" => "'",
+        other => return Err(ReadError::Xml(format!("unknown entity &{other};"))),
+    }
+    .to_owned())
 }
 
 /// Add `e`'s namespace declarations to `scope` and resolve its name's
