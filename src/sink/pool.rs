@@ -232,3 +232,179 @@ pub async fn dispatch(
     shared.tasks.close();
     shared.tasks.wait().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use pushbridge_api::DeviceToken;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::outcome::{Completion, CompletionReceiver};
+
+    /// A pool whose one worker hands every notification to `act`, noting
+    /// when each attempt arrived.
+    struct FakePools<F> {
+        act: Arc<F>,
+        seen: Arc<StdMutex<Vec<(i64, u32, Instant)>>>,
+    }
+
+    impl<F: Fn(&Shared, Notification) + Send + Sync + 'static> PoolStarter for FakePools<F> {
+        fn start_pool(
+            &mut self,
+            _env: Environment,
+            shared: Arc<Shared>,
+        ) -> Result<mpsc::Sender<Notification>, SinkError> {
+            let (tx, mut rx) = mpsc::channel::<Notification>(POOL_QUEUE);
+            let (act, seen) = (self.act.clone(), self.seen.clone());
+            shared.tasks.clone().spawn(async move {
+                while let Some(n) = rx.recv().await {
+                    seen.lock().unwrap().push((n.id, n.attempts, Instant::now()));
+                    act(&shared, n);
+                }
+            });
+            Ok(tx)
+        }
+    }
+
+    fn note(id: i64) -> Notification {
+        let token = DeviceToken::parse(&format!("{id:064x}")).unwrap();
+        let mut n = Notification::new(id, "com.example.chat", token, Environment::Production, "{}");
+        n.expiration = unix_now() + 3600;
+        n
+    }
+
+    /// Run the dispatcher over `notes` with `act`; returns the completions
+    /// and the attempts seen.
+    async fn run<F: Fn(&Shared, Notification) + Send + Sync + 'static>(
+        notes: Vec<Notification>,
+        limits: Limits,
+        act: F,
+    ) -> (Vec<Completion>, Vec<(i64, u32, Instant)>) {
+        let (outcomes, mut rx, _) = Outcomes::detached("com.example.chat");
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let pools = FakePools {
+            act: Arc::new(act),
+            seen: seen.clone(),
+        };
+        let (tx, input) = mpsc::channel(16);
+        let task = tokio::spawn(dispatch(pools, input, outcomes, limits));
+        for n in notes {
+            tx.send(n).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        (drain(&mut rx), seen)
+    }
+
+    fn drain(rx: &mut CompletionReceiver) -> Vec<Completion> {
+        let mut out = Vec::new();
+        rx.drain(&mut out);
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_back_off_then_give_up() {
+        let limits = Limits {
+            max_retries: 4,
+            max_outstanding: 100,
+        };
+        let start = Instant::now();
+        let (done, seen) = run(vec![note(1)], limits, |shared, n| {
+            shared.retry(n, "503 ServiceUnavailable")
+        })
+        .await;
+        // The first send and 4 retries, each after a longer delay.
+        assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        let mut at = start;
+        for (k, (_, attempt, when)) in seen.iter().enumerate().skip(1) {
+            let waited = when.duration_since(at);
+            let full = RETRY_BASE * (1 << (attempt - 1));
+            assert!(
+                waited >= full / 2 && waited <= full,
+                "retry {k}: waited {waited:?}, full {full:?}"
+            );
+            at = *when;
+        }
+        match done[0].outcome() {
+            Some(Outcome::Expired { reason }) => {
+                assert_eq!(reason, "gave up after 4 retries: 503 ServiceUnavailable")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(done.len(), 1, "exactly one outcome");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resend_spends_no_retry_and_waits_for_nothing() {
+        let limits = Limits {
+            max_retries: 0,
+            max_outstanding: 100,
+        };
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let start = Instant::now();
+        let (done, seen) = run(vec![note(7)], limits, move |shared, n| {
+            if first.swap(false, Ordering::SeqCst) {
+                shared.resend(n) // e.g. a stream past GOAWAY's last-stream-id
+            } else {
+                shared.finish(n, Outcome::Delivered)
+            }
+        })
+        .await;
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].1, 0, "no attempt spent");
+        assert_eq!(seen[1].2, start, "sent again at once");
+        assert_eq!(done[0].outcome(), Some(&Outcome::Delivered));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_notification_is_not_retried() {
+        let limits = Limits {
+            max_retries: 10,
+            max_outstanding: 100,
+        };
+        let mut n = note(3);
+        n.expiration = 1; // long past
+        let (done, seen) = run(vec![n], limits, |shared, n| shared.retry(n, "429 TooManyRequests")).await;
+        assert_eq!(seen.len(), 1);
+        match done[0].outcome() {
+            Some(Outcome::Expired { reason }) => assert!(reason.contains("expired while retrying"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_at_most_max_outstanding_and_settles_everything() {
+        let limits = Limits {
+            max_retries: 1000,
+            max_outstanding: 50,
+        };
+        let (outcomes, mut rx, counters) = Outcomes::detached("com.example.chat");
+        let pools = FakePools {
+            act: Arc::new(|shared: &Shared, n: Notification| {
+                // A 503 storm: five failures each before it passes.
+                if n.attempts < 5 {
+                    shared.retry(n, "503")
+                } else {
+                    shared.finish(n, Outcome::Delivered)
+                }
+            }),
+            seen: Arc::new(StdMutex::new(Vec::new())),
+        };
+        let (tx, input) = mpsc::channel(16);
+        let task = tokio::spawn(dispatch(pools, input, outcomes, limits));
+        for i in 0..500 {
+            tx.send(note(i)).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        let peak = counters
+            .app("com.example.chat")
+            .peak_outstanding
+            .load(Ordering::Relaxed);
+        assert_eq!(peak, 50, "input is taken up to the cap, never beyond");
+        assert_eq!(drain(&mut rx).len(), 500, "every notification settled once");
+    }
+}

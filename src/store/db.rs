@@ -388,6 +388,13 @@ impl Db {
         Ok(())
     }
 
+    /// Run raw SQL (tests break the schema on purpose with it).
+    #[cfg(test)]
+    pub(crate) fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn.execute_batch(sql)?;
+        Ok(())
+    }
+
     /// Fold the WAL back into the main file (clean shutdown).
     pub fn checkpoint(&self) {
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");

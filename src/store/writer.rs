@@ -215,7 +215,7 @@ impl Writer {
     /// command in it is answered with the error; the completions are kept
     /// in `done` and tried again with the next batch (a completion lost
     /// would re-send a delivered notification on the next start).
-    fn apply_batch(&mut self, batch: &mut Vec<Command>, done: &mut Vec<Completion>) {
+    pub(crate) fn apply_batch(&mut self, batch: &mut Vec<Command>, done: &mut Vec<Completion>) {
         let mut pending = Vec::with_capacity(batch.len());
         let mut out: Vec<(usize, Notification)> = Vec::new();
         let mut control = Vec::new();
@@ -262,6 +262,16 @@ impl Writer {
         if control.iter().any(|c| matches!(c, Command::CloseSinks)) {
             self.feed.close();
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn db_for_test(&self) -> &Db {
+        &self.db
+    }
+
+    #[cfg(test)]
+    pub(crate) fn refill_for_test(&mut self) {
+        self.feed.refill(&mut Outbox(&self.db));
     }
 
     /// Record one completion: the outbox row goes; a device APNS says is

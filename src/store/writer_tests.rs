@@ -1,1 +1,218 @@
+//! Unit tests of the store thread's batching, failure handling and refill
+//! order, driving a [`Writer`] directly (no thread, no gateway).
 
+use std::sync::Arc;
+
+use pushbridge_api::{DeviceToken, Environment, EventError, Reply, UserId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::db::Db;
+use super::writer::{Command, MessageJob, ReplyTx, Writer};
+use crate::config::{PolicyConfig, Synchronous};
+use crate::feed::Feed;
+use crate::outcome::{Completion, CompletionReceiver, CompletionSender, Counters, Notification, Outcome};
+use crate::policy::Policy;
+
+const APP: &str = "com.example.chat";
+
+struct Fixture {
+    writer: Writer,
+    /// The sink's queue.
+    sink: mpsc::Receiver<Notification>,
+    counters: Arc<Counters>,
+    _completions: CompletionSender,
+    _dir: tempfile::TempDir,
+}
+
+/// A writer over a fresh file, one app whose sink queue holds `queue`.
+fn fixture(queue: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+    let counters = Arc::new(Counters::default());
+    let (tx, sink) = mpsc::channel(queue);
+    let mut feed = Feed::new();
+    feed.add(APP, Environment::Production, 4096, tx, &counters);
+    let (completions, rx): (CompletionSender, CompletionReceiver) = CompletionSender::new(None);
+    let mut writer = Writer::new(db, feed, Policy::new(PolicyConfig::default()), counters.clone(), rx);
+    // As the thread does on start: load what the outbox holds (nothing).
+    writer.refill_for_test();
+    Fixture {
+        writer,
+        sink,
+        counters,
+        _completions: completions,
+        _dir: dir,
+    }
+}
+
+fn user(u: &str) -> UserId {
+    UserId::parse(&format!("line:{u}")).unwrap()
+}
+
+fn token(i: u64) -> DeviceToken {
+    DeviceToken::parse(&format!("{i:064x}")).unwrap()
+}
+
+fn register(u: &str, t: u64) -> (Command, oneshot::Receiver<Result<Reply, EventError>>) {
+    let (tx, rx) = oneshot::channel();
+    let cmd = Command::Register {
+        user: user(u),
+        token: token(t),
+        topic: None,
+        environment: None,
+        reply: Some(tx),
+    };
+    (cmd, rx)
+}
+
+fn message(to: &str, text: &str) -> (Command, oneshot::Receiver<Result<Reply, EventError>>) {
+    let (tx, rx): (ReplyTx, _) = oneshot::channel();
+    let job = MessageJob {
+        to: user(to),
+        from: "bob".into(),
+        text: Some(text.into()),
+        thread: None,
+        device: None,
+        badge: None,
+    };
+    (Command::Enqueue { job, reply: Some(tx) }, rx)
+}
+
+fn answer(rx: &mut oneshot::Receiver<Result<Reply, EventError>>) -> Result<Reply, EventError> {
+    rx.try_recv().expect("answered once the batch committed")
+}
+
+#[test]
+fn one_batch_is_one_transaction_answered_after_the_commit() {
+    let mut f = fixture(64);
+    let mut batch = Vec::new();
+    let mut replies = Vec::new();
+    for (i, u) in ["alice", "carol"].iter().enumerate() {
+        let (c, r) = register(u, i as u64 + 1);
+        batch.push(c);
+        replies.push(r);
+    }
+    for k in 0..10 {
+        let (c, r) = message(if k % 2 == 0 { "alice" } else { "carol" }, &format!("m{k}"));
+        batch.push(c);
+        replies.push(r);
+    }
+    let mut done = Vec::new();
+    f.writer.apply_batch(&mut batch, &mut done);
+    assert!(batch.is_empty());
+    // Registrations made earlier in the same transaction are seen by the
+    // messages after them.
+    assert_eq!(answer(&mut replies[0]), Ok(Reply::Done));
+    for r in &mut replies[2..] {
+        assert_eq!(answer(r), Ok(Reply::Queued(1)));
+    }
+    // Handed to the sink in outbox order, with badges counting per user.
+    let mut got = Vec::new();
+    while let Ok(n) = f.sink.try_recv() {
+        got.push(n);
+    }
+    assert_eq!(got.len(), 10);
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+    let badge =
+        |n: &Notification| serde_json::from_str::<serde_json::Value>(&n.payload).unwrap()["aps"]["badge"].as_u64();
+    assert_eq!(badge(&got[8]), Some(5), "alice's fifth message");
+    assert_eq!(f.counters.snapshot().accepted, 10);
+}
+
+#[test]
+fn a_failed_transaction_answers_every_command_and_keeps_completions() {
+    let mut f = fixture(64);
+    let (c, _r) = register("alice", 1);
+    let mut done = Vec::new();
+    f.writer.apply_batch(&mut vec![c], &mut done);
+    let (c, mut first) = message("alice", "before");
+    f.writer.apply_batch(&mut vec![c], &mut done);
+    let n = f.sink.try_recv().unwrap();
+    assert_eq!(answer(&mut first), Ok(Reply::Queued(1)));
+
+    // Break the outbox: the next message cannot be queued, so the whole
+    // batch (an earlier registration in it too) fails and is answered so.
+    f.writer.db_for_test().execute_for_test("DROP TABLE outbox").unwrap();
+    let (reg, mut reg_reply) = register("carol", 2);
+    let (msg, mut msg_reply) = message("alice", "after");
+    let mut done = vec![Completion::Settled {
+        id: n.id,
+        app: n.app.clone(),
+        token: n.token.clone(),
+        outcome: Outcome::Delivered,
+    }];
+    f.writer.apply_batch(&mut vec![reg, msg], &mut done);
+    assert!(matches!(answer(&mut reg_reply), Err(EventError::Unavailable(_))));
+    assert!(matches!(answer(&mut msg_reply), Err(EventError::Unavailable(_))));
+    assert_eq!(done.len(), 1, "the completion is kept for the next batch");
+    assert!(f.sink.try_recv().is_err(), "nothing of a failed batch reaches a sink");
+    let devices = f.writer.db_for_test().devices_of(&user("carol")).unwrap();
+    assert!(devices.is_empty(), "the registration was rolled back");
+}
+
+#[test]
+fn completions_remove_rows_and_gone_devices() {
+    let mut f = fixture(64);
+    let (c1, _) = register("alice", 1);
+    let (c2, _) = register("alice", 2);
+    let (m, _) = message("alice", "hi");
+    let mut done = Vec::new();
+    f.writer.apply_batch(&mut vec![c1, c2, m], &mut done);
+    let a = f.sink.try_recv().unwrap();
+    let b = f.sink.try_recv().unwrap();
+    let mut done = vec![
+        Completion::Settled {
+            id: a.id,
+            app: a.app.clone(),
+            token: a.token.clone(),
+            outcome: Outcome::Delivered,
+        },
+        Completion::Settled {
+            id: b.id,
+            app: b.app.clone(),
+            token: b.token.clone(),
+            outcome: Outcome::Rejected {
+                reason: "410 Unregistered".into(),
+                remove_device: true,
+                since_ms: None,
+            },
+        },
+    ];
+    f.writer.apply_batch(&mut Vec::new(), &mut done);
+    assert!(done.is_empty());
+    let db = f.writer.db_for_test();
+    assert_eq!(db.outbox_counts().unwrap(), vec![]);
+    let left: Vec<DeviceToken> = db
+        .devices_of(&user("alice"))
+        .unwrap()
+        .into_iter()
+        .map(|d| d.0)
+        .collect();
+    assert_eq!(left, vec![a.token.clone()]);
+    assert_eq!(f.counters.snapshot().devices_removed, 1);
+}
+
+#[test]
+fn what_does_not_fit_waits_in_the_outbox_and_refills_in_order() {
+    let mut f = fixture(3);
+    let (c, _) = register("alice", 1);
+    let mut batch = vec![c];
+    for k in 0..10 {
+        batch.push(message("alice", &format!("m{k}")).0);
+    }
+    let mut done = Vec::new();
+    f.writer.apply_batch(&mut batch, &mut done);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        while let Ok(n) = f.sink.try_recv() {
+            got.push(n.id);
+        }
+        f.writer.refill_for_test();
+    }
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in outbox order: {got:?}");
+    // A message committed while older ones wait goes behind them.
+    f.writer.apply_batch(&mut vec![message("alice", "late").0], &mut done);
+    let late = f.sink.try_recv().unwrap().id;
+    assert!(late > got[9]);
+}

@@ -59,8 +59,8 @@ pub async fn connect(target: &Target, tls: &TlsConnector, ping_every: Duration) 
 /// Run the connection until it ends, PINGing it every `ping_every`; a
 /// PING left unanswered ends it (a dead peer or a forgotten NAT mapping
 /// would otherwise hold streams until their answer timeout).
-async fn drive(
-    mut conn: Connection<TlsStream<TcpStream>, Bytes>,
+async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut conn: Connection<T, Bytes>,
     name: String,
     closed: CancellationToken,
     ping_every: Duration,
@@ -131,4 +131,51 @@ pub async fn read_answer(resp: h2::client::ResponseFuture) -> Result<Answer, h2:
 /// TLS connector for a client config.
 pub fn connector(config: Arc<rustls::ClientConfig>) -> TlsConnector {
     TlsConnector::from(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client's stream handle (the connection ends when it is
+    /// dropped), its `closed` token, and the server end.
+    type Pair = (
+        SendRequest<Bytes>,
+        CancellationToken,
+        h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+    );
+
+    /// A client connection over an in-memory pipe, driven by [`drive`], and
+    /// the server end after its handshake.
+    async fn pair(ping_every: Duration) -> Pair {
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(h2::server::handshake(server_io));
+        let (send, connection) = h2::client::Builder::new()
+            .handshake::<_, Bytes>(client_io)
+            .await
+            .unwrap();
+        let closed = CancellationToken::new();
+        tokio::spawn(drive(connection, "test".into(), closed.clone(), ping_every));
+        (send, closed, server.await.unwrap().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answering_peer_keeps_the_connection() {
+        let (_send, closed, mut server) = pair(Duration::from_secs(1)).await;
+        // A polled server answers PINGs.
+        tokio::spawn(async move { while server.accept().await.is_some() {} });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!closed.is_cancelled(), "30 PINGs answered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_given_up_after_the_pong_timeout() {
+        let ping_every = Duration::from_secs(60);
+        let (_send, closed, _server) = pair(ping_every).await;
+        // The server is never polled again: nothing answers the PING.
+        tokio::time::sleep(ping_every + PONG_TIMEOUT - Duration::from_secs(1)).await;
+        assert!(!closed.is_cancelled(), "still waiting for the PONG");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(closed.is_cancelled(), "given up once the PONG timeout passed");
+    }
 }
