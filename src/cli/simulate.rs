@@ -12,6 +12,7 @@ use pushbridge::simulator::binary;
 use pushbridge::simulator::http2::{Options, Simulator};
 use pushbridge::simulator::Recorder;
 use pushbridge::tls::{self, TestPki};
+use rustls::pki_types::CertificateDer;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -127,12 +128,17 @@ fn parse_feedback(s: &str, now: u32) -> anyhow::Result<(String, u32)> {
     Ok((token.to_owned(), time))
 }
 
-fn parse_fail_status(s: &str) -> Result<u16, String> {
+/// A `--fail-status` other than 429, 500 or 503.
+#[derive(Debug, thiserror::Error)]
+#[error("must be 429, 500 or 503")]
+struct BadFailStatus;
+
+fn parse_fail_status(s: &str) -> Result<u16, BadFailStatus> {
     match s {
         "429" => Ok(429),
         "500" => Ok(500),
         "503" => Ok(503),
-        _ => Err("must be 429, 500 or 503".into()),
+        _ => Err(BadFailStatus),
     }
 }
 
@@ -152,7 +158,20 @@ fn parse_reject(s: &str) -> anyhow::Result<(String, u16, String)> {
     Ok((token.to_owned(), status, reason.to_owned()))
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// The refusals and feedback entries asked for on the command line,
+/// checked.
+struct Faults {
+    /// `--reject`: token, HTTP status, reason.
+    rejects: Vec<(String, u16, String)>,
+    /// `--binary-reject`: token, binary status.
+    binary_rejects: Vec<(String, u8)>,
+    /// `--feedback`: token, seconds since 1970.
+    feedback: Vec<(String, u32)>,
+}
+
+/// Check the numeric options and parse the repeatable ones, in the order
+/// the errors have always been reported.
+fn check_args(args: &Args) -> anyhow::Result<Faults> {
     if !(0.0..=1.0).contains(&args.fail_rate) {
         bail!("--fail-rate must be between 0 and 1");
     }
@@ -180,16 +199,55 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.binary_drop_every == Some(0) {
         bail!("--binary-drop-every must be at least 1");
     }
-    let pki = TestPki::generate()?;
-    let identity = match (&args.cert, &args.key) {
-        (Some(c), Some(k)) => tls::load_identity(c, Some(k))?,
-        _ => pki.server_identity()?,
-    };
-    if let Some(path) = &args.write_ca {
-        std::fs::write(path, &pki.ca_pem).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("simulator: CA certificate written to {}", path.display());
+    Ok(Faults {
+        rejects,
+        binary_rejects,
+        feedback,
+    })
+}
+
+/// What the simulators authenticate with: the server identity, the
+/// provider-token key and the CAs client certificates must chain to.
+struct Credentials {
+    identity: tls::Identity,
+    jwt_key: Option<jsonwebtoken::DecodingKey>,
+    client_ca: Option<Vec<CertificateDer<'static>>>,
+}
+
+impl Credentials {
+    /// Load or generate them, writing what was asked for (`--write-ca`,
+    /// `--write-p8`, `--write-client-cert`) and saying so on stderr.
+    fn prepare(args: &Args) -> anyhow::Result<Self> {
+        let pki = TestPki::generate()?;
+        let identity = match (&args.cert, &args.key) {
+            (Some(c), Some(k)) => tls::load_identity(c, Some(k))?,
+            _ => pki.server_identity()?,
+        };
+        if let Some(path) = &args.write_ca {
+            std::fs::write(path, &pki.ca_pem).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("simulator: CA certificate written to {}", path.display());
+        }
+        Ok(Self {
+            identity,
+            jwt_key: jwt_key(args)?,
+            client_ca: client_ca(args, &pki)?,
+        })
     }
-    let jwt_key = match (&args.jwt_key, &args.write_p8) {
+
+    /// How requests are authenticated, for people.
+    fn describe(&self) -> &'static str {
+        match (&self.jwt_key, &self.client_ca) {
+            (Some(_), Some(_)) => "provider tokens or client certificates",
+            (Some(_), None) => "provider tokens (ES256)",
+            (None, Some(_)) => "client certificates",
+            (None, None) => "none (every request accepted)",
+        }
+    }
+}
+
+/// `--jwt-key` read, or a key generated and written as `--write-p8`.
+fn jwt_key(args: &Args) -> anyhow::Result<Option<jsonwebtoken::DecodingKey>> {
+    Ok(match (&args.jwt_key, &args.write_p8) {
         (Some(path), _) => {
             let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             Some(
@@ -204,8 +262,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(jsonwebtoken::DecodingKey::from_ec_pem(kp.public_key_pem().as_bytes())?)
         }
         (None, None) => None,
-    };
-    let client_ca = match (&args.client_ca, &args.write_client_cert) {
+    })
+}
+
+/// `--client-ca` read, or a client certificate issued from the generated
+/// CA and written as `--write-client-cert` (that CA then verifies it).
+fn client_ca(args: &Args, pki: &TestPki) -> anyhow::Result<Option<Vec<CertificateDer<'static>>>> {
+    Ok(match (&args.client_ca, &args.write_client_cert) {
         (Some(path), _) => Some(tls::load_certs(path)?),
         (None, Some(path)) => {
             let (cert, key) = pki.issue_client("pushbridge simulator client")?;
@@ -214,17 +277,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(vec![pki.ca_der()])
         }
         (None, None) => None,
-    };
-    let auth = match (&jwt_key, &client_ca) {
-        (Some(_), Some(_)) => "provider tokens or client certificates",
-        (Some(_), None) => "provider tokens (ES256)",
-        (None, Some(_)) => "client certificates",
-        (None, None) => "none (every request accepted)",
-    };
-    let options = Options {
+    })
+}
+
+/// The HTTP/2 simulator's options from the command line.
+fn http2_options(args: &Args, jwt_key: Option<jsonwebtoken::DecodingKey>, client_certs: bool) -> Options {
+    Options {
         jwt_key: jwt_key.map(Arc::new),
         team_id: args.team_id.clone(),
-        client_certs: client_ca.is_some(),
+        client_certs,
         goaway_every: args.goaway_every,
         drop_every: args.drop_every,
         fail_rate: args.fail_rate,
@@ -232,100 +293,183 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_concurrent_streams: args.max_streams,
         response_delay: (args.delay_ms > 0).then(|| std::time::Duration::from_millis(args.delay_ms)),
         stall_connections: args.stall_connections,
-    };
-    let binary_server = match (&args.binary_listen, &client_ca) {
+    }
+}
+
+/// Where records go: appended to `--record`, or stdout.
+fn output(record: &Option<PathBuf>) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+    Ok(match record {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    })
+}
+
+/// Run the simulators until Ctrl-C or SIGTERM, then print what they saw.
+/// Fails on bad options, unreadable or unwritable files, and ports that
+/// cannot be bound.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let faults = check_args(&args)?;
+    let creds = Credentials::prepare(&args)?;
+    let auth = creds.describe();
+    let client_certs = creds.client_ca.is_some();
+    let binary_server = match (&args.binary_listen, &creds.client_ca) {
         (None, _) => None,
         (Some(_), None) => bail!("the binary gateway authenticates clients by certificate: add --write-client-cert FILE or --client-ca CA.pem"),
-        (Some(_), Some(cas)) => Some(tls::server_config(identity.clone(), Some(cas), &[])?),
+        (Some(_), Some(cas)) => Some(tls::server_config(creds.identity.clone(), Some(cas), &[])?),
     };
-    let server = tls::server_config(identity, client_ca.as_deref(), &[b"h2"])?;
-    let output = |record: &Option<PathBuf>| -> anyhow::Result<Box<dyn std::io::Write + Send>> {
-        Ok(match record {
-            Some(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("opening {}", path.display()))?,
-            ),
-            None => Box::new(std::io::stdout()),
-        })
-    };
+    let server = tls::server_config(creds.identity, creds.client_ca.as_deref(), &[b"h2"])?;
+    let options = http2_options(&args, creds.jwt_key, client_certs);
     let out = output(&args.record)?;
     let binary_out = output(&args.record)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let sim = Simulator::start(listener, server, options, Recorder::new(false, Some(out)))?;
-        for (token, status, reason) in &rejects {
-            sim.state().reject(token, *status, reason);
-        }
-        eprintln!("simulator: HTTP/2 provider API listening on {} (auth: {auth})", sim.addr());
+        let sim = start_http2(&args, server, options, out, &faults, auth).await?;
         let binary = match (binary_server, &args.binary_listen) {
-            (Some(server), Some(addr)) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr}"))?;
-                let feedback_listener = match &args.feedback_listen {
-                    Some(f) => Some(
-                        tokio::net::TcpListener::bind(f)
-                            .await
-                            .with_context(|| format!("cannot listen on {f}"))?,
-                    ),
-                    None => None,
-                };
-                let b = binary::Simulator::start(
-                    listener,
-                    feedback_listener,
-                    server,
-                    binary::Options {
-                        drop_every: args.binary_drop_every,
-                        error_delay: (args.binary_error_delay_ms > 0)
-                            .then(|| std::time::Duration::from_millis(args.binary_error_delay_ms)),
-                    },
-                    Recorder::new(false, Some(binary_out)),
-                )?;
-                for (token, status) in &binary_rejects {
-                    b.state().reject(token, *status);
-                }
-                for (token, time) in &feedback {
-                    b.state().add_feedback(token, *time);
-                }
-                eprintln!("simulator: binary gateway listening on {} (client certificates)", b.addr());
-                if let Some(f) = b.feedback_addr() {
-                    eprintln!("simulator: feedback service listening on {f} ({} tokens listed)", feedback.len());
-                }
-                Some(b)
-            }
+            (Some(server), Some(addr)) => Some(start_binary(addr, &args, server, binary_out, &faults).await?),
             _ => None,
         };
         super::shutdown_signal().await;
         if let Some(b) = binary {
-            let s = b.state().clone();
-            b.stop().await;
-            eprintln!(
-                "simulator: binary gateway accepted {} notifications in {} TLS records over {} connections, {} error responses ({} notifications discarded after them), {} dropped",
-                s.recorder.count(),
-                s.tls_records.load(Ordering::Relaxed),
-                s.connections.load(Ordering::Relaxed),
-                s.errors_sent.load(Ordering::Relaxed),
-                s.discarded.load(Ordering::Relaxed),
-                s.drops.load(Ordering::Relaxed)
-            );
+            stop_binary(b).await;
         }
-        let s = sim.state().clone();
-        sim.stop().await;
-        eprintln!(
-            "simulator: {} requests, {} notifications accepted, {} connections, {} GOAWAYs, {} dropped, {} failures injected",
-            s.requests.load(Ordering::Relaxed),
-            s.recorder.count(),
-            s.connections.load(Ordering::Relaxed),
-            s.goaways.load(Ordering::Relaxed),
-            s.drops.load(Ordering::Relaxed),
-            s.failures_injected.load(Ordering::Relaxed)
-        );
+        stop_http2(sim).await;
         Ok(())
     })
+}
+
+/// Listen on `--listen`, start the HTTP/2 simulator with the configured
+/// refusals, and say so.
+async fn start_http2(
+    args: &Args,
+    server: rustls::ServerConfig,
+    options: Options,
+    out: Box<dyn std::io::Write + Send>,
+    faults: &Faults,
+    auth: &str,
+) -> anyhow::Result<Simulator> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let sim = Simulator::start(listener, server, options, Recorder::new(false, Some(out)))?;
+    for (token, status, reason) in &faults.rejects {
+        sim.state().reject(token, *status, reason);
+    }
+    eprintln!(
+        "simulator: HTTP/2 provider API listening on {} (auth: {auth})",
+        sim.addr()
+    );
+    Ok(sim)
+}
+
+/// Listen on `addr` (`--binary-listen`) and `--feedback-listen`, start
+/// the binary simulator with its refusals and feedback list, and say so.
+async fn start_binary(
+    addr: &str,
+    args: &Args,
+    server: rustls::ServerConfig,
+    out: Box<dyn std::io::Write + Send>,
+    faults: &Faults,
+) -> anyhow::Result<binary::Simulator> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let feedback_listener = match &args.feedback_listen {
+        Some(f) => Some(
+            tokio::net::TcpListener::bind(f)
+                .await
+                .with_context(|| format!("cannot listen on {f}"))?,
+        ),
+        None => None,
+    };
+    let options = binary::Options {
+        drop_every: args.binary_drop_every,
+        error_delay: (args.binary_error_delay_ms > 0)
+            .then(|| std::time::Duration::from_millis(args.binary_error_delay_ms)),
+    };
+    let b = binary::Simulator::start(
+        listener,
+        feedback_listener,
+        server,
+        options,
+        Recorder::new(false, Some(out)),
+    )?;
+    for (token, status) in &faults.binary_rejects {
+        b.state().reject(token, *status);
+    }
+    for (token, time) in &faults.feedback {
+        b.state().add_feedback(token, *time);
+    }
+    eprintln!(
+        "simulator: binary gateway listening on {} (client certificates)",
+        b.addr()
+    );
+    if let Some(f) = b.feedback_addr() {
+        eprintln!(
+            "simulator: feedback service listening on {f} ({} tokens listed)",
+            faults.feedback.len()
+        );
+    }
+    Ok(b)
+}
+
+/// Stop the binary simulator and print what it saw.
+async fn stop_binary(b: binary::Simulator) {
+    let s = b.state().clone();
+    b.stop().await;
+    eprintln!(
+        "simulator: binary gateway accepted {} notifications in {} TLS records over {} connections, {} error responses ({} notifications discarded after them), {} dropped",
+        s.recorder.count(),
+        s.tls_records.load(Ordering::Relaxed),
+        s.connections.load(Ordering::Relaxed),
+        s.errors_sent.load(Ordering::Relaxed),
+        s.discarded.load(Ordering::Relaxed),
+        s.drops.load(Ordering::Relaxed)
+    );
+}
+
+/// Stop the HTTP/2 simulator and print what it saw.
+async fn stop_http2(sim: Simulator) {
+    let s = sim.state().clone();
+    sim.stop().await;
+    eprintln!(
+        "simulator: {} requests, {} notifications accepted, {} connections, {} GOAWAYs, {} dropped, {} failures injected",
+        s.requests.load(Ordering::Relaxed),
+        s.recorder.count(),
+        s.connections.load(Ordering::Relaxed),
+        s.goaways.load(Ordering::Relaxed),
+        s.drops.load(Ordering::Relaxed),
+        s.failures_injected.load(Ordering::Relaxed)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn option_values() {
+        assert_eq!(parse_fail_status("429").unwrap(), 429);
+        assert_eq!(
+            parse_fail_status("404").unwrap_err().to_string(),
+            "must be 429, 500 or 503"
+        );
+        assert_eq!(
+            parse_reject(&format!("{TOK}=410:Unregistered")).unwrap(),
+            (TOK.to_owned(), 410, "Unregistered".to_owned())
+        );
+        assert!(parse_reject(&format!("{TOK}=200:Fine")).is_err());
+        assert!(parse_reject("abc=410:Unregistered").is_err());
+        assert_eq!(parse_binary_reject(&format!("{TOK}=8")).unwrap(), (TOK.to_owned(), 8));
+        assert!(parse_binary_reject(&format!("{TOK}=0")).is_err());
+        assert_eq!(parse_feedback(TOK, 7).unwrap(), (TOK.to_owned(), 7));
+        assert_eq!(parse_feedback(&format!("{TOK}@9"), 7).unwrap(), (TOK.to_owned(), 9));
+    }
 }

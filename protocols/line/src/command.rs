@@ -92,7 +92,10 @@ fn token(hex: &str) -> Result<DeviceToken, ProtoError> {
     DeviceToken::parse(hex).map_err(|e| ProtoError::new(Code::BadToken, e.to_string()))
 }
 
-/// Parse one line (without its terminator).
+/// Parse one line (without its terminator): the command word (any case),
+/// then its arguments separated by single spaces. Errors are the `ERR`
+/// reply to send: `syntax` (not UTF-8, empty, wrong arguments),
+/// `unknown-command`, `bad-user` or `bad-token`.
 pub fn parse(line: &[u8]) -> Result<Command, ProtoError> {
     let line = std::str::from_utf8(line).map_err(|_| ProtoError::new(Code::Syntax, "line is not valid UTF-8"))?;
     if line.is_empty() {
@@ -102,83 +105,14 @@ pub fn parse(line: &[u8]) -> Result<Command, ProtoError> {
         Some((w, r)) => (w, Some(r)),
         None => (line, None),
     };
-    let args = |n_min: usize, n_max: usize, usage: &str| -> Result<Vec<&str>, ProtoError> {
-        let parts: Vec<&str> = match rest {
-            None => Vec::new(),
-            Some(r) => r.split(' ').collect(),
-        };
-        if parts.len() < n_min || parts.len() > n_max || parts.iter().any(|p| p.is_empty()) {
-            return Err(syntax(usage));
-        }
-        Ok(parts)
-    };
     match word.to_ascii_uppercase().as_str() {
-        "AUTH" => {
-            let secret = rest.filter(|s| !s.is_empty()).ok_or_else(|| syntax("AUTH <secret>"))?;
-            Ok(Command::Auth(secret.to_owned()))
-        }
-        "REGISTER" => {
-            const USAGE: &str = "REGISTER <user> <token> [<topic> [sandbox|production]]";
-            let a = args(2, 4, USAGE)?;
-            let environment = match a.get(3) {
-                None => None,
-                Some(e) => Some(match *e {
-                    "sandbox" => Environment::Sandbox,
-                    "production" => Environment::Production,
-                    _ => {
-                        return Err(ProtoError::new(
-                            Code::Syntax,
-                            "environment must be sandbox or production",
-                        ))
-                    }
-                }),
-            };
-            Ok(Command::Register {
-                user: user(a[0])?,
-                token: token(a[1])?,
-                topic: a.get(2).map(|t| (*t).to_owned()),
-                environment,
-            })
-        }
-        "UNREGISTER" => {
-            let a = args(2, 2, "UNREGISTER <user> <token>")?;
-            Ok(Command::Unregister {
-                user: user(a[0])?,
-                token: token(a[1])?,
-            })
-        }
-        "PRESENCE" => {
-            const USAGE: &str = "PRESENCE <user> online|away|offline";
-            let a = args(2, 2, USAGE)?;
-            let presence = a[1].parse().map_err(|_| syntax(USAGE))?;
-            Ok(Command::Presence {
-                user: user(a[0])?,
-                presence,
-            })
-        }
-        "MSG" => {
-            const USAGE: &str = "MSG <from> <to> <text>";
-            let mut parts = rest.ok_or_else(|| syntax(USAGE))?.splitn(3, ' ');
-            let (Some(from), Some(to), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(syntax(USAGE));
-            };
-            if from.is_empty() || to.is_empty() || text.is_empty() {
-                return Err(syntax(USAGE));
-            }
-            Ok(Command::Msg {
-                from: user(from)?,
-                to: user(to)?,
-                text: text.to_owned(),
-            })
-        }
-        "PING" => {
-            args(0, 0, "PING")?;
-            Ok(Command::Ping)
-        }
-        "QUIT" => {
-            args(0, 0, "QUIT")?;
-            Ok(Command::Quit)
-        }
+        "AUTH" => auth(rest),
+        "REGISTER" => register(rest),
+        "UNREGISTER" => unregister(rest),
+        "PRESENCE" => presence(rest),
+        "MSG" => msg(rest),
+        "PING" => args(rest, 0, 0, "PING").map(|_| Command::Ping),
+        "QUIT" => args(rest, 0, 0, "QUIT").map(|_| Command::Quit),
         _ => {
             let shown: String = word.chars().take(32).collect();
             Err(ProtoError::new(
@@ -187,6 +121,89 @@ pub fn parse(line: &[u8]) -> Result<Command, ProtoError> {
             ))
         }
     }
+}
+
+/// The arguments after the command word, split at single spaces: between
+/// `n_min` and `n_max` of them, none empty (`syntax` with `usage`
+/// otherwise).
+fn args<'a>(rest: Option<&'a str>, n_min: usize, n_max: usize, usage: &str) -> Result<Vec<&'a str>, ProtoError> {
+    let parts: Vec<&str> = match rest {
+        None => Vec::new(),
+        Some(r) => r.split(' ').collect(),
+    };
+    if parts.len() < n_min || parts.len() > n_max || parts.iter().any(|p| p.is_empty()) {
+        return Err(syntax(usage));
+    }
+    Ok(parts)
+}
+
+/// `AUTH <secret>`: the secret is the rest of the line, spaces included.
+fn auth(rest: Option<&str>) -> Result<Command, ProtoError> {
+    let secret = rest.filter(|s| !s.is_empty()).ok_or_else(|| syntax("AUTH <secret>"))?;
+    Ok(Command::Auth(secret.to_owned()))
+}
+
+/// `REGISTER <user> <token> [<topic> [sandbox|production]]`.
+fn register(rest: Option<&str>) -> Result<Command, ProtoError> {
+    const USAGE: &str = "REGISTER <user> <token> [<topic> [sandbox|production]]";
+    let a = args(rest, 2, 4, USAGE)?;
+    let environment = a.get(3).map(|e| environment(e)).transpose()?;
+    Ok(Command::Register {
+        user: user(a[0])?,
+        token: token(a[1])?,
+        topic: a.get(2).map(|t| (*t).to_owned()),
+        environment,
+    })
+}
+
+/// `sandbox` or `production`.
+fn environment(word: &str) -> Result<Environment, ProtoError> {
+    match word {
+        "sandbox" => Ok(Environment::Sandbox),
+        "production" => Ok(Environment::Production),
+        _ => Err(ProtoError::new(
+            Code::Syntax,
+            "environment must be sandbox or production",
+        )),
+    }
+}
+
+/// `UNREGISTER <user> <token>`.
+fn unregister(rest: Option<&str>) -> Result<Command, ProtoError> {
+    let a = args(rest, 2, 2, "UNREGISTER <user> <token>")?;
+    Ok(Command::Unregister {
+        user: user(a[0])?,
+        token: token(a[1])?,
+    })
+}
+
+/// `PRESENCE <user> online|away|offline`.
+fn presence(rest: Option<&str>) -> Result<Command, ProtoError> {
+    const USAGE: &str = "PRESENCE <user> online|away|offline";
+    let a = args(rest, 2, 2, USAGE)?;
+    let presence = a[1].parse().map_err(|_| syntax(USAGE))?;
+    Ok(Command::Presence {
+        user: user(a[0])?,
+        presence,
+    })
+}
+
+/// `MSG <from> <to> <text>`: the text is the rest of the line, spaces
+/// included.
+fn msg(rest: Option<&str>) -> Result<Command, ProtoError> {
+    const USAGE: &str = "MSG <from> <to> <text>";
+    let mut parts = rest.ok_or_else(|| syntax(USAGE))?.splitn(3, ' ');
+    let (Some(from), Some(to), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(syntax(USAGE));
+    };
+    if from.is_empty() || to.is_empty() || text.is_empty() {
+        return Err(syntax(USAGE));
+    }
+    Ok(Command::Msg {
+        from: user(from)?,
+        to: user(to)?,
+        text: text.to_owned(),
+    })
 }
 
 /// The reply line for the core's answer.
@@ -279,5 +296,44 @@ mod tests {
         assert!(reply_line(Err(EventError::Unavailable("x".into()))).starts_with("ERR unavailable "));
         assert_eq!(reply_line(Ok(Reply::Queued(2))), "OK 2\n");
         assert_eq!(reply_line(Ok(Reply::Done)), "OK\n");
+    }
+
+    #[test]
+    fn error_replies_are_exact() {
+        let line = |l: &[u8]| parse(l).unwrap_err().line();
+        assert_eq!(line(b""), "ERR syntax empty line\n");
+        assert_eq!(line(b"\xff"), "ERR syntax line is not valid UTF-8\n");
+        assert_eq!(line(b"AUTH "), "ERR syntax usage: AUTH <secret>\n");
+        assert_eq!(line(b"PING "), "ERR syntax usage: PING\n");
+        assert_eq!(line(b"QUIT x"), "ERR syntax usage: QUIT\n");
+        assert_eq!(
+            line(b"REGISTER alice"),
+            "ERR syntax usage: REGISTER <user> <token> [<topic> [sandbox|production]]\n"
+        );
+        assert_eq!(
+            line(format!("REGISTER alice {TOK} t staging").as_bytes()),
+            "ERR syntax environment must be sandbox or production\n"
+        );
+        // The environment is checked before the user and the token.
+        assert_eq!(
+            line(b"REGISTER al\x01ice xyz t staging"),
+            "ERR syntax environment must be sandbox or production\n"
+        );
+        assert_eq!(
+            line(b"UNREGISTER alice"),
+            "ERR syntax usage: UNREGISTER <user> <token>\n"
+        );
+        assert_eq!(
+            line(b"PRESENCE al\x01ice busy"),
+            "ERR syntax usage: PRESENCE <user> online|away|offline\n"
+        );
+        assert_eq!(line(b"MSG a b"), "ERR syntax usage: MSG <from> <to> <text>\n");
+        assert_eq!(line(b"MSG"), "ERR syntax usage: MSG <from> <to> <text>\n");
+        assert_eq!(
+            line(b"frobnicate-the-whole-world-right-now please"),
+            "ERR unknown-command unknown command \"frobnicate-the-whole-world-right\"\n"
+        );
+        assert!(line(b"REGISTER alice xyz").starts_with("ERR bad-token "));
+        assert!(line(b"MSG bob al\x01ice hi").starts_with("ERR bad-user "));
     }
 }
