@@ -3,18 +3,31 @@
 //!
 //! Layout (data flows top to bottom):
 //! - `protocols/*` (separate crates): adapters turn IM traffic into
-//!   [`pushbridge_api::Event`]s.
-//! - [`supervisor`], [`adapters`]: run every configured adapter instance,
-//!   restarting failed ones with [`backoff`].
+//!   [`pushbridge_api::Event`]s; what they share for talking to peers
+//!   (line codec, backoff, TLS client, connect with timeout) is the
+//!   `pushbridge-kit` crate, which the core uses too.
+//! - [`adapters`]: the one list of known adapters (a macro generates the
+//!   config section, start, check and listing); [`supervisor`] runs each
+//!   instance and restarts failed ones with backoff.
 //! - [`router`]: presence (in memory) and the decision who gets a push.
-//! - [`store`]: SQLite registry, unread counters, the outbox, group commit.
-//! - [`policy`]: the APNS payload, cut to the app's limit.
-//! - [`sink`]: per-app delivery (`log`; APNS HTTP/2 and binary).
-//! - [`reports`]: outcomes back from sinks (remove dead tokens, clear the
-//!   outbox), counted in [`metrics`].
+//! - [`store`]: the SQLite registry, unread counters and outbox behind one
+//!   thread with group commit; the rest talks to it through its handle.
+//! - [`policy`]: what a push says (the APNS payload, cut to the limit).
+//! - [`feed`]: hands committed notifications to the sinks in outbox
+//!   order, and refills them from the outbox as they drain.
+//! - [`sink`]: one component per protocol (`log`, APNS HTTP/2, binary),
+//!   each with its own typed config, built with a context, ending when
+//!   its input ends.
+//! - [`outcome`]: a [`outcome::Notification`]'s one [`outcome::Outcome`],
+//!   counted and logged in one place and handed to the store as a
+//!   completion (remove from the outbox, remove a gone device).
 //! - [`apns`]: Apple's hosts, reasons and their handling, shared by the
 //!   sinks and the [`simulator`] (a local stand-in for Apple).
-//! - [`gateway`]: wiring and graceful shutdown; [`config`]: the TOML file.
+//! - [`gateway`]: wiring and graceful shutdown; [`config`]: the TOML file;
+//!   [`tls`]: PKCS#12, server configs and the test PKI.
+//!
+//! Log fields and metric labels follow one vocabulary, written down in
+//! `pushbridge_api::fields`.
 #![forbid(unsafe_code)]
 
 pub mod adapters;

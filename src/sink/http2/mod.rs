@@ -379,6 +379,9 @@ impl Streams {
     }
 }
 
+/// Open a stream per notification on one connection until the queue
+/// closes (`None`) or the connection stops taking streams (the
+/// notification it held is returned, to go out on the next connection).
 async fn send_notifications(
     c: conn::Conn,
     link: &Link,
@@ -423,37 +426,11 @@ async fn send_notifications(
         let Some(n) = shared.unless_expired(n, "expired before it could be sent") else {
             continue;
         };
-        let bearer = match &link.auth {
-            Auth::Token(s) => Some(s.token()),
-            Auth::Certificate => None,
-        };
-        let apns_id = request::apns_id(link.prefix, n.id);
-        let req = match requests.build(&n, &apns_id, bearer.as_ref()) {
-            Ok(r) => r,
-            Err(e) => {
-                shared.finish(n, Outcome::dropped(format!("cannot be sent: {e}")));
-                continue;
-            }
-        };
-        let (resp, mut body) = match send.send_request(req, false) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot open stream");
-                return Some(n);
-            }
-        };
-        let payload = Bytes::copy_from_slice(n.payload.as_bytes());
-        if let Err(e) = body.send_data(payload, true) {
-            tracing::debug!(apns_id, error = %e, "stream lost while sending");
-            // The response future reports the loss below.
+        match open_stream(&mut send, &mut requests, link, n, shared) {
+            Opened::Stream(answer) => streams.inflight.push(answer),
+            Opened::Settled => continue,
+            Opened::Refused(n) => return Some(n),
         }
-        streams.inflight.push(Box::pin(await_answer(
-            resp,
-            n,
-            shared.clone(),
-            link.auth.clone(),
-            bearer,
-        )));
         if !primed {
             // Wait for the first answer before opening more streams.
             tokio::select! {
@@ -462,6 +439,57 @@ async fn send_notifications(
             }
         }
     }
+}
+
+/// What [`open_stream`] did with a notification.
+enum Opened {
+    /// Sent: its answer arrives through this future.
+    Stream(futures::future::BoxFuture<'static, StreamEnd>),
+    /// It cannot be sent at all and is settled.
+    Settled,
+    /// The connection refused a new stream: send it elsewhere.
+    Refused(Notification),
+}
+
+/// Send `n` on a new stream of a ready connection.
+fn open_stream(
+    send: &mut h2::client::SendRequest<Bytes>,
+    requests: &mut request::RequestBuilder,
+    link: &Link,
+    n: Notification,
+    shared: &Arc<Shared>,
+) -> Opened {
+    let bearer = match &link.auth {
+        Auth::Token(s) => Some(s.token()),
+        Auth::Certificate => None,
+    };
+    let apns_id = request::apns_id(link.prefix, n.id);
+    let req = match requests.build(&n, &apns_id, bearer.as_ref()) {
+        Ok(r) => r,
+        Err(e) => {
+            shared.finish(n, Outcome::dropped(format!("cannot be sent: {e}")));
+            return Opened::Settled;
+        }
+    };
+    let (resp, mut body) = match send.send_request(req, false) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot open stream");
+            return Opened::Refused(n);
+        }
+    };
+    let payload = Bytes::copy_from_slice(n.payload.as_bytes());
+    if let Err(e) = body.send_data(payload, true) {
+        tracing::debug!(apns_id, error = %e, "stream lost while sending");
+        // The response future reports the loss.
+    }
+    Opened::Stream(Box::pin(await_answer(
+        resp,
+        n,
+        shared.clone(),
+        link.auth.clone(),
+        bearer,
+    )))
 }
 
 /// Wait for the answer on one stream and act on it.
