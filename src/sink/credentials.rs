@@ -80,8 +80,8 @@ pub fn check_common(connections: usize, endpoints: &[(&'static str, Option<&Stri
     }
     for (key, ep) in endpoints {
         if let Some(ep) = ep {
-            pushbridge_kit::check_host_port(ep).map_err(|e| SinkError::config(key, e))?;
-            super::net::Target::parse(ep).map_err(|e| SinkError::config(key, e))?;
+            pushbridge_kit::check_host_port(ep).map_err(|e| SinkError::config(key, e.to_string()))?;
+            super::net::Target::parse(ep).map_err(|e| SinkError::config(key, e.to_string()))?;
         }
     }
     Ok(())

@@ -51,8 +51,8 @@ pub enum SinkError {
     #[error(transparent)]
     Jwt(#[from] http2::jwt::JwtError),
     /// An APNS host address that cannot be used.
-    #[error("{0}")]
-    Endpoint(String),
+    #[error("endpoint {0}")]
+    Endpoint(#[from] pushbridge_kit::AddressError),
 }
 
 impl SinkError {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pushbridge_kit::AddressError;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -22,9 +23,9 @@ pub struct Target {
 }
 
 impl Target {
-    /// `host:port` (or `[v6]:port`); the error says what is wrong with it.
-    pub fn parse(authority: &str) -> Result<Target, String> {
-        let server_name = pushbridge_kit::server_name(authority).map_err(|e| format!("endpoint {e}"))?;
+    /// `host:port` (or `[v6]:port`).
+    pub fn parse(authority: &str) -> Result<Target, AddressError> {
+        let server_name = pushbridge_kit::server_name(authority)?;
         Ok(Target {
             authority: authority.to_owned(),
             server_name,
@@ -62,6 +63,6 @@ mod tests {
         assert!(matches!(t.server_name, ServerName::DnsName(_)));
         let t = Target::parse("[::1]:2197").unwrap();
         assert!(matches!(t.server_name, ServerName::IpAddress(_)));
-        assert!(Target::parse("nocolon").unwrap_err().contains("host:port"));
+        assert!(Target::parse("nocolon").unwrap_err().to_string().contains("host:port"));
     }
 }

@@ -89,7 +89,7 @@ impl IrcConfig {
                 format!("{:?} must be a name without spaces or colons", c.network),
             ));
         }
-        pushbridge_kit::check_host_port(&c.server).map_err(|e| ConfigError::new("server", e))?;
+        pushbridge_kit::check_host_port(&c.server).map_err(|e| ConfigError::new("server", e.to_string()))?;
         if c.nick.is_empty() || c.nick.contains(|ch: char| ch.is_whitespace() || ",*?!@:#".contains(ch)) {
             return Err(ConfigError::new("nick", format!("{:?} is not a valid nick", c.nick)));
         }

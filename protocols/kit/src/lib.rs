@@ -18,5 +18,5 @@ pub mod tls;
 
 pub use backoff::Backoff;
 pub use codec::{Frame, LineCodec, OverLong};
-pub use net::{check_host_port, connect, connect_tls, server_name, ConnectError};
+pub use net::{check_host_port, connect, connect_tls, server_name, AddressError, ConnectError};
 pub use tls::{client_config, Identity, TlsError};

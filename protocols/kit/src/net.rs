@@ -69,10 +69,21 @@ pub async fn connect_tls(
         })
 }
 
+/// Why a `host:port` value cannot be used; each variant quotes it, for
+/// config messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{0:?} is not host:port")]
+    NotHostPort(String),
+    #[error("{authority:?}: {port:?} is not a port number")]
+    BadPort { authority: String, port: String },
+    #[error("{authority:?}: {host:?} is not a valid TLS server name")]
+    BadServerName { authority: String, host: String },
+}
+
 /// Checks that `s` is `host:port` with a non-empty host (a name, an IPv4
-/// address or a bracketed IPv6 address) and a numeric port; the error
-/// quotes it, for config messages.
-pub fn check_host_port(s: &str) -> Result<(), String> {
+/// address or a bracketed IPv6 address) and a numeric port.
+pub fn check_host_port(s: &str) -> Result<(), AddressError> {
     if s.parse::<std::net::SocketAddr>().is_ok() {
         return Ok(());
     }
@@ -82,22 +93,27 @@ pub fn check_host_port(s: &str) -> Result<(), String> {
         {
             Ok(())
         }
-        _ => Err(format!("{s:?} is not host:port")),
+        _ => Err(AddressError::NotHostPort(s.to_owned())),
     }
 }
 
 /// The TLS server name of `host:port` (`[v6]:port` accepted): a DNS name or
-/// an IP address. The error says what is wrong, for config messages.
-pub fn server_name(authority: &str) -> Result<ServerName<'static>, String> {
+/// an IP address.
+pub fn server_name(authority: &str) -> Result<ServerName<'static>, AddressError> {
     let (host, port) = authority
         .rsplit_once(':')
-        .ok_or_else(|| format!("{authority:?} is not host:port"))?;
+        .ok_or_else(|| AddressError::NotHostPort(authority.to_owned()))?;
     if port.parse::<u16>().is_err() {
-        return Err(format!("{authority:?}: {port:?} is not a port number"));
+        return Err(AddressError::BadPort {
+            authority: authority.to_owned(),
+            port: port.to_owned(),
+        });
     }
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("{authority:?}: {host:?} is not a valid TLS server name: {e}"))
+    ServerName::try_from(host.to_owned()).map_err(|_| AddressError::BadServerName {
+        authority: authority.to_owned(),
+        host: host.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -110,7 +126,7 @@ mod tests {
             check_host_port(ok).unwrap();
         }
         for bad in ["localhost", ":5347", "host:port", "a b:1", "host:70000"] {
-            assert!(check_host_port(bad).unwrap_err().contains(bad), "{bad}");
+            assert!(check_host_port(bad).unwrap_err().to_string().contains(bad), "{bad}");
         }
     }
 
@@ -122,8 +138,11 @@ mod tests {
         ));
         assert!(matches!(server_name("127.0.0.1:2197"), Ok(ServerName::IpAddress(_))));
         assert!(matches!(server_name("[::1]:2197"), Ok(ServerName::IpAddress(_))));
-        assert!(server_name("no-port").unwrap_err().contains("host:port"));
-        assert!(server_name("host:http").unwrap_err().contains("port number"));
+        assert!(server_name("no-port").unwrap_err().to_string().contains("host:port"));
+        assert!(server_name("host:http")
+            .unwrap_err()
+            .to_string()
+            .contains("port number"));
         assert!(server_name("bad host:1").is_err());
     }
 

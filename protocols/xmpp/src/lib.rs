@@ -115,7 +115,7 @@ impl Adapter for XmppAdapter {
     }
 
     fn check(c: &XmppConfig) -> Result<(), ConfigError> {
-        pushbridge_kit::check_host_port(&c.server).map_err(|e| ConfigError::new("server", e))?;
+        pushbridge_kit::check_host_port(&c.server).map_err(|e| ConfigError::new("server", e.to_string()))?;
         if c.domain.is_empty()
             || c.domain
                 .contains(|ch: char| ch.is_whitespace() || ch == '@' || ch == '/')

@@ -118,13 +118,13 @@ impl BinarySetup {
     }
 
     /// The gateway for devices of `env`.
-    pub fn target(&self, env: Environment) -> Result<Target, String> {
+    pub fn target(&self, env: Environment) -> Result<Target, pushbridge_kit::AddressError> {
         Target::parse(self.endpoint.as_deref().unwrap_or(crate::apns::binary_host(env)))
     }
 
     /// The feedback service: `feedback_endpoint`, or Apple's when the
     /// gateway is Apple's; none when only `endpoint` was overridden.
-    pub fn feedback_target(&self, env: Environment) -> Option<Result<Target, String>> {
+    pub fn feedback_target(&self, env: Environment) -> Option<Result<Target, pushbridge_kit::AddressError>> {
         match (&self.feedback_endpoint, &self.endpoint) {
             (Some(f), _) => Some(Target::parse(f)),
             (None, Some(_)) => None,

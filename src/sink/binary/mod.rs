@@ -134,7 +134,7 @@ impl PoolStarter for Pools<'_> {
     }
 
     fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError> {
-        let target = self.sink.setup.target(env).map_err(SinkError::Endpoint)?;
+        let target = self.sink.setup.target(env)?;
         self.start_feedback(env, &shared);
         let (tx, rx) = mpsc::channel(POOL_QUEUE);
         let rx: PoolQueue = Arc::new(tokio::sync::Mutex::new(rx));

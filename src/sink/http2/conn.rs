@@ -9,6 +9,7 @@ use h2::client::{Connection, SendRequest};
 use h2::Ping;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::apns::ErrorBody;
 pub use crate::sink::net::{connect_tls, ConnectError, Target, CONNECT_TIMEOUT};
@@ -29,8 +30,13 @@ pub struct Conn {
     pub closed: CancellationToken,
 }
 
-/// Connect, handshake and start the connection's driver task.
-pub async fn connect(target: &Target, tls: &TlsConnector, ping_every: Duration) -> Result<Conn, ConnectError> {
+/// Connect, handshake and start the connection's driver task in `tasks`.
+pub async fn connect(
+    target: &Target,
+    tls: &TlsConnector,
+    ping_every: Duration,
+    tasks: &TaskTracker,
+) -> Result<Conn, ConnectError> {
     let name = &target.authority;
     let timed = |what: &str| ConnectError::Timeout(format!("{what} {name}"));
     let stream = connect_tls(target, tls).await?;
@@ -50,7 +56,7 @@ pub async fn connect(target: &Target, tls: &TlsConnector, ping_every: Duration) 
     .map_err(|_| timed("HTTP/2 handshake with"))?
     .map_err(|e| ConnectError::H2(name.clone(), e))?;
     let closed = CancellationToken::new();
-    tokio::spawn(drive(connection, name.clone(), closed.clone(), ping_every));
+    tasks.spawn(drive(connection, name.clone(), closed.clone(), ping_every));
     Ok(Conn { send, closed })
 }
 

@@ -37,6 +37,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use pushbridge_api::Environment;
 use tokio::sync::{mpsc, Mutex};
+use tokio_util::task::TaskTracker;
 
 pub use self::config::Http2Config;
 use self::conn::{Answer, Target};
@@ -141,7 +142,7 @@ impl Http2Setup {
     }
 
     /// Where notifications for devices of `env` go.
-    pub fn target(&self, env: Environment) -> Result<Target, String> {
+    pub fn target(&self, env: Environment) -> Result<Target, pushbridge_kit::AddressError> {
         match &self.endpoint {
             Some(ep) => Target::parse(ep),
             None => Target::parse(crate::apns::http2_host(env)),
@@ -223,7 +224,7 @@ struct Pools<'a> {
 
 impl PoolStarter for Pools<'_> {
     fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError> {
-        let target = self.sink.setup.target(env).map_err(SinkError::Endpoint)?;
+        let target = self.sink.setup.target(env)?;
         Ok(start_pool(target, self.sink, self.prefix, shared))
     }
 }
@@ -279,7 +280,7 @@ async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>) {
                 return; // the sink is done
             }
         }
-        match conn::connect(&link.target, &link.connector, link.ping_interval).await {
+        match conn::connect(&link.target, &link.connector, link.ping_interval, &shared.tasks).await {
             Ok(c) => {
                 shared.outcomes.connected(host, index);
                 let (left, answered) = stream_notifications(c, &link, carry.take(), &rx, &shared).await;
@@ -544,8 +545,8 @@ async fn await_answer(
 /// Why `pushbridge push` got no answer from APNS.
 #[derive(Debug, thiserror::Error)]
 pub enum SendOneError {
-    #[error("{0}")]
-    Endpoint(String),
+    #[error("endpoint {0}")]
+    Endpoint(#[from] pushbridge_kit::AddressError),
     #[error(transparent)]
     Connect(#[from] conn::ConnectError),
     #[error("cannot build the request: {0}")]
@@ -559,8 +560,15 @@ pub enum SendOneError {
 /// Send one notification on a fresh connection and return Apple's answer
 /// (`pushbridge push`). `apns_id`: the id to send.
 pub async fn send_one(setup: &Http2Setup, n: &Notification, apns_id: &str) -> Result<Answer, SendOneError> {
-    let target = setup.target(n.environment).map_err(SendOneError::Endpoint)?;
-    let c = conn::connect(&target, &conn::connector(setup.tls.clone()), setup.ping_interval).await?;
+    let target = setup.target(n.environment)?;
+    let tasks = TaskTracker::new();
+    let c = conn::connect(
+        &target,
+        &conn::connector(setup.tls.clone()),
+        setup.ping_interval,
+        &tasks,
+    )
+    .await?;
     let bearer = match &setup.auth {
         Auth::Token(s) => Some(s.token()),
         Auth::Certificate => None,

@@ -57,7 +57,7 @@ pub fn is_uuid(s: &str) -> bool {
 }
 
 /// A request error: the notification cannot be expressed as a request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct BuildError(pub String);
 
@@ -77,7 +77,7 @@ pub fn build(
 /// token, topic, expiration) instead of checking and copying them anew.
 pub struct RequestBuilder {
     /// The authority, or why it cannot be one (then every request fails).
-    authority: Result<Authority, String>,
+    authority: Result<Authority, BuildError>,
     bearer: Option<(Arc<str>, HeaderValue)>,
     topic: Option<(Arc<str>, HeaderValue)>,
     expiration: Option<(u64, HeaderValue)>,
@@ -87,7 +87,7 @@ impl RequestBuilder {
     /// For requests to `authority` (`host:port`).
     pub fn new(authority: &str) -> Self {
         Self {
-            authority: Authority::try_from(authority).map_err(|e| format!("bad request: {e}")),
+            authority: Authority::try_from(authority).map_err(|e| BuildError(format!("bad request: {e}"))),
             bearer: None,
             topic: None,
             expiration: None,
@@ -143,7 +143,7 @@ impl RequestBuilder {
         path.push_str(n.token.as_str());
         let uri = Uri::builder()
             .scheme(Scheme::HTTPS)
-            .authority(self.authority.clone().map_err(BuildError)?)
+            .authority(self.authority.clone()?)
             .path_and_query(path)
             .build()
             .map_err(|e| BuildError(format!("bad request: {e}")))?;
