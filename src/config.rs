@@ -17,6 +17,13 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// An app's sink cannot be set up.
+    #[error("apps[{index}] (topic {topic:?}): {source}")]
+    App {
+        index: usize,
+        topic: String,
+        source: crate::sink::SinkError,
+    },
     /// An adapter instance's own check failed.
     #[error("{section}: {source}")]
     Adapter {
@@ -192,9 +199,11 @@ impl Config {
             if app.queue == 0 {
                 return Err(ConfigError::Invalid(format!("{at}: queue must be at least 1")));
             }
-            app.sink
-                .check()
-                .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
+            app.sink.check().map_err(|source| ConfigError::App {
+                index: i,
+                topic: app.topic.clone(),
+                source,
+            })?;
         }
         if self.policy.ttl == 0 {
             return Err(ConfigError::Invalid("policy.ttl must be at least 1 second".into()));

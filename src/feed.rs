@@ -29,10 +29,22 @@ pub struct AppSlot {
     counters: Arc<AppCounters>,
 }
 
+impl AppSlot {
+    /// The sink ended on its own (a failed log file, a panic): feed it no
+    /// more; its notifications wait in the outbox for the next start.
+    fn sink_stopped(&mut self, from: i64) {
+        tracing::error!(app = %self.app, "sink stopped; its notifications wait in the outbox until the next start");
+        self.sender = None;
+        self.pending_from = Some(self.pending_from.map_or(from, |p| p.min(from)));
+    }
+}
+
 /// Reads up to `limit` outbox entries of `app` with id ≥ `from`, in id
 /// order (the store's `load_outbox`).
 pub trait OutboxReader {
+    /// Why the outbox could not be read (logged).
     type Error: std::fmt::Display;
+    /// The entries, oldest first.
     fn load(&mut self, app: &Arc<str>, from: i64, limit: usize) -> Result<Vec<Notification>, Self::Error>;
 }
 
@@ -43,6 +55,7 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// A feed with no apps yet.
     pub fn new() -> Self {
         Self {
             apps: Vec::new(),
@@ -92,6 +105,10 @@ impl Feed {
                 continue; // older ones are waiting; refill takes this one in order
             }
             let Some(sender) = &app.sender else { continue };
+            if sender.is_closed() {
+                app.sink_stopped(n.id);
+                continue;
+            }
             match sender.try_send(n) {
                 Ok(()) => {}
                 Err(TrySendError::Full(n)) | Err(TrySendError::Closed(n)) => app.pending_from = Some(n.id),
@@ -105,6 +122,10 @@ impl Feed {
             let (Some(from), Some(sender)) = (app.pending_from, &app.sender) else {
                 continue;
             };
+            if sender.is_closed() {
+                app.sink_stopped(from);
+                continue;
+            }
             let room = sender.capacity();
             if room == 0 {
                 continue;

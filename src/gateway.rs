@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::feed::Feed;
@@ -89,7 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     clean = clean && timeout_at(deadline, router_task).await.is_ok();
     background.cancel();
     let _ = ticker.await;
-    let _ = store.close_sinks().await;
+    clean = clean && timeout_at(deadline, store.close_sinks()).await.is_ok();
     clean = clean && timeout_at(deadline, sinks.wait()).await.is_ok();
     drop(store);
     if clean {
@@ -132,7 +133,8 @@ fn start_sinks(
             app: app.topic.clone(),
             source,
         })?;
-        sinks.spawn(sink);
+        let span = tracing::info_span!("sink", app = %app.topic, protocol = app.sink.protocol().as_str());
+        sinks.spawn(sink.instrument(span));
         feed.add(&app.topic, app.environment, app.sink.payload_limit(), tx, counters);
         tracing::info!(app = %app.topic, protocol = app.sink.protocol().as_str(), environment = %app.environment, "app ready");
     }

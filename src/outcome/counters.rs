@@ -1,7 +1,13 @@
 //! The counters behind the outcome layer's events, readable from outside
 //! (the `counters` log line, benchmarks, tests, and later the Prometheus
 //! exporter). Per app (label `app` = the topic); rejections and expiries
-//! also per `reason`. Only [`super::events`] writes them.
+//! also per `reason`. Only [`super::events`] writes them (and
+//! `Outcomes::holding`, the high-water mark `peak_outstanding`).
+//!
+//! A `reason` label is the outcome's reason up to its first `:` or ` (`:
+//! `410 Unregistered`, `400 BadDeviceToken`, `binary status 8`,
+//! `gave up after 10 retries`, `expired while retrying`; what follows
+//! (an error's text) is for logs only, so the label set stays small.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,6 +23,7 @@ pub struct ReasonCounts(Mutex<BTreeMap<String, u64>>);
 
 impl ReasonCounts {
     pub(crate) fn add(&self, reason: &str, n: u64) {
+        let reason = label(reason);
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(v) = map.get_mut(reason) {
             *v += n;
@@ -38,6 +45,12 @@ impl ReasonCounts {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.values().sum()
     }
+}
+
+/// The label of a reason: up to its first `:` or ` (`, trimmed.
+pub fn label(reason: &str) -> &str {
+    let end = [reason.find(':'), reason.find(" (")].into_iter().flatten().min();
+    end.map_or(reason, |e| &reason[..e]).trim()
 }
 
 /// One app's counters. Counters only go up; `peak_outstanding` is a
@@ -154,6 +167,25 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_labels_drop_the_details() {
+        assert_eq!(label("410 Unregistered"), "410 Unregistered");
+        assert_eq!(
+            label("gave up after 10 retries: stream lost: reset"),
+            "gave up after 10 retries"
+        );
+        assert_eq!(label("binary status 8 (invalid token)"), "binary status 8");
+        assert_eq!(
+            label("expired while retrying: 503 ServiceUnavailable"),
+            "expired while retrying"
+        );
+        let c = Counters::default();
+        let a = c.app("x");
+        a.expired.add("expired while retrying: 503 A", 1);
+        a.expired.add("expired while retrying: 429 B", 1);
+        assert_eq!(a.expired.get(), vec![("expired while retrying".to_owned(), 2)]);
+    }
 
     #[test]
     fn reasons_are_bounded_and_totals_add_up() {

@@ -80,6 +80,20 @@ impl DeviceRemoved<'_> {
     }
 }
 
+/// APNS rejected a notification already settled as delivered (a binary
+/// error response later than `binary_confirm_ms`).
+pub struct LateRejection<'a> {
+    pub n: &'a Notification,
+    pub reason: &'a str,
+}
+
+impl LateRejection<'_> {
+    pub fn emit(&self, c: &AppCounters) {
+        c.rejected.add(self.reason, 1);
+        tracing::warn!(app = %self.n.app, notification = self.n.id, device = self.n.token.short(), outcome = "rejected", reason = self.reason, "APNS rejected a notification already settled as delivered");
+    }
+}
+
 /// Notifications committed to the outbox (emitted where they are handed
 /// on to the sinks).
 pub struct NotificationsAccepted {

@@ -200,7 +200,10 @@ pub struct CompletionReceiver {
 impl CompletionReceiver {
     /// Everything that arrived so far, without waiting (the store thread).
     pub fn drain(&mut self, into: &mut Vec<Completion>) {
-        self.woken.store(false, Ordering::Release);
+        // A read-modify-write, so it is ordered with the senders' `swap`:
+        // a completion sent after this is either seen below or wakes the
+        // store again. (The gateway's refill tick is a backstop.)
+        self.woken.swap(false, Ordering::AcqRel);
         while let Ok(c) = self.rx.try_recv() {
             into.push(c);
         }
@@ -309,7 +312,14 @@ impl Outcomes {
         self.counters.peak_outstanding.fetch_max(held as u64, Ordering::Relaxed);
     }
 
-    /// A device APNS reported gone outside any notification (feedback).
+    /// APNS rejected `n` after it was settled as delivered (counted as a
+    /// rejection; its outbox row is already gone).
+    pub fn late_rejection(&self, n: &Notification, reason: &str) {
+        events::LateRejection { n, reason }.emit(&self.counters);
+    }
+
+    /// A device APNS reported gone outside any notification (feedback, or
+    /// a late binary status 8).
     pub fn device_gone(&self, token: DeviceToken, since_ms: Option<i64>, reason: &str) {
         events::DeviceGoneReported {
             app: self.counters.app(),

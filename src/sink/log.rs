@@ -42,6 +42,7 @@ pub async fn run(config: LogConfig, ctx: SinkContext) {
     let SinkContext {
         mut input, outcomes, ..
     } = ctx;
+    let stopped = outcomes.clone();
     // Writes are blocking file/pipe I/O: keep them off the runtime.
     let (tx, mut rx) = mpsc::channel::<Vec<Notification>>(4);
     let output = config.output.clone();
@@ -79,4 +80,5 @@ pub async fn run(config: LogConfig, ctx: SinkContext) {
     }
     drop(tx);
     let _ = writer.await;
+    stopped.stopped("log");
 }

@@ -12,6 +12,7 @@ use pushbridge_api::Environment;
 use pushbridge_kit::Backoff;
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::SinkError;
 use crate::outcome::{Notification, Outcome, Outcomes};
@@ -125,10 +126,16 @@ impl Shared {
         let delay = Backoff::delay_for(RETRY_BASE, RETRY_MAX, n.attempts);
         self.outcomes.retried(&n, why, delay);
         let tx = self.retry_tx.clone();
-        self.tasks.spawn(async move {
+        self.spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = tx.send(n);
         });
+    }
+
+    /// Spawn a task of the sink: tracked (the sink ends only after it) and
+    /// inside the sink's span (its logs carry `app` and `protocol`).
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task.in_current_span());
     }
 }
 
@@ -230,7 +237,18 @@ pub async fn dispatch(
     // Stops what the starter runs beside the pools (feedback pollers).
     drop(pools_for);
     shared.tasks.close();
-    shared.tasks.wait().await;
+    let ended = shared.tasks.wait();
+    tokio::pin!(ended);
+    loop {
+        tokio::select! {
+            _ = &mut ended => break,
+            // Taken back after the pools closed (a binary late error
+            // response): nothing can send it any more.
+            Some(n) = retry_rx.recv() => shared.finish(n, Outcome::Expired {
+                reason: "the sink stopped before it could be sent again".into(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

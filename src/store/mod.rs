@@ -106,7 +106,9 @@ impl StoreThread {
     /// Wait for the thread to end (every handle and completion sender
     /// dropped); it checkpoints and closes the file first.
     pub fn join(self) {
-        let _ = self.thread.join();
+        if self.thread.join().is_err() {
+            tracing::error!("the store thread panicked; what it had not committed is sent again on the next start");
+        }
     }
 }
 

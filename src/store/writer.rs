@@ -2,6 +2,12 @@
 //! transaction per batch (group commit: one fsync for many messages),
 //! answers only after the commit, then lets the [`Feed`] hand the new
 //! notifications to the sinks.
+//!
+//! A message's payload is rendered by the [`Policy`] here, on the store
+//! thread, because its badge (the unread counter) is incremented inside
+//! the same transaction that writes the outbox rows: the payload cannot be
+//! built before the transaction without a second round trip. The writer
+//! only asks; what a push says is the policy's.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +20,10 @@ use crate::feed::{Feed, OutboxReader};
 use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
 use crate::policy::Policy;
+
+/// Batches in a row whose completions could not be recorded before those
+/// completions are given up.
+pub(crate) const MAX_COMPLETION_TRIES: u32 = 10;
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -134,6 +144,8 @@ pub(crate) struct Writer {
     policy: Policy,
     counters: Arc<Counters>,
     completions: CompletionReceiver,
+    /// Batches in a row whose completions could not be recorded.
+    completion_failures: u32,
 }
 
 /// The outbox as the feed reads it.
@@ -160,6 +172,7 @@ impl Writer {
             policy,
             counters,
             completions,
+            completion_failures: 0,
         }
     }
 
@@ -182,11 +195,23 @@ impl Writer {
             self.apply_batch(&mut batch, &mut done);
             self.feed.refill(&mut Outbox(&self.db));
         }
-        // The last sinks' completions, until their senders are gone.
+        // Every handle is gone: the sinks get no more input (they drain and
+        // end, dropping their completion senders), and their last
+        // completions are recorded until the last sender is gone.
+        self.feed.close();
         while let Some(c) = self.completions.blocking_recv() {
             done.push(c);
             self.completions.drain(&mut done);
             self.apply_batch(&mut batch, &mut done);
+        }
+        if !done.is_empty() {
+            self.apply_batch(&mut batch, &mut done);
+        }
+        if !done.is_empty() {
+            tracing::warn!(
+                completions = done.len(),
+                "store closing with outcomes it could not record; those notifications are sent again on the next start"
+            );
         }
         self.db.checkpoint();
         tracing::debug!("store closed");
@@ -211,19 +236,22 @@ impl Writer {
         }
     }
 
-    /// Apply `batch` and `done` in one transaction. If it fails, every
-    /// command in it is answered with the error; the completions are kept
-    /// in `done` and tried again with the next batch (a completion lost
-    /// would re-send a delivered notification on the next start).
+    /// Apply `batch` and `done` in one transaction (one fsync). If it
+    /// fails, every command in it is answered with the error; the
+    /// completions are kept in `done` and tried again with the next batch
+    /// (a completion lost would re-send a delivered notification on the next
+    /// start). Completions go in a savepoint of their own: if they cannot be
+    /// recorded the commands still are, and after [`MAX_COMPLETION_TRIES`]
+    /// failed tries they are given up (a re-send on the next start, never a
+    /// loss), so they can never block the adapters' commands.
     pub(crate) fn apply_batch(&mut self, batch: &mut Vec<Command>, done: &mut Vec<Completion>) {
         let mut pending = Vec::with_capacity(batch.len());
         let mut out: Vec<(usize, Notification)> = Vec::new();
         let mut control = Vec::new();
         let mut removed = Vec::new();
+        let mut completed = false;
         let result = self.db.begin().and_then(|_| {
-            for c in done.iter() {
-                self.complete(c, &mut removed)?;
-            }
+            completed = self.complete_all(done, &mut removed)?;
             for cmd in batch.drain(..) {
                 match cmd {
                     Command::Tick | Command::CloseSinks | Command::Wake => control.push(cmd),
@@ -234,7 +262,13 @@ impl Writer {
         });
         match result {
             Ok(()) => {
-                done.clear();
+                if completed {
+                    done.clear();
+                    self.completion_failures = 0;
+                } else {
+                    removed.clear();
+                    self.completion_failed(done);
+                }
                 for (app, token) in removed {
                     events::DeviceRemoved {
                         app: &app,
@@ -274,6 +308,45 @@ impl Writer {
         self.feed.refill(&mut Outbox(&self.db));
     }
 
+    /// Record `done` under a savepoint; `Ok(false)` when they could not be
+    /// (rolled back to the savepoint; the transaction goes on).
+    fn complete_all(
+        &self,
+        done: &[Completion],
+        removed: &mut Vec<(Arc<str>, DeviceToken)>,
+    ) -> Result<bool, StoreError> {
+        if done.is_empty() {
+            return Ok(true);
+        }
+        self.db.savepoint("completions")?;
+        match done.iter().try_for_each(|c| self.complete(c, removed)) {
+            Ok(()) => {
+                self.db.release("completions")?;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, completions = done.len(), "cannot record outcomes; trying again with the next batch");
+                self.db.rollback_to("completions")?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Completions that failed again: kept for the next batch, or given up
+    /// after [`MAX_COMPLETION_TRIES`].
+    fn completion_failed(&mut self, done: &mut Vec<Completion>) {
+        self.completion_failures += 1;
+        if self.completion_failures >= MAX_COMPLETION_TRIES {
+            tracing::error!(
+                completions = done.len(),
+                tries = self.completion_failures,
+                "giving up recording these outcomes; their notifications are sent again on the next start"
+            );
+            done.clear();
+            self.completion_failures = 0;
+        }
+    }
+
     /// Record one completion: the outbox row goes; a device APNS says is
     /// gone goes too (noted in `removed` for the event after the commit).
     fn complete(&self, c: &Completion, removed: &mut Vec<(Arc<str>, DeviceToken)>) -> Result<(), StoreError> {
@@ -302,12 +375,15 @@ impl Writer {
         Ok(())
     }
 
+    /// Apply one command; its answer is held in `pending` until the commit
+    /// (also when it fails: then the whole batch is answered with the error).
     fn apply(
         &mut self,
         cmd: Command,
         pending: &mut Vec<Pending>,
         out: &mut Vec<(usize, Notification)>,
     ) -> Result<(), StoreError> {
+        let done = || Ok(Reply::Done);
         match cmd {
             Command::Register {
                 user,
@@ -316,61 +392,68 @@ impl Writer {
                 environment,
                 reply,
             } => {
-                let app = match &topic {
-                    None => self.feed.slot(0),
-                    Some(t) => self.feed.index(t).and_then(|i| self.feed.slot(i)),
-                };
-                let result = match app {
-                    None => Err(EventError::UnknownTopic(topic.unwrap_or_default())),
-                    Some(app) => {
-                        let env = environment.unwrap_or(app.environment);
-                        self.db.register(&user, &token, &app.app, env, now_ms())?;
-                        tracing::info!(user = %user, device = token.short(), app = %app.app, "device registered");
-                        Ok(Reply::Done)
-                    }
-                };
-                pending.push(Pending::Event(reply, result));
+                let r = self.register(user, token, topic, environment);
+                hold(pending, reply, r, done(), Pending::Event)
             }
             Command::Unregister { user, token, reply } => {
-                let n = self.db.unregister(&user, &token)?;
-                if n > 0 {
-                    tracing::info!(user = %user, device = token.short(), "device unregistered");
-                }
-                pending.push(Pending::Event(reply, Ok(Reply::Done)));
+                let r = self.db.unregister(&user, &token).map(|n| {
+                    if n > 0 {
+                        tracing::info!(user = %user, device = token.short(), "device unregistered");
+                    }
+                    Ok(Reply::Done)
+                });
+                hold(pending, reply, r, done(), Pending::Event)
             }
             Command::ResetUnread { user, reply } => {
-                self.db.reset_unread(&user)?;
-                pending.push(Pending::Event(reply, Ok(Reply::Done)));
+                let r = self.db.reset_unread(&user).map(|_| Ok(Reply::Done));
+                hold(pending, reply, r, done(), Pending::Event)
             }
             Command::ListDevices { user, reply } => {
-                let devices = self.db.devices_of(&user)?;
-                pending.push(Pending::Event(reply, Ok(Reply::Devices(devices))));
+                let r = self.db.devices_of(&user).map(|d| Ok(Reply::Devices(d)));
+                hold(pending, reply, r, done(), Pending::Event)
             }
             Command::Enqueue { job, reply } => {
-                let result = self.enqueue(job, out)?;
-                pending.push(Pending::Event(reply, result));
+                let r = self.enqueue(job, out);
+                hold(pending, reply, r, done(), Pending::Event)
             }
             Command::StateGet { ns, key, reply } => {
-                let v = self.db.state_get(&ns, &key)?;
-                pending.push(Pending::Get(reply, v));
+                let r = self.db.state_get(&ns, &key);
+                hold(pending, reply, r, None, Pending::Get)
             }
             Command::StatePut { ns, key, value, reply } => {
-                let v = match value {
-                    Some(v) => {
-                        self.db.state_put(&ns, &key, &v)?;
-                        true
-                    }
-                    None => self.db.state_delete(&ns, &key)?,
+                let r = match value {
+                    Some(v) => self.db.state_put(&ns, &key, &v).map(|_| true),
+                    None => self.db.state_delete(&ns, &key),
                 };
-                pending.push(Pending::Put(reply, v));
+                hold(pending, reply, r, false, Pending::Put)
             }
             Command::StateList { ns, prefix, reply } => {
-                let v = self.db.state_list(&ns, &prefix)?;
-                pending.push(Pending::List(reply, v));
+                let r = self.db.state_list(&ns, &prefix);
+                hold(pending, reply, r, Vec::new(), Pending::List)
             }
-            Command::Tick | Command::CloseSinks | Command::Wake => {}
+            Command::Tick | Command::CloseSinks | Command::Wake => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Add (or move) a device; an unknown topic is the adapter's error.
+    fn register(
+        &mut self,
+        user: UserId,
+        token: DeviceToken,
+        topic: Option<String>,
+        environment: Option<Environment>,
+    ) -> Result<Result<Reply, EventError>, StoreError> {
+        let app = match &topic {
+            None => self.feed.slot(0),
+            Some(t) => self.feed.index(t).and_then(|i| self.feed.slot(i)),
+        };
+        let Some(app) = app else {
+            return Ok(Err(EventError::UnknownTopic(topic.unwrap_or_default())));
+        };
+        let env = environment.unwrap_or(app.environment);
+        self.db.register(&user, &token, &app.app, env, now_ms())?;
+        tracing::info!(user = %user, device = token.short(), app = %app.app, "device registered");
+        Ok(Ok(Reply::Done))
     }
 
     /// Turn a message into outbox entries: one per device of the user in a
@@ -433,6 +516,28 @@ impl Writer {
             out.push((*i, n));
         }
         Ok(Ok(Reply::Queued(targets.len())))
+    }
+}
+
+/// Hold `reply` with the result of its command; when the store failed, hold
+/// it all the same (with `fallback`, never sent: the batch is answered with
+/// the error) and fail the batch.
+fn hold<R, T>(
+    pending: &mut Vec<Pending>,
+    reply: R,
+    result: Result<T, StoreError>,
+    fallback: T,
+    make: fn(R, T) -> Pending,
+) -> Result<(), StoreError> {
+    match result {
+        Ok(v) => {
+            pending.push(make(reply, v));
+            Ok(())
+        }
+        Err(e) => {
+            pending.push(make(reply, fallback));
+            Err(e)
+        }
     }
 }
 

@@ -216,3 +216,74 @@ fn what_does_not_fit_waits_in_the_outbox_and_refills_in_order() {
     let late = f.sink.try_recv().unwrap().id;
     assert!(late > got[9]);
 }
+
+#[test]
+fn outcomes_that_cannot_be_recorded_never_block_commands() {
+    let mut f = fixture(64);
+    let (c, _) = register("alice", 1);
+    let mut done = Vec::new();
+    f.writer.apply_batch(&mut vec![c, message("alice", "one").0], &mut done);
+    let n = f.sink.try_recv().unwrap();
+    // Deleting from the outbox fails from now on; inserting still works.
+    f.writer
+        .db_for_test()
+        .execute_for_test("CREATE TRIGGER no_delete BEFORE DELETE ON outbox BEGIN SELECT RAISE(ABORT, 'no'); END;")
+        .unwrap();
+    let mut done = vec![Completion::Settled {
+        id: n.id,
+        app: n.app.clone(),
+        token: n.token.clone(),
+        outcome: Outcome::Delivered,
+    }];
+    for k in 0..super::writer::MAX_COMPLETION_TRIES {
+        assert_eq!(done.len(), 1, "kept for another try ({k} failed so far)");
+        let (msg, mut reply) = message("alice", &format!("m{k}"));
+        f.writer.apply_batch(&mut vec![msg], &mut done);
+        assert_eq!(answer(&mut reply), Ok(Reply::Queued(1)), "commands still commit");
+    }
+    assert!(done.is_empty(), "given up after MAX_COMPLETION_TRIES tries");
+    // The row stays: it is sent again on the next start, never lost.
+    let counts = f.writer.db_for_test().outbox_counts().unwrap();
+    assert_eq!(
+        counts,
+        vec![(APP.to_owned(), 1 + super::writer::MAX_COMPLETION_TRIES as i64)]
+    );
+}
+
+#[test]
+fn the_thread_ends_when_its_handles_are_gone_even_without_close_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+    let counters = Arc::new(Counters::default());
+    let (sink_tx, mut sink_rx) = mpsc::channel::<Notification>(64);
+    let mut feed = Feed::new();
+    feed.add(APP, Environment::Production, 4096, sink_tx, &counters);
+    let (completions, rx) = CompletionSender::new(None);
+    let writer = Writer::new(db, feed, Policy::new(PolicyConfig::default()), counters.clone(), rx);
+    let (tx, cmd_rx) = mpsc::channel(16);
+    let (finished_tx, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        writer.run(cmd_rx);
+        let _ = finished_tx.send(());
+    });
+    // A sink: settles what it gets until its input closes, then ends.
+    let sink = std::thread::spawn(move || {
+        let outcomes = crate::outcome::Outcomes::new(&Counters::default(), APP, completions);
+        while let Some(n) = sink_rx.blocking_recv() {
+            outcomes.settle(&n, Outcome::Delivered);
+        }
+    });
+    let (reg, reg_reply) = register("alice", 1);
+    let (msg, msg_reply) = message("alice", "last words");
+    tx.blocking_send(reg).unwrap();
+    tx.blocking_send(msg).unwrap();
+    assert_eq!(msg_reply.blocking_recv().unwrap(), Ok(Reply::Queued(1)));
+    drop(reg_reply);
+    drop(tx); // no CloseSinks
+    finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the store thread ends once its handles are gone");
+    sink.join().unwrap();
+    let db = Db::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+    assert_eq!(db.outbox_counts().unwrap(), vec![], "the last outcome was recorded");
+}

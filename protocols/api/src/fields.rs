@@ -18,6 +18,13 @@
 //! | `host` | the `host:port` an outbound connection goes to | `api.push.apple.com:443` |
 //! | `error` | an error's display text | `connection reset by peer` |
 //! | `retry_in` | delay before the next attempt (Debug of a `Duration`) | `1.6s` |
+//! | `attempt` | a notification's transient failures so far | `3` |
+//! | `connection` | index of a connection in its pool (0-based) | `0` |
+//! | `count`, `devices`, `pending`, `unconfirmed`, `resent`, `completions`, `commands` | how many of what the message says | `200` |
+//! | `path` | a file the gateway reads or writes | `pushbridge.db` |
+//!
+//! Adapters add fields of their own protocol (`nick`, `channel`, `command`
+//! for IRC; `from`, `id` for XMPP stanzas) where none of the above fits.
 //!
 //! Secrets (passwords, component secrets, JWTs, key material) and message
 //! text are never fields.

@@ -62,18 +62,25 @@ impl Backoff {
     pub fn jitter(d: Duration) -> Duration {
         use std::sync::atomic::{AtomicU64, Ordering};
         static STATE: AtomicU64 = AtomicU64::new(0);
-        let mut x = STATE.load(Ordering::Relaxed);
-        if x == 0 {
-            x = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x9e37_79b9_7f4a_7c15)
-                | 1;
-        }
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        STATE.store(x, Ordering::Relaxed);
+        let step = |mut x: u64| {
+            if x == 0 {
+                x = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0x9e37_79b9_7f4a_7c15)
+                    | 1;
+            }
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x
+        };
+        // One atomic step, so tasks retrying at the same moment draw
+        // different factors.
+        let prev = STATE
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(step(x)))
+            .unwrap_or(0);
+        let x = step(prev);
         let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
         d.mul_f64(0.5 + 0.5 * (r as f64 / (1u64 << 53) as f64))
     }

@@ -15,6 +15,10 @@ use super::codec::FeedbackCodec;
 use crate::sink::net::{connect_tls, ConnectError, Target};
 use crate::sink::pool::Shared;
 
+/// Devices read in one poll at most; the rest are read by the next poll
+/// (Apple keeps listing a device until it is removed), so a misbehaving
+/// service cannot queue unbounded work for the store.
+const MAX_PER_POLL: u64 = 100_000;
 /// A feedback poll that takes longer than this is cut off.
 const FEEDBACK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -63,6 +67,13 @@ async fn poll_once(target: &Target, tls: &TlsConnector, shared: &Shared) -> Resu
     loop {
         let n = stream.read_buf(&mut buf).await?;
         while let Some(t) = FeedbackCodec.decode(&mut buf)? {
+            if count >= MAX_PER_POLL {
+                tracing::warn!(
+                    devices = count,
+                    "feedback service listed more than one poll reads; the rest waits for the next poll"
+                );
+                return Ok(count);
+            }
             match DeviceToken::from_bytes(&t.token) {
                 Ok(token) => {
                     count += 1;

@@ -111,7 +111,7 @@ impl Pools<'_> {
         self.feedback_started.push(env);
         match self.sink.setup.feedback_target(env) {
             Some(Ok(target)) => {
-                shared.tasks.spawn(feedback::poll_loop(
+                shared.spawn(feedback::poll_loop(
                     target,
                     TlsConnector::from(self.sink.setup.tls.clone()),
                     self.sink.setup.feedback_interval,
@@ -146,9 +146,7 @@ impl PoolStarter for Pools<'_> {
             confirm_after: self.sink.setup.confirm_after,
         };
         for index in 0..self.sink.connections {
-            shared
-                .tasks
-                .spawn(worker::worker(index, link.clone(), rx.clone(), shared.clone()));
+            shared.spawn(worker::worker(index, link.clone(), rx.clone(), shared.clone()));
         }
         Ok(tx)
     }

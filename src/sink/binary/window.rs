@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::codec::{self, status};
-use super::{ident, MAX_WINDOW};
+use super::MAX_WINDOW;
 use crate::outcome::{Notification, Outcome};
 use crate::sink::pool::Shared;
 
@@ -174,14 +174,7 @@ fn settle_late_error(
         status::SHUTDOWN => {}
         status::INVALID_TOKEN => shared.outcomes.device_gone(named.token.clone(), None, &reason),
         status::PROCESSING_ERROR | status::UNKNOWN => back.push(shared.take_back(named)),
-        _ => tracing::warn!(
-            app = %named.app,
-            notification = named.id,
-            apns_id = ident(&named),
-            device = named.token.short(),
-            reason = %reason,
-            "APNS rejected a notification already settled as delivered"
-        ),
+        _ => shared.outcomes.late_rejection(&named, &reason),
     }
     back.extend(tail.into_iter().map(|(_, _, n)| shared.take_back(n)));
     requeue_front(replay, back.into_iter());

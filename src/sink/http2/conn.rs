@@ -10,6 +10,7 @@ use h2::Ping;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::apns::ErrorBody;
 pub use crate::sink::net::{connect_tls, ConnectError, Target, CONNECT_TIMEOUT};
@@ -56,7 +57,7 @@ pub async fn connect(
     .map_err(|_| timed("HTTP/2 handshake with"))?
     .map_err(|e| ConnectError::H2(name.clone(), e))?;
     let closed = CancellationToken::new();
-    tasks.spawn(drive(connection, name.clone(), closed.clone(), ping_every));
+    tasks.spawn(drive(connection, name.clone(), closed.clone(), ping_every).in_current_span());
     Ok(Conn { send, closed })
 }
 
@@ -75,8 +76,8 @@ async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         tokio::select! {
             r = &mut conn => {
                 match r {
-                    Ok(()) => tracing::debug!(endpoint = %name, "APNS connection closed"),
-                    Err(e) => tracing::info!(endpoint = %name, error = %e, "APNS connection ended"),
+                    Ok(()) => tracing::debug!(host = %name, "APNS connection closed"),
+                    Err(e) => tracing::info!(host = %name, error = %e, "APNS connection ended"),
                 }
                 break;
             }
@@ -86,13 +87,13 @@ async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         tokio::select! {
             r = &mut conn => {
                 if let Err(e) = r {
-                    tracing::info!(endpoint = %name, error = %e, "APNS connection ended");
+                    tracing::info!(host = %name, error = %e, "APNS connection ended");
                 }
                 break;
             }
             pong = tokio::time::timeout(pong_timeout, p.ping(Ping::opaque())) => {
                 if !matches!(pong, Ok(Ok(_))) {
-                    tracing::warn!(endpoint = %name, "APNS did not answer PING; reconnecting");
+                    tracing::warn!(host = %name, "APNS did not answer PING; reconnecting");
                     break;
                 }
             }

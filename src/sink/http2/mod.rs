@@ -191,11 +191,16 @@ fn answer(shared: &Shared, auth: &Auth, n: Notification, answer: Answer, bearer:
         Some(e) => (e.reason.clone(), e.timestamp_ms),
         None => (Reason::Other(String::new()), None),
     };
+    // "410 Unregistered"; the status alone when Apple gave no reason.
+    let status_reason = match reason.as_str() {
+        "" => answer.status.to_string(),
+        r => format!("{} {r}", answer.status),
+    };
     match classify(answer.status, &reason) {
         Action::Delivered => shared.finish(n, Outcome::Delivered),
         Action::RemoveDevice => {
             let outcome = Outcome::Rejected {
-                reason: format!("{} {reason}", answer.status),
+                reason: status_reason,
                 remove_device: true,
                 since_ms: ts,
             };
@@ -205,13 +210,10 @@ fn answer(shared: &Shared, auth: &Auth, n: Notification, answer: Answer, bearer:
             if let (Auth::Token(signer), Some(used)) = (auth, bearer) {
                 signer.expired(used);
             }
-            shared.retry(n, reason.as_str())
+            shared.retry(n, &status_reason)
         }
-        Action::Retry => {
-            let why = format!("{} {reason}", answer.status);
-            shared.retry(n, &why)
-        }
-        Action::Drop => shared.finish(n, Outcome::dropped(format!("{} {reason}", answer.status))),
+        Action::Retry => shared.retry(n, &status_reason),
+        Action::Drop => shared.finish(n, Outcome::dropped(status_reason)),
     }
 }
 
@@ -260,9 +262,7 @@ fn start_pool(target: Target, sink: &Http2Sink, prefix: u64, shared: Arc<Shared>
         prefix,
     };
     for index in 0..sink.connections {
-        shared
-            .tasks
-            .spawn(worker(index, link.clone(), rx.clone(), shared.clone()));
+        shared.spawn(worker(index, link.clone(), rx.clone(), shared.clone()));
     }
     tx
 }
@@ -340,9 +340,7 @@ async fn stream_notifications(
     .await;
     let Streams { mut inflight, answered } = streams;
     if !inflight.is_empty() {
-        shared
-            .tasks
-            .spawn(async move { while inflight.next().await.is_some() {} });
+        shared.spawn(async move { while inflight.next().await.is_some() {} });
     }
     (left, answered)
 }
