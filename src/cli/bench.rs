@@ -8,6 +8,7 @@
 //! With `--rate` the load is paced (open loop) instead of as fast as possible.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use anyhow::{bail, Context as _};
 use clap::Args as ClapArgs;
 use hdrhistogram::Histogram;
 use pushbridge::config::{Config, Synchronous};
+use pushbridge::outcome::Snapshot;
 use pushbridge::store::Db;
 use pushbridge_api::{DeviceToken, Environment, UserId};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -47,6 +49,51 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let Setup {
+        _tmp,
+        out_path,
+        port,
+        config,
+    } = setup(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let gateway = tokio::spawn(pushbridge::gateway::run(config, async {
+            let _ = stop_rx.await;
+        }));
+        let addr = format!("127.0.0.1:{port}");
+        wait_listening(&addr).await?;
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let (sent, elapsed) = load(&args, &addr, &hist).await?;
+        let _ = stop_tx.send(());
+        let snapshot = gateway.await.context("gateway task")??;
+        let lines = std::fs::read(&out_path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
+        print_summary(&args, sent, elapsed, &h, lines, &snapshot);
+        if lines != sent {
+            bail!("{sent} messages accepted but {lines} notifications written");
+        }
+        Ok(())
+    })
+}
+
+/// A bench's gateway, ready to start.
+struct Setup {
+    /// The temporary directory (the store and the log sink's file unless
+    /// `--dir`); removed when dropped, after the run.
+    _tmp: tempfile::TempDir,
+    /// The log sink's JSON lines, one a notification.
+    out_path: PathBuf,
+    /// The line adapter's loopback port.
+    port: u16,
+    config: Config,
+}
+
+/// Check `args`, make a fresh store with `--users` registered devices and
+/// the gateway's config around it.
+fn setup(args: &Args) -> anyhow::Result<Setup> {
     if args.connections == 0 || args.messages == 0 || args.users == 0 || args.pipeline == 0 {
         bail!("--connections, --messages, --users and --pipeline must be at least 1");
     }
@@ -74,95 +121,99 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mc = args.connections + 16,
     );
     let config = Config::parse(&text, std::path::Path::new("<bench>"))?;
-
-    {
-        let db = Db::open(&db_path, sync)?;
-        db.begin()?;
-        for u in 0..args.users {
-            let user = UserId::parse(&format!("line:u{u}")).map_err(|e| anyhow::anyhow!(e))?;
-            let token = DeviceToken::parse(&format!("{:064x}", u + 1)).map_err(|e| anyhow::anyhow!(e))?;
-            db.register(&user, &token, "com.example.bench", Environment::Production, 0)?;
-        }
-        db.commit()?;
-    }
-
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let gateway = tokio::spawn(pushbridge::gateway::run(config, async {
-            let _ = stop_rx.await;
-        }));
-        let addr = format!("127.0.0.1:{port}");
-        let mut tries = 0;
-        while TcpStream::connect(&addr).await.is_err() {
-            tries += 1;
-            if tries > 200 {
-                bail!("gateway did not start listening on {addr}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-
-        let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..args.connections {
-            let n = args.messages / args.connections + usize::from(c < args.messages % args.connections);
-            let per_conn_rate = if args.rate == 0 {
-                0.0
-            } else {
-                args.rate as f64 / args.connections as f64
-            };
-            tasks.push(tokio::spawn(connection(
-                addr.clone(),
-                c,
-                n,
-                args.users,
-                args.pipeline,
-                per_conn_rate,
-                hist.clone(),
-            )));
-        }
-        let mut sent = 0;
-        for t in tasks {
-            sent += t.await.context("bench connection panicked")??;
-        }
-        let elapsed = start.elapsed();
-        let _ = stop_tx.send(());
-        let snapshot = gateway.await.context("gateway task")??;
-        let lines = std::fs::read(&out_path)
-            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-            .unwrap_or(0);
-        let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
-        println!(
-            "connections={} pipeline={} users={} rate={} synchronous={}",
-            args.connections,
-            args.pipeline,
-            args.users,
-            if args.rate == 0 {
-                "max".to_string()
-            } else {
-                args.rate.to_string()
-            },
-            args.synchronous
-        );
-        println!(
-            "accepted {sent} messages in {:.3} s: {:.0} messages/s",
-            elapsed.as_secs_f64(),
-            sent as f64 / elapsed.as_secs_f64()
-        );
-        println!(
-            "latency write->OK: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
-            h.value_at_quantile(0.50) as f64 / 1000.0,
-            h.value_at_quantile(0.99) as f64 / 1000.0,
-            h.value_at_quantile(0.999) as f64 / 1000.0,
-            h.max() as f64 / 1000.0
-        );
-        println!("log sink wrote {lines} notifications; gateway counters: {snapshot:?}");
-        if lines != sent {
-            bail!("{sent} messages accepted but {lines} notifications written");
-        }
-        Ok(())
+    register_users(&db_path, sync, args.users)?;
+    Ok(Setup {
+        _tmp: tmp,
+        out_path,
+        port,
+        config,
     })
+}
+
+/// Register one device for each of `users` users (`line:u0`…) in the store
+/// at `db_path`, in one transaction.
+fn register_users(db_path: &Path, sync: Synchronous, users: usize) -> anyhow::Result<()> {
+    let db = Db::open(db_path, sync)?;
+    db.begin()?;
+    for u in 0..users {
+        let user = UserId::parse(&format!("line:u{u}")).map_err(|e| anyhow::anyhow!(e))?;
+        let token = DeviceToken::parse(&format!("{:064x}", u + 1)).map_err(|e| anyhow::anyhow!(e))?;
+        db.register(&user, &token, "com.example.bench", Environment::Production, 0)?;
+    }
+    db.commit()?;
+    Ok(())
+}
+
+/// Wait (up to about 2 s) until the gateway accepts connections on `addr`.
+async fn wait_listening(addr: &str) -> anyhow::Result<()> {
+    let mut tries = 0;
+    while TcpStream::connect(addr).await.is_err() {
+        tries += 1;
+        if tries > 200 {
+            bail!("gateway did not start listening on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Run the `--connections` connections to `addr`, sharing `--messages` and
+/// `--rate` between them; the messages accepted and how long it took.
+async fn load(args: &Args, addr: &str, hist: &Arc<Mutex<Histogram<u64>>>) -> anyhow::Result<(usize, Duration)> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let n = args.messages / args.connections + usize::from(c < args.messages % args.connections);
+        let per_conn_rate = if args.rate == 0 {
+            0.0
+        } else {
+            args.rate as f64 / args.connections as f64
+        };
+        tasks.push(tokio::spawn(connection(
+            addr.to_owned(),
+            c,
+            n,
+            args.users,
+            args.pipeline,
+            per_conn_rate,
+            hist.clone(),
+        )));
+    }
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await.context("bench connection panicked")??;
+    }
+    Ok((sent, start.elapsed()))
+}
+
+/// The report: settings, accepted messages/s, write→OK latency percentiles,
+/// what the log sink wrote and the gateway's counters.
+fn print_summary(args: &Args, sent: usize, elapsed: Duration, h: &Histogram<u64>, lines: usize, snapshot: &Snapshot) {
+    println!(
+        "connections={} pipeline={} users={} rate={} synchronous={}",
+        args.connections,
+        args.pipeline,
+        args.users,
+        if args.rate == 0 {
+            "max".to_string()
+        } else {
+            args.rate.to_string()
+        },
+        args.synchronous
+    );
+    println!(
+        "accepted {sent} messages in {:.3} s: {:.0} messages/s",
+        elapsed.as_secs_f64(),
+        sent as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency write->OK: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+    println!("log sink wrote {lines} notifications; gateway counters: {snapshot:?}");
 }
 
 /// One connection: writes `n` MSG commands (paced when `rate` > 0) and reads

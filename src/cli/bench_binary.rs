@@ -9,18 +9,19 @@
 //! protocol has no positive acknowledgement). Memory is the process's peak
 //! resident set.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args as ClapArgs;
-use pushbridge::config::Config;
-use pushbridge::outcome::{Completion, Notification, Outcome};
-use pushbridge::simulator::binary::{Options, Simulator};
+use pushbridge::outcome::Completion;
+use pushbridge::simulator::binary::{Options, Simulator, State};
 use pushbridge::simulator::Recorder;
-use pushbridge::tls::TestPki;
-use pushbridge_api::{DeviceToken, Environment};
+use pushbridge::sink::AppConfig;
+use tokio::runtime::Runtime;
+
+use super::bench_sink::{self, Feeding, Pki, Tally, Workload};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -47,18 +48,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.notifications == 0 || args.connections == 0 {
         bail!("--notifications and --connections must be at least 1");
     }
-    let dir = tempfile::Builder::new().prefix("pushbridge-bench-binary").tempdir()?;
-    let pki = TestPki::generate()?;
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem)?;
-    let (cert, key) = pki.issue_client("com.example.bench")?;
-    let client = dir.path().join("client.pem");
+    let pki = Pki::new("pushbridge-bench-binary")?;
+    let (cert, key) = pki.pki.issue_client(bench_sink::TOPIC)?;
+    let client = pki.dir.path().join("client.pem");
     std::fs::write(&client, format!("{cert}{key}"))?;
 
     let sim_rt = super::bench_runtime("simulator")?;
     let sink_rt = super::bench_runtime("sink")?;
-    let server = pushbridge::tls::server_config(pki.server_identity()?, Some(&[pki.ca_der()]), &[])?;
-    let sim = sim_rt.block_on(async {
+    let sim = start_simulator(&sim_rt, &pki)?;
+    let app = app_config(&sim, &pki.ca, &client, &args)?;
+    let workload = Workload::new()?;
+    let state = sim.state().clone();
+    let n = args.notifications;
+    let (recorded_in, tally) = sink_rt.block_on(async {
+        let mut feeding = Feeding::start(&app, workload, n, 0, |_| {})?;
+        let measured = collect(&mut feeding, &state, n).await?;
+        feeding.finish().await;
+        anyhow::Ok(measured)
+    })?;
+    let accepted = state.recorder.count();
+    let conns = state.connections.load(Ordering::Relaxed);
+    sim_rt.block_on(sim.stop());
+    print_summary(&args, recorded_in, &tally, accepted, conns);
+    tally.all_delivered(n)
+}
+
+/// The binary simulator on a free loopback port, on `rt`, requiring client
+/// certificates of `pki`.
+fn start_simulator(rt: &Runtime, pki: &Pki) -> anyhow::Result<Simulator> {
+    let server = pushbridge::tls::server_config(pki.pki.server_identity()?, Some(&[pki.pki.ca_der()]), &[])?;
+    rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         anyhow::Ok(Simulator::start(
             listener,
@@ -67,102 +86,63 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Options::default(),
             Recorder::new(false, None),
         )?)
-    })?;
-    let text = format!(
-        "[[apps]]\ntopic = \"com.example.bench\"\nprotocol = \"binary\"\nendpoint = \"{}\"\nca_file = {:?}\ncert_file = {:?}\nconnections = {}\nbinary_command = {}\n",
+    })
+}
+
+/// The binary app: the client certificate in `client` against `sim`,
+/// trusting `ca`, with `--connections` and `--command`.
+fn app_config(sim: &Simulator, ca: &Path, client: &Path, args: &Args) -> anyhow::Result<AppConfig> {
+    bench_sink::app(&format!(
+        "[[apps]]\ntopic = \"{}\"\nprotocol = \"binary\"\nendpoint = \"{}\"\nca_file = {:?}\ncert_file = {:?}\nconnections = {}\nbinary_command = {}\n",
+        bench_sink::TOPIC,
         sim.addr(),
         ca.display().to_string(),
         client.display().to_string(),
         args.connections,
         args.command,
-    );
-    let config = Config::parse(&text, std::path::Path::new("<bench>")).context("bench config")?;
+    ))
+}
 
-    let n = args.notifications;
-    let expiration = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 3600;
-    let payload: Arc<str> = Arc::from(
-        r#"{"aps":{"alert":{"title":"bob","body":"are you coming to the meeting later today?"},"badge":3,"sound":"default","thread-id":"bob"}}"#,
-    );
-    let tokens: Vec<DeviceToken> = (0..1000u64)
-        .map(|i| DeviceToken::parse(&format!("{:064x}", i + 1)))
-        .collect::<Result<_, _>>()?;
-    let state = sim.state().clone();
-    let (recorded_in, delivered, other) = sink_rt.block_on(async {
-        let pushbridge::sink::Detached {
-            input: tx,
-            completions: mut rrx,
-            task: sink_task,
-            ..
-        } = config.apps[0].spawn_detached()?;
-        let started = Instant::now();
-        let feeder = tokio::spawn(async move {
-            for i in 0..n {
-                let mut note = Notification::new(
-                    i as i64,
-                    "com.example.bench",
-                    tokens[(i % 1000) as usize].clone(),
-                    Environment::Production,
-                    &payload,
-                );
-                note.expiration = expiration;
-                if tx.send(note).await.is_err() {
-                    break;
-                }
-            }
-        });
-        // Drain reports while waiting for the simulator to see everything.
-        let (mut delivered, mut other) = (0u64, 0u64);
-        let mut recorded_in = None;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while delivered + other < n {
-            if recorded_in.is_none() && state.recorder.count() >= n {
-                recorded_in = Some(started.elapsed());
-            }
-            match tokio::time::timeout(Duration::from_millis(5), rrx.recv()).await {
-                Ok(Some(Completion::Settled { outcome, .. })) => {
-                    if outcome == Outcome::Delivered {
-                        delivered += 1;
-                    } else {
-                        other += 1;
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => {
-                    if Instant::now() > deadline {
-                        bail!("gave up after 600 s with {} of {n} reported", delivered + other);
-                    }
+/// Drain the sink's reports until all `n` are in, noting when the
+/// simulator (`state`) had recorded all `n`: that time, and the tally.
+async fn collect(feeding: &mut Feeding, state: &State, n: u64) -> anyhow::Result<(Duration, Tally)> {
+    let mut tally = Tally::default();
+    let mut recorded_in = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while tally.reported() < n {
+        if recorded_in.is_none() && state.recorder.count() >= n {
+            recorded_in = Some(feeding.started.elapsed());
+        }
+        match tokio::time::timeout(Duration::from_millis(5), feeding.completions.recv()).await {
+            Ok(Some(Completion::Settled { outcome, .. })) => tally.count(&outcome),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                if Instant::now() > deadline {
+                    bail!("gave up after 600 s with {} of {n} reported", tally.reported());
                 }
             }
         }
-        let recorded_in = recorded_in.unwrap_or_else(|| started.elapsed());
-        let _ = feeder.await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), sink_task).await;
-        anyhow::Ok((recorded_in, delivered, other))
-    })?;
-    let accepted = state.recorder.count();
-    let conns = state.connections.load(Ordering::Relaxed);
-    sim_rt.block_on(sim.stop());
+    }
+    Ok((recorded_in.unwrap_or_else(|| feeding.started.elapsed()), tally))
+}
+
+/// The report: settings, outcomes, throughput, peak memory.
+fn print_summary(args: &Args, recorded_in: Duration, tally: &Tally, accepted: u64, conns: u64) {
     println!(
-        "bench-binary: {n} notifications, command {}, {} connection(s), client-certificate TLS on loopback",
-        args.command, args.connections
+        "bench-binary: {} notifications, command {}, {} connection(s), client-certificate TLS on loopback",
+        args.notifications, args.command, args.connections
     );
     println!(
-        "simulator accepted {accepted} over {conns} connection(s); sink reported {delivered} delivered, {other} other"
+        "simulator accepted {accepted} over {conns} connection(s); sink reported {} delivered, {} other",
+        tally.delivered, tally.other
     );
     println!(
         "throughput: {:.0} notifications/s ({:.2} s until the simulator had them all)",
-        n as f64 / recorded_in.as_secs_f64(),
+        args.notifications as f64 / recorded_in.as_secs_f64(),
         recorded_in.as_secs_f64()
     );
     if let Some(mib) = peak_rss_mib() {
         println!("memory: peak resident set {mib:.0} MiB (simulator and sink together)");
     }
-    if delivered != n {
-        bail!("{} notifications were not delivered", n - delivered);
-    }
-    Ok(())
 }

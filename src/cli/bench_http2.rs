@@ -7,19 +7,21 @@
 //! from handing a notification to the sink to its `delivered` report, so
 //! it includes the sink's queue; with `--rate` the load is paced.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Args as ClapArgs;
 use hdrhistogram::Histogram;
-use pushbridge::config::Config;
-use pushbridge::outcome::{Completion, Notification, Outcome};
+use pushbridge::outcome::Completion;
 use pushbridge::simulator::http2::{Options, Simulator};
 use pushbridge::simulator::Recorder;
-use pushbridge::tls::TestPki;
-use pushbridge_api::{DeviceToken, Environment};
+use pushbridge::sink::AppConfig;
+use tokio::runtime::Runtime;
+
+use super::bench_sink::{self, Feeding, Pki, Tally, Workload};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -41,116 +43,100 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.notifications == 0 || args.connections == 0 {
         bail!("--notifications and --connections must be at least 1");
     }
-    let dir = tempfile::Builder::new().prefix("pushbridge-bench-http2").tempdir()?;
-    let pki = TestPki::generate()?;
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem)?;
+    let pki = Pki::new("pushbridge-bench-http2")?;
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let p8 = dir.path().join("AuthKey.p8");
+    let p8 = pki.dir.path().join("AuthKey.p8");
     std::fs::write(&p8, kp.serialize_pem())?;
 
     let sim_rt = super::bench_runtime("simulator")?;
     let sink_rt = super::bench_runtime("sink")?;
+    let sim = start_simulator(&sim_rt, &pki, &kp, args.streams)?;
+    let app = app_config(&sim, &pki.ca, &p8, args.connections)?;
+    let workload = Workload::new()?;
+    let result = sink_rt.block_on(drive(&app, workload, args.notifications, args.rate))?;
+    let accepted = sim.state().recorder.count();
+    let conns = sim.state().connections.load(Ordering::Relaxed);
+    sim_rt.block_on(sim.stop());
+    print_summary(&args, &result, accepted, conns);
+    result.tally.all_delivered(args.notifications)
+}
+
+/// The simulator on a free loopback port, on `rt`, verifying JWTs signed
+/// with `kp` and allowing `streams` concurrent streams per connection.
+fn start_simulator(rt: &Runtime, pki: &Pki, kp: &rcgen::KeyPair, streams: u32) -> anyhow::Result<Simulator> {
     let options = Options {
         jwt_key: Some(Arc::new(jsonwebtoken::DecodingKey::from_ec_pem(
             kp.public_key_pem().as_bytes(),
         )?)),
         team_id: Some("TEAM123456".into()),
-        max_concurrent_streams: args.streams,
+        max_concurrent_streams: streams,
         ..Options::default()
     };
-    let server = pushbridge::tls::server_config(pki.server_identity()?, None, &[b"h2"])?;
-    let sim = sim_rt.block_on(async {
+    let server = pushbridge::tls::server_config(pki.pki.server_identity()?, None, &[b"h2"])?;
+    rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         anyhow::Ok(Simulator::start(listener, server, options, Recorder::new(false, None))?)
-    })?;
-    let text = format!(
-        "[[apps]]\ntopic = \"com.example.bench\"\nprotocol = \"http2\"\nendpoint = \"{}\"\nca_file = {:?}\nkey_file = {:?}\nkey_id = \"KEYID12345\"\nteam_id = \"TEAM123456\"\nconnections = {}\n",
+    })
+}
+
+/// The http2 app: token auth with the provider key in `p8` against `sim`,
+/// trusting `ca`, with a pool of `connections`.
+fn app_config(sim: &Simulator, ca: &Path, p8: &Path, connections: usize) -> anyhow::Result<AppConfig> {
+    bench_sink::app(&format!(
+        "[[apps]]\ntopic = \"{}\"\nprotocol = \"http2\"\nendpoint = \"{}\"\nca_file = {:?}\nkey_file = {:?}\nkey_id = \"KEYID12345\"\nteam_id = \"TEAM123456\"\nconnections = {}\n",
+        bench_sink::TOPIC,
         sim.addr(),
         ca.display().to_string(),
         p8.display().to_string(),
-        args.connections
-    );
-    let config = Config::parse(&text, std::path::Path::new("<bench>")).context("bench config")?;
+        connections
+    ))
+}
 
-    let n = args.notifications;
+/// What a run measured.
+struct Measured {
+    /// Hand-over to delivered report, in microseconds.
+    hist: Histogram<u64>,
+    tally: Tally,
+    /// From the first hand-over to the last report.
+    elapsed: Duration,
+}
+
+/// Feed `n` notifications of `workload` to `app`'s sink at `rate` per second
+/// (0: unpaced) and collect their reports into the latency histogram.
+async fn drive(app: &AppConfig, workload: Workload, n: u64, rate: u64) -> anyhow::Result<Measured> {
+    // When each notification was handed over, in ns since `t0`.
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let t0 = Instant::now();
-    let expiration = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 3600;
-    let payload: Arc<str> = Arc::from(
-        r#"{"aps":{"alert":{"title":"bob","body":"are you coming to the meeting later today?"},"badge":3,"sound":"default","thread-id":"bob"}}"#,
-    );
-    let tokens: Vec<DeviceToken> = (0..1000u64)
-        .map(|i| DeviceToken::parse(&format!("{:064x}", i + 1)))
-        .collect::<Result<_, _>>()?;
-
-    let result = sink_rt.block_on(async {
-        let pushbridge::sink::Detached {
-            input: tx,
-            completions: mut rrx,
-            task: sink_task,
-            ..
-        } = config.apps[0].spawn_detached()?;
-        let feeder = tokio::spawn({
-            let sent_at = sent_at.clone();
-            let rate = args.rate;
-            async move {
-                let start = Instant::now();
-                for i in 0..n {
-                    if rate > 0 {
-                        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    let mut note = Notification::new(
-                        i as i64,
-                        "com.example.bench",
-                        tokens[(i % 1000) as usize].clone(),
-                        Environment::Production,
-                        &payload,
-                    );
-                    note.expiration = expiration;
-                    sent_at[i as usize].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    if tx.send(note).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        let (mut delivered, mut other) = (0u64, 0u64);
-        let started = Instant::now();
-        while delivered + other < n {
-            match tokio::time::timeout(Duration::from_secs(30), rrx.recv()).await {
-                Ok(Some(Completion::Settled { id, outcome, .. })) => {
-                    let now = t0.elapsed().as_nanos() as u64;
-                    let sent = sent_at[id as usize].load(Ordering::Relaxed);
-                    let _ = hist.record(((now.saturating_sub(sent)) / 1000).max(1));
-                    if outcome == Outcome::Delivered {
-                        delivered += 1;
-                    } else {
-                        other += 1;
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => bail!("no report for 30 s ({} of {n} done)", delivered + other),
-            }
-        }
-        let elapsed = started.elapsed();
-        let _ = feeder.await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), sink_task).await;
-        anyhow::Ok((hist, delivered, other, elapsed))
+    let mut feeding = Feeding::start(app, workload, n, rate, {
+        let sent_at = sent_at.clone();
+        move |i| sent_at[i as usize].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed)
     })?;
-    let (hist, delivered, other, elapsed) = result;
-    let accepted = sim.state().recorder.count();
-    let conns = sim.state().connections.load(Ordering::Relaxed);
-    sim_rt.block_on(sim.stop());
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut tally = Tally::default();
+    while tally.reported() < n {
+        match tokio::time::timeout(Duration::from_secs(30), feeding.completions.recv()).await {
+            Ok(Some(Completion::Settled { id, outcome, .. })) => {
+                let now = t0.elapsed().as_nanos() as u64;
+                let sent = sent_at[id as usize].load(Ordering::Relaxed);
+                let _ = hist.record(((now.saturating_sub(sent)) / 1000).max(1));
+                tally.count(&outcome);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => bail!("no report for 30 s ({} of {n} done)", tally.reported()),
+        }
+    }
+    let elapsed = feeding.started.elapsed();
+    feeding.finish().await;
+    Ok(Measured { hist, tally, elapsed })
+}
+
+/// The report: settings, outcomes, throughput, latency percentiles.
+fn print_summary(args: &Args, m: &Measured, accepted: u64, conns: u64) {
+    let ms = |q: f64| m.hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "bench-http2: {n} notifications, {} connection(s), {} rate, token auth, TLS on loopback",
+        "bench-http2: {} notifications, {} connection(s), {} rate, token auth, TLS on loopback",
+        args.notifications,
         args.connections,
         if args.rate == 0 {
             "unpaced".to_owned()
@@ -158,21 +144,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format!("{}/s", args.rate)
         }
     );
-    println!("delivered {delivered}, other outcomes {other}, simulator accepted {accepted} over {conns} connection(s)");
+    println!(
+        "delivered {}, other outcomes {}, simulator accepted {accepted} over {conns} connection(s)",
+        m.tally.delivered, m.tally.other
+    );
     println!(
         "throughput: {:.0} notifications/s ({:.2} s)",
-        delivered as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64()
+        m.tally.delivered as f64 / m.elapsed.as_secs_f64(),
+        m.elapsed.as_secs_f64()
     );
     println!(
         "latency (hand-over to delivered report): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         ms(0.5),
         ms(0.99),
         ms(0.999),
-        hist.max() as f64 / 1000.0
+        m.hist.max() as f64 / 1000.0
     );
-    if delivered != n {
-        bail!("{} notifications were not delivered", n - delivered);
-    }
-    Ok(())
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_binary;
 mod bench_http2;
+mod bench_sink;
 mod devices;
 mod push;
 mod simulate;
