@@ -124,7 +124,8 @@ async fn a_storm_of_503s_holds_a_bounded_number_of_notifications() {
     });
     // One connection: 2 × (2000 streams + 4096 queued) at most.
     let cap = 2 * (2000 + 4096);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // Generous: reaching the cap takes seconds on a loaded 2-core machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while stats.peak_outstanding.load(std::sync::atomic::Ordering::Relaxed) < cap as u64 {
         assert!(std::time::Instant::now() < deadline, "never reached the cap");
         tokio::time::sleep(Duration::from_millis(50)).await;

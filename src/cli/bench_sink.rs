@@ -87,7 +87,7 @@ impl Workload {
             TOPIC,
             self.tokens[(i % DEVICES) as usize].clone(),
             Environment::Production,
-            &self.payload,
+            self.payload.clone(),
         );
         note.expiration = self.expiration;
         note

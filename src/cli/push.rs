@@ -76,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         app.environment
     };
-    let mut n = Notification::new(0, &app.topic, token, environment, &payload);
+    let mut n = Notification::new(0, app.topic.as_str(), token, environment, payload.as_str());
     n.expiration = now.as_secs() + config.policy.ttl;
     n.created_ms = now.as_millis() as i64;
     let target = setup.target(n.environment).map_err(|e| anyhow!(e))?;

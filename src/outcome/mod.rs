@@ -56,7 +56,14 @@ pub struct Notification {
 impl Notification {
     /// A fresh notification (not from the outbox: benchmarks, tests and
     /// `pushbridge push`): priority 10, no expiration, no collapse id.
-    pub fn new(id: i64, app: &str, token: DeviceToken, environment: Environment, payload: &str) -> Self {
+    /// `app` and `payload` may be shared (`Arc<str>`) or copied (`&str`).
+    pub fn new(
+        id: i64,
+        app: impl Into<Arc<str>>,
+        token: DeviceToken,
+        environment: Environment,
+        payload: impl Into<Arc<str>>,
+    ) -> Self {
         Self {
             id,
             app: app.into(),

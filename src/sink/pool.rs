@@ -236,14 +236,19 @@ pub async fn dispatch(
     drop(pools);
     // Stops what the starter runs beside the pools (feedback pollers).
     drop(pools_for);
+    wait_for_tasks(&shared, &mut retry_rx).await;
+}
+
+/// Wait until every task of the sink has ended. A notification taken back
+/// meanwhile (a binary late error response) can no longer be sent: it is
+/// settled as expired, so it is counted and logged rather than dropped.
+async fn wait_for_tasks(shared: &Shared, retry_rx: &mut mpsc::UnboundedReceiver<Notification>) {
     shared.tasks.close();
     let ended = shared.tasks.wait();
     tokio::pin!(ended);
     loop {
         tokio::select! {
-            _ = &mut ended => break,
-            // Taken back after the pools closed (a binary late error
-            // response): nothing can send it any more.
+            _ = &mut ended => return,
             Some(n) = retry_rx.recv() => shared.finish(n, Outcome::Expired {
                 reason: "the sink stopped before it could be sent again".into(),
             }),

@@ -23,7 +23,7 @@ pub fn note(id: i64, tok: &str, expiration: u64) -> Notification {
         TOPIC,
         DeviceToken::parse(tok).unwrap(),
         Environment::Production,
-        &payload,
+        payload.as_str(),
     );
     n.expiration = expiration;
     n.collapse_id = Some("bob".into());
