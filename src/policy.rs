@@ -64,10 +64,12 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A policy following `[policy]`.
     pub fn new(config: PolicyConfig) -> Self {
         Self { config }
     }
 
+    /// The `[policy]` it follows.
     pub fn config(&self) -> &PolicyConfig {
         &self.config
     }

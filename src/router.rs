@@ -15,6 +15,7 @@ use crate::store::{MessageJob, ReplyTx, StoreError, StoreHandle};
 pub struct PresenceMap(HashMap<UserId, Presence>);
 
 impl PresenceMap {
+    /// The user's presence (`Offline` when never seen).
     pub fn get(&self, user: &UserId) -> Presence {
         self.0.get(user).copied().unwrap_or(Presence::Offline)
     }

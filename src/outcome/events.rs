@@ -18,6 +18,7 @@ pub struct NotificationSettled<'a> {
 }
 
 impl NotificationSettled<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         let n = self.n;
         match self.outcome {
@@ -51,6 +52,7 @@ pub struct DeviceGoneReported<'a> {
 }
 
 impl DeviceGoneReported<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.devices_reported_gone.fetch_add(1, Relaxed);
         tracing::info!(
@@ -70,6 +72,7 @@ pub struct DeviceRemoved<'a> {
 }
 
 impl DeviceRemoved<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.devices_removed.fetch_add(1, Relaxed);
         tracing::info!(
@@ -88,6 +91,7 @@ pub struct LateRejection<'a> {
 }
 
 impl LateRejection<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.rejected.add(self.reason, 1);
         tracing::warn!(app = %self.n.app, notification = self.n.id, device = self.n.token.short(), outcome = "rejected", reason = self.reason, "APNS rejected a notification already settled as delivered");
@@ -101,6 +105,7 @@ pub struct NotificationsAccepted {
 }
 
 impl NotificationsAccepted {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.accepted.fetch_add(self.count, Relaxed);
     }
@@ -114,6 +119,7 @@ pub struct NotificationRetried<'a> {
 }
 
 impl NotificationRetried<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.retried.fetch_add(1, Relaxed);
         tracing::debug!(app = %self.n.app, notification = self.n.id, attempt = self.n.attempts, reason = self.reason, retry_in = ?self.retry_in, "retrying");
@@ -129,6 +135,7 @@ pub struct NotificationsLost<'a> {
 }
 
 impl NotificationsLost<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.lost.fetch_add(self.count, Relaxed);
         tracing::debug!(
@@ -148,6 +155,7 @@ pub struct ApnsConnected<'a> {
 }
 
 impl ApnsConnected<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.connects.fetch_add(1, Relaxed);
         tracing::info!(
@@ -168,6 +176,7 @@ pub struct ApnsUnreachable<'a> {
 }
 
 impl ApnsUnreachable<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.connect_failures.fetch_add(1, Relaxed);
         tracing::warn!(app = self.app, host = self.host, connection = self.connection, error = %self.error, "cannot reach APNS");
@@ -180,6 +189,7 @@ pub struct SinkStopped<'a> {
 }
 
 impl SinkStopped<'_> {
+    /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         let g = AppCounters::get;
         tracing::info!(

@@ -32,7 +32,9 @@ pub struct Notification {
     pub id: i64,
     /// The app's APNS topic (log field `app`).
     pub app: Arc<str>,
+    /// The device it goes to.
     pub token: DeviceToken,
+    /// The APNS environment of that device (which host it goes to).
     pub environment: Environment,
     /// The JSON payload (`{"aps":…}`), within the protocol's limit.
     pub payload: Arc<str>,

@@ -37,8 +37,11 @@ impl SinkProtocol {
 /// The sink of one app, with the keys of its protocol.
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
+    /// `protocol = "http2"` (the default).
     Http2(http2::Http2Config),
+    /// `protocol = "binary"`.
     Binary(binary::BinaryConfig),
+    /// `protocol = "log"`.
     Log(log::LogConfig),
 }
 
@@ -65,12 +68,14 @@ impl SinkConfig {
 /// `[[apps]]`
 #[derive(Debug, Clone)]
 pub struct AppConfig {
+    /// The app's bundle id = APNS topic (`apns-topic`).
     pub topic: String,
     /// Default APNS environment of the app's devices.
     pub environment: Environment,
     /// Notifications queued in memory for this app's sink; more wait in the
     /// store and are loaded as the sink catches up.
     pub queue: usize,
+    /// `protocol` and its keys.
     pub sink: SinkConfig,
 }
 

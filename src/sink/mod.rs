@@ -80,7 +80,10 @@ pub struct SinkContext {
 /// A sink running on its own, outside a gateway (benchmarks, tests, the
 /// CLI): feed `input`, read every outcome from `completions`.
 pub struct Detached {
+    /// Notifications to deliver; drop it to let the sink drain and end.
     pub input: mpsc::Sender<Notification>,
+    /// One [`crate::outcome::Completion`] per notification taken (and per
+    /// device the feedback service reports gone).
     pub completions: crate::outcome::CompletionReceiver,
     /// The app's counters (retries, lost, connects, peak outstanding…).
     pub counters: Arc<crate::outcome::AppCounters>,

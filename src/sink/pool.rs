@@ -19,6 +19,7 @@ use crate::outcome::{Notification, Outcome, Outcomes};
 
 /// First retry delay; doubles per attempt up to [`RETRY_MAX`].
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
+/// Longest delay between two sends of one notification.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Queue between the dispatcher and a pool's workers.
 pub const POOL_QUEUE: usize = 4096;
@@ -143,6 +144,7 @@ impl Shared {
 pub trait PoolStarter {
     /// Called once when the sink starts (feedback pollers, …).
     fn started(&mut self, _shared: &Arc<Shared>) {}
+    /// Start the connections for devices of `env`; returns their queue.
     fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError>;
 }
 

@@ -57,12 +57,17 @@ fn ten() -> u32 {
 /// Everything needed to talk to the binary gateway for one app, checked.
 #[derive(Clone)]
 pub struct BinarySetup {
+    /// TLS with the app's client certificate.
     pub tls: Arc<rustls::ClientConfig>,
+    /// `endpoint`, or Apple's gateway per environment.
     pub endpoint: Option<String>,
+    /// `feedback_endpoint`.
     pub feedback_endpoint: Option<String>,
     /// 2 (frames) or 1 (enhanced).
     pub command: u8,
+    /// Time between feedback polls.
     pub feedback_interval: Duration,
+    /// `binary_confirm_ms`.
     pub confirm_after: Duration,
 }
 
