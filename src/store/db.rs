@@ -157,26 +157,6 @@ impl Db {
         let _ = self.conn.execute_batch("ROLLBACK");
     }
 
-    /// Start a savepoint inside the open transaction: what follows can be
-    /// undone alone ([`Db::rollback_to`]) without losing the rest.
-    pub fn savepoint(&self, name: &str) -> Result<(), StoreError> {
-        self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
-        Ok(())
-    }
-
-    /// Keep what was done since savepoint `name`.
-    pub fn release(&self, name: &str) -> Result<(), StoreError> {
-        self.conn.execute_batch(&format!("RELEASE {name}"))?;
-        Ok(())
-    }
-
-    /// Undo what was done since savepoint `name` (the transaction goes on).
-    pub fn rollback_to(&self, name: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
-        Ok(())
-    }
-
     /// Add a device, or move it (token + topic are unique) to `user`.
     pub fn register(
         &self,
