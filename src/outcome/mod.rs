@@ -116,15 +116,6 @@ impl Outcome {
             since_ms: None,
         }
     }
-
-    /// The `outcome` label: `delivered`, `rejected` or `expired`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Rejected { .. } => "rejected",
-            Outcome::Expired { .. } => "expired",
-        }
-    }
 }
 
 /// What the store does after an outcome.
@@ -152,14 +143,6 @@ impl Completion {
     pub fn outcome(&self) -> Option<&Outcome> {
         match self {
             Completion::Settled { outcome, .. } => Some(outcome),
-            Completion::DeviceGone { .. } => None,
-        }
-    }
-
-    /// The outbox id, for [`Completion::Settled`].
-    pub fn id(&self) -> Option<i64> {
-        match self {
-            Completion::Settled { id, .. } => Some(*id),
             Completion::DeviceGone { .. } => None,
         }
     }

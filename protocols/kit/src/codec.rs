@@ -53,11 +53,6 @@ impl LineCodec {
         }
     }
 
-    /// The maximum line length in bytes, terminator included.
-    pub fn max_length(&self) -> usize {
-        self.max
-    }
-
     /// Drop the tail of an over-long line; `true` once its terminator went.
     fn skip_tail(&mut self, buf: &mut BytesMut) -> bool {
         match buf[self.next_index..].iter().position(|&b| b == b'\n') {
