@@ -123,11 +123,15 @@ fn start_sinks(
     let mut feed = Feed::new();
     for app in &config.apps {
         let (tx, input) = mpsc::channel(app.queue);
+        // Reloads come with issue 13's SIGHUP handling; until then the
+        // sender is dropped and the sink keeps its first config.
+        let (_, reload) = tokio::sync::watch::channel(Arc::new(app.sink.clone()));
         let ctx = SinkContext {
             app: app.topic.as_str().into(),
             environment: app.environment,
             input,
             outcomes: Outcomes::new(counters, &app.topic, completions.clone()),
+            reload,
         };
         let sink = app.sink.build(ctx).map_err(|source| GatewayError::Sink {
             app: app.topic.clone(),

@@ -29,7 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use self::config::{AppConfig, SinkConfig};
 use crate::outcome::{Notification, Outcomes};
@@ -75,6 +75,13 @@ pub struct SinkContext {
     pub input: mpsc::Receiver<Notification>,
     /// Where every outcome is recorded.
     pub outcomes: Outcomes,
+    /// This app's sink config as last (re)loaded: starts with the config
+    /// the sink was built from; a new value after `SIGHUP` carries new
+    /// credentials, which the sink applies to new provider tokens and
+    /// connections (replacing old connections gracefully). A sink ignores
+    /// keys it cannot apply live (the gateway logs those as needing a
+    /// restart). The sender is dropped when no reload can come.
+    pub reload: watch::Receiver<Arc<SinkConfig>>,
 }
 
 /// A sink running on its own, outside a gateway (benchmarks, tests, the
@@ -97,11 +104,13 @@ impl AppConfig {
         let (outcomes, completions, _) = Outcomes::detached(&self.topic);
         let counters = outcomes.counters().clone();
         let (input, rx) = mpsc::channel(self.queue);
+        let (_, reload) = watch::channel(Arc::new(self.sink.clone()));
         let ctx = SinkContext {
             app: self.topic.as_str().into(),
             environment: self.environment,
             input: rx,
             outcomes,
+            reload,
         };
         let task = tokio::spawn(self.sink.build(ctx)?);
         Ok(Detached {
