@@ -48,6 +48,9 @@ pub struct Config {
     pub gateway: GatewayConfig,
     #[serde(default)]
     pub adapters: crate::adapters::AdaptersConfig,
+    /// `[admin]`: the admin HTTP listener; absent means off.
+    #[serde(default)]
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 /// `[store]`

@@ -40,6 +40,8 @@ pub enum GatewayError {
     Sink { app: String, source: SinkError },
     #[error("cannot start the store thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Admin(std::io::Error),
 }
 
 /// Queue between adapters and the router.
@@ -62,6 +64,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
 
     let background = CancellationToken::new();
     let ticker = tokio::spawn(refill_ticker(store.clone(), background.clone()));
+    let statuses = crate::supervisor::AdapterStatuses::default();
+    let admin = match &config.admin {
+        Some(a) => {
+            let listener = crate::admin::bind(a).await.map_err(GatewayError::Admin)?;
+            let state = crate::admin::AdminState {
+                sources: crate::metrics::Sources {
+                    counters: counters.clone(),
+                    store: store.metrics().clone(),
+                    adapters: statuses.clone(),
+                },
+                store: store.clone(),
+                history: Default::default(),
+            };
+            Some(tokio::spawn(crate::admin::serve(listener, state, background.clone())))
+        }
+        None => None,
+    };
     let stats_task = tokio::spawn(log_counters(counters.clone()));
 
     // Router and adapters.
@@ -73,6 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         shutdown: adapters_shutdown.clone(),
         state: Arc::new(store.clone()),
         tracker: TaskTracker::new(),
+        statuses,
     };
     config.adapters.spawn_all(&deps);
     deps.tracker.close();
@@ -90,6 +110,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     clean = clean && timeout_at(deadline, router_task).await.is_ok();
     background.cancel();
     let _ = ticker.await;
+    if let Some(admin) = admin {
+        let _ = timeout_at(deadline, admin).await;
+    }
     clean = clean && timeout_at(deadline, store.close_sinks()).await.is_ok();
     clean = clean && timeout_at(deadline, sinks.wait()).await.is_ok();
     drop(store);
@@ -138,6 +161,7 @@ fn start_sinks(
             source,
         })?;
         let span = tracing::info_span!("sink", app = %app.topic, protocol = app.sink.protocol().as_str());
+        let _ = counters.app(&app.topic).protocol.set(app.sink.protocol().as_str());
         sinks.spawn(sink.instrument(span));
         feed.add(&app.topic, app.environment, app.sink.payload_limit(), tx, counters);
         tracing::info!(app = %app.topic, protocol = app.sink.protocol().as_str(), environment = %app.environment, "app ready");

@@ -23,6 +23,8 @@
 //!   completion (remove from the outbox, remove a gone device).
 //! - [`apns`]: Apple's hosts, reasons and their handling, shared by the
 //!   sinks and the [`simulator`] (a local stand-in for Apple).
+//! - [`metrics`] and [`admin`]: the admin HTTP listener (`/metrics` in the
+//!   Prometheus format, `/healthz`, `/readyz`, `/status`).
 //! - [`gateway`]: wiring and graceful shutdown; [`config`]: the TOML file;
 //!   [`tls`]: PKCS#12, server configs and the test PKI.
 //!
@@ -31,10 +33,12 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod admin;
 pub mod apns;
 pub mod config;
 pub mod feed;
 pub mod gateway;
+pub mod metrics;
 pub mod outcome;
 pub mod policy;
 pub mod router;

@@ -2,10 +2,10 @@
 //! task; one that fails (or panics) is logged and restarted with capped
 //! exponential backoff; shutdown cancels them all.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pushbridge_api::{Adapter, AdapterError, Context, Envelope, StateStore};
+use pushbridge_api::{Adapter, AdapterError, AdapterStatus, Context, Envelope, StateStore};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,17 +31,37 @@ pub struct AdapterDeps {
     pub state: Arc<dyn StateStore>,
     /// Tracks supervisor tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Every instance's self-report, for metrics and readiness.
+    pub statuses: AdapterStatuses,
+}
+
+/// The self-reports of every adapter instance, in start order.
+#[derive(Clone, Default)]
+pub struct AdapterStatuses(Arc<Mutex<Vec<Arc<AdapterStatus>>>>);
+
+impl AdapterStatuses {
+    fn add(&self, status: Arc<AdapterStatus>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(status);
+    }
+
+    /// Every instance's status.
+    pub fn all(&self) -> Vec<Arc<AdapterStatus>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Start one supervised task per configured instance of adapter `A`.
 pub fn spawn_all<A: Adapter>(configs: &[A::Config], deps: &AdapterDeps) {
     for config in configs {
         let name = A::instance_name(config);
-        deps.tracker.spawn(supervise::<A>(name, config.clone(), deps.clone()));
+        let status = Arc::new(AdapterStatus::new(A::KIND, name.as_str(), A::OUTBOUND));
+        deps.statuses.add(status.clone());
+        deps.tracker
+            .spawn(supervise::<A>(name, config.clone(), status, deps.clone()));
     }
 }
 
-async fn supervise<A: Adapter>(name: String, config: A::Config, deps: AdapterDeps) {
+async fn supervise<A: Adapter>(name: String, config: A::Config, status: Arc<AdapterStatus>, deps: AdapterDeps) {
     let mut backoff = Backoff::new(RESTART_BASE, RESTART_MAX);
     loop {
         let ctx = Context::new(
@@ -50,7 +70,8 @@ async fn supervise<A: Adapter>(name: String, config: A::Config, deps: AdapterDep
             deps.events.clone(),
             deps.shutdown.child_token(),
             deps.state.clone(),
-        );
+        )
+        .with_status(status.clone());
         let started = Instant::now();
         tracing::info!(adapter = %name, "adapter starting");
         // A panic inside the adapter surfaces as a JoinError, not a dead gateway.
@@ -72,6 +93,12 @@ async fn supervise<A: Adapter>(name: String, config: A::Config, deps: AdapterDep
             Err(AdapterError::Config(_)) => backoff.max(),
             _ => backoff.next_delay(),
         };
+        if A::OUTBOUND {
+            status.set_disconnected(match &result {
+                Ok(()) => "adapter restarting".to_owned(),
+                Err(e) => format!("adapter restarting: {e}"),
+            });
+        }
         match result {
             Ok(()) => {
                 tracing::warn!(adapter = %name, retry_in = ?delay, "adapter returned before shutdown; restarting")
@@ -117,6 +144,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             state: Arc::new(pushbridge_api::context::MemoryState::default()),
             tracker: TaskTracker::new(),
+            statuses: AdapterStatuses::default(),
         };
         spawn_all::<Flaky>(&[()], &deps);
         deps.tracker.close();

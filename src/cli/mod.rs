@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `check`, `devices`, `push`, `simulate`,
+//! Command-line interface: `run`, `check`, `status`, `devices`, `push`, `simulate`,
 //! `bench`, `bench-http2`, `bench-binary`.
 
 mod bench;
@@ -8,6 +8,7 @@ mod bench_sink;
 mod devices;
 mod push;
 mod simulate;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,11 @@ enum Cmd {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Print a running gateway's state (per app: ready?, connections,
+    /// outbox depth and oldest entry, delivered/rejected in the last
+    /// minute; per adapter: connected?), read from its admin listener.
+    /// Exits 1 when the gateway is not ready.
+    Status(status::Args),
     /// List, add or remove registered devices in the store.
     Devices {
         /// Configuration file (for the store path and the apps).
@@ -88,6 +94,7 @@ pub fn main() -> ExitCode {
         Cmd::Devices { config, action } => devices::run(&config, action),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Push(args) => push::run(args),
+        Cmd::Status(args) => status::run(args),
         Cmd::Simulate(args) => simulate::run(*args),
         Cmd::BenchHttp2(args) => bench_http2::run(args),
         Cmd::BenchBinary(args) => bench_binary::run(args),

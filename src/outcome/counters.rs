@@ -11,7 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::link::LinkState;
 
 /// Distinct `reason` labels kept per counter; further reasons are counted
 /// under `other`, so a peer inventing reasons cannot grow memory.
@@ -67,6 +71,10 @@ pub struct AppCounters {
     pub expired: ReasonCounts,
     /// Devices the store removed because APNS said they are gone.
     pub devices_removed: AtomicU64,
+    /// The same removals by reason label (`410 Unregistered`,
+    /// `400 BadDeviceToken`, `400 DeviceTokenNotForTopic`,
+    /// `binary status 8`, `feedback`).
+    pub devices_removed_by: ReasonCounts,
     /// Devices the feedback service reported gone.
     pub devices_reported_gone: AtomicU64,
     /// Sends scheduled again after a transient failure.
@@ -81,7 +89,20 @@ pub struct AppCounters {
     /// Most notifications a sink held at once (in flight, queued or waiting
     /// for a retry); never above its dispatcher's limit.
     pub peak_outstanding: AtomicU64,
+    /// The app's sink protocol (`http2`, `binary`, `log`), set when its
+    /// sink is started; the `protocol` label.
+    pub protocol: OnceLock<&'static str>,
+    /// Seconds from writing a request to APNS to reading its answer
+    /// (HTTP/2 sink).
+    pub request_duration: Histogram,
+    /// Connections per host and whether the sink can deliver now.
+    pub link: LinkState,
 }
+
+/// Buckets of [`AppCounters::request_duration`], in seconds: 1 ms to 10 s.
+pub const REQUEST_DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 impl AppCounters {
     fn new(app: &str) -> Self {
@@ -92,18 +113,27 @@ impl AppCounters {
             rejected: ReasonCounts::default(),
             expired: ReasonCounts::default(),
             devices_removed: AtomicU64::new(0),
+            devices_removed_by: ReasonCounts::default(),
             devices_reported_gone: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             peak_outstanding: AtomicU64::new(0),
+            protocol: OnceLock::new(),
+            request_duration: Histogram::new(REQUEST_DURATION_BUCKETS),
+            link: LinkState::default(),
         }
     }
 
     /// The app (topic) these count.
     pub fn app(&self) -> &str {
         &self.app
+    }
+
+    /// The app's sink protocol; `unknown` before its sink started.
+    pub fn protocol(&self) -> &'static str {
+        self.protocol.get().copied().unwrap_or("unknown")
     }
 
     /// Read a counter.

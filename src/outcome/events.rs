@@ -69,15 +69,19 @@ impl DeviceGoneReported<'_> {
 pub struct DeviceRemoved<'a> {
     pub app: &'a str,
     pub token: &'a DeviceToken,
+    /// Why APNS said it is gone (an outcome's reason, or `feedback`).
+    pub reason: &'a str,
 }
 
 impl DeviceRemoved<'_> {
     /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.devices_removed.fetch_add(1, Relaxed);
+        c.devices_removed_by.add(self.reason, 1);
         tracing::info!(
             app = self.app,
             device = self.token.short(),
+            reason = self.reason,
             "device removed from the registry"
         );
     }
@@ -158,6 +162,7 @@ impl ApnsConnected<'_> {
     /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.connects.fetch_add(1, Relaxed);
+        c.link.connected(self.host);
         tracing::info!(
             app = self.app,
             host = self.host,
@@ -179,7 +184,31 @@ impl ApnsUnreachable<'_> {
     /// Log the event and count it in `c`, the app's counters.
     pub fn emit(&self, c: &AppCounters) {
         c.connect_failures.fetch_add(1, Relaxed);
+        c.link.unreachable(self.host, self.error);
         tracing::warn!(app = self.app, host = self.host, connection = self.connection, error = %self.error, "cannot reach APNS");
+    }
+}
+
+/// A connection to APNS ended.
+pub struct ApnsDisconnected<'a> {
+    pub app: &'a str,
+    pub host: &'a str,
+    pub connection: usize,
+    /// Why, as a short label first (`closed`, `goaway`, `error: …`).
+    pub cause: &'a str,
+}
+
+impl ApnsDisconnected<'_> {
+    /// Log the event and count it in `c`, the app's counters.
+    pub fn emit(&self, c: &AppCounters) {
+        c.link.disconnected(self.host, self.cause);
+        tracing::debug!(
+            app = self.app,
+            host = self.host,
+            connection = self.connection,
+            reason = self.cause,
+            "APNS connection closed"
+        );
     }
 }
 

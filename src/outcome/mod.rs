@@ -15,6 +15,7 @@
 
 pub mod counters;
 pub mod events;
+pub mod link;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -135,6 +136,8 @@ pub enum Completion {
         app: Arc<str>,
         token: DeviceToken,
         since_ms: Option<i64>,
+        /// Why (its label is the `reason` of `pushbridge_devices_removed_total`).
+        reason: String,
     },
 }
 
@@ -283,6 +286,24 @@ impl Outcomes {
         .emit(&self.counters);
     }
 
+    /// Connection number `connection` to `host` ended because of `cause`
+    /// (a short label first: `closed`, `goaway`, `error: …`).
+    pub fn disconnected(&self, host: &str, connection: usize, cause: &str) {
+        events::ApnsDisconnected {
+            app: self.counters.app(),
+            host,
+            connection,
+            cause,
+        }
+        .emit(&self.counters);
+    }
+
+    /// APNS answered a request `took` after it was written (the
+    /// `pushbridge_apns_request_duration_seconds` histogram).
+    pub fn answered(&self, took: std::time::Duration) {
+        self.counters.request_duration.observe(took.as_secs_f64());
+    }
+
     /// Connection number `connection` could not reach `host`.
     pub fn unreachable(&self, host: &str, connection: usize, error: &dyn std::fmt::Display) {
         events::ApnsUnreachable {
@@ -323,6 +344,7 @@ impl Outcomes {
             app: self.counters.app().into(),
             token,
             since_ms,
+            reason: reason.to_owned(),
         });
     }
 }

@@ -7,10 +7,12 @@
 //!   commit: one fsync for many messages), answers only after the commit,
 //!   and then lets the [`crate::feed::Feed`] hand the new notifications to
 //!   the sinks.
+//! - [`stats`]: commit latency, batch sizes, outbox depth (metrics).
 //! - [`StoreHandle`]: the async face the router and adapters' state use;
 //!   [`Store::open`] + [`OpenStore::start`]: how the gateway starts it.
 
 pub mod db;
+pub mod stats;
 pub mod writer;
 
 #[cfg(test)]
@@ -24,6 +26,7 @@ use pushbridge_api::{DeviceToken, Environment, StateError, StateStore, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 pub use db::{Db, DeviceRow, StoreError};
+use stats::{AppOutbox, StoreMetrics};
 use writer::Command;
 pub use writer::{MessageJob, ReplyTx};
 
@@ -41,6 +44,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
+    metrics: Arc<StoreMetrics>,
 }
 
 /// The store, opened, before its thread starts.
@@ -49,6 +53,7 @@ pub struct OpenStore {
     rx: mpsc::Receiver<Command>,
     completions: CompletionReceiver,
     checkpointer: db::Checkpointer,
+    metrics: Arc<StoreMetrics>,
 }
 
 /// The running store thread.
@@ -77,20 +82,22 @@ impl Store {
             }
         });
         let (completion_tx, completions) = CompletionSender::new(Some(wake));
+        let metrics = Arc::new(StoreMetrics::default());
         let open = OpenStore {
             db,
             rx,
             completions,
             checkpointer,
+            metrics: metrics.clone(),
         };
-        Ok((StoreHandle { tx }, completion_tx, open))
+        Ok((StoreHandle { tx, metrics }, completion_tx, open))
     }
 }
 
 impl OpenStore {
     /// Start the store thread, feeding `feed` with what `policy` renders.
     pub fn start(self, feed: Feed, policy: Policy, counters: Arc<Counters>) -> std::io::Result<StoreThread> {
-        let writer = writer::Writer::new(self.db, feed, policy, counters, self.completions);
+        let writer = writer::Writer::new(self.db, feed, policy, counters, self.completions, self.metrics);
         let rx = self.rx;
         let thread = std::thread::Builder::new()
             .name("pushbridge-store".into())
@@ -113,6 +120,22 @@ impl StoreThread {
 }
 
 impl StoreHandle {
+    /// The store thread's commit latency, batch sizes and last failure.
+    pub fn metrics(&self) -> &Arc<StoreMetrics> {
+        &self.metrics
+    }
+
+    /// Every app's outbox depth and oldest entry, read by the store thread
+    /// between transactions (so also a sign that it is alive).
+    pub async fn outbox_stats(&self) -> Result<Vec<AppOutbox>, StoreError> {
+        self.call(|reply| Command::OutboxStats { reply }).await?
+    }
+
+    /// Whether the store thread has stopped taking commands.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), StoreError> {
         self.tx.send(cmd).await.map_err(|_| StoreError::Closed)
     }

@@ -16,6 +16,7 @@ use pushbridge_api::{DeviceToken, Environment, EventError, Reply, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::{now_ms, Db, NewNotification, StoreError};
+use super::stats::{self, AppOutbox, StoreMetrics};
 use crate::feed::{Feed, OutboxReader};
 use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
@@ -95,6 +96,10 @@ pub(crate) enum Command {
     /// Shutdown: hand sinks nothing more (they drain and stop); keep
     /// recording their reports until every handle is gone.
     CloseSinks,
+    /// Read every app's outbox depth and oldest entry (after the batch).
+    OutboxStats {
+        reply: oneshot::Sender<Result<Vec<AppOutbox>, StoreError>>,
+    },
 }
 
 /// An answer held until the batch commits.
@@ -146,7 +151,12 @@ pub(crate) struct Writer {
     completions: CompletionReceiver,
     /// Batches in a row whose completions could not be recorded.
     completion_failures: u32,
+    /// Commit latency, batch sizes, the last failure.
+    metrics: Arc<StoreMetrics>,
 }
+
+/// A device removed in the current transaction: app, token, reason.
+type Removed<'c> = (&'c str, &'c DeviceToken, &'c str);
 
 /// The outbox as the feed reads it.
 struct Outbox<'a>(&'a Db);
@@ -165,6 +175,7 @@ impl Writer {
         policy: Policy,
         counters: Arc<Counters>,
         completions: CompletionReceiver,
+        metrics: Arc<StoreMetrics>,
     ) -> Self {
         Self {
             db,
@@ -173,6 +184,7 @@ impl Writer {
             counters,
             completions,
             completion_failures: 0,
+            metrics,
         }
     }
 
@@ -253,6 +265,8 @@ impl Writer {
         let mut control = Vec::new();
         let mut removed = Vec::new();
         let mut completed = done.is_empty();
+        let mut size = done.len();
+        let started = std::time::Instant::now();
         let result = self.db.begin().and_then(|_| {
             if !completed {
                 match done.iter().try_for_each(|c| self.complete(c, &mut removed)) {
@@ -267,26 +281,26 @@ impl Writer {
             }
         for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Tick | Command::CloseSinks | Command::Wake => control.push(cmd),
-                    cmd => self.apply(cmd, &mut pending, &mut out)?,
+                    Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } => control.push(cmd),
+                    cmd => {
+                        size += 1;
+                        self.apply(cmd, &mut pending, &mut out)?
+                    }
                 }
             }
             self.db.commit()
         });
         match result {
             Ok(()) => {
+                self.metrics.committed(started.elapsed(), size);
+                for (app, token, reason) in removed {
+                    events::DeviceRemoved { app, token, reason }.emit(&self.counters.app(app));
+                }
                 if completed {
                     done.clear();
                     self.completion_failures = 0;
                 } else {
                     self.completion_failed(done);
-                }
-                for (app, token) in removed {
-                    events::DeviceRemoved {
-                        app: &app,
-                        token: &token,
-                    }
-                    .emit(&self.counters.app(&app));
                 }
                 for p in pending {
                     p.send();
@@ -295,6 +309,7 @@ impl Writer {
             }
             Err(e) => {
                 self.db.rollback();
+                self.metrics.failed(&e);
                 let msg = format!("store: {e}");
                 tracing::error!(error = %e, commands = pending.len() + batch.len(), completions = done.len(), "store transaction failed; nothing in it was accepted");
                 for p in pending {
@@ -305,8 +320,12 @@ impl Writer {
                 }
             }
         }
-        if control.iter().any(|c| matches!(c, Command::CloseSinks)) {
-            self.feed.close();
+        for c in control {
+            match c {
+                Command::CloseSinks => self.feed.close(),
+                Command::OutboxStats { reply } => drop(reply.send(stats::outbox(&self.db))),
+                _ => {}
+            }
         }
     }
 
@@ -337,8 +356,8 @@ impl Writer {
 
     /// Record one completion: the outbox row goes; a device APNS says is
     /// gone goes too (noted in `removed` for the event after the commit).
-    fn complete(&self, c: &Completion, removed: &mut Vec<(Arc<str>, DeviceToken)>) -> Result<(), StoreError> {
-        let (app, token, since_ms) = match c {
+    fn complete<'c>(&self, c: &'c Completion, removed: &mut Vec<Removed<'c>>) -> Result<(), StoreError> {
+        let (app, token, since_ms, reason) = match c {
             Completion::Settled {
                 id,
                 app,
@@ -350,15 +369,20 @@ impl Writer {
                     Outcome::Rejected {
                         remove_device: true,
                         since_ms,
-                        ..
-                    } => (app, token, *since_ms),
+                        reason,
+                    } => (app, token, *since_ms, reason.as_str()),
                     _ => return Ok(()),
                 }
             }
-            Completion::DeviceGone { app, token, since_ms } => (app, token, *since_ms),
+            Completion::DeviceGone {
+                app,
+                token,
+                since_ms,
+                reason,
+            } => (app, token, *since_ms, reason.as_str()),
         };
         if self.db.remove_device(token, app, since_ms)? {
-            removed.push((app.clone(), token.clone()));
+            removed.push((app, token, reason));
         }
         Ok(())
     }
@@ -419,7 +443,7 @@ impl Writer {
                 let r = self.db.state_list(&ns, &prefix);
                 hold(pending, reply, r, Vec::new(), Pending::List)
             }
-            Command::Tick | Command::CloseSinks | Command::Wake => Ok(()),
+            Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } => Ok(()),
         }
     }
 
@@ -545,6 +569,7 @@ fn fail_command(cmd: Command, msg: &str) {
         Command::StateGet { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StatePut { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StateList { reply, .. } => drop(reply.send(Err(store_err()))),
+        Command::OutboxStats { reply } => drop(reply.send(Err(store_err()))),
         Command::Tick | Command::CloseSinks | Command::Wake => {}
     }
 }

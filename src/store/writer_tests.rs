@@ -33,7 +33,14 @@ fn fixture(queue: usize) -> Fixture {
     let mut feed = Feed::new();
     feed.add(APP, Environment::Production, 4096, tx, &counters);
     let (completions, rx): (CompletionSender, CompletionReceiver) = CompletionSender::new(None);
-    let mut writer = Writer::new(db, feed, Policy::new(PolicyConfig::default()), counters.clone(), rx);
+    let mut writer = Writer::new(
+        db,
+        feed,
+        Policy::new(PolicyConfig::default()),
+        counters.clone(),
+        rx,
+        Default::default(),
+    );
     // As the thread does on start: load what the outbox holds (nothing).
     writer.refill_for_test();
     Fixture {
@@ -259,7 +266,14 @@ fn the_thread_ends_when_its_handles_are_gone_even_without_close_sinks() {
     let mut feed = Feed::new();
     feed.add(APP, Environment::Production, 4096, sink_tx, &counters);
     let (completions, rx) = CompletionSender::new(None);
-    let writer = Writer::new(db, feed, Policy::new(PolicyConfig::default()), counters.clone(), rx);
+    let writer = Writer::new(
+        db,
+        feed,
+        Policy::new(PolicyConfig::default()),
+        counters.clone(),
+        rx,
+        Default::default(),
+    );
     let (tx, cmd_rx) = mpsc::channel(16);
     let (finished_tx, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod admin;
 pub mod apns;
 pub mod sink;
 
@@ -32,6 +33,12 @@ pub struct Gateway {
     pub config: PathBuf,
     stderr: Arc<Mutex<Vec<String>>>,
     pushes: Arc<Mutex<Vec<Value>>>,
+}
+
+/// `listen=ADDR` of a log line.
+fn listen_of(line: &str) -> Option<String> {
+    let addr = line.split("listen=").nth(1)?;
+    Some(addr.split_whitespace().next().unwrap_or("").to_owned())
 }
 
 /// The default test config: a log app whose output goes to `pushes.jsonl`
@@ -70,8 +77,8 @@ impl Gateway {
                 for line in StdBufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
                     if line.contains("line adapter listening") {
-                        if let Some(addr) = line.split("listen=").nth(1) {
-                            let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                        if let Some(addr) = listen_of(&line) {
+                            let _ = tx.send(addr);
                         }
                     }
                     stderr.lock().unwrap().push(line);
@@ -153,6 +160,25 @@ impl Gateway {
 
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// `http://ADDR` of the admin listener (from its log line).
+    pub fn admin_url(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let addr = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("admin listener up"))
+                .and_then(|l| listen_of(l));
+            if let Some(a) = addr {
+                return format!("http://{a}");
+            }
+            assert!(Instant::now() < deadline, "no admin listener:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub async fn client(&self) -> Client {

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Event, EventError, Reply};
+use crate::status::AdapterStatus;
 
 /// An event on its way to the core, with the channel the core answers on.
 #[derive(Debug)]
@@ -125,6 +126,8 @@ pub struct Context<C> {
     shutdown: CancellationToken,
     /// Persistent key-value state, namespaced by `name`.
     state: Arc<dyn StateStore>,
+    /// What the instance reports about itself (metrics, readiness).
+    status: Arc<AdapterStatus>,
 }
 
 impl<C: Clone> Clone for Context<C> {
@@ -135,6 +138,7 @@ impl<C: Clone> Clone for Context<C> {
             events: self.events.clone(),
             shutdown: self.shutdown.clone(),
             state: self.state.clone(),
+            status: self.status.clone(),
         }
     }
 }
@@ -148,13 +152,31 @@ impl<C> Context<C> {
         shutdown: CancellationToken,
         state: Arc<dyn StateStore>,
     ) -> Self {
+        let name: Arc<str> = name.into();
         Self {
-            name: name.into(),
+            status: Arc::new(AdapterStatus::new("adapter", name.clone(), false)),
+            name,
             config,
             events,
             shutdown,
             state,
         }
+    }
+
+    /// Use `status` (kept by the core across restarts) for this instance's
+    /// self-report instead of a fresh one.
+    pub fn with_status(mut self, status: Arc<AdapterStatus>) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// This instance's self-report: outbound adapters call
+    /// [`AdapterStatus::set_connected`] / [`AdapterStatus::set_disconnected`];
+    /// inbound ones count connections with
+    /// [`AdapterStatus::connection_opened`]. Events are counted by
+    /// [`Context::submit`], [`Context::enqueue`] and [`Context::notify`].
+    pub fn status(&self) -> &Arc<AdapterStatus> {
+        &self.status
     }
 
     /// A context wired to a channel the test reads, with in-memory state.
@@ -196,6 +218,7 @@ impl<C> Context<C> {
     /// commands while answering them in order.
     pub async fn enqueue(&self, event: Event) -> Result<oneshot::Receiver<Result<Reply, EventError>>, EventError> {
         let (tx, rx) = oneshot::channel();
+        self.status.count(&event);
         let envelope = Envelope {
             source: self.name.clone(),
             event,
@@ -207,6 +230,7 @@ impl<C> Context<C> {
 
     /// Submit an event nobody waits for (e.g. presence from a watcher).
     pub async fn notify(&self, event: Event) -> Result<(), EventError> {
+        self.status.count(&event);
         let envelope = Envelope {
             source: self.name.clone(),
             event,
@@ -242,6 +266,12 @@ pub trait Adapter: Send + Sync + 'static {
     /// would collide). `false` for adapters whose instances may share one
     /// scope on purpose (several line-protocol listeners for one server).
     const UNIQUE_NAMES: bool = true;
+
+    /// Whether an instance connects out to a server (XMPP component, IRC
+    /// bot). An outbound instance is not ready (`/readyz`) until it reports
+    /// [`AdapterStatus::set_connected`], and is exported as
+    /// `pushbridge_adapter_connected`.
+    const OUTBOUND: bool = false;
 
     /// The instance name, which is also the scope of its user ids
     /// (`line` → `line:alice`; `irc:libera` → `irc:libera:alice`).

@@ -12,6 +12,8 @@
 //! - [`context`]: the [`Context`] handed to a running adapter (event
 //!   submission, shutdown signal, its own config, a small persistent
 //!   key-value state) and the [`Adapter`] trait itself.
+//! - [`status`]: what a running instance reports about itself (connected,
+//!   inbound connections, events by kind) for metrics and readiness.
 //! - [`fields`]: the log field vocabulary shared by the core and every
 //!   adapter (documentation only).
 #![forbid(unsafe_code)]
@@ -19,8 +21,10 @@
 pub mod context;
 pub mod event;
 pub mod fields;
+pub mod status;
 pub mod types;
 
 pub use context::{Adapter, AdapterError, ConfigError, Context, Envelope, StateError, StateStore};
 pub use event::{Device, Event, EventError, Message, Reply};
+pub use status::{AdapterStatus, ConnectionGuard};
 pub use types::{DeviceToken, Environment, Presence, TokenError, UserId, UserIdError};

@@ -40,6 +40,7 @@ pub struct IrcAdapter;
 impl Adapter for IrcAdapter {
     type Config = IrcConfig;
     const KIND: &'static str = "irc";
+    const OUTBOUND: bool = true;
 
     fn instance_name(c: &IrcConfig) -> String {
         format!("irc:{}", c.network)

@@ -135,11 +135,12 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
                 accept_backoff.reset();
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
+                let open = ctx.status().connection_opened();
                 let span = tracing::debug_span!("line_conn", adapter = ctx.name(), %peer);
                 connections.spawn(
                     async move {
                         conn::serve(stream, peer, ctx).await;
-                        drop(permit);
+                        drop((open, permit));
                     }
                     .instrument(span),
                 );

@@ -109,6 +109,7 @@ pub struct XmppAdapter;
 impl Adapter for XmppAdapter {
     type Config = XmppConfig;
     const KIND: &'static str = "xmpp";
+    const OUTBOUND: bool = true;
 
     fn instance_name(config: &XmppConfig) -> String {
         config.name.clone()
@@ -148,6 +149,7 @@ impl Adapter for XmppAdapter {
             return Ok(()); // shutdown before the connection
         };
         let cfg = ctx.config();
+        ctx.status().set_connected();
         tracing::info!(adapter = ctx.name(), host = %cfg.server, domain = %cfg.domain, "XMPP component connected");
         session::run(&ctx, link).await
     }

@@ -77,9 +77,11 @@ async fn poll_once(target: &Target, tls: &TlsConnector, shared: &Shared) -> Resu
             match DeviceToken::from_bytes(&t.token) {
                 Ok(token) => {
                     count += 1;
-                    shared
-                        .outcomes
-                        .device_gone(token, Some(t.time as i64 * 1000), "listed by the feedback service");
+                    shared.outcomes.device_gone(
+                        token,
+                        Some(t.time as i64 * 1000),
+                        "feedback: listed by the feedback service",
+                    );
                 }
                 Err(e) => tracing::warn!(error = %e, "feedback service listed an unusable token"),
             }

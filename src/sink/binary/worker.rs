@@ -87,6 +87,12 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             .await;
         let progressed = conn.confirmed > 0;
         limit = conn.limit;
+        let cause = match &end {
+            End::Done => "closed by pushbridge",
+            End::Error(_) => "error response",
+            End::Lost(_) => "lost",
+        };
+        shared.outcomes.disconnected(host, index, cause);
         match end {
             End::Done => return,
             End::Error(err) => {

@@ -1,7 +1,7 @@
 //! One TLS + HTTP/2 connection to an APNS host: connecting (ALPN `h2`,
 //! certificates verified), keep-alive PINGs, and reading Apple's answers.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +29,10 @@ const MAX_ERROR_BODY: usize = 4096;
 pub struct Conn {
     pub send: SendRequest<Bytes>,
     pub closed: CancellationToken,
+    /// Why the connection ended (`closed`, `goaway`, `io error`, `error`,
+    /// `ping timeout`), set before `closed` is cancelled; unset while it
+    /// is up or when pushbridge closed it.
+    pub cause: Arc<OnceLock<&'static str>>,
 }
 
 /// Connect, handshake and start the connection's driver task in `tasks`.
@@ -57,8 +61,31 @@ pub async fn connect(
     .map_err(|_| timed("HTTP/2 handshake with"))?
     .map_err(|e| ConnectError::H2(name.clone(), e))?;
     let closed = CancellationToken::new();
-    tasks.spawn(drive(connection, name.clone(), closed.clone(), ping_every).in_current_span());
-    Ok(Conn { send, closed })
+    let cause = Arc::new(OnceLock::new());
+    let ended = Ended {
+        closed: closed.clone(),
+        cause: cause.clone(),
+    };
+    tasks.spawn(drive(connection, name.clone(), ended, ping_every).in_current_span());
+    Ok(Conn { send, closed, cause })
+}
+
+/// How [`drive`] says the connection ended.
+struct Ended {
+    closed: CancellationToken,
+    cause: Arc<OnceLock<&'static str>>,
+}
+
+impl Ended {
+    fn with(&self, r: &Result<(), h2::Error>) {
+        let cause = match r {
+            Ok(()) => "closed",
+            Err(e) if e.is_go_away() => "goaway",
+            Err(e) if e.is_io() => "io error",
+            Err(_) => "error",
+        };
+        let _ = self.cause.set(cause);
+    }
 }
 
 /// Run the connection until it ends, PINGing it every `ping_every`; a
@@ -67,7 +94,7 @@ pub async fn connect(
 async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut conn: Connection<T, Bytes>,
     name: String,
-    closed: CancellationToken,
+    ended: Ended,
     ping_every: Duration,
 ) {
     let pong_timeout = PONG_TIMEOUT.min(ping_every);
@@ -75,6 +102,7 @@ async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     loop {
         tokio::select! {
             r = &mut conn => {
+                ended.with(&r);
                 match r {
                     Ok(()) => tracing::debug!(host = %name, "APNS connection closed"),
                     Err(e) => tracing::info!(host = %name, error = %e, "APNS connection ended"),
@@ -86,6 +114,7 @@ async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         let Some(p) = pinger.as_mut() else { continue };
         tokio::select! {
             r = &mut conn => {
+                ended.with(&r);
                 if let Err(e) = r {
                     tracing::info!(host = %name, error = %e, "APNS connection ended");
                 }
@@ -93,13 +122,14 @@ async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }
             pong = tokio::time::timeout(pong_timeout, p.ping(Ping::opaque())) => {
                 if !matches!(pong, Ok(Ok(_))) {
+                    let _ = ended.cause.set("ping timeout");
                     tracing::warn!(host = %name, "APNS did not answer PING; reconnecting");
                     break;
                 }
             }
         }
     }
-    closed.cancel();
+    ended.closed.cancel();
 }
 
 /// Apple's answer to one request.

@@ -283,7 +283,10 @@ async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>) {
         match conn::connect(&link.target, &link.connector, link.ping_interval, &shared.tasks).await {
             Ok(c) => {
                 shared.outcomes.connected(host, index);
+                let cause = c.cause.clone();
                 let (left, answered) = stream_notifications(c, &link, carry.take(), &rx, &shared).await;
+                let cause = cause.get().copied().unwrap_or("closed by pushbridge");
+                shared.outcomes.disconnected(host, index, cause);
                 carry = left;
                 if answered {
                     backoff.reset();
@@ -389,7 +392,7 @@ async fn send_notifications(
     shared: &Arc<Shared>,
     streams: &mut Streams,
 ) -> Option<Notification> {
-    let conn::Conn { mut send, closed } = c;
+    let conn::Conn { mut send, closed, .. } = c;
     // With token auth Apple allows one stream until a request with a valid
     // token succeeded: the first request goes alone.
     let mut primed = matches!(link.auth, Auth::Certificate);
@@ -503,6 +506,7 @@ async fn await_answer(
         answered: false,
         token_ok: false,
     };
+    let sent = tokio::time::Instant::now();
     let answer_or_timeout = match tokio::time::timeout(ANSWER_TIMEOUT, conn::read_answer(resp)).await {
         Ok(r) => r,
         Err(_) => {
@@ -515,6 +519,7 @@ async fn await_answer(
     };
     match answer_or_timeout {
         Ok(a) => {
+            shared.outcomes.answered(sent.elapsed());
             let token_ok = a.status == 200 || matches!(a.status, 400 | 404 | 405 | 410 | 413);
             answer(&shared, &auth, n, a, bearer.as_deref());
             StreamEnd {

@@ -118,6 +118,7 @@ impl Bot {
     pub(super) fn welcome(&mut self, m: &Msg, out: &mut Vec<Output>) {
         self.nick = m.param(0).to_owned();
         self.registered = true;
+        self.ctx.status().set_connected();
         tracing::info!(adapter = self.ctx.name(), nick = %self.nick, "registered on the IRC network");
         let chans = &self.ctx.config().channels;
         if !chans.is_empty() {

@@ -1,0 +1,178 @@
+//! What a running adapter instance reports about itself, for the
+//! gateway's metrics and readiness (`/metrics`, `/readyz`): whether an
+//! outbound adapter (XMPP component, IRC bot) is connected to its server
+//! and why not, how many inbound connections it holds (the line protocol),
+//! and how many events of each kind it submitted.
+//!
+//! One [`AdapterStatus`] lives as long as its instance's supervisor, across
+//! restarts; the adapter reaches it through
+//! [`crate::Context::status`]. Everything in it is lock-free or a short
+//! lock, cheap enough for every event.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::Event;
+
+/// The kinds of [`Event`], in the order of [`AdapterStatus::events`]; the
+/// `kind` label of `pushbridge_adapter_events_total`.
+pub const EVENT_KINDS: [&str; 5] = ["register", "unregister", "presence", "message", "list_devices"];
+
+impl Event {
+    /// This event's kind: one of [`EVENT_KINDS`].
+    pub fn kind(&self) -> &'static str {
+        EVENT_KINDS[self.kind_index()]
+    }
+
+    fn kind_index(&self) -> usize {
+        match self {
+            Event::Register { .. } => 0,
+            Event::Unregister { .. } => 1,
+            Event::Presence { .. } => 2,
+            Event::Message(_) => 3,
+            Event::ListDevices { .. } => 4,
+        }
+    }
+}
+
+/// One adapter instance's self-report.
+#[derive(Debug)]
+pub struct AdapterStatus {
+    kind: &'static str,
+    name: Arc<str>,
+    outbound: bool,
+    connected: AtomicBool,
+    /// Why an outbound adapter is not connected (`None` once connected).
+    down_reason: Mutex<Option<String>>,
+    connections: AtomicI64,
+    events: [AtomicU64; EVENT_KINDS.len()],
+}
+
+impl AdapterStatus {
+    /// The status of instance `name` of adapter kind `kind`. An `outbound`
+    /// adapter starts as not connected ("not connected yet").
+    pub fn new(kind: &'static str, name: impl Into<Arc<str>>, outbound: bool) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+            outbound,
+            connected: AtomicBool::new(false),
+            down_reason: Mutex::new(outbound.then(|| "not connected yet".to_owned())),
+            connections: AtomicI64::new(0),
+            events: Default::default(),
+        }
+    }
+
+    /// The adapter kind (`line`, `xmpp`, `irc`).
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The instance name (`line`, `irc:libera`): the `adapter` label.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the adapter connects out to a server (and so can be down).
+    pub fn is_outbound(&self) -> bool {
+        self.outbound
+    }
+
+    /// The adapter is connected (and registered/authenticated) to its server.
+    pub fn set_connected(&self) {
+        self.connected.store(true, Relaxed);
+        *self.lock_reason() = None;
+    }
+
+    /// The adapter lost (or could not make) its connection, because of `reason`.
+    pub fn set_disconnected(&self, reason: impl Into<String>) {
+        self.connected.store(false, Relaxed);
+        *self.lock_reason() = Some(reason.into());
+    }
+
+    /// `Ok(())` when connected (or inbound); otherwise why not.
+    pub fn connection(&self) -> Result<(), String> {
+        if !self.outbound || self.connected.load(Relaxed) {
+            return Ok(());
+        }
+        Err(self.lock_reason().clone().unwrap_or_else(|| "not connected".to_owned()))
+    }
+
+    /// Whether an outbound adapter is connected (inbound ones: always true).
+    pub fn is_connected(&self) -> bool {
+        self.connection().is_ok()
+    }
+
+    /// Count one inbound connection until the guard is dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Inbound connections open now.
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Relaxed)
+    }
+
+    /// Count one submitted event.
+    pub fn count(&self, event: &Event) {
+        self.events[event.kind_index()].fetch_add(1, Relaxed);
+    }
+
+    /// `(kind, events submitted)` for every kind in [`EVENT_KINDS`].
+    pub fn events(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        EVENT_KINDS.iter().zip(&self.events).map(|(k, c)| (*k, c.load(Relaxed)))
+    }
+
+    fn lock_reason(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.down_reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One open inbound connection; counted until dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<AdapterStatus>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Presence, UserId};
+
+    #[test]
+    fn outbound_adapters_start_down_and_report_why() {
+        let s = AdapterStatus::new("irc", "irc:libera", true);
+        assert_eq!(s.connection(), Err("not connected yet".to_owned()));
+        s.set_connected();
+        assert!(s.is_connected());
+        s.set_disconnected("connection refused");
+        assert_eq!(s.connection(), Err("connection refused".to_owned()));
+        let inbound = AdapterStatus::new("line", "line", false);
+        assert!(inbound.is_connected());
+    }
+
+    #[test]
+    fn connections_and_events_are_counted() {
+        let s = Arc::new(AdapterStatus::new("line", "line", false));
+        let a = s.connection_opened();
+        let b = s.connection_opened();
+        assert_eq!(s.connections(), 2);
+        drop(a);
+        assert_eq!(s.connections(), 1);
+        drop(b);
+        assert_eq!(s.connections(), 0);
+        let user = UserId::parse("line:alice").expect("valid user");
+        s.count(&Event::Presence {
+            user,
+            presence: Presence::Online,
+        });
+        let events: Vec<_> = s.events().collect();
+        assert_eq!(events[2], ("presence", 1));
+        assert_eq!(events.iter().map(|e| e.1).sum::<u64>(), 1);
+    }
+}

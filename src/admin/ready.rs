@@ -1,0 +1,90 @@
+//! Readiness (`GET /readyz`): the gateway is ready when
+//! - the store thread answers and its last transaction did not fail;
+//! - every app's sink can deliver: it is connected, or idle, or its latest
+//!   connection attempt succeeded, and APNS does not refuse its credential
+//!   (see [`crate::outcome::link`]);
+//! - every outbound adapter (XMPP, IRC) is connected to its server.
+//!
+//! Otherwise 503 with one [`Problem`] per part that is not ready.
+
+use serde::{Deserialize, Serialize};
+
+use super::AdminState;
+
+/// The `/readyz` body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Readiness {
+    /// Whether every part is ready (HTTP 200; else 503).
+    pub ready: bool,
+    /// What is not ready and why; empty when ready.
+    pub problems: Vec<Problem>,
+}
+
+/// One part that is not ready: exactly one of `store`, `app`, `adapter`
+/// names it; `error` says why in plain words.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Problem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    pub error: String,
+}
+
+impl Problem {
+    fn store(error: String) -> Self {
+        Self {
+            store: Some("outbox".to_owned()),
+            app: None,
+            adapter: None,
+            error,
+        }
+    }
+
+    fn app(app: &str, error: String) -> Self {
+        Self {
+            store: None,
+            app: Some(app.to_owned()),
+            adapter: None,
+            error,
+        }
+    }
+
+    fn adapter(adapter: &str, error: String) -> Self {
+        Self {
+            store: None,
+            app: None,
+            adapter: Some(adapter.to_owned()),
+            error,
+        }
+    }
+}
+
+/// Check every part now.
+pub async fn check(s: &AdminState) -> Readiness {
+    let mut problems = Vec::new();
+    if let Err(e) = s.outbox().await {
+        problems.push(Problem::store(e));
+    } else if let Err(e) = s.sources.store.writable() {
+        problems.push(Problem::store(format!("the last store transaction failed: {e}")));
+    }
+    for a in s.sources.counters.apps() {
+        if a.protocol.get().is_none() {
+            continue; // counters of an app that is not configured (an orphaned outbox)
+        }
+        if let Err(p) = a.link.ready() {
+            problems.push(Problem::app(a.app(), p.to_string()));
+        }
+    }
+    for ad in s.sources.adapters.all() {
+        if let Err(e) = ad.connection() {
+            problems.push(Problem::adapter(ad.name(), e));
+        }
+    }
+    Readiness {
+        ready: problems.is_empty(),
+        problems,
+    }
+}
