@@ -74,7 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
                     store: store.metrics().clone(),
                     adapters: statuses.clone(),
                 },
-                store: store.clone(),
+                store: Some(store.clone()),
                 history: Default::default(),
             };
             Some(tokio::spawn(crate::admin::serve(listener, state, background.clone())))

@@ -42,8 +42,9 @@ const STORE_ANSWER: Duration = Duration::from_secs(2);
 pub struct AdminState {
     /// Counters, store numbers, adapter statuses.
     pub sources: Sources,
-    /// For outbox statistics (and to see that the store thread answers).
-    pub store: StoreHandle,
+    /// For outbox statistics (and to see that the store thread answers);
+    /// `None` for a sink benchmark without a store.
+    pub store: Option<StoreHandle>,
     /// Recent totals, for "in the last minute".
     pub history: Arc<status::History>,
 }
@@ -51,7 +52,10 @@ pub struct AdminState {
 impl AdminState {
     /// The outbox per app, or why the store did not answer.
     async fn outbox(&self) -> Result<Vec<crate::store::stats::AppOutbox>, String> {
-        match tokio::time::timeout(STORE_ANSWER, self.store.outbox_stats()).await {
+        let Some(store) = &self.store else {
+            return Err("no store".to_owned());
+        };
+        match tokio::time::timeout(STORE_ANSWER, store.outbox_stats()).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(format!("store: {e}")),
             Err(_) => Err(format!(
@@ -119,7 +123,7 @@ async fn get_metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn get_healthz(State(s): State<AdminState>) -> Response {
-    if s.store.is_closed() {
+    if s.store.as_ref().is_some_and(|st| st.is_closed()) {
         return (StatusCode::SERVICE_UNAVAILABLE, "store thread stopped\n").into_response();
     }
     (StatusCode::OK, "ok\n").into_response()

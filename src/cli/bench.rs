@@ -46,6 +46,10 @@ pub struct Args {
     /// Directory for the store and the log sink's file (default: a temporary one).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Turn the admin listener on and scrape `/metrics` every second while
+    /// the load runs (what being watched costs).
+    #[arg(long)]
+    metrics: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -53,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         _tmp,
         out_path,
         port,
+        admin,
         config,
     } = setup(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -64,7 +69,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let addr = format!("127.0.0.1:{port}");
         wait_listening(&addr).await?;
         let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let scraper = admin.map(|a| super::scrape::Scraper::start(format!("http://127.0.0.1:{a}")));
         let (sent, elapsed) = load(&args, &addr, &hist).await?;
+        if let Some(s) = scraper {
+            println!("metrics: admin listener on, /metrics scraped {} time(s), every second", s.stop().await?);
+        }
         let _ = stop_tx.send(());
         let snapshot = gateway.await.context("gateway task")??;
         let lines = std::fs::read(&out_path)
@@ -88,6 +97,8 @@ struct Setup {
     out_path: PathBuf,
     /// The line adapter's loopback port.
     port: u16,
+    /// The admin listener's port (`--metrics`).
+    admin: Option<u16>,
     config: Config,
 }
 
@@ -120,12 +131,22 @@ fn setup(args: &Args) -> anyhow::Result<Setup> {
         pl = args.pipeline,
         mc = args.connections + 16,
     );
+    let admin = if args.metrics {
+        Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    } else {
+        None
+    };
+    let text = match admin {
+        Some(a) => format!("{text}\n[admin]\nlisten = \"127.0.0.1:{a}\"\n"),
+        None => text,
+    };
     let config = Config::parse(&text, std::path::Path::new("<bench>"))?;
     register_users(&db_path, sync, args.users)?;
     Ok(Setup {
         _tmp: tmp,
         out_path,
         port,
+        admin,
         config,
     })
 }

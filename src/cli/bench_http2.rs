@@ -37,6 +37,10 @@ pub struct Args {
     /// SETTINGS_MAX_CONCURRENT_STREAMS of the simulator.
     #[arg(long, default_value_t = 1000)]
     streams: u32,
+    /// Serve the sink's metrics on an admin listener and scrape them every
+    /// second while the load runs (what being watched costs).
+    #[arg(long)]
+    metrics: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -53,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sim = start_simulator(&sim_rt, &pki, &kp, args.streams)?;
     let app = app_config(&sim, &pki.ca, &p8, args.connections)?;
     let workload = Workload::new()?;
-    let result = sink_rt.block_on(drive(&app, workload, args.notifications, args.rate))?;
+    let result = sink_rt.block_on(drive(&app, workload, &args))?;
     let accepted = sim.state().recorder.count();
     let conns = sim.state().connections.load(Ordering::Relaxed);
     sim_rt.block_on(sim.stop());
@@ -99,11 +103,14 @@ struct Measured {
     tally: Tally,
     /// From the first hand-over to the last report.
     elapsed: Duration,
+    /// `/metrics` scrapes answered during the run (`--metrics`).
+    scrapes: Option<u64>,
 }
 
 /// Feed `n` notifications of `workload` to `app`'s sink at `rate` per second
 /// (0: unpaced) and collect their reports into the latency histogram.
-async fn drive(app: &AppConfig, workload: Workload, n: u64, rate: u64) -> anyhow::Result<Measured> {
+async fn drive(app: &AppConfig, workload: Workload, args: &Args) -> anyhow::Result<Measured> {
+    let (n, rate) = (args.notifications, args.rate);
     // When each notification was handed over, in ns since `t0`.
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let t0 = Instant::now();
@@ -111,6 +118,13 @@ async fn drive(app: &AppConfig, workload: Workload, n: u64, rate: u64) -> anyhow
         let sent_at = sent_at.clone();
         move |i| sent_at[i as usize].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed)
     })?;
+    let stop_admin = tokio_util::sync::CancellationToken::new();
+    let scraper = if args.metrics {
+        let base = super::scrape::serve_sink_metrics(feeding.counters.clone(), stop_admin.clone()).await?;
+        Some(super::scrape::Scraper::start(base))
+    } else {
+        None
+    };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut tally = Tally::default();
     while tally.reported() < n {
@@ -127,8 +141,18 @@ async fn drive(app: &AppConfig, workload: Workload, n: u64, rate: u64) -> anyhow
         }
     }
     let elapsed = feeding.started.elapsed();
+    let scrapes = match scraper {
+        Some(s) => Some(s.stop().await?),
+        None => None,
+    };
+    stop_admin.cancel();
     feeding.finish().await;
-    Ok(Measured { hist, tally, elapsed })
+    Ok(Measured {
+        hist,
+        tally,
+        elapsed,
+        scrapes,
+    })
 }
 
 /// The report: settings, outcomes, throughput, latency percentiles.
@@ -148,6 +172,9 @@ fn print_summary(args: &Args, m: &Measured, accepted: u64, conns: u64) {
         "delivered {}, other outcomes {}, simulator accepted {accepted} over {conns} connection(s)",
         m.tally.delivered, m.tally.other
     );
+    if let Some(s) = m.scrapes {
+        println!("metrics: admin listener on, /metrics scraped {s} time(s), every second");
+    }
     println!(
         "throughput: {:.0} notifications/s ({:.2} s)",
         m.tally.delivered as f64 / m.elapsed.as_secs_f64(),

@@ -98,6 +98,8 @@ impl Workload {
 pub(super) struct Feeding {
     /// The sink's reports.
     pub completions: CompletionReceiver,
+    /// The sink's counters (for `--metrics`).
+    pub counters: std::sync::Arc<pushbridge::outcome::Counters>,
     /// When the feeder was started, just before the first hand-over.
     pub started: Instant,
     /// Hands the notifications over; ends after the last or when the sink
@@ -123,6 +125,7 @@ impl Feeding {
             input: tx,
             completions,
             task: sink,
+            all_counters,
             ..
         } = app.spawn_detached()?;
         let started = Instant::now();
@@ -142,6 +145,7 @@ impl Feeding {
         });
         Ok(Feeding {
             completions,
+            counters: all_counters,
             started,
             feeder,
             sink,

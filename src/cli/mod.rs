@@ -7,6 +7,7 @@ mod bench_http2;
 mod bench_sink;
 mod devices;
 mod push;
+mod scrape;
 mod simulate;
 mod status;
 

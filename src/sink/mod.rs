@@ -94,6 +94,8 @@ pub struct Detached {
     pub completions: crate::outcome::CompletionReceiver,
     /// The app's counters (retries, lost, connects, peak outstanding…).
     pub counters: Arc<crate::outcome::AppCounters>,
+    /// The same counters as a set of every app's (what the metrics read).
+    pub all_counters: Arc<crate::outcome::Counters>,
     /// Ends once `input` is dropped and everything taken is settled.
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -101,8 +103,9 @@ pub struct Detached {
 impl AppConfig {
     /// Build this app's sink and run it on its own (needs a runtime).
     pub fn spawn_detached(&self) -> Result<Detached, SinkError> {
-        let (outcomes, completions, _) = Outcomes::detached(&self.topic);
+        let (outcomes, completions, all_counters) = Outcomes::detached(&self.topic);
         let counters = outcomes.counters().clone();
+        let _ = counters.protocol.set(self.sink.protocol().as_str());
         let (input, rx) = mpsc::channel(self.queue);
         let (_, reload) = watch::channel(Arc::new(self.sink.clone()));
         let ctx = SinkContext {
@@ -117,6 +120,7 @@ impl AppConfig {
             input,
             completions,
             counters,
+            all_counters,
             task,
         })
     }
