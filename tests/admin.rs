@@ -45,8 +45,8 @@ impl Prometheus {
         }
     }
 
-    /// The value of an instant query, once it has one.
-    async fn query(&self, promql: &str) -> Option<f64> {
+    /// The JSON answer of an instant query (`None` before Prometheus is up).
+    async fn answer(&self, promql: &str) -> Option<serde_json::Value> {
         let q: String = promql
             .bytes()
             .map(|b| match b {
@@ -62,7 +62,12 @@ impl Prometheus {
             .await
             .ok()?
             .to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// The value of an instant query, once it has one.
+    async fn query(&self, promql: &str) -> Option<f64> {
+        let v = self.answer(promql).await?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
 }
@@ -145,6 +150,8 @@ async fn a_real_prometheus_scrapes_the_delivered_counter() {
         "promtool: {said}\n{scrape}"
     );
 
+    dashboard_matches(&scrape, &prom).await;
+
     // What the scrape says, beyond the counter Prometheus read.
     let app = "{app=\"com.example.chat\"}";
     assert_eq!(
@@ -225,4 +232,52 @@ async fn readyz_says_why_while_apns_is_down_and_recovers() {
         "{said}"
     );
     assert!(said.contains("line (line): 1 connection(s)"), "{said}");
+}
+
+/// Every metric `deploy/grafana-dashboard.json` queries exists in `scrape`
+/// (as a sample or a family), and Prometheus accepts every query.
+async fn dashboard_matches(scrape: &str, prom: &Prometheus) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut known = std::collections::BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let mut it = t.split(' ');
+            let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+            known.insert(name.to_owned());
+            if kind == "histogram" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    known.insert(format!("{name}{s}"));
+                }
+            }
+        } else if !line.starts_with('#') {
+            known.insert(line.split(['{', ' ']).next().unwrap().to_owned());
+        }
+    }
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            exprs.push(t["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for expr in &exprs {
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("pushbridge_") || w.starts_with("process_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr}");
+        for n in names {
+            assert!(
+                known.contains(n),
+                "the dashboard queries {n}, which no scrape has ({expr})"
+            );
+        }
+        let concrete = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$app", ".*")
+            .replace("$job", ".*");
+        let answer = prom.answer(&concrete).await.expect("Prometheus answers");
+        assert_eq!(answer["status"], "success", "{concrete}: {answer}");
+    }
 }

@@ -72,7 +72,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let scraper = admin.map(|a| super::scrape::Scraper::start(format!("http://127.0.0.1:{a}")));
         let (sent, elapsed) = load(&args, &addr, &hist).await?;
         if let Some(s) = scraper {
-            println!("metrics: admin listener on, /metrics scraped {} time(s), every second", s.stop().await?);
+            println!(
+                "metrics: admin listener on, /metrics scraped {} time(s), every second",
+                s.stop().await?
+            );
         }
         let _ = stop_tx.send(());
         let snapshot = gateway.await.context("gateway task")??;
