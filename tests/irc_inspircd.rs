@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use harness::admin::{assert_connected, wait_status};
 use harness::{config_text, free_port, token, Gateway};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -322,8 +323,12 @@ async fn inspircd_highlights_presence_accounts_and_restart() {
     // The IRC server restarts: the bot reconnects, re-joins and keeps working.
     drop((bob, mallory));
     net.stop();
+    let admin = s.gw.admin_url();
+    let body = wait_status(&format!("{admin}/readyz"), 503, Duration::from_secs(30), || s.gw.logs()).await;
+    assert!(body.contains(r#""adapter":"irc:test""#), "{body}");
     net.start();
     s.works_after_the_restart().await;
+    assert_connected(&s.gw, "irc:test", "irc").await;
 }
 
 /// The gateway with the bot on the test network, the accounts alice, bob
@@ -346,12 +351,13 @@ impl Scene {
             create_account(port, "pushbot")
         );
         let text = format!(
-            "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"pushbot-pass\"\n",
+            "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"pushbot-pass\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             config_text(dir, "", "")
         );
         let gw = Gateway::start(dir, &text);
         wait_log(&gw, "registered on the IRC network", 1);
         wait_log(&gw, "logged in to services adapter=\"irc:test\" account=pushbot", 1);
+        assert_connected(&gw, "irc:test", "irc").await;
         Scene {
             gw,
             port,

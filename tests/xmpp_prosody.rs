@@ -211,7 +211,11 @@ impl World {
         let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
         let text = format!(
             "{}\n[[adapters.xmpp]]\nserver = \"127.0.0.1:{}\"\ndomain = \"push.localhost\"\nsecret = \"{SECRET}\"\n",
-            http2_config(dir.path(), &creds.token_app(&sim.addr().to_string()), ""),
+            http2_config(
+                dir.path(),
+                &creds.token_app(&sim.addr().to_string()),
+                "[admin]\nlisten = \"127.0.0.1:0\"\n"
+            ),
             prosody.component
         );
         let gw = Gateway::start(dir.path(), &text);
@@ -220,6 +224,7 @@ impl World {
             || gw.logs().contains("XMPP component connected"),
             || gw.logs(),
         );
+        harness::admin::assert_connected(&gw, "xmpp", "xmpp").await;
         Some(World {
             gw,
             sim,

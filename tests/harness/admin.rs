@@ -62,3 +62,13 @@ pub fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// `/readyz` answers 200 and `pushbridge_adapter_connected` is 1 for
+/// `adapter` (of `kind`), within a few seconds.
+pub async fn assert_connected(gw: &super::Gateway, adapter: &str, kind: &str) {
+    let admin = gw.admin_url();
+    wait_status(&format!("{admin}/readyz"), 200, Duration::from_secs(10), || gw.logs()).await;
+    let (_, scrape) = get(&format!("{admin}/metrics")).await;
+    let gauge = format!("pushbridge_adapter_connected{{adapter=\"{adapter}\",kind=\"{kind}\"}}");
+    assert_eq!(sample(&scrape, &gauge), Some(1.0), "{scrape}");
+}

@@ -77,6 +77,7 @@ pub async fn run_counted(sink: AppConfig, notes: Vec<Notification>, n: usize) ->
         completions: mut rrx,
         counters,
         task,
+        ..
     } = sink.spawn_detached().unwrap();
     for x in notes {
         tx.send(x).await.unwrap();
