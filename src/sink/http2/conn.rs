@@ -178,6 +178,7 @@ mod tests {
         SendRequest<Bytes>,
         CancellationToken,
         h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+        Arc<OnceLock<&'static str>>,
     );
 
     /// A client connection over an in-memory pipe, driven by [`drive`], and
@@ -190,13 +191,18 @@ mod tests {
             .await
             .unwrap();
         let closed = CancellationToken::new();
-        tokio::spawn(drive(connection, "test".into(), closed.clone(), ping_every));
-        (send, closed, server.await.unwrap().unwrap())
+        let ended = Ended {
+            closed: closed.clone(),
+            cause: Default::default(),
+        };
+        let cause = ended.cause.clone();
+        tokio::spawn(drive(connection, "test".into(), ended, ping_every));
+        (send, closed, server.await.unwrap().unwrap(), cause)
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_answering_peer_keeps_the_connection() {
-        let (_send, closed, mut server) = pair(Duration::from_secs(1)).await;
+        let (_send, closed, mut server, _) = pair(Duration::from_secs(1)).await;
         // A polled server answers PINGs.
         tokio::spawn(async move { while server.accept().await.is_some() {} });
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -206,11 +212,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_is_given_up_after_the_pong_timeout() {
         let ping_every = Duration::from_secs(60);
-        let (_send, closed, _server) = pair(ping_every).await;
+        let (_send, closed, _server, cause) = pair(ping_every).await;
         // The server is never polled again: nothing answers the PING.
         tokio::time::sleep(ping_every + PONG_TIMEOUT - Duration::from_secs(1)).await;
         assert!(!closed.is_cancelled(), "still waiting for the PONG");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(closed.is_cancelled(), "given up once the PONG timeout passed");
+        assert_eq!(cause.get(), Some(&"ping timeout"));
     }
 }
