@@ -112,6 +112,7 @@ async fn a_storm_of_503s_holds_a_bounded_number_of_notifications() {
         completions: _rrx,
         counters: stats,
         task,
+        ..
     } = sink.spawn_detached().unwrap();
     let exp = later();
     let total = 40_000;

@@ -94,7 +94,7 @@ impl LinkState {
 
     /// APNS at `host` refuses the credential (`reason` in plain words).
     /// Returns whether this is a change (a new or different refusal).
-    pub(crate) fn credential_refused(&self, host: &str, reason: &str) -> bool {
+    pub fn credential_refused(&self, host: &str, reason: &str) -> bool {
         let new = LinkProblem::Credential {
             host: host.to_owned(),
             reason: reason.to_owned(),
@@ -107,7 +107,7 @@ impl LinkState {
 
     /// APNS accepted the credential again. Returns whether it had been
     /// refused.
-    pub(crate) fn credential_accepted(&self) -> bool {
+    pub fn credential_accepted(&self) -> bool {
         self.lock().credential.take().is_some()
     }
 
