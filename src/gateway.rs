@@ -65,22 +65,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let background = CancellationToken::new();
     let ticker = tokio::spawn(refill_ticker(store.clone(), background.clone()));
     let statuses = crate::supervisor::AdapterStatuses::default();
-    let admin = match &config.admin {
-        Some(a) => {
-            let listener = crate::admin::bind(a).await.map_err(GatewayError::Admin)?;
-            let state = crate::admin::AdminState {
-                sources: crate::metrics::Sources {
-                    counters: counters.clone(),
-                    store: store.metrics().clone(),
-                    adapters: statuses.clone(),
-                },
-                store: Some(store.clone()),
-                history: Default::default(),
-            };
-            Some(tokio::spawn(crate::admin::serve(listener, state, background.clone())))
-        }
-        None => None,
+    let sources = crate::metrics::Sources {
+        counters: counters.clone(),
+        store: store.metrics().clone(),
+        adapters: statuses.clone(),
     };
+    let admin = start_admin(&config, sources, &store, &background).await?;
     let stats_task = tokio::spawn(log_counters(counters.clone()));
 
     // Router and adapters.
@@ -133,6 +123,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
         );
     }
     Ok(snapshot)
+}
+
+/// Start the admin listener when `[admin]` is configured; it stops with
+/// `stop`.
+async fn start_admin(
+    config: &Config,
+    sources: crate::metrics::Sources,
+    store: &StoreHandle,
+    stop: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, GatewayError> {
+    let Some(a) = &config.admin else {
+        return Ok(None);
+    };
+    let listener = crate::admin::bind(a).await.map_err(GatewayError::Admin)?;
+    let state = crate::admin::AdminState {
+        sources,
+        store: Some(store.clone()),
+        history: Default::default(),
+    };
+    Ok(Some(tokio::spawn(crate::admin::serve(listener, state, stop.clone()))))
 }
 
 /// Build and start every app's sink; returns the feed that fills their
