@@ -23,7 +23,8 @@
 //!   completion (remove from the outbox, remove a gone device).
 //! - [`apns`]: Apple's hosts, reasons and their handling, shared by the
 //!   sinks and the [`simulator`] (a local stand-in for Apple).
-//! - [`gateway`]: wiring and graceful shutdown; [`config`]: the TOML file;
+//! - [`gateway`]: wiring and graceful shutdown; [`reload`]: `SIGHUP`
+//!   (credentials, policy, log level applied live); [`config`]: the TOML file;
 //!   [`tls`]: PKCS#12, server configs and the test PKI.
 //!
 //! Log fields and metric labels follow one vocabulary, written down in
@@ -37,6 +38,7 @@ pub mod feed;
 pub mod gateway;
 pub mod outcome;
 pub mod policy;
+pub mod reload;
 pub mod router;
 pub mod simulator;
 pub mod sink;

@@ -88,6 +88,8 @@ pub(crate) enum Command {
         prefix: String,
         reply: oneshot::Sender<Result<Vec<(String, String)>, StoreError>>,
     },
+    /// Render notifications with this policy from now on (a reload).
+    SetPolicy(Box<Policy>),
     /// Wake up to load waiting outbox entries into sinks with room.
     Tick,
     /// Completions are waiting.
@@ -268,6 +270,8 @@ impl Writer {
         for cmd in batch.drain(..) {
                 match cmd {
                     Command::Tick | Command::CloseSinks | Command::Wake => control.push(cmd),
+                    // In order: messages before it keep the old policy.
+                    Command::SetPolicy(p) => self.policy = *p,
                     cmd => self.apply(cmd, &mut pending, &mut out)?,
                 }
             }
@@ -301,7 +305,11 @@ impl Writer {
                     p.fail(&msg);
                 }
                 for cmd in batch.drain(..) {
-                    fail_command(cmd, &msg);
+                    match cmd {
+                        // A policy is not store data: it applies anyway.
+                        Command::SetPolicy(p) => self.policy = *p,
+                        cmd => fail_command(cmd, &msg),
+                    }
                 }
             }
         }
@@ -313,6 +321,11 @@ impl Writer {
     #[cfg(test)]
     pub(crate) fn db_for_test(&self) -> &Db {
         &self.db
+    }
+
+    #[cfg(test)]
+    pub(crate) fn policy_for_test(&self) -> &Policy {
+        &self.policy
     }
 
     #[cfg(test)]
@@ -419,7 +432,7 @@ impl Writer {
                 let r = self.db.state_list(&ns, &prefix);
                 hold(pending, reply, r, Vec::new(), Pending::List)
             }
-            Command::Tick | Command::CloseSinks | Command::Wake => Ok(()),
+            Command::Tick | Command::CloseSinks | Command::Wake | Command::SetPolicy(_) => Ok(()),
         }
     }
 
@@ -545,6 +558,6 @@ fn fail_command(cmd: Command, msg: &str) {
         Command::StateGet { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StatePut { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StateList { reply, .. } => drop(reply.send(Err(store_err()))),
-        Command::Tick | Command::CloseSinks | Command::Wake => {}
+        Command::Tick | Command::CloseSinks | Command::Wake | Command::SetPolicy(_) => {}
     }
 }
