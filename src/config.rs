@@ -107,9 +107,11 @@ impl LogConfig {
                 None if directive.contains(['[', ':']) => continue,
                 None => directive,
             };
-            level
-                .parse::<tracing::level_filters::LevelFilter>()
-                .map_err(|_| bad(format!("{level:?} is not a level (error, warn, info, debug, trace, off)")))?;
+            level.parse::<tracing::level_filters::LevelFilter>().map_err(|_| {
+                bad(format!(
+                    "{level:?} is not a level (error, warn, info, debug, trace, off)"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -420,15 +422,22 @@ mod tests {
 
     #[test]
     fn log_section_is_read_and_checked() {
-        let c = parse(&format!("{MINIMAL}[log]\nlevel = \"debug,pushbridge::sink=trace\"\nformat = \"json\"\n")).unwrap();
+        let c = parse(&format!(
+            "{MINIMAL}[log]\nlevel = \"debug,pushbridge::sink=trace\"\nformat = \"json\"\n"
+        ))
+        .unwrap();
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.level, "debug,pushbridge::sink=trace");
         assert_eq!(parse(MINIMAL).unwrap().log, LogConfig::default());
         for bad in ["verbose", "info,pushbridge=loud", ""] {
-            let err = parse(&format!("{MINIMAL}[log]\nlevel = {bad:?}\n")).unwrap_err().to_string();
+            let err = parse(&format!("{MINIMAL}[log]\nlevel = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("log.level"), "{bad}: {err}");
         }
-        let err = parse(&format!("{MINIMAL}[log]\nformat = \"xml\"\n")).unwrap_err().to_string();
+        let err = parse(&format!("{MINIMAL}[log]\nformat = \"xml\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("xml") && err.contains("line 5"), "{err}");
     }
 

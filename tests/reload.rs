@@ -123,7 +123,10 @@ async fn provider_key_rotated_by_sighup_under_load_delivers_everything_once() {
         *per_device.entry(r.device_token.as_str()).or_default() += 1;
     }
     assert_eq!(per_device.len(), USERS as usize);
-    assert!(per_device.values().all(|n| *n == MESSAGES / USERS as usize), "{per_device:?}");
+    assert!(
+        per_device.values().all(|n| *n == MESSAGES / USERS as usize),
+        "{per_device:?}"
+    );
     assert_eq!(outbox_len(dir.path()), 0);
 
     // Every delivery was authenticated with one of the keys; the old key
@@ -165,7 +168,10 @@ async fn an_invalid_file_is_refused_with_checks_message_and_the_gateway_keeps_de
     sighup(&gw);
     let refused = wait_log(&gw, &["configuration not reloaded"]);
     assert!(refused.contains("ERROR"), "{refused}");
-    assert!(refused.contains(&message), "same message as check:\n{refused}\n{message}");
+    assert!(
+        refused.contains(&message),
+        "same message as check:\n{refused}\n{message}"
+    );
 
     // Still running on the old configuration.
     assert_eq!(c.cmd("MSG bob alice after").await, "OK 1");
@@ -190,11 +196,17 @@ async fn a_policy_change_shows_in_the_next_payload_and_a_store_change_needs_a_re
 
     let changed = text
         .replace("synchronous = \"normal\"", "synchronous = \"full\"")
-        .replace("[gateway]\n", "[policy]\nsound = \"chime\"\nprivacy = true\n\n[gateway]\n");
+        .replace(
+            "[gateway]\n",
+            "[policy]\nsound = \"chime\"\nprivacy = true\n\n[gateway]\n",
+        );
     std::fs::write(&gw.config, changed).unwrap();
     sighup(&gw);
     let warned = wait_log(&gw, &["needs a restart"]);
-    assert!(warned.contains("WARN") && warned.contains("store.synchronous"), "{warned}");
+    assert!(
+        warned.contains("WARN") && warned.contains("store.synchronous"),
+        "{warned}"
+    );
     let applied = wait_log(&gw, &["configuration reloaded"]);
     assert!(applied.contains("policy"), "{applied}");
 

@@ -78,11 +78,7 @@ mod tests {
             _ => Err(SinkError::config("output", "missing")),
         };
         let task = tokio::spawn(follow(reload, tx, build));
-        let with = |p: &str| {
-            Arc::new(SinkConfig::Log(LogConfig {
-                output: Some(p.into()),
-            }))
-        };
+        let with = |p: &str| Arc::new(SinkConfig::Log(LogConfig { output: Some(p.into()) }));
         let mut seen = live.clone();
         reload_tx.send_replace(with("a.jsonl"));
         seen.changed().await.unwrap();

@@ -300,7 +300,8 @@ fn a_new_policy_renders_the_messages_queued_after_it() {
     };
     let set = Command::SetPolicy(Box::new(Policy::new(quiet)));
     let (after, _a) = message("alice", "after");
-    f.writer.apply_batch(&mut vec![reg, before, set, after], &mut Vec::new());
+    f.writer
+        .apply_batch(&mut vec![reg, before, set, after], &mut Vec::new());
     let aps = |n: Notification| serde_json::from_str::<serde_json::Value>(&n.payload).unwrap()["aps"].clone();
     let first = aps(f.sink.try_recv().unwrap());
     assert_eq!(first["sound"], "default");

@@ -131,13 +131,16 @@ fn adopt(conn_auth: &ConnAuth, jwt: &str, iat: u64, (kid, epoch): (&str, u64)) -
     Ok(())
 }
 
+/// A token's `iat` and `kid`, or why it is refused.
+type Verdict = Result<(u64, String), Reason>;
+
 /// Provider tokens presented to the simulator, and the verdicts on them.
 #[derive(Default)]
 pub(super) struct TokenCache {
     /// Token -> its `iat` and `kid`, or why it is refused (at most
     /// [`TOKEN_CACHE`]; emptied when keys change).
     /// Each verdict is tagged with the key epoch it was reached in.
-    verdicts: Mutex<HashMap<String, (u64, Result<(u64, String), Reason>)>>,
+    verdicts: Mutex<HashMap<String, (u64, Verdict)>>,
     /// Distinct tokens presented (at most ten times [`TOKEN_CACHE`]).
     seen: Mutex<HashSet<String>>,
 }
@@ -259,8 +262,14 @@ mod tests {
         let key = Arc::new(DecodingKey::from_secret(b"x"));
         let key_for = |_: &str| Some(key.clone());
         let cache = TokenCache::default();
-        assert_eq!(cache.verify(0, key_for, None, "not.a.jwt"), Err(Reason::InvalidProviderToken));
-        assert_eq!(cache.verify(0, key_for, None, "not.a.jwt"), Err(Reason::InvalidProviderToken));
+        assert_eq!(
+            cache.verify(0, key_for, None, "not.a.jwt"),
+            Err(Reason::InvalidProviderToken)
+        );
+        assert_eq!(
+            cache.verify(0, key_for, None, "not.a.jwt"),
+            Err(Reason::InvalidProviderToken)
+        );
         assert_eq!(cache.seen(), 1);
     }
 }

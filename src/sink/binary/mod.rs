@@ -41,8 +41,8 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use self::config::{BinaryConfig, BinarySetup};
-use super::pool::{dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
 use super::live::{self, Live};
+use super::pool::{dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
 use super::{SinkConfig, SinkContext, SinkError};
 use crate::outcome::Notification;
 

@@ -103,7 +103,11 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
         match end {
             End::Done => return,
             End::Replaced => {
-                tracing::debug!(host, connection = index, "connection closed after a reload; connecting with the new credentials");
+                tracing::debug!(
+                    host,
+                    connection = index,
+                    "connection closed after a reload; connecting with the new credentials"
+                );
                 backoff.reset();
                 continue;
             }

@@ -556,7 +556,12 @@ impl Signed {
 }
 
 /// Wait for the answer on one stream and act on it.
-async fn await_answer(resp: h2::client::ResponseFuture, n: Notification, shared: Arc<Shared>, signed: Signed) -> StreamEnd {
+async fn await_answer(
+    resp: h2::client::ResponseFuture,
+    n: Notification,
+    shared: Arc<Shared>,
+    signed: Signed,
+) -> StreamEnd {
     let lost = StreamEnd {
         answered: false,
         token_ok: false,
