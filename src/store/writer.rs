@@ -267,12 +267,21 @@ impl Writer {
                     }
                 }
             }
-        for cmd in batch.drain(..) {
+            let mut cmds = batch.drain(..);
+            while let Some(cmd) = cmds.next() {
                 match cmd {
                     Command::Tick | Command::CloseSinks | Command::Wake => control.push(cmd),
                     // In order: messages before it keep the old policy.
                     Command::SetPolicy(p) => self.policy = *p,
-                    cmd => self.apply(cmd, &mut pending, &mut out)?,
+                    cmd => {
+                        if let Err(e) = self.apply(cmd, &mut pending, &mut out) {
+                            // The rest is answered with the error below
+                            // (dropping the drain would drop them unanswered).
+                            let rest: Vec<Command> = cmds.collect();
+                            batch.extend(rest);
+                            return Err(e);
+                        }
+                    }
                 }
             }
             self.db.commit()
