@@ -219,3 +219,88 @@ async fn a_policy_change_shows_in_the_next_payload_and_a_store_change_needs_a_re
     // The store kept its running setting: nothing reopened it.
     assert_eq!(logs.matches("store open").count(), 1, "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_client_certificate_replaced_by_sighup_reconnects_and_delivers_everything_once() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds
+        .binary_simulator("127.0.0.1:0", pushbridge::simulator::binary::Options::default())
+        .await;
+    let old_app = creds.binary_app(&sim);
+    let gw = Gateway::start(dir.path(), &http2_config(dir.path(), &old_app, ""));
+    let mut c = gw.client().await;
+    for u in 0..USERS {
+        assert_eq!(c.cmd(&format!("REGISTER user{u} {}", token(u + 1))).await, "OK");
+    }
+    send_messages(&mut c, 0, 500).await;
+    assert!(
+        sim.state().recorder.wait_for(1, Duration::from_secs(20)).await,
+        "{}",
+        gw.logs()
+    );
+    let connections = sim.state().connections.load(Ordering::Acquire);
+
+    // A new certificate (same CA) in a new file.
+    let (cert, key) = creds.pki.issue_client("com.example.chat").unwrap();
+    let new_pem = dir.path().join("client-2025.pem");
+    std::fs::write(&new_pem, format!("{cert}{key}")).unwrap();
+    let new_app = old_app.replace(&creds.client_pem.display().to_string(), &new_pem.display().to_string());
+    assert_ne!(new_app, old_app);
+    std::fs::write(&gw.config, http2_config(dir.path(), &new_app, "")).unwrap();
+    sighup(&gw);
+    wait_log(&gw, &["configuration reloaded", "credentials of com.example.chat"]);
+    send_messages(&mut c, 500, 500).await;
+    wait_outbox_empty(dir.path(), &gw).await;
+    let (status, logs) = gw.stop_with_logs();
+    assert!(status.success(), "{logs}");
+
+    assert!(
+        sim.state().connections.load(Ordering::Acquire) > connections,
+        "a new connection after the reload:\n{logs}"
+    );
+    let mut per_entry: HashMap<u32, usize> = HashMap::new();
+    for r in sim.state().recorder.records() {
+        *per_entry.entry(r.identifier.unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_entry.len(), 1000, "every message delivered:\n{logs}");
+    assert!(per_entry.values().all(|n| *n == 1), "each once");
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    // [log] format = "text" in the file; the flag wins.
+    let text = config_text(dir.path(), "", "").replace("[gateway]\n", "[log]\nformat = \"text\"\n\n[gateway]\n");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        seen.push(v["fields"]["message"].as_str().unwrap_or("").to_owned());
+        if v["fields"]["message"] == "line adapter listening" {
+            assert_eq!(v["level"], "INFO");
+            assert!(v["fields"]["listen"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
+        }
+        let has = |m: &str| seen.iter().any(|s| s == m);
+        if has("line adapter listening") && has("pushbridge running") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|m| m == "line adapter listening"), "{seen:?}");
+    assert!(seen.iter().any(|m| m == "pushbridge running"), "{seen:?}");
+}
