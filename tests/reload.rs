@@ -46,6 +46,27 @@ async fn send_messages(c: &mut Client, from: usize, count: usize) {
     c.pipeline(&lines, "OK 1").await;
 }
 
+/// Every one of the [`MESSAGES`] outbox entries accepted exactly once,
+/// [`MESSAGES`] / [`USERS`] per device.
+fn assert_each_delivered_once(recs: &[pushbridge::simulator::Record], logs: &str) {
+    let mut per_entry: HashMap<i64, usize> = HashMap::new();
+    for r in recs {
+        *per_entry.entry(outbox_id_of(&r.apns_id).unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_entry.len(), MESSAGES, "every message delivered:\n{logs}");
+    let twice: Vec<_> = per_entry.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let mut per_device: HashMap<&str, usize> = HashMap::new();
+    for r in recs {
+        *per_device.entry(r.device_token.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_device.len(), USERS as usize);
+    assert!(
+        per_device.values().all(|n| *n == MESSAGES / USERS as usize),
+        "{per_device:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_key_rotated_by_sighup_under_load_delivers_everything_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,24 +130,7 @@ async fn provider_key_rotated_by_sighup_under_load_delivers_everything_once() {
     assert!(status.success(), "{logs}");
     assert!(!logs.contains("needs a restart"), "{logs}");
 
-    // Exactly once per outbox entry.
-    let recs = state.recorder.records();
-    let mut per_entry: HashMap<i64, usize> = HashMap::new();
-    for r in &recs {
-        *per_entry.entry(outbox_id_of(&r.apns_id).unwrap()).or_default() += 1;
-    }
-    assert_eq!(per_entry.len(), MESSAGES, "every message delivered:\n{logs}");
-    let twice: Vec<_> = per_entry.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-    let mut per_device: HashMap<&str, usize> = HashMap::new();
-    for r in &recs {
-        *per_device.entry(r.device_token.as_str()).or_default() += 1;
-    }
-    assert_eq!(per_device.len(), USERS as usize);
-    assert!(
-        per_device.values().all(|n| *n == MESSAGES / USERS as usize),
-        "{per_device:?}"
-    );
+    assert_each_delivered_once(&state.recorder.records(), &logs);
     assert_eq!(outbox_len(dir.path()), 0);
 
     // Every delivery was authenticated with one of the keys; the old key
