@@ -51,6 +51,86 @@ pub struct Config {
     /// `[admin]`: the admin HTTP listener; absent means off.
     #[serde(default)]
     pub admin: Option<crate::admin::AdminConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: how `pushbridge` logs (to stderr). `--log-level` and
+/// `RUST_LOG` override `level`, `--log-format` overrides `format`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`error`, `warn`, `info`, `debug`,
+    /// `trace`) or directives such as `info,pushbridge::sink=debug`.
+    /// Applied again on `SIGHUP`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` (one human-readable line per event) or `json` (one JSON
+    /// object per line). Read at start only.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `spans`).
+    Json,
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// `level` is a level, or comma-separated directives each ending in
+    /// one (`info,pushbridge::sink=debug`); the full filter syntax is
+    /// parsed where logging is set up.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |why: String| ConfigError::Invalid(format!("log.level {:?}: {why}", self.level));
+        if self.level.trim().is_empty() {
+            return Err(bad("empty; use error, warn, info, debug or trace".into()));
+        }
+        for directive in self.level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let level = match directive.rsplit_once('=') {
+                Some((_, level)) => level,
+                None if directive.contains(['[', ':']) => continue,
+                None => directive,
+            };
+            level.parse::<tracing::level_filters::LevelFilter>().map_err(|_| {
+                bad(format!(
+                    "{level:?} is not a level (error, warn, info, debug, trace, off)"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The `[log]` section of a config file, read before the rest is
+    /// checked (logging starts first, so the checks can log). `None` when
+    /// the file cannot be read or its `[log]` section is not valid; the
+    /// full load then reports why.
+    pub fn peek(path: &Path) -> Option<LogConfig> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let table: toml::Table = text.parse().ok()?;
+        match table.get("log") {
+            None => Some(LogConfig::default()),
+            Some(v) => v.clone().try_into().ok(),
+        }
+    }
 }
 
 /// `[store]`
@@ -89,7 +169,7 @@ pub enum Synchronous {
 }
 
 /// `[policy]`: what a push says.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Never put message text in a push.
@@ -164,11 +244,17 @@ impl GatewayConfig {
 impl Config {
     /// Read, parse and check a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the file's text (a reload compares
+    /// it with the next one).
+    pub fn load_with_text(path: &Path) -> Result<(Self, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        Self::parse(&text, path).map(|config| (config, text))
     }
 
     /// Parse and check config text; `path` is only used in messages.
@@ -208,6 +294,7 @@ impl Config {
                 source,
             })?;
         }
+        self.log.check()?;
         if self.policy.ttl == 0 {
             return Err(ConfigError::Invalid("policy.ttl must be at least 1 second".into()));
         }
@@ -334,6 +421,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("output") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn log_section_is_read_and_checked() {
+        let c = parse(&format!(
+            "{MINIMAL}[log]\nlevel = \"debug,pushbridge::sink=trace\"\nformat = \"json\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "debug,pushbridge::sink=trace");
+        assert_eq!(parse(MINIMAL).unwrap().log, LogConfig::default());
+        for bad in ["verbose", "info,pushbridge=loud", ""] {
+            let err = parse(&format!("{MINIMAL}[log]\nlevel = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("log.level"), "{bad}: {err}");
+        }
+        let err = parse(&format!("{MINIMAL}[log]\nformat = \"xml\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xml") && err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn log_section_is_peeked_before_the_full_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[log]\nformat = \"json\"\n[[apps]]\nbroken = 1\n").unwrap();
+        assert_eq!(LogConfig::peek(&path).unwrap().format, LogFormat::Json);
+        std::fs::write(&path, MINIMAL).unwrap();
+        assert_eq!(LogConfig::peek(&path), Some(LogConfig::default()));
+        assert_eq!(LogConfig::peek(&dir.path().join("missing.toml")), None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::feed::Feed;
 use crate::outcome::{CompletionSender, Counters, Outcomes, Snapshot};
 use crate::policy::Policy;
+use crate::reload::{Reload, Targets};
 use crate::router;
 use crate::sink::{SinkContext, SinkError};
 use crate::store::{Store, StoreError, StoreHandle};
@@ -54,10 +55,19 @@ const REFILL_TICK: Duration = Duration::from_millis(100);
 /// Run the gateway until `shutdown` completes, then stop gracefully.
 /// Returns the final counters.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Snapshot, GatewayError> {
+    run_with_reload(config, shutdown, None).await
+}
+
+/// [`run`], also serving `reload`'s requests (see [`crate::reload`]).
+pub async fn run_with_reload(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    reload: Option<Reload>,
+) -> Result<Snapshot, GatewayError> {
     let counters = Arc::new(Counters::default());
     let (store, completions, open) = Store::open(&config.store)?;
     tracing::info!(path = %config.store.path.display(), "store open");
-    let (feed, sinks) = start_sinks(&config, &counters, completions)?;
+    let (feed, sinks, reloads) = start_sinks(&config, &counters, completions)?;
     let store_thread = open
         .start(feed, Policy::new(config.policy.clone()), counters.clone())
         .map_err(GatewayError::Thread)?;
@@ -72,6 +82,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     };
     let admin = start_admin(&config, sources, &store, &background).await?;
     let stats_task = tokio::spawn(log_counters(counters.clone()));
+    // Without a reload source the senders drop: sinks keep their config.
+    let reload_task = reload.map(|r| {
+        let targets = Targets {
+            apps: reloads,
+            store: store.clone(),
+        };
+        tokio::spawn(crate::reload::follow(r, config.clone(), targets))
+    });
 
     // Router and adapters.
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
@@ -95,6 +113,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<S
     let deadline = Instant::now() + grace;
     tracing::info!(grace = ?grace, "shutting down");
 
+    if let Some(t) = reload_task {
+        t.abort();
+    }
     adapters_shutdown.cancel();
     let mut clean = timeout_at(deadline, adapters.wait()).await.is_ok();
     clean = clean && timeout_at(deadline, router_task).await.is_ok();
@@ -145,20 +166,23 @@ async fn start_admin(
     Ok(Some(tokio::spawn(crate::admin::serve(listener, state, stop.clone()))))
 }
 
+/// Each app's topic and the sender of its sink's reload channel.
+type ReloadSenders = Vec<(String, tokio::sync::watch::Sender<Arc<crate::sink::SinkConfig>>)>;
+
 /// Build and start every app's sink; returns the feed that fills their
-/// queues and the tracker of their tasks.
+/// queues, the tracker of their tasks and their reload channels.
 fn start_sinks(
     config: &Config,
     counters: &Arc<Counters>,
     completions: CompletionSender,
-) -> Result<(Feed, TaskTracker), GatewayError> {
+) -> Result<(Feed, TaskTracker, ReloadSenders), GatewayError> {
     let sinks = TaskTracker::new();
     let mut feed = Feed::new();
+    let mut reloads = Vec::new();
     for app in &config.apps {
         let (tx, input) = mpsc::channel(app.queue);
-        // Reloads come with issue 13's SIGHUP handling; until then the
-        // sender is dropped and the sink keeps its first config.
-        let (_, reload) = tokio::sync::watch::channel(Arc::new(app.sink.clone()));
+        let (reload_tx, reload) = tokio::sync::watch::channel(Arc::new(app.sink.clone()));
+        reloads.push((app.topic.clone(), reload_tx));
         let ctx = SinkContext {
             app: app.topic.as_str().into(),
             environment: app.environment,
@@ -177,7 +201,7 @@ fn start_sinks(
         tracing::info!(app = %app.topic, protocol = app.sink.protocol().as_str(), environment = %app.environment, "app ready");
     }
     sinks.close();
-    Ok((feed, sinks))
+    Ok((feed, sinks, reloads))
 }
 
 /// Wake the store thread every [`REFILL_TICK`] until `stop`.

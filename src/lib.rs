@@ -25,7 +25,8 @@
 //!   sinks and the [`simulator`] (a local stand-in for Apple).
 //! - [`metrics`] and [`admin`]: the admin HTTP listener (`/metrics` in the
 //!   Prometheus format, `/healthz`, `/readyz`, `/status`).
-//! - [`gateway`]: wiring and graceful shutdown; [`config`]: the TOML file;
+//! - [`gateway`]: wiring and graceful shutdown; [`reload`]: `SIGHUP`
+//!   (credentials, policy, log level applied live); [`config`]: the TOML file;
 //!   [`tls`]: PKCS#12, server configs and the test PKI.
 //!
 //! Log fields and metric labels follow one vocabulary, written down in
@@ -41,6 +42,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
+pub mod reload;
 pub mod router;
 pub mod simulator;
 pub mod sink;

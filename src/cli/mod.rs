@@ -6,6 +6,7 @@ mod bench_binary;
 mod bench_http2;
 mod bench_sink;
 mod devices;
+mod logging;
 mod push;
 mod scrape;
 mod simulate;
@@ -18,15 +19,27 @@ use clap::{Parser, Subcommand};
 use pushbridge::Config;
 
 #[derive(Parser)]
-#[command(name = "pushbridge", version, about = "Turns instant messages for offline users into Apple push notifications", long_about = None)]
+#[command(
+    name = "pushbridge",
+    version,
+    about = "Turns instant messages for offline users into Apple push notifications",
+    long_about = None,
+    after_help = "Logs go to stderr. Level: --log-level, else RUST_LOG, else the config's [log] level, else info. \
+                  Format: --log-format, else the config's [log] format, else text."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the gateway until SIGINT or SIGTERM.
+    /// Run the gateway until SIGINT or SIGTERM; SIGHUP reloads the config
+    /// file (credentials, [policy] and [log] level are applied live; other
+    /// changes are logged as needing a restart; an invalid file is refused
+    /// with the message `check` gives, and the running config stays).
     Run {
         /// Configuration file.
         #[arg(short, long, default_value = "config.toml")]
@@ -74,23 +87,19 @@ enum Cmd {
     BenchBinary(bench_binary::Args),
 }
 
-/// Logs go to stderr (stdout carries the `log` protocol's JSON lines).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The config's [log] is read first, so that checking the rest logs in
+    // the configured format.
+    let config_log = match &cli.command {
+        Cmd::Run { config } | Cmd::Check { config } | Cmd::Devices { config, .. } => {
+            pushbridge::config::LogConfig::peek(config)
+        }
+        _ => None,
+    };
+    let level = logging::init(&cli.log, config_log.as_ref());
     let result = match cli.command {
-        Cmd::Run { config } => run(config),
+        Cmd::Run { config } => run(config, level),
         Cmd::Check { config } => check(config),
         Cmd::Devices { config, action } => devices::run(&config, action),
         Cmd::Bench(args) => bench::run(args),
@@ -113,10 +122,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+fn run(path: PathBuf, level: logging::LevelControl) -> anyhow::Result<()> {
+    let (config, text) = Config::load_with_text(&path)?;
+    if let Some(by) = level.overridden_by() {
+        tracing::info!("log level set by {by}; [log] level is not used");
+    }
     runtime()?.block_on(async move {
-        pushbridge::gateway::run(config, shutdown_signal()).await?;
+        #[cfg(unix)]
+        let reload = Some(pushbridge::reload::Reload::on_sighup(path, text, Some(level.setter()))?);
+        #[cfg(not(unix))]
+        let reload = {
+            let _ = (path, text, level);
+            None
+        };
+        pushbridge::gateway::run_with_reload(config, shutdown_signal(), reload).await?;
         Ok(())
     })
 }

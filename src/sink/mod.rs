@@ -15,12 +15,13 @@
 //!   selecting the sink's own typed config.
 //! - [`http2`], [`binary`], [`log`]: the sinks.
 //! - [`pool`]: the dispatcher and retries the APNS sinks share; [`net`]:
-//!   connecting to APNS.
+//!   connecting to APNS; [`live`]: credentials replaced on a reload.
 
 pub mod binary;
 pub mod config;
 pub mod credentials;
 pub mod http2;
+pub mod live;
 pub mod log;
 pub mod net;
 pub mod pool;

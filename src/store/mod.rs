@@ -192,6 +192,12 @@ impl StoreHandle {
         self.send(Command::Tick).await
     }
 
+    /// Render the notifications of messages queued after this with
+    /// `policy` (a reload); those already in the outbox keep their payload.
+    pub async fn set_policy(&self, policy: Policy) -> Result<(), StoreError> {
+        self.send(Command::SetPolicy(Box::new(policy))).await
+    }
+
     /// Shutdown: hand sinks nothing more (they drain and stop); keep
     /// recording their completions until they are gone.
     pub async fn close_sinks(&self) -> Result<(), StoreError> {

@@ -89,6 +89,8 @@ pub(crate) enum Command {
         prefix: String,
         reply: oneshot::Sender<Result<Vec<(String, String)>, StoreError>>,
     },
+    /// Render notifications with this policy from now on (a reload).
+    SetPolicy(Box<Policy>),
     /// Wake up to load waiting outbox entries into sinks with room.
     Tick,
     /// Completions are waiting.
@@ -279,12 +281,21 @@ impl Writer {
                     }
                 }
             }
-        for cmd in batch.drain(..) {
+            let mut cmds = batch.drain(..);
+            while let Some(cmd) = cmds.next() {
                 match cmd {
                     Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } => control.push(cmd),
+                    // In order: messages before it keep the old policy.
+                    Command::SetPolicy(p) => self.policy = *p,
                     cmd => {
                         size += 1;
-                        self.apply(cmd, &mut pending, &mut out)?
+                        if let Err(e) = self.apply(cmd, &mut pending, &mut out) {
+                            // The rest is answered with the error below
+                            // (dropping the drain would drop them unanswered).
+                            let rest: Vec<Command> = cmds.collect();
+                            batch.extend(rest);
+                            return Err(e);
+                        }
                     }
                 }
             }
@@ -316,7 +327,11 @@ impl Writer {
                     p.fail(&msg);
                 }
                 for cmd in batch.drain(..) {
-                    fail_command(cmd, &msg);
+                    match cmd {
+                        // A policy is not store data: it applies anyway.
+                        Command::SetPolicy(p) => self.policy = *p,
+                        cmd => fail_command(cmd, &msg),
+                    }
                 }
             }
         }
@@ -332,6 +347,11 @@ impl Writer {
     #[cfg(test)]
     pub(crate) fn db_for_test(&self) -> &Db {
         &self.db
+    }
+
+    #[cfg(test)]
+    pub(crate) fn policy_for_test(&self) -> &Policy {
+        &self.policy
     }
 
     #[cfg(test)]
@@ -443,7 +463,11 @@ impl Writer {
                 let r = self.db.state_list(&ns, &prefix);
                 hold(pending, reply, r, Vec::new(), Pending::List)
             }
-            Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } => Ok(()),
+            Command::Tick
+            | Command::CloseSinks
+            | Command::Wake
+            | Command::OutboxStats { .. }
+            | Command::SetPolicy(_) => Ok(()),
         }
     }
 
@@ -570,6 +594,6 @@ fn fail_command(cmd: Command, msg: &str) {
         Command::StatePut { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StateList { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::OutboxStats { reply } => drop(reply.send(Err(store_err()))),
-        Command::Tick | Command::CloseSinks | Command::Wake => {}
+        Command::Tick | Command::CloseSinks | Command::Wake | Command::SetPolicy(_) => {}
     }
 }

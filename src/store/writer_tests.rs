@@ -301,3 +301,41 @@ fn the_thread_ends_when_its_handles_are_gone_even_without_close_sinks() {
     let db = Db::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
     assert_eq!(db.outbox_counts().unwrap(), vec![], "the last outcome was recorded");
 }
+
+#[test]
+fn a_new_policy_renders_the_messages_queued_after_it() {
+    let mut f = fixture(64);
+    let (reg, _r) = register("alice", 1);
+    let (before, _b) = message("alice", "before");
+    let quiet = PolicyConfig {
+        privacy: true,
+        sound: "chime".into(),
+        ..PolicyConfig::default()
+    };
+    let set = Command::SetPolicy(Box::new(Policy::new(quiet)));
+    let (after, _a) = message("alice", "after");
+    f.writer
+        .apply_batch(&mut vec![reg, before, set, after], &mut Vec::new());
+    let aps = |n: Notification| serde_json::from_str::<serde_json::Value>(&n.payload).unwrap()["aps"].clone();
+    let first = aps(f.sink.try_recv().unwrap());
+    assert_eq!(first["sound"], "default");
+    assert_eq!(first["alert"]["body"], "before");
+    let second = aps(f.sink.try_recv().unwrap());
+    assert_eq!(second["sound"], "chime");
+    assert_eq!(second["alert"]["body"], "New message", "privacy hides the text");
+}
+
+#[test]
+fn a_new_policy_applies_even_when_its_batch_fails() {
+    let mut f = fixture(64);
+    let (reg, _r) = register("alice", 1);
+    f.writer.apply_batch(&mut vec![reg], &mut Vec::new());
+    f.writer.db_for_test().execute_for_test("DROP TABLE outbox").unwrap();
+    let (msg, _m) = message("alice", "lost");
+    let set = Command::SetPolicy(Box::new(Policy::new(PolicyConfig {
+        sound: "chime".into(),
+        ..PolicyConfig::default()
+    })));
+    f.writer.apply_batch(&mut vec![msg, set], &mut Vec::new());
+    assert_eq!(f.writer.policy_for_test().config().sound, "chime");
+}

@@ -36,14 +36,16 @@ pub enum FeedbackError {
 /// Poll the feedback service now and every `interval`, until stopped.
 pub async fn poll_loop(
     target: Target,
-    tls: TlsConnector,
+    creds: crate::sink::live::Live<TlsConnector>,
     interval: Duration,
     shared: std::sync::Arc<Shared>,
     stop: CancellationToken,
 ) {
     let host = target.authority.as_str();
     loop {
-        let poll = tokio::time::timeout(FEEDBACK_TIMEOUT, poll_once(&target, &tls, &shared));
+        // Each poll connects with the current client certificate.
+        let tls = creds.borrow().clone();
+        let poll = tokio::time::timeout(FEEDBACK_TIMEOUT, poll_once(&target, &tls.value, &shared));
         tokio::select! {
             r = poll => match r {
                 Ok(Ok(n)) => tracing::info!(host, devices = n, "feedback service polled"),

@@ -22,6 +22,10 @@
 //! Identifiers are the outbox ids (low 32 bits), so a re-sent notification
 //! keeps its identifier. Frames are coalesced: everything taken from the
 //! queue at once goes out in one write (TLS records of up to 16 KiB).
+//!
+//! A reload with a new client certificate: each connection made with the
+//! old one finishes (everything it wrote confirmed), closes, and its worker
+//! connects with the new one; feedback polls use the current one.
 
 pub mod codec;
 pub mod config;
@@ -37,8 +41,9 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use self::config::{BinaryConfig, BinarySetup};
+use super::live::{self, Live};
 use super::pool::{dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
-use super::{SinkContext, SinkError};
+use super::{SinkConfig, SinkContext, SinkError};
 use crate::outcome::Notification;
 
 /// Default for `binary_confirm_ms`: a notification written this long ago
@@ -77,8 +82,17 @@ impl BinarySink {
     /// Deliver `ctx.input` until it closes and everything taken is settled.
     pub async fn run(self, ctx: SinkContext) {
         let stop = CancellationToken::new();
+        let (creds_tx, creds) = live::channel(TlsConnector::from(self.setup.tls.clone()));
+        let follow = live::follow(ctx.reload, creds_tx, |c| match c {
+            SinkConfig::Binary(c) => BinarySetup::from_config(c).map(|s| TlsConnector::from(s.tls)),
+            other => Err(SinkError::config(
+                "protocol",
+                format!("{} (changing it needs a restart)", other.protocol().as_str()),
+            )),
+        });
         let pools = Pools {
             sink: &self,
+            creds,
             feedback_started: Vec::new(),
             stop: stop.clone(),
             _guard: stop.drop_guard(),
@@ -90,13 +104,15 @@ impl BinarySink {
             max_outstanding: 2 * (self.connections * MAX_WINDOW + POOL_QUEUE),
         };
         let outcomes = ctx.outcomes.clone();
-        dispatch(pools, ctx.input, ctx.outcomes, limits).await;
+        live::run_with(dispatch(pools, ctx.input, ctx.outcomes, limits), follow).await;
         outcomes.stopped("binary");
     }
 }
 
 struct Pools<'a> {
     sink: &'a BinarySink,
+    /// The current client certificate (replaced on a reload).
+    creds: Live<TlsConnector>,
     feedback_started: Vec<Environment>,
     stop: CancellationToken,
     /// Stops the feedback pollers when the dispatcher drops the starter.
@@ -113,7 +129,7 @@ impl Pools<'_> {
             Some(Ok(target)) => {
                 shared.spawn(feedback::poll_loop(
                     target,
-                    TlsConnector::from(self.sink.setup.tls.clone()),
+                    self.creds.clone(),
                     self.sink.setup.feedback_interval,
                     shared.clone(),
                     self.stop.clone(),
@@ -141,7 +157,7 @@ impl PoolStarter for Pools<'_> {
         tracing::info!(host = %target.authority, connections = self.sink.connections, command = self.sink.setup.command, "binary APNS pool starting");
         let link = worker::Link {
             target,
-            tls: TlsConnector::from(self.sink.setup.tls.clone()),
+            creds: self.creds.clone(),
             command: self.sink.setup.command,
             confirm_after: self.sink.setup.confirm_after,
         };

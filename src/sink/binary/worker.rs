@@ -1,6 +1,12 @@
 //! One connection to the binary gateway: connect when there is work,
 //! write notifications in coalesced batches, watch for an error response,
 //! confirm by time, and reconnect with backoff.
+//!
+//! When a reload replaces the client certificate, a connection made with
+//! the old one takes no more notifications, waits until everything it
+//! wrote is confirmed (or failed by an error response), closes, and the
+//! worker connects again with the new one; new notifications wait for it
+//! (about `binary_confirm_ms`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use super::codec::{self, ErrorResponseCodec, PushEncoder, PushRef};
 use super::window::{requeue_front, settle_error, ConnState, Sent};
 use super::{ident, MAX_WINDOW, MIN_WINDOW};
 use crate::outcome::{Notification, Outcome};
+use crate::sink::live::Live;
 use crate::sink::net::{connect_tls, Target, CONNECT_TIMEOUT};
 use crate::sink::pool::{self, PoolQueue, Shared};
 
@@ -31,7 +38,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct Link {
     pub target: Target,
-    pub tls: TlsConnector,
+    /// The current TLS config (a connection keeps the one it was made with).
+    pub creds: Live<TlsConnector>,
     /// 2 (frames) or 1 (enhanced).
     pub command: u8,
     pub confirm_after: Duration,
@@ -45,6 +53,9 @@ enum End {
     Error(codec::ErrorResponse),
     /// Closed or failed without an error response.
     Lost(String),
+    /// Closed after everything written was confirmed, because a reload
+    /// replaced the credentials it was made with.
+    Replaced,
 }
 
 /// One connection's life.
@@ -68,7 +79,8 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             }
             replay.extend(first);
         }
-        let stream = match connect_tls(&link.target, &link.tls).await {
+        let creds = link.creds.borrow().clone();
+        let stream = match connect_tls(&link.target, &creds.value).await {
             Ok(s) => s,
             Err(e) => {
                 shared.outcomes.unreachable(host, index, &e);
@@ -82,8 +94,9 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
         };
         shared.outcomes.connected(host, index);
         let mut conn = ConnState::new(limit, link.confirm_after);
+        let current = (link.creds.clone(), creds.generation);
         let end = Session::new(stream, link.command, &shared)
-            .run(&mut replay, &mut conn, &rx)
+            .run(&mut replay, &mut conn, &rx, current)
             .await;
         let progressed = conn.confirmed > 0;
         limit = conn.limit;
@@ -91,10 +104,20 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             End::Done => "closed by pushbridge",
             End::Error(_) => "error response",
             End::Lost(_) => "lost",
+            End::Replaced => "credentials replaced",
         };
         shared.outcomes.disconnected(host, index, cause);
         match end {
             End::Done => return,
+            End::Replaced => {
+                tracing::debug!(
+                    host,
+                    connection = index,
+                    "connection closed after a reload; connecting with the new credentials"
+                );
+                backoff.reset();
+                continue;
+            }
             End::Error(err) => {
                 // Everything before the named notification was accepted.
                 settle_error(err, &mut conn, &mut replay, &shared);
@@ -142,18 +165,31 @@ impl<'a, S: AsyncRead + AsyncWrite> Session<'a, S> {
     }
 
     /// Write notifications (replays first), watch for an error response,
-    /// confirm old entries, until the connection ends.
-    async fn run(mut self, replay: &mut VecDeque<Notification>, conn: &mut ConnState, rx: &PoolQueue) -> End {
+    /// confirm old entries, until the connection ends. `creds`: the
+    /// current credentials and the generation this connection was made with.
+    async fn run(
+        mut self,
+        replay: &mut VecDeque<Notification>,
+        conn: &mut ConnState,
+        rx: &PoolQueue,
+        (mut current, generation): (Live<TlsConnector>, u64),
+    ) -> End {
         let mut batch: Vec<Notification> = Vec::with_capacity(BATCH);
         let mut tick = tokio::time::interval(CONFIRM_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut queue_open = true;
         loop {
-            if !queue_open && replay.is_empty() && conn.window.is_empty() {
+            let replaced = current.borrow_and_update().generation != generation;
+            let done = !queue_open && replay.is_empty();
+            if (done || replaced) && conn.window.is_empty() {
                 let _ = tokio::time::timeout(CONNECT_TIMEOUT, self.wr.shutdown()).await;
-                return End::Done;
+                return if replaced { End::Replaced } else { End::Done };
             }
-            let room = conn.limit.saturating_sub(conn.window.len()).min(BATCH);
+            let room = match replaced {
+                // Draining: nothing new on this connection.
+                true => 0,
+                false => conn.limit.saturating_sub(conn.window.len()).min(BATCH),
+            };
             tokio::select! {
                 biased;
                 r = self.rd.read_buf(&mut self.rbuf) => match r {
@@ -183,6 +219,7 @@ impl<'a, S: AsyncRead + AsyncWrite> Session<'a, S> {
                         continue;
                     }
                 }
+                Ok(()) = current.changed(), if !replaced => continue,
             }
             let count = self.encode(&mut batch, conn);
             if let Some(end) = self.write(conn, count).await {

@@ -23,6 +23,14 @@
 //! (429, 500, 503, streams lost with a connection) wait with exponential
 //! backoff. Until a report, the notification stays in the outbox: a crash
 //! re-sends it on the next start.
+//!
+//! Reload: new credentials (a new `.p8` and key id, a new client
+//! certificate) arrive on the context's reload channel. Each connection is
+//! made with one set of credentials: once new ones are published, its worker
+//! opens no more streams on it and connects anew with them (new requests
+//! carry the new provider token); the old connection answers its open
+//! streams and closes. A stream refused with 403 after its credentials were
+//! replaced is sent again with the new ones, without spending a retry.
 
 pub mod config;
 pub mod conn;
@@ -43,8 +51,9 @@ pub use self::config::Http2Config;
 use self::conn::{Answer, Target};
 use self::jwt::JwtSigner;
 use super::credentials::{check_common, CertificateKeys};
+use super::live::{self, Live};
 use super::pool::{self, dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
-use super::{SinkContext, SinkError};
+use super::{SinkConfig, SinkContext, SinkError};
 use crate::apns::{classify, Action, Reason};
 use crate::outcome::{Notification, Outcome};
 use pushbridge_kit::Backoff;
@@ -169,9 +178,18 @@ impl Http2Sink {
 
     /// Deliver `ctx.input` until it closes and everything taken is settled.
     pub async fn run(self, ctx: SinkContext) {
+        let (creds_tx, creds) = live::channel(Creds::of(&self.setup));
+        let follow = live::follow(ctx.reload, creds_tx, |c| match c {
+            SinkConfig::Http2(c) => Http2Setup::from_config(c).map(|s| Creds::of(&s)),
+            other => Err(SinkError::config(
+                "protocol",
+                format!("{} (changing it needs a restart)", other.protocol().as_str()),
+            )),
+        });
         let pools = Pools {
             sink: &self,
             prefix: process_prefix(),
+            creds,
         };
         let limits = Limits {
             max_retries: self.max_retries,
@@ -180,10 +198,28 @@ impl Http2Sink {
             max_outstanding: 2 * (self.connections * MAX_IN_FLIGHT + POOL_QUEUE),
         };
         let outcomes = ctx.outcomes.clone();
-        dispatch(pools, ctx.input, ctx.outcomes, limits).await;
+        live::run_with(dispatch(pools, ctx.input, ctx.outcomes, limits), follow).await;
         outcomes.stopped("http2");
     }
 }
+
+/// The credentials a connection is made and its requests signed with.
+pub struct Creds {
+    connector: tokio_rustls::TlsConnector,
+    auth: Auth,
+}
+
+impl Creds {
+    fn of(setup: &Http2Setup) -> Self {
+        Self {
+            connector: conn::connector(setup.tls.clone()),
+            auth: setup.auth.clone(),
+        }
+    }
+}
+
+/// The credentials one connection was made with.
+type ConnCreds = Arc<live::Versioned<Creds>>;
 
 /// Act on Apple's answer.
 fn answer(shared: &Shared, auth: &Auth, n: Notification, answer: Answer, bearer: Option<&str>) {
@@ -222,12 +258,14 @@ struct Pools<'a> {
     sink: &'a Http2Sink,
     /// A random per-process prefix for our `apns-id`s.
     prefix: u64,
+    /// The current credentials.
+    creds: Live<Creds>,
 }
 
 impl PoolStarter for Pools<'_> {
     fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError> {
         let target = self.sink.setup.target(env)?;
-        Ok(start_pool(target, self.sink, self.prefix, shared))
+        Ok(start_pool(target, self, shared))
     }
 }
 
@@ -242,24 +280,24 @@ fn process_prefix() -> u64 {
 #[derive(Clone)]
 struct Link {
     target: Target,
-    connector: tokio_rustls::TlsConnector,
-    auth: Auth,
+    /// The current credentials (a connection keeps those it was made with).
+    creds: Live<Creds>,
     ping_interval: Duration,
     /// The `apns-id` prefix.
     prefix: u64,
 }
 
 /// Start `connections` workers for one host; returns their queue.
-fn start_pool(target: Target, sink: &Http2Sink, prefix: u64, shared: Arc<Shared>) -> mpsc::Sender<Notification> {
+fn start_pool(target: Target, pools: &Pools<'_>, shared: Arc<Shared>) -> mpsc::Sender<Notification> {
+    let sink = pools.sink;
     let (tx, rx) = mpsc::channel(POOL_QUEUE);
     let rx = Arc::new(Mutex::new(rx));
     tracing::info!(host = %target.authority, connections = sink.connections, "APNS pool starting");
     let link = Link {
         target,
-        connector: conn::connector(sink.setup.tls.clone()),
-        auth: sink.setup.auth.clone(),
+        creds: pools.creds.clone(),
         ping_interval: sink.setup.ping_interval,
-        prefix,
+        prefix: pools.prefix,
     };
     for index in 0..sink.connections {
         shared.spawn(worker(index, link.clone(), rx.clone(), shared.clone()));
@@ -280,11 +318,12 @@ async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>) {
                 return; // the sink is done
             }
         }
-        match conn::connect(&link.target, &link.connector, link.ping_interval, &shared.tasks).await {
+        let creds: ConnCreds = link.creds.borrow().clone();
+        match conn::connect(&link.target, &creds.value.connector, link.ping_interval, &shared.tasks).await {
             Ok(c) => {
                 shared.outcomes.connected(host, index);
                 let cause = c.cause.clone();
-                let (left, answered) = stream_notifications(c, &link, carry.take(), &rx, &shared).await;
+                let (left, answered) = stream_notifications(c, &link, creds, carry.take(), &rx, &shared).await;
                 let cause = cause.get().copied().unwrap_or("closed by pushbridge");
                 shared.outcomes.disconnected(host, index, cause);
                 carry = left;
@@ -326,6 +365,7 @@ type InFlight = FuturesUnordered<futures::future::BoxFuture<'static, StreamEnd>>
 async fn stream_notifications(
     c: conn::Conn,
     link: &Link,
+    creds: ConnCreds,
     carry: Option<Notification>,
     rx: &Mutex<mpsc::Receiver<Notification>>,
     shared: &Arc<Shared>,
@@ -334,7 +374,7 @@ async fn stream_notifications(
         inflight: InFlight::new(),
         answered: false,
     };
-    let left = send_notifications(c, link, carry, rx, shared, &mut streams).await;
+    let left = send_notifications(c, link, creds, carry, rx, shared, &mut streams).await;
     // Answers already here count for this connection.
     std::future::poll_fn(|cx| {
         streams.settle_ready(cx);
@@ -382,11 +422,13 @@ impl Streams {
 }
 
 /// Open a stream per notification on one connection until the queue
-/// closes (`None`) or the connection stops taking streams (the
-/// notification it held is returned, to go out on the next connection).
+/// closes (`None`), the connection stops taking streams, or new
+/// credentials replace those it was made with (the notification it held
+/// is returned, to go out on the next connection).
 async fn send_notifications(
     c: conn::Conn,
     link: &Link,
+    creds: ConnCreds,
     mut carry: Option<Notification>,
     rx: &Mutex<mpsc::Receiver<Notification>>,
     shared: &Arc<Shared>,
@@ -395,15 +437,21 @@ async fn send_notifications(
     let conn::Conn { mut send, closed, .. } = c;
     // With token auth Apple allows one stream until a request with a valid
     // token succeeded: the first request goes alone.
-    let mut primed = matches!(link.auth, Auth::Certificate);
+    let mut primed = matches!(creds.value.auth, Auth::Certificate);
     let mut requests = request::RequestBuilder::new(&link.target.authority);
+    let mut current = link.creds.clone();
     loop {
+        if current.borrow_and_update().generation != creds.generation {
+            tracing::debug!("credentials replaced: moving to a new connection");
+            return carry;
+        }
         let n = match carry.take() {
             Some(n) => n,
             None => tokio::select! {
                 n = pool::next(rx) => n?,
                 _ = closed.cancelled() => return None,
                 x = streams.settle() => match x {},
+                Ok(()) = current.changed() => continue,
             },
         };
         while streams.inflight.len() >= MAX_IN_FLIGHT {
@@ -428,7 +476,7 @@ async fn send_notifications(
         let Some(n) = shared.unless_expired(n, "expired before it could be sent") else {
             continue;
         };
-        match open_stream(&mut send, &mut requests, link, n, shared) {
+        match open_stream(&mut send, &mut requests, (link, &creds), n, shared) {
             Opened::Stream(answer) => streams.inflight.push(answer),
             Opened::Settled => continue,
             Opened::Refused(n) => return Some(n),
@@ -457,11 +505,11 @@ enum Opened {
 fn open_stream(
     send: &mut h2::client::SendRequest<Bytes>,
     requests: &mut request::RequestBuilder,
-    link: &Link,
+    (link, creds): (&Link, &ConnCreds),
     n: Notification,
     shared: &Arc<Shared>,
 ) -> Opened {
-    let bearer = match &link.auth {
+    let bearer = match &creds.value.auth {
         Auth::Token(s) => Some(s.token()),
         Auth::Certificate => None,
     };
@@ -485,13 +533,29 @@ fn open_stream(
         tracing::debug!(apns_id, error = %e, "stream lost while sending");
         // The response future reports the loss.
     }
-    Opened::Stream(Box::pin(await_answer(
-        resp,
-        n,
-        shared.clone(),
-        link.auth.clone(),
+    let signed = Signed {
+        creds: creds.clone(),
+        current: link.creds.clone(),
         bearer,
-    )))
+    };
+    Opened::Stream(Box::pin(await_answer(resp, n, shared.clone(), signed)))
+}
+
+/// How a request was authenticated.
+struct Signed {
+    /// The credentials of its connection.
+    creds: ConnCreds,
+    /// The current ones (replaced by a reload since?).
+    current: Live<Creds>,
+    /// The provider token it carried (token auth).
+    bearer: Option<Arc<str>>,
+}
+
+impl Signed {
+    /// A reload replaced the credentials it was sent with.
+    fn outdated(&self) -> bool {
+        self.current.borrow().generation != self.creds.generation
+    }
 }
 
 /// Wait for the answer on one stream and act on it.
@@ -499,8 +563,7 @@ async fn await_answer(
     resp: h2::client::ResponseFuture,
     n: Notification,
     shared: Arc<Shared>,
-    auth: Auth,
-    bearer: Option<Arc<str>>,
+    signed: Signed,
 ) -> StreamEnd {
     let lost = StreamEnd {
         answered: false,
@@ -518,10 +581,20 @@ async fn await_answer(
         }
     };
     match answer_or_timeout {
+        Ok(a) if a.status == 403 && signed.outdated() => {
+            // Refused with credentials a reload has replaced (the old key
+            // revoked): send again with the new ones, not a retry spent.
+            tracing::debug!(apns_id = ?a.apns_id, "refused with replaced credentials; sending again");
+            shared.resend(n);
+            StreamEnd {
+                answered: true,
+                token_ok: false,
+            }
+        }
         Ok(a) => {
             shared.outcomes.answered(sent.elapsed());
             let token_ok = a.status == 200 || matches!(a.status, 400 | 404 | 405 | 410 | 413);
-            answer(&shared, &auth, n, a, bearer.as_deref());
+            answer(&shared, &signed.creds.value.auth, n, a, signed.bearer.as_deref());
             StreamEnd {
                 answered: true,
                 token_ok,
