@@ -139,6 +139,9 @@ pub(crate) async fn shutdown_signal() {
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     println!("{}: OK", path.display());
+    for w in config.credential_warnings() {
+        println!("WARNING: {w}");
+    }
     println!(
         "store: {} (synchronous = {:?})",
         config.store.path.display(),

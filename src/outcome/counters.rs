@@ -81,6 +81,19 @@ pub struct AppCounters {
     /// Most notifications a sink held at once (in flight, queued or waiting
     /// for a retry); never above its dispatcher's limit.
     pub peak_outstanding: AtomicU64,
+    /// Unix seconds of the client certificate's `notAfter`; 0 when the app
+    /// uses no certificate. Set when the sink is built.
+    pub certificate_expiry_seconds: AtomicU64,
+    /// Provider tokens (JWTs) minted since start.
+    pub provider_tokens_minted: AtomicU64,
+    /// Unix seconds of the current provider token's `iat`; 0 before the
+    /// first mint. Set on every mint.
+    pub provider_token_issued_at_seconds: AtomicU64,
+    /// Times APNS started refusing the app's credential (one per change of
+    /// state, not per request or reconnect).
+    pub credential_refusals: AtomicU64,
+    /// Which APNS hosts refuse the app's credential now, and why.
+    pub credential: super::events::CredentialStatus,
 }
 
 impl AppCounters {
@@ -98,6 +111,11 @@ impl AppCounters {
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             peak_outstanding: AtomicU64::new(0),
+            certificate_expiry_seconds: AtomicU64::new(0),
+            provider_tokens_minted: AtomicU64::new(0),
+            provider_token_issued_at_seconds: AtomicU64::new(0),
+            credential_refusals: AtomicU64::new(0),
+            credential: Default::default(),
         }
     }
 

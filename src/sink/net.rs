@@ -1,12 +1,28 @@
 //! Connecting to APNS hosts: TCP (resolved anew each time, as Apple asks)
 //! and TLS with certificates always verified, through the shared toolkit
-//! ([`pushbridge_kit::net`]), plus the HTTP/2 handshake errors.
+//! ([`pushbridge_kit::net`]), plus the HTTP/2 handshake errors, and
+//! [`Watched`], which keeps the TLS alert a server ends a session with.
+//!
+//! Why the alert needs keeping: in TLS 1.3 the client's handshake is done
+//! when it sends its certificate, before the server has looked at it. A
+//! server that refuses the certificate sends its alert afterwards, while
+//! the client is already writing its HTTP/2 preface; the write usually
+//! fails first ("broken pipe"), and the alert, which says why, is still
+//! unread in the socket. [`Watched`] reads it then.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pushbridge_kit::AddressError;
 use rustls::pki_types::ServerName;
+use rustls::AlertDescription;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -45,6 +61,190 @@ pub enum ConnectError {
     H2(String, h2::Error),
     #[error("{0}: timed out")]
     Timeout(String),
+    /// The server ended the session before it said anything (it refused
+    /// the TLS session after the client's handshake was done).
+    #[error("{host} ended the connection before HTTP/2 started{}", alert.map(|a| format!(" (TLS alert {a:?})")).unwrap_or_default())]
+    Closed {
+        host: String,
+        alert: Option<AlertDescription>,
+    },
+}
+
+impl ConnectError {
+    /// The TLS alert the server refused us with, when it is about our
+    /// credential (see [`credential_alert`]).
+    pub fn credential_alert(&self) -> Option<AlertDescription> {
+        match self {
+            ConnectError::Closed { alert, .. } => alert.filter(|a| is_credential_alert(*a)),
+            ConnectError::H2(_, e) => e.get_io().and_then(|e| credential_alert(e)),
+            other => credential_alert(other),
+        }
+    }
+}
+
+/// Alerts a server sends about the client's certificate (RFC 8446 §6.2):
+/// the credential, not the network, is at fault.
+pub fn is_credential_alert(a: AlertDescription) -> bool {
+    use AlertDescription::*;
+    matches!(
+        a,
+        BadCertificate
+            | UnsupportedCertificate
+            | CertificateRevoked
+            | CertificateExpired
+            | CertificateUnknown
+            | UnknownCA
+            | AccessDenied
+            | CertificateRequired
+    )
+}
+
+/// The credential alert received from the peer somewhere in `err`'s chain
+/// of sources (through `io::Error` wrappers, whose `source()` skips their
+/// inner error).
+pub fn credential_alert(err: &(dyn std::error::Error + 'static)) -> Option<AlertDescription> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(rustls::Error::AlertReceived(a)) = e.downcast_ref::<rustls::Error>() {
+            return is_credential_alert(*a).then_some(*a);
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(a) = credential_alert(inner) {
+                return Some(a);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// What a [`Watched`] stream saw of its peer.
+#[derive(Debug, Default)]
+pub struct PeerState {
+    /// The alert the peer ended the session with.
+    alert: Mutex<Option<AlertDescription>>,
+    /// The peer sent application data (for HTTP/2, its SETTINGS): it
+    /// accepted the session, client certificate included.
+    spoke: AtomicBool,
+    spoke_notify: Notify,
+}
+
+impl PeerState {
+    /// The alert the peer sent, if it sent one.
+    pub fn alert(&self) -> Option<AlertDescription> {
+        *self.alert.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the peer sent application data.
+    pub fn spoke(&self) -> bool {
+        self.spoke.load(Ordering::Acquire)
+    }
+
+    /// Completes once the peer sent application data.
+    pub async fn spoken(&self) {
+        loop {
+            let n = self.spoke_notify.notified();
+            if self.spoke() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    fn note(&self, e: &io::Error) {
+        if let Some(rustls::Error::AlertReceived(a)) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            self.alert.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(*a);
+        }
+    }
+}
+
+/// A stream that notes what the peer says: whether it sent application
+/// data, and the alert it ended the TLS session with (read even when a
+/// write fails first).
+pub struct Watched<S> {
+    inner: S,
+    peer: Arc<PeerState>,
+}
+
+impl<S> Watched<S> {
+    /// Watch `inner`; `peer` is where it notes what it sees.
+    pub fn new(inner: S, peer: Arc<PeerState>) -> Self {
+        Self { inner, peer }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Watched<S> {
+    /// A write failed: the peer may have said why before it left. Read what
+    /// is there (the connection is lost; any data is dropped).
+    fn after_write_error(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Error {
+        self.peer.note(&e);
+        if self.peer.alert().is_none() {
+            let mut scratch = [0u8; 1024];
+            for _ in 0..4 {
+                let mut buf = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                    Poll::Ready(Err(r)) => {
+                        self.peer.note(&r);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        e
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before && !self.peer.spoke() => {
+                self.peer.spoke.store(true, Ordering::Release);
+                self.peer.spoke_notify.notify_waiters();
+            }
+            Poll::Ready(Err(e)) => self.peer.note(e),
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.after_write_error(cx, e))),
+            other => other,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.after_write_error(cx, e))),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.after_write_error(cx, e))),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// TCP + TLS to `target`, each within [`CONNECT_TIMEOUT`].

@@ -90,6 +90,8 @@ impl BinarySink {
             max_outstanding: 2 * (self.connections * MAX_WINDOW + POOL_QUEUE),
         };
         let outcomes = ctx.outcomes.clone();
+        let report = &self.setup.report;
+        outcomes.credential_loaded(report.certificate_expiry, &report.warnings);
         dispatch(pools, ctx.input, ctx.outcomes, limits).await;
         outcomes.stopped("binary");
     }
@@ -144,6 +146,7 @@ impl PoolStarter for Pools<'_> {
             tls: TlsConnector::from(self.sink.setup.tls.clone()),
             command: self.sink.setup.command,
             confirm_after: self.sink.setup.confirm_after,
+            report: Arc::new(self.sink.setup.report.clone()),
         };
         for index in 0..self.sink.connections {
             shared.spawn(worker::worker(index, link.clone(), rx.clone(), shared.clone()));

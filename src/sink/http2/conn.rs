@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::apns::ErrorBody;
-pub use crate::sink::net::{connect_tls, ConnectError, Target, CONNECT_TIMEOUT};
+pub use crate::sink::net::{connect_tls, ConnectError, PeerState, Target, Watched, CONNECT_TIMEOUT};
 
 /// Default `ping_interval`: a PING goes out this often; Apple recommends
 /// keeping connections open for hours, and middleboxes forget quiet ones.
@@ -32,6 +32,10 @@ pub struct Conn {
 }
 
 /// Connect, handshake and start the connection's driver task in `tasks`.
+/// The connection is returned once the server has sent its first frame
+/// (its SETTINGS, RFC 9113 §3.4): only then do we know that it accepted
+/// the TLS session, client certificate included. A server that refuses it
+/// is [`ConnectError::Closed`] with its alert.
 pub async fn connect(
     target: &Target,
     tls: &TlsConnector,
@@ -44,6 +48,8 @@ pub async fn connect(
     if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(ConnectError::NoH2(name.clone()));
     }
+    let peer = Arc::new(PeerState::default());
+    let stream = Watched::new(stream, peer.clone());
     let (send, connection) = tokio::time::timeout(
         CONNECT_TIMEOUT,
         h2::client::Builder::new()
@@ -57,19 +63,28 @@ pub async fn connect(
     .map_err(|_| timed("HTTP/2 handshake with"))?
     .map_err(|e| ConnectError::H2(name.clone(), e))?;
     let closed = CancellationToken::new();
-    tasks.spawn(drive(connection, name.clone(), closed.clone(), ping_every).in_current_span());
-    Ok(Conn { send, closed })
+    tasks.spawn(drive(connection, name.clone(), closed.clone(), ping_every, Some(peer.clone())).in_current_span());
+    tokio::select! {
+        biased;
+        _ = peer.spoken() => Ok(Conn { send, closed }),
+        _ = closed.cancelled() => Err(ConnectError::Closed { host: name.clone(), alert: peer.alert() }),
+        _ = tokio::time::sleep(CONNECT_TIMEOUT) => Err(timed("HTTP/2 SETTINGS from")),
+    }
 }
 
 /// Run the connection until it ends, PINGing it every `ping_every`; a
 /// PING left unanswered ends it (a dead peer or a forgotten NAT mapping
-/// would otherwise hold streams until their answer timeout).
+/// would otherwise hold streams until their answer timeout). A connection
+/// the server ends before it `peer` spoke is logged at DEBUG only: the
+/// caller of [`connect`] reports it.
 async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut conn: Connection<T, Bytes>,
     name: String,
     closed: CancellationToken,
     ping_every: Duration,
+    peer: Option<Arc<PeerState>>,
 ) {
+    let quiet = || peer.as_ref().is_some_and(|p| !p.spoke());
     let pong_timeout = PONG_TIMEOUT.min(ping_every);
     let mut pinger = conn.ping_pong();
     loop {
@@ -77,6 +92,7 @@ async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             r = &mut conn => {
                 match r {
                     Ok(()) => tracing::debug!(host = %name, "APNS connection closed"),
+                    Err(e) if quiet() => tracing::debug!(host = %name, error = %e, "APNS connection ended before it started"),
                     Err(e) => tracing::info!(host = %name, error = %e, "APNS connection ended"),
                 }
                 break;
@@ -160,7 +176,7 @@ mod tests {
             .await
             .unwrap();
         let closed = CancellationToken::new();
-        tokio::spawn(drive(connection, "test".into(), closed.clone(), ping_every));
+        tokio::spawn(drive(connection, "test".into(), closed.clone(), ping_every, None));
         (send, closed, server.await.unwrap().unwrap())
     }
 

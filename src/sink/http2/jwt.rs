@@ -36,20 +36,69 @@ pub struct JwtSigner {
     current: Mutex<Option<Current>>,
     minted: std::sync::atomic::AtomicU64,
     last_forced: Mutex<Option<Instant>>,
+    /// Where mints are recorded (the sink attaches its app's outcomes).
+    outcomes: std::sync::OnceLock<crate::outcome::Outcomes>,
 }
 
 struct Current {
     token: Arc<str>,
     at: Instant,
+    /// Minted because APNS called the previous token expired.
+    forced: bool,
 }
 
+/// Apple's key ids and team ids: 10 ASCII letters and digits.
 fn check_id(name: &str, value: &str) -> Result<(), JwtError> {
-    if value.is_empty() || value.len() > 32 || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if value.len() != 10 || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(JwtError::Config(format!(
-            "{name} {value:?} must be the 10-character identifier from Apple's developer account (letters and digits)"
+            "{name} {value:?} must be the 10-character identifier from Apple's developer account \
+             (letters and digits; this has {} characters)",
+            value.chars().count()
         )));
     }
     Ok(())
+}
+
+/// Why `pem` is not the P-256 PKCS#8 key a `.p8` from Apple is, saying
+/// what it is instead when it can tell; `None` when it is one.
+pub fn describe_p8(pem: &[u8]) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    const WANT: &str = "a .p8 from Apple is a PKCS#8 P-256 key (\"BEGIN PRIVATE KEY\")";
+    let key = match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(k) => k,
+        Err(e) => return Some(format!("not a PEM private key ({e}); {WANT}")),
+    };
+    let what = match &key {
+        PrivateKeyDer::Pkcs1(_) => return Some(format!("an RSA key (PKCS#1, \"BEGIN RSA PRIVATE KEY\"); {WANT}")),
+        PrivateKeyDer::Sec1(_) => {
+            return Some(format!(
+                "an EC key in SEC1 form (\"BEGIN EC PRIVATE KEY\"); {WANT}: convert it with `openssl pkcs8 -topk8 -nocrypt`"
+            ))
+        }
+        _ => key.clone_key(),
+    };
+    let signing = match crate::tls::provider().key_provider.load_private_key(what) {
+        Ok(k) => k,
+        Err(e) => return Some(format!("a PKCS#8 key this build cannot use ({e}); {WANT}")),
+    };
+    match signing.algorithm() {
+        rustls::SignatureAlgorithm::ECDSA => {}
+        rustls::SignatureAlgorithm::RSA => return Some(format!("an RSA key; {WANT}")),
+        rustls::SignatureAlgorithm::ED25519 => return Some(format!("an Ed25519 key; {WANT}")),
+        other => return Some(format!("a {other:?} key; {WANT}")),
+    }
+    let spki = signing.public_key()?;
+    use x509_parser::prelude::FromDer;
+    let curve = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki.as_ref())
+        .ok()
+        .and_then(|(_, s)| s.algorithm.parameters().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string()));
+    match curve.as_deref() {
+        Some("1.2.840.10045.3.1.7") => None,
+        Some("1.3.132.0.34") => Some(format!("a P-384 key; {WANT}")),
+        Some(other) => Some(format!("an EC key on curve {other}; {WANT}")),
+        None => Some(format!("an EC key without a named curve; {WANT}")),
+    }
 }
 
 impl JwtSigner {
@@ -76,6 +125,9 @@ impl JwtSigner {
             path: String::new(),
             message,
         };
+        if let Some(what) = describe_p8(pem) {
+            return Err(bad(what));
+        }
         let key = EncodingKey::from_ec_pem(pem).map_err(|e| {
             bad(format!(
                 "not a PEM \"PRIVATE KEY\" (.p8 from Apple: PKCS#8, P-256): {e}"
@@ -88,6 +140,7 @@ impl JwtSigner {
             current: Mutex::new(None),
             minted: std::sync::atomic::AtomicU64::new(0),
             last_forced: Mutex::new(None),
+            outcomes: std::sync::OnceLock::new(),
         };
         // The PEM parser does not look inside the key; signing does.
         signer
@@ -127,7 +180,21 @@ impl JwtSigner {
                 return c.token.clone();
             }
         }
-        self.mint(&mut cur, now)
+        self.mint(&mut cur, now, false)
+    }
+
+    /// Record every mint from now on in `outcomes` (count and `iat`); the
+    /// first call wins.
+    pub fn attach(&self, outcomes: crate::outcome::Outcomes) {
+        let _ = self.outcomes.set(outcomes);
+    }
+
+    /// Whether `used` is a token minted because APNS called the one before
+    /// it expired: if APNS calls that one expired too, minting again does
+    /// not help (the host's clock is wrong, or the key was revoked).
+    pub fn is_reminted(&self, used: &str) -> bool {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        cur.as_ref().is_some_and(|c| c.forced && &*c.token == used)
     }
 
     /// Apple answered `ExpiredProviderToken` to a request that carried
@@ -153,20 +220,25 @@ impl JwtSigner {
         }
         *last = Some(now);
         tracing::warn!("APNS says the provider token expired; minting a new one");
-        self.mint(&mut cur, now)
+        self.mint(&mut cur, now, true)
     }
 
-    fn mint(&self, cur: &mut Option<Current>, now: Instant) -> Arc<str> {
+    fn mint(&self, cur: &mut Option<Current>, now: Instant, forced: bool) -> Arc<str> {
         // Signing cannot fail for a key that signed at load time; keep the
         // old token if it somehow does (Apple's answer will say why).
-        match self.sign(unix_now()) {
+        let iat = unix_now();
+        match self.sign(iat) {
             Ok(t) => {
                 self.minted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(key_id = %self.key_id, "minted provider token");
+                if let Some(o) = self.outcomes.get() {
+                    o.provider_token_minted(iat);
+                }
                 let token: Arc<str> = t.into();
                 *cur = Some(Current {
                     token: token.clone(),
                     at: now,
+                    forced,
                 });
                 token
             }

@@ -42,7 +42,8 @@ use tokio_util::task::TaskTracker;
 pub use self::config::Http2Config;
 use self::conn::{Answer, Target};
 use self::jwt::JwtSigner;
-use super::credentials::{check_common, CertificateKeys};
+use super::credentials::{check_common, inspect_ca_file, CertificateKeys, CredentialReport};
+use super::refusal;
 use super::pool::{self, dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
 use super::{SinkContext, SinkError};
 use crate::apns::{classify, Action, Reason};
@@ -77,6 +78,8 @@ pub struct Http2Setup {
     pub endpoint: Option<String>,
     /// Keep-alive PING interval (`ping_interval`).
     pub ping_interval: Duration,
+    /// What inspecting the credentials found (certificate expiry, warnings).
+    pub report: CredentialReport,
 }
 
 impl Http2Setup {
@@ -96,7 +99,7 @@ impl Http2Setup {
                  cert_file [+ private_key_file] or pkcs12_file [+ pkcs12_password] (certificate)",
             ));
         }
-        let (auth, identity) = if token_keys {
+        let (auth, identity, report) = if token_keys {
             let need = |key, what: &str| SinkError::config(key, format!("token auth needs it ({what})"));
             let key_file = c
                 .key_file
@@ -105,10 +108,10 @@ impl Http2Setup {
             let key_id = c.key_id.as_deref().ok_or_else(|| need("key_id", "10 characters"))?;
             let team_id = c.team_id.as_deref().ok_or_else(|| need("team_id", "10 characters"))?;
             let signer = JwtSigner::from_p8_file(key_file, key_id, team_id)?;
-            (Auth::Token(Arc::new(signer)), None)
+            (Auth::Token(Arc::new(signer)), None, CredentialReport::default())
         } else {
             match certificate.load()? {
-                Some(id) => (Auth::Certificate, Some(id)),
+                Some((id, report)) => (Auth::Certificate, Some(id), report),
                 None => {
                     return Err(SinkError::config(
                         "key_file or cert_file",
@@ -118,6 +121,9 @@ impl Http2Setup {
                 }
             }
         };
+        if let Some(ca) = &c.ca_file {
+            inspect_ca_file(ca)?;
+        }
         let tls = crate::tls::client_config(c.ca_file.as_deref(), identity, &[b"h2"]).map_err(|e| SinkError::Tls {
             what: "TLS setup",
             source: e.into(),
@@ -138,6 +144,7 @@ impl Http2Setup {
             auth,
             endpoint: c.endpoint.clone(),
             ping_interval,
+            report,
         })
     }
 
@@ -180,17 +187,31 @@ impl Http2Sink {
             max_outstanding: 2 * (self.connections * MAX_IN_FLIGHT + POOL_QUEUE),
         };
         let outcomes = ctx.outcomes.clone();
+        let report = &self.setup.report;
+        outcomes.credential_loaded(report.certificate_expiry, &report.warnings);
+        if let Auth::Token(signer) = &self.setup.auth {
+            signer.attach(outcomes.clone());
+        }
         dispatch(pools, ctx.input, ctx.outcomes, limits).await;
         outcomes.stopped("http2");
     }
 }
 
-/// Act on Apple's answer.
-fn answer(shared: &Shared, auth: &Auth, n: Notification, answer: Answer, bearer: Option<&str>) {
+/// Act on Apple's answer from `host`; whether it refused the credential
+/// (the notification is then held, not settled).
+fn answer(shared: &Shared, auth: &Auth, host: &str, n: Notification, answer: Answer, bearer: Option<&str>) -> bool {
     let (reason, ts) = match &answer.error {
         Some(e) => (e.reason.clone(), e.timestamp_ms),
         None => (Reason::Other(String::new()), None),
     };
+    let reminted = match (auth, bearer) {
+        (Auth::Token(signer), Some(used)) => signer.is_reminted(used),
+        _ => false,
+    };
+    if let Some(plain) = refusal::answer_reason(answer.status, &reason, reminted) {
+        shared.hold(n, host, &plain);
+        return true;
+    }
     // "410 Unregistered"; the status alone when Apple gave no reason.
     let status_reason = match reason.as_str() {
         "" => answer.status.to_string(),
@@ -215,6 +236,7 @@ fn answer(shared: &Shared, auth: &Auth, n: Notification, answer: Answer, bearer:
         Action::Retry => shared.retry(n, &status_reason),
         Action::Drop => shared.finish(n, Outcome::dropped(status_reason)),
     }
+    false
 }
 
 /// Starts pools for the dispatcher.
@@ -242,6 +264,10 @@ fn process_prefix() -> u64 {
 #[derive(Clone)]
 struct Link {
     target: Target,
+    /// `target.authority`, shared by the streams (log field `host`).
+    host: Arc<str>,
+    /// What the credential inspection found (to date a certificate alert).
+    report: Arc<CredentialReport>,
     connector: tokio_rustls::TlsConnector,
     auth: Auth,
     ping_interval: Duration,
@@ -255,6 +281,8 @@ fn start_pool(target: Target, sink: &Http2Sink, prefix: u64, shared: Arc<Shared>
     let rx = Arc::new(Mutex::new(rx));
     tracing::info!(host = %target.authority, connections = sink.connections, "APNS pool starting");
     let link = Link {
+        host: target.authority.as_str().into(),
+        report: Arc::new(sink.setup.report.clone()),
         target,
         connector: conn::connector(sink.setup.tls.clone()),
         auth: sink.setup.auth.clone(),
@@ -290,7 +318,13 @@ async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>) {
                     continue;
                 }
             }
-            Err(e) => shared.outcomes.unreachable(host, index, &e),
+            Err(e) => match e.credential_alert() {
+                Some(alert) => {
+                    let reason = refusal::alert_reason(alert, &link.report, pool::unix_now());
+                    shared.outcomes.credential_refused(host, &reason);
+                }
+                None => shared.outcomes.unreachable(host, index, &e),
+            },
         }
         if let Some(n) = carry.take() {
             carry = shared.unless_expired(n, "expired while APNS was unreachable");
@@ -309,6 +343,9 @@ struct StreamEnd {
     /// APNS checked the token: delivered, or refused for a reason about
     /// the notification itself.
     token_ok: bool,
+    /// APNS refused the credential (the connection does not count as
+    /// working: reconnects keep backing off).
+    refused: bool,
 }
 
 /// The streams of one connection waiting for their answers.
@@ -366,14 +403,14 @@ impl Streams {
     /// Handle the answers that came (those FuturesUnordered hands out in one go).
     fn settle_ready(&mut self, cx: &mut std::task::Context<'_>) {
         while let Poll::Ready(Some(s)) = self.inflight.poll_next_unpin(cx) {
-            self.answered |= s.answered;
+            self.answered |= s.answered && !s.refused;
         }
     }
 
     /// Wait for the next stream to end; `None` when none is open.
     async fn next(&mut self) -> Option<StreamEnd> {
         let s = self.inflight.next().await?;
-        self.answered |= s.answered;
+        self.answered |= s.answered && !s.refused;
         Some(s)
     }
 }
@@ -486,7 +523,7 @@ fn open_stream(
         resp,
         n,
         shared.clone(),
-        link.auth.clone(),
+        (link.auth.clone(), link.host.clone()),
         bearer,
     )))
 }
@@ -496,12 +533,13 @@ async fn await_answer(
     resp: h2::client::ResponseFuture,
     n: Notification,
     shared: Arc<Shared>,
-    auth: Auth,
+    (auth, host): (Auth, Arc<str>),
     bearer: Option<Arc<str>>,
 ) -> StreamEnd {
     let lost = StreamEnd {
         answered: false,
         token_ok: false,
+        refused: false,
     };
     let answer_or_timeout = match tokio::time::timeout(ANSWER_TIMEOUT, conn::read_answer(resp)).await {
         Ok(r) => r,
@@ -516,10 +554,14 @@ async fn await_answer(
     match answer_or_timeout {
         Ok(a) => {
             let token_ok = a.status == 200 || matches!(a.status, 400 | 404 | 405 | 410 | 413);
-            answer(&shared, &auth, n, a, bearer.as_deref());
+            let refused = answer(&shared, &auth, &host, n, a, bearer.as_deref());
+            if token_ok && !refused {
+                shared.accepted(&host);
+            }
             StreamEnd {
                 answered: true,
-                token_ok,
+                token_ok: token_ok && !refused,
+                refused,
             }
         }
         Err(e) => {
@@ -547,6 +589,9 @@ pub enum SendOneError {
     Endpoint(#[from] pushbridge_kit::AddressError),
     #[error(transparent)]
     Connect(#[from] conn::ConnectError),
+    /// APNS refused the client certificate (its TLS alert, in plain words).
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot build the request: {0}")]
     Request(#[from] request::BuildError),
     #[error("HTTP/2: {0}")]
@@ -566,7 +611,11 @@ pub async fn send_one(setup: &Http2Setup, n: &Notification, apns_id: &str) -> Re
         setup.ping_interval,
         &tasks,
     )
-    .await?;
+    .await
+    .map_err(|e| match e.credential_alert() {
+        Some(alert) => SendOneError::Refused(refusal::alert_reason(alert, &setup.report, pool::unix_now())),
+        None => e.into(),
+    })?;
     let bearer = match &setup.auth {
         Auth::Token(s) => Some(s.token()),
         Auth::Certificate => None,
