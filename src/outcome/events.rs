@@ -331,3 +331,39 @@ impl ProviderTokenMinted<'_> {
         tracing::debug!(app = self.app, iat = self.iat, "minted provider token");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Outcomes;
+    use super::AppCounters;
+
+    #[test]
+    fn a_refusal_counts_once_per_change_of_state() {
+        let (o, _rx, counters) = Outcomes::detached("com.example.chat");
+        let c = counters.app("com.example.chat");
+        let refusals = || AppCounters::get(&c.credential_refusals);
+        for _ in 0..5 {
+            o.credential_refused("api.push.apple.com:443", "client certificate expired on 2024-02-01");
+        }
+        assert_eq!(refusals(), 1);
+        assert_eq!(
+            c.credential.refused(),
+            vec![(
+                "api.push.apple.com:443".to_owned(),
+                "client certificate expired on 2024-02-01".to_owned()
+            )]
+        );
+        // Another reason is another state; another host its own.
+        o.credential_refused("api.push.apple.com:443", "APNS refuses the provider token");
+        o.credential_refused("api.sandbox.push.apple.com:443", "APNS refuses the provider token");
+        assert_eq!(refusals(), 3);
+        o.credential_accepted("api.push.apple.com:443");
+        o.credential_accepted("api.push.apple.com:443");
+        assert_eq!(c.credential.refused().len(), 1);
+        o.credential_accepted("api.sandbox.push.apple.com:443");
+        assert!(c.credential.refused().is_empty());
+        // Refused again after it worked: a new change of state.
+        o.credential_refused("api.push.apple.com:443", "APNS refuses the provider token");
+        assert_eq!(refusals(), 4);
+    }
+}

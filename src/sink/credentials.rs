@@ -241,3 +241,103 @@ pub fn inspect_ca_file(path: &Path) -> Result<(), SinkError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use x509_parser::time::ASN1Time;
+
+    const DAY: u64 = 86_400;
+    const P256: &rcgen::SignatureAlgorithm = &rcgen::PKCS_ECDSA_P256_SHA256;
+
+    /// A self-signed client certificate (its params changed by `edit`)
+    /// with a fresh key of `alg`.
+    fn identity(edit: impl FnOnce(&mut rcgen::CertificateParams), alg: &'static rcgen::SignatureAlgorithm) -> Identity {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        edit(&mut params);
+        let cert = params.self_signed(&key).unwrap();
+        Identity {
+            chain: vec![CertificateDer::from(cert.der().to_vec())],
+            key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        }
+    }
+
+    fn inspect(id: &Identity) -> Result<CredentialReport, String> {
+        inspect_identity(id, "cert_file", Path::new("/etc/apns/client.pem"), crate::sink::pool::unix_now())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_valid_certificate_reports_its_expiry() {
+        let id = identity(|p| p.not_after = rcgen::date_time_ymd(2090, 3, 4), P256);
+        let r = inspect(&id).unwrap();
+        assert_eq!(r.certificate_expiry_date.as_deref(), Some("2090-03-04"));
+        assert_eq!(r.certificate_expiry, Some(3_792_268_800));
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_certificates_are_refused_with_the_date() {
+        let expired = identity(|p| p.not_after = rcgen::date_time_ymd(2024, 2, 1), P256);
+        assert_eq!(
+            inspect(&expired).unwrap_err(),
+            "cert_file /etc/apns/client.pem: client certificate expired on 2024-02-01"
+        );
+        let early = identity(|p| p.not_before = rcgen::date_time_ymd(2099, 1, 2), P256);
+        assert_eq!(
+            inspect(&early).unwrap_err(),
+            "cert_file /etc/apns/client.pem: client certificate is not valid before 2099-01-02"
+        );
+    }
+
+    #[test]
+    fn a_certificate_expiring_within_30_days_is_a_warning() {
+        let soon = ASN1Time::now().to_datetime() + Duration::from_secs(10 * DAY + 3600);
+        let id = identity(|p| p.not_after = soon, P256);
+        let r = inspect(&id).unwrap();
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        let w = &r.warnings[0];
+        assert!(w.contains("client certificate expires on") && w.contains("(in 10 days)"), "{w}");
+        assert!(w.starts_with("cert_file /etc/apns/client.pem"), "{w}");
+        let later = ASN1Time::now().to_datetime() + Duration::from_secs(31 * DAY);
+        assert!(inspect(&identity(|p| p.not_after = later, P256)).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_a_mismatch() {
+        let mut id = identity(|_| {}, P256);
+        id.key = identity(|_| {}, P256).key;
+        let e = inspect(&id).unwrap_err();
+        assert!(e.contains("does not belong to the client certificate"), "{e}");
+        // Another key type altogether.
+        id.key = identity(|_| {}, &rcgen::PKCS_ECDSA_P384_SHA384).key;
+        assert!(inspect(&id).unwrap_err().contains("does not belong"));
+    }
+
+    #[test]
+    fn key_types_apns_cannot_use_are_named() {
+        let e = inspect(&identity(|_| {}, &rcgen::PKCS_ED25519)).unwrap_err();
+        assert!(e.contains("an Ed25519 key") && e.contains("APNS takes RSA"), "{e}");
+        // P-384 is fine.
+        inspect(&identity(|_| {}, &rcgen::PKCS_ECDSA_P384_SHA384)).unwrap();
+    }
+
+    #[test]
+    fn ca_files_must_hold_parsable_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = inspect_ca_file(&empty).unwrap_err().to_string();
+        assert!(e.contains("empty.pem") && e.contains("no CERTIFICATE"), "{e}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n").unwrap();
+        let e = inspect_ca_file(&junk).unwrap_err().to_string();
+        assert!(e.contains("junk.pem") && e.contains("certificate 1 does not parse"), "{e}");
+        let pki = crate::tls::TestPki::generate().unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, &pki.ca_pem).unwrap();
+        inspect_ca_file(&good).unwrap();
+    }
+}

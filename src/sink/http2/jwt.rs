@@ -346,4 +346,56 @@ mod tests {
             .to_string();
         assert!(e.contains("/nonexistent/AuthKey.p8"), "{e}");
     }
+
+    #[test]
+    fn a_p8_that_is_not_p256_pkcs8_says_what_it_is() {
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let e = JwtSigner::from_p8_pem(p384.serialize_pem().as_bytes(), "ABC123DEFG", "TEAM123456")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("a P-384 key") && e.contains("PKCS#8 P-256"), "{e}");
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert!(describe_p8(ed.serialize_pem().as_bytes()).unwrap().starts_with("an Ed25519 key"));
+        // A certificate is not a key.
+        let pki = crate::tls::TestPki::generate().unwrap();
+        assert!(describe_p8(pki.ca_pem.as_bytes()).unwrap().starts_with("not a PEM private key"));
+        let (private, _) = keypair();
+        assert_eq!(describe_p8(private.as_bytes()), None);
+    }
+
+    #[test]
+    fn key_and_team_ids_are_ten_letters_or_digits() {
+        let (private, _) = keypair();
+        for (kid, team, bad) in [
+            ("ABC123DEF", "TEAM123456", "key_id"),
+            ("ABC123DEFGH", "TEAM123456", "key_id"),
+            ("ABC123DEF-", "TEAM123456", "key_id"),
+            ("ABC123DEFG", "TEAM12345", "team_id"),
+        ] {
+            let e = JwtSigner::from_p8_pem(private.as_bytes(), kid, team).err().unwrap().to_string();
+            assert!(e.starts_with(bad) && e.contains("10-character"), "{kid} {team}: {e}");
+        }
+        let e = JwtSigner::from_p8_pem(private.as_bytes(), "ABC123DEF", "TEAM123456")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("this has 9 characters"), "{e}");
+    }
+
+    #[test]
+    fn a_token_minted_after_expired_is_known_as_reminted() {
+        let (private, _) = keypair();
+        let s = JwtSigner::from_p8_pem(private.as_bytes(), "ABC123DEFG", "TEAM123456").unwrap();
+        let (outcomes, _rx, counters) = crate::outcome::Outcomes::detached("com.example.chat");
+        s.attach(outcomes);
+        let a = s.token();
+        assert!(!s.is_reminted(&a));
+        let b = s.expired(&a);
+        assert!(s.is_reminted(&b) && !s.is_reminted(&a));
+        let c = counters.app("com.example.chat");
+        assert_eq!(c.provider_tokens_minted.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let iat = c.provider_token_issued_at_seconds.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(iat.abs_diff(unix_now()) < 5, "{iat}");
+    }
 }
