@@ -270,13 +270,13 @@ impl CredentialRefused<'_> {
         if c.credential.refuse(self.host, self.reason) {
             c.credential_refusals.fetch_add(1, Relaxed);
             tracing::error!(
-                app = self.app,
-                host = self.host,
-                reason = self.reason,
+                app = %self.app,
+                host = %self.host,
+                reason = %self.reason,
                 "APNS refuses the credential; notifications wait in the outbox"
             );
         } else {
-            tracing::debug!(app = self.app, host = self.host, reason = self.reason, "credential still refused");
+            tracing::debug!(app = %self.app, host = %self.host, reason = %self.reason, "credential still refused");
         }
     }
 }
@@ -292,7 +292,7 @@ impl CredentialAccepted<'_> {
     /// Log the event (when it ends a refusal) and update `c`.
     pub fn emit(&self, c: &AppCounters) {
         if let Some(was) = c.credential.accept(self.host) {
-            tracing::info!(app = self.app, host = self.host, error = %was, "APNS accepts the credential again");
+            tracing::info!(app = %self.app, host = %self.host, error = %was, "APNS accepts the credential again");
         }
     }
 }
@@ -312,7 +312,7 @@ impl CredentialLoaded<'_> {
         c.certificate_expiry_seconds
             .store(self.certificate_expiry.unwrap_or(0), Relaxed);
         for w in self.warnings {
-            tracing::warn!(app = self.app, reason = %w, "credential needs attention");
+            tracing::warn!(app = %self.app, reason = %w, "credential needs attention");
         }
     }
 }

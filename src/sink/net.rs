@@ -7,8 +7,11 @@
 //! when it sends its certificate, before the server has looked at it. A
 //! server that refuses the certificate sends its alert afterwards, while
 //! the client is already writing its HTTP/2 preface; the write usually
-//! fails first ("broken pipe"), and the alert, which says why, is still
-//! unread in the socket. [`Watched`] reads it then.
+//! fails first ("broken pipe"), and the server, closing a socket with our
+//! unread preface in it, resets the connection: the alert, which says
+//! why, is lost. So [`Watched::first_word`] lets the server speak first
+//! (an HTTP/2 server's SETTINGS) before we write; a refusal then arrives
+//! whole, and a write that fails anyway still reads what is there.
 
 use std::io;
 use std::pin::Pin;
@@ -61,6 +64,9 @@ pub enum ConnectError {
     H2(String, h2::Error),
     #[error("{0}: timed out")]
     Timeout(String),
+    /// The TLS session failed before HTTP/2 started.
+    #[error("TLS with {0}: {1}")]
+    Session(String, #[source] io::Error),
     /// The server ended the session before it said anything (it refused
     /// the TLS session after the client's handshake was done).
     #[error("{host} ended the connection before HTTP/2 started{}", alert.map(|a| format!(" (TLS alert {a:?})")).unwrap_or_default())]
@@ -83,7 +89,9 @@ impl ConnectError {
 }
 
 /// Alerts a server sends about the client's certificate (RFC 8446 §6.2):
-/// the credential, not the network, is at fault.
+/// the credential, not the network, is at fault. `decrypt_error` from a
+/// server means it could not verify what the client signed (its
+/// CertificateVerify: a certificate whose issuer's signature fails).
 pub fn is_credential_alert(a: AlertDescription) -> bool {
     use AlertDescription::*;
     matches!(
@@ -96,6 +104,7 @@ pub fn is_credential_alert(a: AlertDescription) -> bool {
             | UnknownCA
             | AccessDenied
             | CertificateRequired
+            | DecryptError
     )
 }
 
@@ -164,12 +173,39 @@ impl PeerState {
 pub struct Watched<S> {
     inner: S,
     peer: Arc<PeerState>,
+    /// Read by [`Watched::first_word`], handed out before anything else.
+    early: Vec<u8>,
 }
 
 impl<S> Watched<S> {
     /// Watch `inner`; `peer` is where it notes what it sees.
     pub fn new(inner: S, peer: Arc<PeerState>) -> Self {
-        Self { inner, peer }
+        Self {
+            inner,
+            peer,
+            early: Vec::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Watched<S> {
+    /// Wait up to `within` for the peer's first bytes, before writing
+    /// anything (kept for the reader). `Ok` when it spoke or stayed quiet
+    /// (a server that waits for the client); an error when it ended the
+    /// session instead (its alert is in [`PeerState::alert`]).
+    pub async fn first_word(&mut self, within: Duration) -> io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 16 * 1024];
+        match tokio::time::timeout(within, self.read(&mut buf)).await {
+            Err(_) => Ok(()),
+            Ok(Ok(0)) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(n)) => {
+                buf.truncate(n);
+                self.early = buf;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+        }
     }
 }
 
@@ -198,6 +234,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Watched<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early[..n]);
+            self.early.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         match &r {

@@ -29,6 +29,7 @@ pub fn alert_reason(alert: AlertDescription, report: &CredentialReport, now: u64
         UnsupportedCertificate => "unsupported certificate".to_owned(),
         CertificateUnknown => "certificate unknown".to_owned(),
         AccessDenied => "access denied".to_owned(),
+        DecryptError => "its signature does not verify (issued by another CA than the one APNS trusts?)".to_owned(),
         CertificateRequired => return format!("APNS wants a client certificate (TLS alert {alert:?})"),
         other => format!("{other:?}"),
     };

@@ -21,6 +21,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(60);
 /// A connection whose PING is not answered within this (or within the
 /// PING interval, if shorter) is given up.
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the server may take to speak first (its SETTINGS) before we
+/// write our preface anyway (see [`crate::sink::net`] for why we wait).
+pub const FIRST_WORD: Duration = Duration::from_secs(2);
 /// Error bodies are small JSON; anything longer is cut.
 const MAX_ERROR_BODY: usize = 4096;
 
@@ -49,7 +52,16 @@ pub async fn connect(
         return Err(ConnectError::NoH2(name.clone()));
     }
     let peer = Arc::new(PeerState::default());
-    let stream = Watched::new(stream, peer.clone());
+    let mut stream = Watched::new(stream, peer.clone());
+    if let Err(e) = stream.first_word(FIRST_WORD).await {
+        return Err(match peer.alert() {
+            Some(alert) => ConnectError::Closed {
+                host: name.clone(),
+                alert: Some(alert),
+            },
+            None => ConnectError::Session(name.clone(), e),
+        });
+    }
     let (send, connection) = tokio::time::timeout(
         CONNECT_TIMEOUT,
         h2::client::Builder::new()
