@@ -22,7 +22,10 @@ const APP: &str = "apps[0] (topic \"com.example.chat\")";
 fn pushbridge(args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
         .args(args)
-        .env("RUST_LOG", std::env::var("PB_TEST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("PB_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -46,19 +49,33 @@ fn text(b: &[u8]) -> String {
 /// A client certificate and its key in one PEM file, the certificate's
 /// params changed by `edit`; `key_pem` replaces the key when given (a
 /// key that does not belong to it).
-fn cert_file(dir: &Path, name: &str, edit: impl FnOnce(&mut rcgen::CertificateParams), key_pem: Option<String>) -> PathBuf {
+fn cert_file(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+    key_pem: Option<String>,
+) -> PathBuf {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "com.example.chat");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "com.example.chat");
     edit(&mut params);
     let cert = params.self_signed(&key).unwrap();
     let path = dir.join(name);
-    std::fs::write(&path, format!("{}{}", cert.pem(), key_pem.unwrap_or_else(|| key.serialize_pem()))).unwrap();
+    std::fs::write(
+        &path,
+        format!("{}{}", cert.pem(), key_pem.unwrap_or_else(|| key.serialize_pem())),
+    )
+    .unwrap();
     path
 }
 
 fn cert_keys(path: &Path) -> String {
-    format!("protocol = \"http2\"\nendpoint = \"127.0.0.1:9\"\ncert_file = {:?}\n", path.display().to_string())
+    format!(
+        "protocol = \"http2\"\nendpoint = \"127.0.0.1:9\"\ncert_file = {:?}\n",
+        path.display().to_string()
+    )
 }
 
 fn token_keys(key_file: &Path, key_id: &str) -> String {
@@ -72,13 +89,22 @@ fn token_keys(key_file: &Path, key_id: &str) -> String {
 fn rsa_pkcs8(dir: &Path) -> PathBuf {
     let path = dir.join("rsa.p8");
     let status = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&path)
         .stderr(Stdio::null())
         .status()
         .expect("the openssl tool (Debian package openssl, installed by .ci/setup)");
     assert!(status.success());
-    assert!(std::fs::read_to_string(&path).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .starts_with("-----BEGIN PRIVATE KEY-----"));
     path
 }
 
@@ -95,20 +121,54 @@ fn check_and_run_refuse_each_bad_credential_with_the_same_message() {
     let good_p8 = d.join("good.p8");
     let k256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     std::fs::write(&good_p8, k256.serialize_pem()).unwrap();
-    let expired = cert_file(d, "expired.pem", |p| p.not_after = rcgen::date_time_ymd(2024, 2, 1), None);
-    let early = cert_file(d, "early.pem", |p| p.not_before = rcgen::date_time_ymd(2099, 1, 2), None);
+    let expired = cert_file(
+        d,
+        "expired.pem",
+        |p| p.not_after = rcgen::date_time_ymd(2024, 2, 1),
+        None,
+    );
+    let early = cert_file(
+        d,
+        "early.pem",
+        |p| p.not_before = rcgen::date_time_ymd(2099, 1, 2),
+        None,
+    );
     let mismatched = cert_file(d, "mismatched.pem", |_| {}, Some(other_key.serialize_pem()));
     let rsa = rsa_pkcs8(d);
     let cases: Vec<(String, String)> = vec![
-        (cert_keys(&expired), format!("cert_file {}: client certificate expired on 2024-02-01", expired.display())),
-        (cert_keys(&early), format!("cert_file {}: client certificate is not valid before 2099-01-02", early.display())),
+        (
+            cert_keys(&expired),
+            format!(
+                "cert_file {}: client certificate expired on 2024-02-01",
+                expired.display()
+            ),
+        ),
+        (
+            cert_keys(&early),
+            format!(
+                "cert_file {}: client certificate is not valid before 2099-01-02",
+                early.display()
+            ),
+        ),
         (
             cert_keys(&mismatched),
-            format!("cert_file {}: the private key does not belong to the client certificate", mismatched.display()),
+            format!(
+                "cert_file {}: the private key does not belong to the client certificate",
+                mismatched.display()
+            ),
         ),
-        (token_keys(&rsa, "KEYID12345"), format!("key_file {}: an RSA key;", rsa.display())),
-        (token_keys(&garbage, "KEYID12345"), format!("key_file {}: not a PEM private key", garbage.display())),
-        (token_keys(&p384, "KEYID12345"), format!("key_file {}: a P-384 key;", p384.display())),
+        (
+            token_keys(&rsa, "KEYID12345"),
+            format!("key_file {}: an RSA key;", rsa.display()),
+        ),
+        (
+            token_keys(&garbage, "KEYID12345"),
+            format!("key_file {}: not a PEM private key", garbage.display()),
+        ),
+        (
+            token_keys(&p384, "KEYID12345"),
+            format!("key_file {}: a P-384 key;", p384.display()),
+        ),
         (
             token_keys(&good_p8, "KEYID1234"),
             "key_id \"KEYID1234\" must be the 10-character identifier".to_owned(),
@@ -122,12 +182,22 @@ fn check_and_run_refuse_each_bad_credential_with_the_same_message() {
         let config = config.to_str().unwrap();
         let check = pushbridge(&["check", "--config", config]);
         let err = text(&check.stderr);
-        assert!(!check.status.success(), "check accepted case {i}: {}", text(&check.stdout));
-        assert!(err.contains(APP) && err.contains(want.as_str()), "case {i}: want {want:?} in {err}");
+        assert!(
+            !check.status.success(),
+            "check accepted case {i}: {}",
+            text(&check.stdout)
+        );
+        assert!(
+            err.contains(APP) && err.contains(want.as_str()),
+            "case {i}: want {want:?} in {err}"
+        );
         let run = pushbridge(&["run", "--config", config]);
         let run_err = text(&run.stderr);
         assert!(!run.status.success(), "run started with case {i}");
-        assert!(run_err.contains(APP) && run_err.contains(want.as_str()), "case {i}: want {want:?} in {run_err}");
+        assert!(
+            run_err.contains(APP) && run_err.contains(want.as_str()),
+            "case {i}: want {want:?} in {run_err}"
+        );
         // The same message, word for word.
         let line = |s: &str| s.lines().find(|l| l.contains(want.as_str())).map(str::to_owned);
         assert_eq!(line(&err), line(&run_err));
@@ -158,7 +228,10 @@ fn a_certificate_expiring_soon_is_a_warning_for_check_and_run() {
         .lines()
         .find(|l| l.contains("credential needs attention"))
         .unwrap_or_else(|| panic!("no warning in:\n{logs}"));
-    assert!(warn.contains(" WARN ") && warn.contains(&format!("expires on {date}")), "{warn}");
+    assert!(
+        warn.contains(" WARN ") && warn.contains(&format!("expires on {date}")),
+        "{warn}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +286,11 @@ async fn send_messages(gw: &Gateway, n: usize) {
 async fn wait_log_count(gw: &Gateway, marker: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while gw.logs().matches(marker).count() < n {
-        assert!(Instant::now() < deadline, "{marker:?} not logged {n} times:\n{}", gw.logs());
+        assert!(
+            Instant::now() < deadline,
+            "{marker:?} not logged {n} times:\n{}",
+            gw.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -226,9 +303,16 @@ async fn assert_held(gw: &Gateway, dir: &Path, n: usize, reason: &str) {
     let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).collect();
     assert_eq!(errors.len(), 1, "one ERROR line:\n{logs}");
     assert!(errors[0].contains("APNS refuses the credential"), "{}", errors[0]);
-    assert!(errors[0].contains("app=com.example.chat host=127.0.0.1:"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("app=com.example.chat host=127.0.0.1:"),
+        "{}",
+        errors[0]
+    );
     assert!(errors[0].contains(reason), "want {reason:?} in {}", errors[0]);
-    assert!(!logs.contains("notification rejected") && !logs.contains("expired undelivered"), "{logs}");
+    assert!(
+        !logs.contains("notification rejected") && !logs.contains("expired undelivered"),
+        "{logs}"
+    );
     assert_eq!(outbox_len(dir), n as i64);
 }
 
@@ -242,7 +326,13 @@ async fn a_refused_client_certificate_holds_notifications_until_a_good_one() {
     let bad = good.replace(&creds.client_pem.display().to_string(), &pem.display().to_string());
     let gw = Gateway::start_with_log(dir.path(), &http2_config(dir.path(), &bad, ""), "info,pushbridge=debug");
     send_messages(&gw, 3).await;
-    assert_held(&gw, dir.path(), 3, "APNS refused the client certificate: issued by a CA APNS does not trust").await;
+    assert_held(
+        &gw,
+        dir.path(),
+        3,
+        "APNS refused the client certificate: issued by a CA APNS does not trust",
+    )
+    .await;
     assert_eq!(sim.state().recorder.count(), 0);
     gw.stop();
     assert_eq!(outbox_len(dir.path()), 3, "nothing lost at shutdown");

@@ -149,7 +149,10 @@ pub fn unusable_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> 
     };
     match spki.parsed() {
         Ok(PublicKey::RSA(k)) if k.key_size() >= 2048 => None,
-        Ok(PublicKey::RSA(k)) => Some(format!("an RSA key of {} bits (APNS wants at least 2048)", k.key_size())),
+        Ok(PublicKey::RSA(k)) => Some(format!(
+            "an RSA key of {} bits (APNS wants at least 2048)",
+            k.key_size()
+        )),
         Ok(PublicKey::EC(_)) => match curve().as_deref() {
             Some(P256 | P384) => None,
             Some(other) => Some(format!("an EC key on curve {other} (APNS takes P-256 or P-384)")),
@@ -265,8 +268,13 @@ mod tests {
     }
 
     fn inspect(id: &Identity) -> Result<CredentialReport, String> {
-        inspect_identity(id, "cert_file", Path::new("/etc/apns/client.pem"), crate::sink::pool::unix_now())
-            .map_err(|e| e.to_string())
+        inspect_identity(
+            id,
+            "cert_file",
+            Path::new("/etc/apns/client.pem"),
+            crate::sink::pool::unix_now(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -299,10 +307,16 @@ mod tests {
         let r = inspect(&id).unwrap();
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
         let w = &r.warnings[0];
-        assert!(w.contains("client certificate expires on") && w.contains("(in 10 days)"), "{w}");
+        assert!(
+            w.contains("client certificate expires on") && w.contains("(in 10 days)"),
+            "{w}"
+        );
         assert!(w.starts_with("cert_file /etc/apns/client.pem"), "{w}");
         let later = ASN1Time::now().to_datetime() + Duration::from_secs(31 * DAY);
-        assert!(inspect(&identity(|p| p.not_after = later, P256)).unwrap().warnings.is_empty());
+        assert!(inspect(&identity(|p| p.not_after = later, P256))
+            .unwrap()
+            .warnings
+            .is_empty());
     }
 
     #[test]
@@ -332,9 +346,16 @@ mod tests {
         let e = inspect_ca_file(&empty).unwrap_err().to_string();
         assert!(e.contains("empty.pem") && e.contains("no CERTIFICATE"), "{e}");
         let junk = dir.path().join("junk.pem");
-        std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let e = inspect_ca_file(&junk).unwrap_err().to_string();
-        assert!(e.contains("junk.pem") && e.contains("certificate 1 does not parse"), "{e}");
+        assert!(
+            e.contains("junk.pem") && e.contains("certificate 1 does not parse"),
+            "{e}"
+        );
         let pki = crate::tls::TestPki::generate().unwrap();
         let good = dir.path().join("ca.pem");
         std::fs::write(&good, &pki.ca_pem).unwrap();

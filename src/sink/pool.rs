@@ -470,4 +470,43 @@ mod tests {
         assert_eq!(peak, 50, "input is taken up to the cap, never beyond");
         assert_eq!(drain(&mut rx).len(), 500, "every notification settled once");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_credential_holds_without_spending_retries() {
+        let limits = Limits {
+            max_retries: 0,
+            max_outstanding: 100,
+        };
+        let (outcomes, mut rx, counters) = Outcomes::detached("com.example.chat");
+        let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let pools = FakePools {
+            act: Arc::new(move |shared: &Shared, n: Notification| {
+                if tries.fetch_add(1, Ordering::SeqCst) < 4 {
+                    shared.hold(n, "api.push.apple.com:443", "APNS refuses the provider token")
+                } else {
+                    shared.accepted("api.push.apple.com:443");
+                    shared.finish(n, Outcome::Delivered)
+                }
+            }),
+            seen: seen.clone(),
+        };
+        let (tx, input) = mpsc::channel(16);
+        let task = tokio::spawn(dispatch(pools, input, outcomes, limits));
+        tx.send(note(1)).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let done = drain(&mut rx);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].outcome(), Some(&Outcome::Delivered), "held, never given up");
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.iter().all(|s| s.1 == 0), "no retry spent: {seen:?}");
+        // The delay between tries grows.
+        let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].2.duration_since(w[0].2)).collect();
+        assert_eq!(gaps.len(), 4);
+        assert!(gaps[0] <= HOLD_BASE && gaps[3] >= HOLD_BASE * 4, "{gaps:?}");
+        let c = counters.app("com.example.chat");
+        assert_eq!(c.credential_refusals.load(Ordering::Relaxed), 1, "one state change");
+        assert!(c.credential.refused().is_empty(), "accepted again");
+    }
 }

@@ -17,10 +17,12 @@ pub fn alert_reason(alert: AlertDescription, report: &CredentialReport, now: u64
     use AlertDescription::*;
     let what = match alert {
         CertificateExpired => match (&report.certificate_expiry, &report.certificate_expiry_date) {
-            (Some(at), Some(date)) if *at < now => return format!("APNS refused the client certificate: certificate expired on {date}"),
-            (Some(_), Some(date)) => format!(
-                "certificate expired, says APNS, though it is valid until {date}: check this host's clock"
-            ),
+            (Some(at), Some(date)) if *at < now => {
+                return format!("APNS refused the client certificate: certificate expired on {date}")
+            }
+            (Some(_), Some(date)) => {
+                format!("certificate expired, says APNS, though it is valid until {date}: check this host's clock")
+            }
             _ => "certificate expired".to_owned(),
         },
         CertificateRevoked => "certificate revoked".to_owned(),
@@ -43,6 +45,8 @@ pub fn alert_reason(alert: AlertDescription, report: &CredentialReport, now: u64
 ///
 /// `400 TopicDisallowed` stays the notification's (Apple sends it for
 /// single notifications too); `403 TopicDisallowed` is the credential's.
+/// A lasting `ExpiredProviderToken` is reported but its notification is
+/// still retried within `max_retries` (a clock that is off may come right).
 pub fn answer_reason(status: u16, reason: &Reason, reminted: bool) -> Option<String> {
     let plain = match (status, reason) {
         (403, Reason::InvalidProviderToken) => "check key_id, team_id and the .p8",
@@ -85,7 +89,9 @@ mod tests {
             Some("APNS refuses the provider token (InvalidProviderToken): check key_id, team_id and the .p8")
         );
         assert!(r(403, "BadCertificate", false).unwrap().contains("(BadCertificate)"));
-        assert!(r(403, "BadCertificateEnvironment", false).unwrap().contains("environment"));
+        assert!(r(403, "BadCertificateEnvironment", false)
+            .unwrap()
+            .contains("environment"));
         assert!(r(403, "TopicDisallowed", false).unwrap().contains("TopicDisallowed"));
         assert!(r(403, "UnrelatedKeyIdInToken", false).unwrap().contains("team_id"));
         // ExpiredProviderToken is refused only when minting did not help.
@@ -116,7 +122,10 @@ mod tests {
             "APNS refused the client certificate: certificate expired on 2024-02-01"
         );
         let early = alert_reason(AlertDescription::CertificateExpired, &report, 1_700_000_000);
-        assert!(early.contains("valid until 2024-02-01") && early.contains("clock"), "{early}");
+        assert!(
+            early.contains("valid until 2024-02-01") && early.contains("clock"),
+            "{early}"
+        );
         let unknown = alert_reason(AlertDescription::UnknownCA, &CredentialReport::default(), 0);
         assert_eq!(
             unknown,

@@ -19,8 +19,8 @@ use super::{ident, MAX_WINDOW, MIN_WINDOW};
 use crate::outcome::{Notification, Outcome};
 use crate::sink::credentials::CredentialReport;
 use crate::sink::net::{connect_tls, is_credential_alert, PeerState, Target, Watched, CONNECT_TIMEOUT};
-use crate::sink::refusal::alert_reason;
 use crate::sink::pool::{self, PoolQueue, Shared};
+use crate::sink::refusal::alert_reason;
 
 /// Notifications coalesced into one write.
 const BATCH: usize = 512;
@@ -76,7 +76,9 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             Ok(s) => s,
             Err(e) => {
                 match e.credential_alert() {
-                    Some(a) => shared.outcomes.credential_refused(host, &alert_reason(a, &link.report, pool::unix_now())),
+                    Some(a) => shared
+                        .outcomes
+                        .credential_refused(host, &alert_reason(a, &link.report, pool::unix_now())),
                     None => shared.outcomes.unreachable(host, index, &e),
                 }
                 replay = replay
@@ -108,7 +110,9 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             }
             End::Lost(_) if peer.alert().is_some_and(is_credential_alert) => {
                 if let Some(a) = peer.alert() {
-                    shared.outcomes.credential_refused(host, &alert_reason(a, &link.report, pool::unix_now()));
+                    shared
+                        .outcomes
+                        .credential_refused(host, &alert_reason(a, &link.report, pool::unix_now()));
                 }
                 // APNS never took them: sent again on the next connection.
                 requeue_front(&mut replay, conn.window.drain(..).map(|s| s.n));

@@ -92,7 +92,12 @@ pub fn describe_p8(pem: &[u8]) -> Option<String> {
     use x509_parser::prelude::FromDer;
     let curve = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki.as_ref())
         .ok()
-        .and_then(|(_, s)| s.algorithm.parameters().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string()));
+        .and_then(|(_, s)| {
+            s.algorithm
+                .parameters()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+        });
     match curve.as_deref() {
         Some("1.2.840.10045.3.1.7") => None,
         Some("1.3.132.0.34") => Some(format!("a P-384 key; {WANT}")),
@@ -356,10 +361,14 @@ mod tests {
             .to_string();
         assert!(e.contains("a P-384 key") && e.contains("PKCS#8 P-256"), "{e}");
         let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        assert!(describe_p8(ed.serialize_pem().as_bytes()).unwrap().starts_with("an Ed25519 key"));
+        assert!(describe_p8(ed.serialize_pem().as_bytes())
+            .unwrap()
+            .starts_with("an Ed25519 key"));
         // A certificate is not a key.
         let pki = crate::tls::TestPki::generate().unwrap();
-        assert!(describe_p8(pki.ca_pem.as_bytes()).unwrap().starts_with("not a PEM private key"));
+        assert!(describe_p8(pki.ca_pem.as_bytes())
+            .unwrap()
+            .starts_with("not a PEM private key"));
         let (private, _) = keypair();
         assert_eq!(describe_p8(private.as_bytes()), None);
     }
@@ -373,7 +382,10 @@ mod tests {
             ("ABC123DEF-", "TEAM123456", "key_id"),
             ("ABC123DEFG", "TEAM12345", "team_id"),
         ] {
-            let e = JwtSigner::from_p8_pem(private.as_bytes(), kid, team).err().unwrap().to_string();
+            let e = JwtSigner::from_p8_pem(private.as_bytes(), kid, team)
+                .err()
+                .unwrap()
+                .to_string();
             assert!(e.starts_with(bad) && e.contains("10-character"), "{kid} {team}: {e}");
         }
         let e = JwtSigner::from_p8_pem(private.as_bytes(), "ABC123DEF", "TEAM123456")
@@ -395,7 +407,9 @@ mod tests {
         assert!(s.is_reminted(&b) && !s.is_reminted(&a));
         let c = counters.app("com.example.chat");
         assert_eq!(c.provider_tokens_minted.load(std::sync::atomic::Ordering::Relaxed), 2);
-        let iat = c.provider_token_issued_at_seconds.load(std::sync::atomic::Ordering::Relaxed);
+        let iat = c
+            .provider_token_issued_at_seconds
+            .load(std::sync::atomic::Ordering::Relaxed);
         assert!(iat.abs_diff(unix_now()) < 5, "{iat}");
     }
 }

@@ -43,8 +43,8 @@ pub use self::config::Http2Config;
 use self::conn::{Answer, Target};
 use self::jwt::JwtSigner;
 use super::credentials::{check_common, inspect_ca_file, CertificateKeys, CredentialReport};
-use super::refusal;
 use super::pool::{self, dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
+use super::refusal;
 use super::{SinkContext, SinkError};
 use crate::apns::{classify, Action, Reason};
 use crate::outcome::{Notification, Outcome};
@@ -209,7 +209,14 @@ fn answer(shared: &Shared, auth: &Auth, host: &str, n: Notification, answer: Ans
         _ => false,
     };
     if let Some(plain) = refusal::answer_reason(answer.status, &reason, reminted) {
-        shared.hold(n, host, &plain);
+        if reason == Reason::ExpiredProviderToken {
+            // Reported, but retried as before (within max_retries): a
+            // clock that is off may come right.
+            shared.outcomes.credential_refused(host, &plain);
+            shared.retry(n, &format!("{} {reason}", answer.status));
+        } else {
+            shared.hold(n, host, &plain);
+        }
         return true;
     }
     // "410 Unregistered"; the status alone when Apple gave no reason.
