@@ -30,7 +30,9 @@ enum Cmd {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
     },
-    /// Validate a configuration file and print a summary.
+    /// Validate a configuration file and every app's credentials (certificate
+    /// validity, key match and type, .p8 key, key and team ids, CA files),
+    /// print a WARNING for a certificate expiring within 30 days, and a summary.
     Check {
         /// Configuration file.
         #[arg(short, long, default_value = "config.toml")]
