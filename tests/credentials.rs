@@ -108,10 +108,9 @@ fn rsa_pkcs8(dir: &Path) -> PathBuf {
     path
 }
 
-#[test]
-fn check_and_run_refuse_each_bad_credential_with_the_same_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// App keys with one bad credential each (files in `d`), and the message
+/// that must name it.
+fn bad_credentials(d: &Path) -> Vec<(String, String)> {
     let other_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let garbage = d.join("garbage.p8");
     std::fs::write(&garbage, "this is not a key\n").unwrap();
@@ -135,7 +134,7 @@ fn check_and_run_refuse_each_bad_credential_with_the_same_message() {
     );
     let mismatched = cert_file(d, "mismatched.pem", |_| {}, Some(other_key.serialize_pem()));
     let rsa = rsa_pkcs8(d);
-    let cases: Vec<(String, String)> = vec![
+    let cases = vec![
         (
             cert_keys(&expired),
             format!(
@@ -174,6 +173,15 @@ fn check_and_run_refuse_each_bad_credential_with_the_same_message() {
             "key_id \"KEYID1234\" must be the 10-character identifier".to_owned(),
         ),
     ];
+    cases
+}
+
+#[test]
+fn check_and_run_refuse_each_bad_credential_with_the_same_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases = bad_credentials(d);
+    assert_eq!(cases.len(), 7);
     for (i, (keys, want)) in cases.iter().enumerate() {
         let case = d.join(format!("case{i}"));
         std::fs::create_dir_all(&case).unwrap();

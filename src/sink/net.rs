@@ -307,4 +307,55 @@ mod tests {
         assert!(matches!(t.server_name, ServerName::IpAddress(_)));
         assert!(Target::parse("nocolon").unwrap_err().to_string().contains("host:port"));
     }
+
+    fn alert_io(a: AlertDescription) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a))
+    }
+
+    #[test]
+    fn credential_alerts_are_found_through_io_errors() {
+        let tls = ConnectError::Net(pushbridge_kit::ConnectError::Tls {
+            addr: "api.push.apple.com:443".into(),
+            source: alert_io(AlertDescription::CertificateExpired),
+        });
+        assert_eq!(tls.credential_alert(), Some(AlertDescription::CertificateExpired));
+        let session = ConnectError::Session("h:1".into(), alert_io(AlertDescription::UnknownCA));
+        assert_eq!(session.credential_alert(), Some(AlertDescription::UnknownCA));
+        // Not about our credential, or no alert at all.
+        let other = ConnectError::Session("h:1".into(), alert_io(AlertDescription::HandshakeFailure));
+        assert_eq!(other.credential_alert(), None);
+        let reset = ConnectError::Session("h:1".into(), io::ErrorKind::ConnectionReset.into());
+        assert_eq!(reset.credential_alert(), None);
+        let closed = ConnectError::Closed {
+            host: "h:1".into(),
+            alert: Some(AlertDescription::CertificateRevoked),
+        };
+        assert_eq!(closed.credential_alert(), Some(AlertDescription::CertificateRevoked));
+        assert!(closed.to_string().contains("TLS alert CertificateRevoked"), "{closed}");
+    }
+
+    #[tokio::test]
+    async fn the_first_word_is_kept_for_the_reader_and_an_alert_is_noted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(1024);
+        let peer = Arc::new(PeerState::default());
+        let mut w = Watched::new(client, peer.clone());
+        server.write_all(b"SETTINGS").await.unwrap();
+        w.first_word(Duration::from_secs(5)).await.unwrap();
+        assert!(peer.spoke());
+        server.write_all(b"+more").await.unwrap();
+        drop(server);
+        let mut all = Vec::new();
+        w.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"SETTINGS+more");
+        // A quiet peer is waited for only so long.
+        let (client, _server) = tokio::io::duplex(1024);
+        let quiet = Arc::new(PeerState::default());
+        let mut w = Watched::new(client, quiet.clone());
+        w.first_word(Duration::from_millis(10)).await.unwrap();
+        assert!(!quiet.spoke() && quiet.alert().is_none());
+        // An alert on a read is noted.
+        quiet.note(&alert_io(AlertDescription::CertificateExpired));
+        assert_eq!(quiet.alert(), Some(AlertDescription::CertificateExpired));
+    }
 }
