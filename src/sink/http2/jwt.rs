@@ -235,9 +235,9 @@ impl JwtSigner {
         match self.sign(iat) {
             Ok(t) => {
                 self.minted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(key_id = %self.key_id, "minted provider token");
-                if let Some(o) = self.outcomes.get() {
-                    o.provider_token_minted(iat);
+                match self.outcomes.get() {
+                    Some(o) => o.provider_token_minted(iat),
+                    None => tracing::debug!(key_id = %self.key_id, "minted provider token"),
                 }
                 let token: Arc<str> = t.into();
                 *cur = Some(Current {
