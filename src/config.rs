@@ -302,6 +302,19 @@ impl Config {
         Ok(())
     }
 
+    /// Warnings about the apps' credentials (a client certificate expiring
+    /// within 30 days), each prefixed with the app, as `check` prints them.
+    /// Loads the credentials again; errors were reported by [`Config::check`].
+    pub fn credential_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            for w in app.sink.check().unwrap_or_default() {
+                out.push(format!("apps[{i}] (topic {:?}): {w}", app.topic));
+            }
+        }
+        out
+    }
+
     /// The app a device goes to when none is named: the first configured.
     pub fn default_app(&self) -> &AppConfig {
         &self.apps[0]

@@ -161,10 +161,21 @@ impl TestPki {
     /// Issue a client certificate with common name `cn` (e.g. the topic, as
     /// Apple's provider certificates carry it). Returns (cert PEM, key PEM).
     pub fn issue_client(&self, cn: &str) -> Result<(String, String), TlsError> {
+        self.issue_client_with(cn, |_| {})
+    }
+
+    /// [`TestPki::issue_client`] with the certificate's params changed by
+    /// `edit` first (e.g. its validity period).
+    pub fn issue_client_with(
+        &self,
+        cn: &str,
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> Result<(String, String), TlsError> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        edit(&mut params);
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer)?;
         Ok((cert.pem(), key.serialize_pem()))

@@ -281,3 +281,70 @@ async fn dashboard_matches(scrape: &str, prom: &Prometheus) {
         assert_eq!(answer["status"], "success", "{concrete}: {answer}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_an_expired_client_certificate_until_a_reload_brings_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(true)).await;
+    // A certificate the simulator trusts, valid for 4 more seconds.
+    let now = std::time::SystemTime::now();
+    let expires = now + Duration::from_secs(4);
+    let (cert, key) = creds
+        .pki
+        .issue_client_with("com.example.chat", |p| {
+            p.not_before = (now - Duration::from_secs(60)).into();
+            p.not_after = expires.into();
+        })
+        .unwrap();
+    let pem = dir.path().join("short.pem");
+    std::fs::write(&pem, format!("{cert}{key}")).unwrap();
+    let app = creds
+        .cert_app(&sim.addr().to_string())
+        .replace(&creds.client_pem.display().to_string(), &pem.display().to_string());
+    let gw = Gateway::start(dir.path(), &http2_config(dir.path(), &app, ADMIN));
+    let admin = gw.admin_url();
+    let logs = || gw.logs();
+    assert!(gw.logs().contains("client certificate expires on"), "{}", gw.logs());
+    wait_status(&format!("{admin}/readyz"), 200, Duration::from_secs(5), logs).await;
+
+    // Once it has expired: not ready, saying so, and a push waits.
+    let left = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_secs(1)).await;
+    let body = wait_status(&format!("{admin}/readyz"), 503, Duration::from_secs(5), logs).await;
+    assert!(body.contains(r#""app":"com.example.chat""#), "{body}");
+    assert!(body.contains("client certificate expired on "), "{body}");
+    let mut c = gw.client().await;
+    assert_eq!(c.cmd(&format!("REGISTER alice {}", token(3))).await, "OK");
+    assert_eq!(c.cmd("PRESENCE alice away").await, "OK");
+    assert_eq!(c.cmd("MSG bob alice still there?").await, "OK 1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sim.state().recorder.count(), 0);
+    assert_eq!(harness::outbox_len(dir.path()), 1, "held, not dropped");
+    let (_, scrape) = get(&format!("{admin}/metrics")).await;
+    let expiry = sample(
+        &scrape,
+        "pushbridge_client_certificate_expiry_timestamp_seconds{app=\"com.example.chat\"}",
+    )
+    .expect("expiry exported");
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
+    assert_eq!(expiry, unix(expires).floor(), "{scrape}");
+
+    // A new certificate in the same file and SIGHUP: delivered, ready.
+    std::fs::copy(&creds.client_pem, &pem).unwrap();
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(
+        sim.state().recorder.wait_for(1, Duration::from_secs(60)).await,
+        "{}",
+        gw.logs()
+    );
+    wait_status(&format!("{admin}/readyz"), 200, Duration::from_secs(10), logs).await;
+    let (_, scrape) = get(&format!("{admin}/metrics")).await;
+    let renewed = sample(
+        &scrape,
+        "pushbridge_client_certificate_expiry_timestamp_seconds{app=\"com.example.chat\"}",
+    )
+    .expect("expiry exported");
+    assert!(renewed > unix(expires) + 86_400.0, "{scrape}");
+}

@@ -1,8 +1,9 @@
 //! Readiness (`GET /readyz`): the gateway is ready when
 //! - the store thread answers and its last transaction did not fail;
 //! - every app's sink can deliver: it is connected, or idle, or its latest
-//!   connection attempt succeeded, and APNS does not refuse its credential
-//!   (see [`crate::outcome::link`]);
+//!   connection attempt succeeded; APNS does not refuse its credential; its
+//!   client certificate has not expired
+//!   ([`crate::outcome::AppCounters::readiness`]);
 //! - every outbound adapter (XMPP, IRC) is connected to its server.
 //!
 //! Otherwise 503 with one [`Problem`] per part that is not ready.
@@ -70,12 +71,13 @@ pub async fn check(s: &AdminState) -> Readiness {
     } else if let Err(e) = s.sources.store.writable() {
         problems.push(Problem::store(format!("the last store transaction failed: {e}")));
     }
+    let now = (crate::store::db::now_ms() / 1000).max(0) as u64;
     for a in s.sources.counters.apps() {
         if a.protocol.get().is_none() {
             continue; // counters of an app that is not configured (an orphaned outbox)
         }
-        if let Err(p) = a.link.ready() {
-            problems.push(Problem::app(a.app(), p.to_string()));
+        if let Err(p) = a.readiness(now) {
+            problems.push(Problem::app(a.app(), p));
         }
     }
     for ad in s.sources.adapters.all() {

@@ -131,7 +131,7 @@ pub async fn collect(s: &AdminState) -> Status {
             AppStatus {
                 app: a.app().to_owned(),
                 protocol: a.protocol().to_owned(),
-                problem: a.link.ready().err().map(|p| p.to_string()),
+                problem: a.readiness((now_ms / 1000).max(0) as u64).err(),
                 connections: a.link.open(),
                 outbox: ob.map(|x| x.map_or(0, |x| x.depth)),
                 oldest_seconds: ob

@@ -45,7 +45,9 @@ enum Cmd {
         #[arg(short, long, default_value = "config.toml")]
         config: PathBuf,
     },
-    /// Validate a configuration file and print a summary.
+    /// Validate a configuration file and every app's credentials (certificate
+    /// validity, key match and type, .p8 key, key and team ids, CA files),
+    /// print a WARNING for a certificate expiring within 30 days, and a summary.
     Check {
         /// Configuration file.
         #[arg(short, long, default_value = "config.toml")]
@@ -166,6 +168,9 @@ pub(crate) async fn shutdown_signal() {
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     println!("{}: OK", path.display());
+    for w in config.credential_warnings() {
+        println!("WARNING: {w}");
+    }
     println!(
         "store: {} (synchronous = {:?})",
         config.store.path.display(),

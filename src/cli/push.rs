@@ -102,6 +102,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .map(|t| format!(", token invalid since {t} ms"))
                 .unwrap_or_default();
             println!("status {}: {}{ts} (apns-id {id})", answer.status, e.reason);
+            if let Some(plain) = pushbridge::sink::refusal::answer_reason(answer.status, &e.reason, false) {
+                bail!("{plain}");
+            }
             bail!("APNS refused the notification: {} {}", answer.status, e.reason)
         }
     }

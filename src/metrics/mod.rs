@@ -85,7 +85,7 @@ impl Collector for Collect {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let apps = self.sources.counters.apps();
         encode_notifications(&mut enc, &apps)?;
-        encode_apns(&mut enc, &apps)?;
+        encode_apns(&mut enc, &apps, (self.scrape.now_ms / 1000).max(0) as u64)?;
         if let Some(outbox) = &self.scrape.outbox {
             encode_outbox(&mut enc, outbox, self.scrape.now_ms)?;
         }
@@ -168,7 +168,7 @@ fn encode_notifications(enc: &mut DescriptorEncoder, apps: &[Arc<AppCounters>]) 
     )
 }
 
-fn encode_apns(enc: &mut DescriptorEncoder, apps: &[Arc<AppCounters>]) -> std::fmt::Result {
+fn encode_apns(enc: &mut DescriptorEncoder, apps: &[Arc<AppCounters>], now: u64) -> std::fmt::Result {
     histograms(
         enc,
         "pushbridge_apns_request_duration",
@@ -220,7 +220,45 @@ fn encode_apns(enc: &mut DescriptorEncoder, apps: &[Arc<AppCounters>]) -> std::f
         "1 when the app's sink can deliver (see /readyz), else 0.",
         None,
         apps.iter()
-            .map(|a| (app_labels(a), if a.link.ready().is_ok() { 1.0 } else { 0.0 })),
+            .map(|a| (app_labels(a), if a.readiness(now).is_ok() { 1.0 } else { 0.0 })),
+    )?;
+    encode_credentials(enc, apps, now)
+}
+
+fn encode_credentials(enc: &mut DescriptorEncoder, apps: &[Arc<AppCounters>], now: u64) -> std::fmt::Result {
+    gauges(
+        enc,
+        "pushbridge_client_certificate_expiry_timestamp_seconds",
+        "When the app's client certificate expires (notAfter), as a Unix timestamp; apps with certificate auth only.",
+        None,
+        apps.iter().filter_map(|a| {
+            let t = a.certificate_expiry_seconds.load(Relaxed);
+            (t != 0).then(|| (labels([("app", a.app())]), t as f64))
+        }),
+    )?;
+    gauges(
+        enc,
+        "pushbridge_provider_token_age",
+        "Age of the provider token (JWT) in use; apps with token auth, once one was minted.",
+        Some(&Unit::Seconds),
+        apps.iter().filter_map(|a| {
+            let iat = a.provider_token_issued_at_seconds.load(Relaxed);
+            (iat != 0).then(|| (labels([("app", a.app())]), now.saturating_sub(iat) as f64))
+        }),
+    )?;
+    counters(
+        enc,
+        "pushbridge_provider_tokens_minted",
+        "Provider tokens (JWTs) signed.",
+        apps.iter()
+            .map(|a| (labels([("app", a.app())]), a.provider_tokens_minted.load(Relaxed))),
+    )?;
+    counters(
+        enc,
+        "pushbridge_apns_credential_refusals",
+        "Times APNS started refusing the app's credential (once per change of state).",
+        apps.iter()
+            .map(|a| (labels([("app", a.app())]), a.credential_refusals.load(Relaxed))),
     )
 }
 

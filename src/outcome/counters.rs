@@ -97,6 +97,19 @@ pub struct AppCounters {
     pub request_duration: Histogram,
     /// Connections per host and whether the sink can deliver now.
     pub link: LinkState,
+    /// Unix seconds of the client certificate's `notAfter`; 0 when the app
+    /// uses no certificate. Set when the sink is built.
+    pub certificate_expiry_seconds: AtomicU64,
+    /// Provider tokens (JWTs) minted since start.
+    pub provider_tokens_minted: AtomicU64,
+    /// Unix seconds of the current provider token's `iat`; 0 before the
+    /// first mint. Set on every mint.
+    pub provider_token_issued_at_seconds: AtomicU64,
+    /// Times APNS started refusing the app's credential (one per change of
+    /// state, not per request or reconnect).
+    pub credential_refusals: AtomicU64,
+    /// Which APNS hosts refuse the app's credential now, and why.
+    pub credential: super::events::CredentialStatus,
 }
 
 /// Buckets of [`AppCounters::request_duration`], in seconds: 1 ms to 10 s.
@@ -123,12 +136,35 @@ impl AppCounters {
             protocol: OnceLock::new(),
             request_duration: Histogram::new(REQUEST_DURATION_BUCKETS),
             link: LinkState::default(),
+            certificate_expiry_seconds: AtomicU64::new(0),
+            provider_tokens_minted: AtomicU64::new(0),
+            provider_token_issued_at_seconds: AtomicU64::new(0),
+            credential_refusals: AtomicU64::new(0),
+            credential: Default::default(),
         }
     }
 
     /// The app (topic) these count.
     pub fn app(&self) -> &str {
         &self.app
+    }
+
+    /// `Ok(())` when the app's sink can deliver (see `/readyz`); else why
+    /// not, in plain words: APNS refuses its credential (the first host's
+    /// reason), its client certificate's date has passed, or its latest
+    /// connection attempt failed. `now`: Unix seconds.
+    pub fn readiness(&self, now: u64) -> Result<(), String> {
+        if let Some((_, reason)) = self.credential.refused().into_iter().next() {
+            return Err(reason);
+        }
+        let expiry = self.certificate_expiry_seconds.load(Relaxed);
+        if expiry != 0 && expiry < now {
+            return Err(format!(
+                "client certificate expired on {}",
+                crate::sink::credentials::date_of_unix(expiry)
+            ));
+        }
+        self.link.ready().map_err(|u| u.to_string())
     }
 
     /// The app's sink protocol; `unknown` before its sink started.

@@ -3,7 +3,9 @@
 //! (Vector's internal events are the model). Fields follow
 //! `pushbridge_api::fields`.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pushbridge_api::DeviceToken;
@@ -233,5 +235,164 @@ impl SinkStopped<'_> {
             connects = g(&c.connects),
             "sink stopped"
         );
+    }
+}
+
+/// Which APNS hosts refuse an app's credential now, and why (the state
+/// behind [`CredentialRefused`] and [`CredentialAccepted`], so each logs
+/// once per change of state). Readable from outside (readiness).
+#[derive(Debug, Default)]
+pub struct CredentialStatus {
+    /// Some host refuses: the fast path of [`CredentialAccepted`] (one
+    /// atomic load per answer while everything works).
+    any: AtomicBool,
+    /// Host (`host:port`) -> the plain reason.
+    refused: Mutex<BTreeMap<String, String>>,
+}
+
+impl CredentialStatus {
+    /// `(host, reason)` for every host that refuses the credential now,
+    /// sorted by host; empty when every host accepts it.
+    pub fn refused(&self) -> Vec<(String, String)> {
+        let map = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(h, r)| (h.clone(), r.clone())).collect()
+    }
+
+    /// Record a refusal; whether it changed the state.
+    fn refuse(&self, host: &str, reason: &str) -> bool {
+        let mut map = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        self.any.store(true, Relaxed);
+        if map.get(host).is_some_and(|r| r == reason) {
+            return false;
+        }
+        map.insert(host.to_owned(), reason.to_owned());
+        true
+    }
+
+    /// Record that `host` accepts it; the reason it refused before, if it did.
+    fn accept(&self, host: &str) -> Option<String> {
+        if !self.any.load(Relaxed) {
+            return None;
+        }
+        let mut map = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let was = map.remove(host);
+        self.any.store(!map.is_empty(), Relaxed);
+        was
+    }
+}
+
+/// APNS refuses the app's credential (a TLS alert about the client
+/// certificate, a 403 about the provider token or certificate): not the
+/// notifications' fault, so they wait. Logged at ERROR once per change of
+/// state; repeats (every reconnect, every request) are logged at DEBUG.
+pub struct CredentialRefused<'a> {
+    pub app: &'a str,
+    pub host: &'a str,
+    /// The plain reason, e.g. `APNS refused the client certificate:
+    /// certificate expired on 2024-02-01`.
+    pub reason: &'a str,
+}
+
+impl CredentialRefused<'_> {
+    /// Log the event (on a change of state) and count it in `c`.
+    pub fn emit(&self, c: &AppCounters) {
+        if c.credential.refuse(self.host, self.reason) {
+            c.credential_refusals.fetch_add(1, Relaxed);
+            tracing::error!(
+                app = %self.app,
+                host = %self.host,
+                reason = %self.reason,
+                "APNS refuses the credential; notifications wait in the outbox"
+            );
+        } else {
+            tracing::debug!(app = %self.app, host = %self.host, reason = %self.reason, "credential still refused");
+        }
+    }
+}
+
+/// APNS accepted the app's credential (an answer that got past
+/// authentication). Logged at INFO only when it was refused before.
+pub struct CredentialAccepted<'a> {
+    pub app: &'a str,
+    pub host: &'a str,
+}
+
+impl CredentialAccepted<'_> {
+    /// Log the event (when it ends a refusal) and update `c`.
+    pub fn emit(&self, c: &AppCounters) {
+        if let Some(was) = c.credential.accept(self.host) {
+            tracing::info!(app = %self.app, host = %self.host, error = %was, "APNS accepts the credential again");
+        }
+    }
+}
+
+/// A sink loaded its credentials: the certificate's expiry, and warnings
+/// (logged at WARN).
+pub struct CredentialLoaded<'a> {
+    pub app: &'a str,
+    /// Unix seconds of the client certificate's `notAfter`, if any.
+    pub certificate_expiry: Option<u64>,
+    pub warnings: &'a [String],
+}
+
+impl CredentialLoaded<'_> {
+    /// Log the warnings and record the expiry in `c`.
+    pub fn emit(&self, c: &AppCounters) {
+        c.certificate_expiry_seconds
+            .store(self.certificate_expiry.unwrap_or(0), Relaxed);
+        for w in self.warnings {
+            tracing::warn!(app = %self.app, reason = %w, "credential needs attention");
+        }
+    }
+}
+
+/// A provider token (JWT) was minted with `iat` (Unix seconds).
+pub struct ProviderTokenMinted<'a> {
+    pub app: &'a str,
+    pub iat: u64,
+}
+
+impl ProviderTokenMinted<'_> {
+    /// Log the event and count it in `c`.
+    pub fn emit(&self, c: &AppCounters) {
+        c.provider_tokens_minted.fetch_add(1, Relaxed);
+        c.provider_token_issued_at_seconds.store(self.iat, Relaxed);
+        tracing::debug!(app = self.app, iat = self.iat, "minted provider token");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Outcomes;
+    use super::AppCounters;
+
+    #[test]
+    fn a_refusal_counts_once_per_change_of_state() {
+        let (o, _rx, counters) = Outcomes::detached("com.example.chat");
+        let c = counters.app("com.example.chat");
+        let refusals = || AppCounters::get(&c.credential_refusals);
+        for _ in 0..5 {
+            o.credential_refused("api.push.apple.com:443", "client certificate expired on 2024-02-01");
+        }
+        assert_eq!(refusals(), 1);
+        assert_eq!(
+            c.credential.refused(),
+            vec![(
+                "api.push.apple.com:443".to_owned(),
+                "client certificate expired on 2024-02-01".to_owned()
+            )]
+        );
+        // Another reason is another state; another host its own.
+        o.credential_refused("api.push.apple.com:443", "APNS refuses the provider token");
+        o.credential_refused("api.sandbox.push.apple.com:443", "APNS refuses the provider token");
+        assert_eq!(refusals(), 3);
+        o.credential_accepted("api.push.apple.com:443");
+        o.credential_accepted("api.push.apple.com:443");
+        assert_eq!(c.credential.refused().len(), 1);
+        o.credential_accepted("api.sandbox.push.apple.com:443");
+        assert!(c.credential.refused().is_empty());
+        // Refused again after it worked: a new change of state.
+        o.credential_refused("api.push.apple.com:443", "APNS refuses the provider token");
+        assert_eq!(refusals(), 4);
     }
 }

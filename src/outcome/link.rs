@@ -4,7 +4,9 @@
 //!
 //! A sink connects when it has work, so an idle sink with no connection
 //! is ready; it is not ready when its latest connection attempt failed
-//! (until one succeeds) or when APNS refuses its credential.
+//! (until one succeeds). (A refused credential is kept beside it, in
+//! [`super::events::CredentialStatus`]; [`super::AppCounters::readiness`]
+//! looks at both.)
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -24,29 +26,24 @@ pub struct HostLink {
     pub disconnects: BTreeMap<String, u64>,
 }
 
-/// Why a sink cannot deliver now.
+/// Why a sink cannot deliver now: the latest connection attempt to
+/// `host` failed with `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkProblem {
-    /// The latest connection attempt to `host` failed with `error`.
-    Unreachable { host: String, error: String },
-    /// APNS refuses the app's credential: `reason` in plain words.
-    Credential { host: String, reason: String },
+pub struct Unreachable {
+    pub host: String,
+    pub error: String,
 }
 
-impl std::fmt::Display for LinkProblem {
+impl std::fmt::Display for Unreachable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LinkProblem::Unreachable { host, error } => write!(f, "cannot reach APNS at {host}: {error}"),
-            LinkProblem::Credential { reason, .. } => f.write_str(reason),
-        }
+        write!(f, "cannot reach APNS at {}: {}", self.host, self.error)
     }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     hosts: BTreeMap<String, HostLink>,
-    unreachable: Option<LinkProblem>,
-    credential: Option<LinkProblem>,
+    unreachable: Option<Unreachable>,
 }
 
 /// An app's link state; every method takes one short lock (connection
@@ -86,36 +83,15 @@ impl LinkState {
 
     /// A connection attempt to `host` failed with `error`.
     pub(crate) fn unreachable(&self, host: &str, error: &dyn std::fmt::Display) {
-        self.lock().unreachable = Some(LinkProblem::Unreachable {
+        self.lock().unreachable = Some(Unreachable {
             host: host.to_owned(),
             error: error.to_string(),
         });
     }
 
-    /// APNS at `host` refuses the credential (`reason` in plain words).
-    /// Returns whether this is a change (a new or different refusal).
-    pub fn credential_refused(&self, host: &str, reason: &str) -> bool {
-        let new = LinkProblem::Credential {
-            host: host.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let mut s = self.lock();
-        let changed = s.credential.as_ref() != Some(&new);
-        s.credential = Some(new);
-        changed
-    }
-
-    /// APNS accepted the credential again. Returns whether it had been
-    /// refused.
-    pub fn credential_accepted(&self) -> bool {
-        self.lock().credential.take().is_some()
-    }
-
-    /// `Ok(())` when the sink can deliver; otherwise the problem (a
-    /// credential refusal before an unreachable host).
-    pub fn ready(&self) -> Result<(), LinkProblem> {
-        let s = self.lock();
-        match s.credential.clone().or_else(|| s.unreachable.clone()) {
+    /// `Ok(())` unless the latest connection attempt failed.
+    pub fn ready(&self) -> Result<(), Unreachable> {
+        match self.lock().unreachable.clone() {
             Some(p) => Err(p),
             None => Ok(()),
         }
@@ -153,20 +129,5 @@ mod tests {
         let hosts = l.hosts();
         assert_eq!(hosts[0].1.connects, 1);
         assert_eq!(hosts[0].1.disconnects.get("goaway"), Some(&1));
-    }
-
-    #[test]
-    fn a_refused_credential_wins_and_changes_are_reported_once() {
-        let l = LinkState::default();
-        assert!(l.credential_refused("h:443", "client certificate expired on 2024-02-01"));
-        assert!(!l.credential_refused("h:443", "client certificate expired on 2024-02-01"));
-        l.connected("h:443");
-        assert_eq!(
-            l.ready().unwrap_err().to_string(),
-            "client certificate expired on 2024-02-01"
-        );
-        assert!(l.credential_accepted());
-        assert!(!l.credential_accepted());
-        assert!(l.ready().is_ok());
     }
 }

@@ -315,6 +315,49 @@ impl Outcomes {
         .emit(&self.counters);
     }
 
+    /// APNS at `host` refuses this app's credential for `reason` (plain
+    /// words, e.g. `client certificate expired on 2024-02-01`): logged at
+    /// ERROR when the state changes, and kept in
+    /// [`AppCounters::credential`] until [`Outcomes::credential_accepted`].
+    pub fn credential_refused(&self, host: &str, reason: &str) {
+        events::CredentialRefused {
+            app: self.counters.app(),
+            host,
+            reason,
+        }
+        .emit(&self.counters);
+    }
+
+    /// APNS at `host` accepted this app's credential (cheap while nothing
+    /// was refused: called on every answer).
+    pub fn credential_accepted(&self, host: &str) {
+        events::CredentialAccepted {
+            app: self.counters.app(),
+            host,
+        }
+        .emit(&self.counters);
+    }
+
+    /// The sink loaded its credentials: the client certificate's expiry
+    /// (Unix seconds, `None` without one) and warnings to log.
+    pub fn credential_loaded(&self, certificate_expiry: Option<u64>, warnings: &[String]) {
+        events::CredentialLoaded {
+            app: self.counters.app(),
+            certificate_expiry,
+            warnings,
+        }
+        .emit(&self.counters);
+    }
+
+    /// A provider token was minted with `iat` (Unix seconds).
+    pub fn provider_token_minted(&self, iat: u64) {
+        events::ProviderTokenMinted {
+            app: self.counters.app(),
+            iat,
+        }
+        .emit(&self.counters);
+    }
+
     /// The sink of this app stopped (logs its counters).
     pub fn stopped(&self, protocol: &str) {
         events::SinkStopped { protocol }.emit(&self.counters);

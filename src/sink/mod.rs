@@ -14,7 +14,8 @@
 //! - [`config`]: `[[apps]]`: the keys every app has, and `protocol`
 //!   selecting the sink's own typed config.
 //! - [`http2`], [`binary`], [`log`]: the sinks.
-//! - [`pool`]: the dispatcher and retries the APNS sinks share; [`net`]:
+//! - [`pool`]: the dispatcher and retries the APNS sinks share; [`refusal`]:
+//!   credentials APNS refuses at run time, in plain words; [`net`]:
 //!   connecting to APNS; [`live`]: credentials replaced on a reload.
 
 pub mod binary;
@@ -25,6 +26,7 @@ pub mod live;
 pub mod log;
 pub mod net;
 pub mod pool;
+pub mod refusal;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +49,15 @@ pub enum SinkError {
     Tls {
         what: &'static str,
         source: crate::tls::TlsError,
+    },
+    /// A credential file loads but cannot work: expired or not yet valid,
+    /// a key that does not match, a key type APNS does not take. `key` is
+    /// the config key naming the file.
+    #[error("{key} {path}: {reason}")]
+    Credential {
+        key: &'static str,
+        path: String,
+        reason: String,
     },
     /// The provider-token key.
     #[error(transparent)]
@@ -133,13 +144,14 @@ pub type SinkFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl SinkConfig {
     /// Load and check everything the sink needs (files exist and parse,
-    /// keys that belong together are together), for `pushbridge check`
-    /// and start-up.
-    pub fn check(&self) -> Result<(), SinkError> {
+    /// keys that belong together are together, credentials are valid now:
+    /// [`credentials::inspect_identity`]), for `pushbridge check` and
+    /// start-up. Returns the warnings (a certificate expiring soon).
+    pub fn check(&self) -> Result<Vec<String>, SinkError> {
         match self {
-            SinkConfig::Log(_) => Ok(()),
-            SinkConfig::Http2(c) => http2::Http2Setup::from_config(c).map(|_| ()),
-            SinkConfig::Binary(c) => binary::BinarySetup::from_config(c).map(|_| ()),
+            SinkConfig::Log(_) => Ok(Vec::new()),
+            SinkConfig::Http2(c) => http2::Http2Setup::from_config(c).map(|s| s.report.warnings),
+            SinkConfig::Binary(c) => binary::BinarySetup::from_config(c).map(|s| s.report.warnings),
         }
     }
 

@@ -23,6 +23,11 @@ pub const RETRY_BASE: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Queue between the dispatcher and a pool's workers.
 pub const POOL_QUEUE: usize = 4096;
+/// First delay before a notification held for a refused credential goes
+/// out again; doubles with every refusal in a row up to [`HOLD_MAX`].
+pub const HOLD_BASE: Duration = Duration::from_secs(1);
+/// Longest delay between two tries of a refused credential.
+pub const HOLD_MAX: Duration = Duration::from_secs(60);
 
 /// A pool's queue, shared by its connection workers.
 pub type PoolQueue = Arc<Mutex<mpsc::Receiver<Notification>>>;
@@ -49,6 +54,9 @@ pub struct Shared {
     room: Notify,
     retry_tx: mpsc::UnboundedSender<Notification>,
     max_retries: u32,
+    /// Notifications held in a row because APNS refused the credential
+    /// (sets the hold delay); 0 once it accepts it again.
+    refused_streak: std::sync::atomic::AtomicU32,
     /// Every task the sink spawns (workers, retry timers, streams left to
     /// finish), so the sink ends only when they have.
     pub tasks: TaskTracker,
@@ -133,6 +141,35 @@ impl Shared {
         });
     }
 
+    /// APNS refused the credential (not the notification): `host` and the
+    /// plain `reason` go to the outcome layer (one ERROR line per change of
+    /// state), and `n` is held: sent again after a delay that grows with
+    /// every refusal in a row up to [`HOLD_MAX`], without spending one of
+    /// its retries, until its own expiration. It stays in the outbox.
+    pub fn hold(&self, n: Notification, host: &str, reason: &str) {
+        self.outcomes.credential_refused(host, reason);
+        let Some(n) = self.unless_expired(n, &format!("expired while APNS refused the credential: {reason}")) else {
+            return;
+        };
+        let streak = self.refused_streak.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let delay = Backoff::delay_for(HOLD_BASE, HOLD_MAX, streak.min(16));
+        self.outcomes.retried(&n, reason, delay);
+        let tx = self.retry_tx.clone();
+        self.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(n);
+        });
+    }
+
+    /// APNS at `host` accepted the credential (an answer past
+    /// authentication): ends a refusal.
+    pub fn accepted(&self, host: &str) {
+        if self.refused_streak.load(Ordering::Relaxed) != 0 {
+            self.refused_streak.store(0, Ordering::Relaxed);
+        }
+        self.outcomes.credential_accepted(host);
+    }
+
     /// Spawn a task of the sink: tracked (the sink ends only after it) and
     /// inside the sink's span (its logs carry `app` and `protocol`).
     pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -182,6 +219,7 @@ pub async fn dispatch(
         room: Notify::new(),
         retry_tx,
         max_retries: limits.max_retries,
+        refused_streak: std::sync::atomic::AtomicU32::new(0),
         tasks: TaskTracker::new(),
     });
     pools_for.started(&shared);
@@ -431,5 +469,44 @@ mod tests {
             .load(Ordering::Relaxed);
         assert_eq!(peak, 50, "input is taken up to the cap, never beyond");
         assert_eq!(drain(&mut rx).len(), 500, "every notification settled once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_credential_holds_without_spending_retries() {
+        let limits = Limits {
+            max_retries: 0,
+            max_outstanding: 100,
+        };
+        let (outcomes, mut rx, counters) = Outcomes::detached("com.example.chat");
+        let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let pools = FakePools {
+            act: Arc::new(move |shared: &Shared, n: Notification| {
+                if tries.fetch_add(1, Ordering::SeqCst) < 4 {
+                    shared.hold(n, "api.push.apple.com:443", "APNS refuses the provider token")
+                } else {
+                    shared.accepted("api.push.apple.com:443");
+                    shared.finish(n, Outcome::Delivered)
+                }
+            }),
+            seen: seen.clone(),
+        };
+        let (tx, input) = mpsc::channel(16);
+        let task = tokio::spawn(dispatch(pools, input, outcomes, limits));
+        tx.send(note(1)).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let done = drain(&mut rx);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].outcome(), Some(&Outcome::Delivered), "held, never given up");
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.iter().all(|s| s.1 == 0), "no retry spent: {seen:?}");
+        // The delay between tries grows.
+        let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].2.duration_since(w[0].2)).collect();
+        assert_eq!(gaps.len(), 4);
+        assert!(gaps[0] <= HOLD_BASE && gaps[3] >= HOLD_BASE * 4, "{gaps:?}");
+        let c = counters.app("com.example.chat");
+        assert_eq!(c.credential_refusals.load(Ordering::Relaxed), 1, "one state change");
+        assert!(c.credential.refused().is_empty(), "accepted again");
     }
 }

@@ -54,15 +54,18 @@ pub fn config_text(dir: &Path, extra_line: &str, extra_app: &str) -> String {
 impl Gateway {
     /// Start on `text` written to `dir/config.toml`.
     pub fn start(dir: &Path, text: &str) -> Gateway {
+        let filter = std::env::var("PB_TEST_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_with_log(dir, text, &filter)
+    }
+
+    /// [`Gateway::start`] with the log filter `filter` (`RUST_LOG` syntax).
+    pub fn start_with_log(dir: &Path, text: &str, filter: &str) -> Gateway {
         let config = dir.join("config.toml");
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
             .args(["run", "--config"])
             .arg(&config)
-            .env(
-                "RUST_LOG",
-                std::env::var("PB_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -9,7 +9,7 @@ use pushbridge_api::Environment;
 use serde::Deserialize;
 
 use super::{CONFIRM_AFTER_MS, FEEDBACK_INTERVAL};
-use crate::sink::credentials::{check_common, CertificateKeys};
+use crate::sink::credentials::{check_common, inspect_ca_file, CertificateKeys, CredentialReport};
 use crate::sink::net::Target;
 use crate::sink::SinkError;
 
@@ -69,6 +69,8 @@ pub struct BinarySetup {
     pub feedback_interval: Duration,
     /// `binary_confirm_ms`.
     pub confirm_after: Duration,
+    /// What inspecting the certificate found (its expiry, warnings).
+    pub report: CredentialReport,
 }
 
 impl BinarySetup {
@@ -81,7 +83,7 @@ impl BinarySetup {
             pkcs12_file: c.pkcs12_file.as_ref(),
             pkcs12_password: c.pkcs12_password.as_deref(),
         };
-        let Some(identity) = certificate.load()? else {
+        let Some((identity, report)) = certificate.load()? else {
             return Err(SinkError::config(
                 "cert_file or pkcs12_file",
                 "binary needs a client certificate: cert_file [+ private_key_file] or pkcs12_file",
@@ -101,6 +103,9 @@ impl BinarySetup {
         if interval == 0 {
             return Err(SinkError::config("feedback_interval", "must be at least 1 second"));
         }
+        if let Some(ca) = &c.ca_file {
+            inspect_ca_file(ca)?;
+        }
         let tls = crate::tls::client_config(c.ca_file.as_deref(), Some(identity), &[]).map_err(|e| SinkError::Tls {
             what: "TLS setup",
             source: e.into(),
@@ -119,6 +124,7 @@ impl BinarySetup {
             command,
             feedback_interval: Duration::from_secs(interval),
             confirm_after: Duration::from_millis(c.binary_confirm_ms.unwrap_or(CONFIRM_AFTER_MS).max(1)),
+            report,
         })
     }
 

@@ -83,8 +83,12 @@ impl BinarySink {
     pub async fn run(self, ctx: SinkContext) {
         let stop = CancellationToken::new();
         let (creds_tx, creds) = live::channel(TlsConnector::from(self.setup.tls.clone()));
-        let follow = live::follow(ctx.reload, creds_tx, |c| match c {
-            SinkConfig::Binary(c) => BinarySetup::from_config(c).map(|s| TlsConnector::from(s.tls)),
+        let reloaded = ctx.outcomes.clone();
+        let follow = live::follow(ctx.reload, creds_tx, move |c| match c {
+            SinkConfig::Binary(c) => BinarySetup::from_config(c).map(|s| {
+                reloaded.credential_loaded(s.report.certificate_expiry, &s.report.warnings);
+                TlsConnector::from(s.tls)
+            }),
             other => Err(SinkError::config(
                 "protocol",
                 format!("{} (changing it needs a restart)", other.protocol().as_str()),
@@ -104,6 +108,8 @@ impl BinarySink {
             max_outstanding: 2 * (self.connections * MAX_WINDOW + POOL_QUEUE),
         };
         let outcomes = ctx.outcomes.clone();
+        let report = &self.setup.report;
+        outcomes.credential_loaded(report.certificate_expiry, &report.warnings);
         live::run_with(dispatch(pools, ctx.input, ctx.outcomes, limits), follow).await;
         outcomes.stopped("binary");
     }
@@ -160,6 +166,7 @@ impl PoolStarter for Pools<'_> {
             creds: self.creds.clone(),
             command: self.sink.setup.command,
             confirm_after: self.sink.setup.confirm_after,
+            report: Arc::new(self.sink.setup.report.clone()),
         };
         for index in 0..self.sink.connections {
             shared.spawn(worker::worker(index, link.clone(), rx.clone(), shared.clone()));

@@ -23,9 +23,11 @@ use super::codec::{self, ErrorResponseCodec, PushEncoder, PushRef};
 use super::window::{requeue_front, settle_error, ConnState, Sent};
 use super::{ident, MAX_WINDOW, MIN_WINDOW};
 use crate::outcome::{Notification, Outcome};
+use crate::sink::credentials::CredentialReport;
 use crate::sink::live::Live;
-use crate::sink::net::{connect_tls, Target, CONNECT_TIMEOUT};
+use crate::sink::net::{connect_tls, is_credential_alert, PeerState, Target, Watched, CONNECT_TIMEOUT};
 use crate::sink::pool::{self, PoolQueue, Shared};
+use crate::sink::refusal::alert_reason;
 
 /// Notifications coalesced into one write.
 const BATCH: usize = 512;
@@ -43,6 +45,8 @@ pub struct Link {
     /// 2 (frames) or 1 (enhanced).
     pub command: u8,
     pub confirm_after: Duration,
+    /// What the credential inspection found (to date a certificate alert).
+    pub report: Arc<CredentialReport>,
 }
 
 /// How a connection ended.
@@ -83,7 +87,12 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
         let stream = match connect_tls(&link.target, &creds.value).await {
             Ok(s) => s,
             Err(e) => {
-                shared.outcomes.unreachable(host, index, &e);
+                match e.credential_alert() {
+                    Some(a) => shared
+                        .outcomes
+                        .credential_refused(host, &alert_reason(a, &link.report, pool::unix_now())),
+                    None => shared.outcomes.unreachable(host, index, &e),
+                }
                 replay = replay
                     .drain(..)
                     .filter_map(|n| shared.unless_expired(n, "expired while APNS was unreachable"))
@@ -93,6 +102,10 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             }
         };
         shared.outcomes.connected(host, index);
+        // The binary gateway says nothing when it accepts a certificate;
+        // in TLS 1.3 its refusal comes as an alert on the first read.
+        let peer = Arc::new(PeerState::default());
+        let stream = Watched::new(stream, peer.clone());
         let mut conn = ConnState::new(limit, link.confirm_after);
         let current = (link.creds.clone(), creds.generation);
         let end = Session::new(stream, link.command, &shared)
@@ -124,6 +137,15 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
                 backoff.reset();
                 continue;
             }
+            End::Lost(_) if peer.alert().is_some_and(is_credential_alert) => {
+                if let Some(a) = peer.alert() {
+                    shared
+                        .outcomes
+                        .credential_refused(host, &alert_reason(a, &link.report, pool::unix_now()));
+                }
+                // APNS never took them: sent again on the next connection.
+                requeue_front(&mut replay, conn.window.drain(..).map(|s| s.n));
+            }
             End::Lost(why) => {
                 let unconfirmed = conn.window.len();
                 shared.outcomes.lost(unconfirmed as u64, &why);
@@ -133,6 +155,7 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             }
         }
         if progressed {
+            shared.accepted(host);
             backoff.reset();
         } else {
             tokio::time::sleep(backoff.next_delay()).await;

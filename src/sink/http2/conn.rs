@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::apns::ErrorBody;
-pub use crate::sink::net::{connect_tls, ConnectError, Target, CONNECT_TIMEOUT};
+pub use crate::sink::net::{connect_tls, ConnectError, PeerState, Target, Watched, CONNECT_TIMEOUT};
 
 /// Default `ping_interval`: a PING goes out this often; Apple recommends
 /// keeping connections open for hours, and middleboxes forget quiet ones.
@@ -21,6 +21,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(60);
 /// A connection whose PING is not answered within this (or within the
 /// PING interval, if shorter) is given up.
 pub const PONG_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the server may take to speak first (its SETTINGS) before we
+/// write our preface anyway (see [`crate::sink::net`] for why we wait).
+pub const FIRST_WORD: Duration = Duration::from_secs(2);
 /// Error bodies are small JSON; anything longer is cut.
 const MAX_ERROR_BODY: usize = 4096;
 
@@ -36,6 +39,10 @@ pub struct Conn {
 }
 
 /// Connect, handshake and start the connection's driver task in `tasks`.
+/// The connection is returned once the server has sent its first frame
+/// (its SETTINGS, RFC 9113 §3.4): only then do we know that it accepted
+/// the TLS session, client certificate included. A server that refuses it
+/// is [`ConnectError::Closed`] with its alert.
 pub async fn connect(
     target: &Target,
     tls: &TlsConnector,
@@ -47,6 +54,17 @@ pub async fn connect(
     let stream = connect_tls(target, tls).await?;
     if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(ConnectError::NoH2(name.clone()));
+    }
+    let peer = Arc::new(PeerState::default());
+    let mut stream = Watched::new(stream, peer.clone());
+    if let Err(e) = stream.first_word(FIRST_WORD).await {
+        return Err(match peer.alert() {
+            Some(alert) => ConnectError::Closed {
+                host: name.clone(),
+                alert: Some(alert),
+            },
+            None => ConnectError::Session(name.clone(), e),
+        });
     }
     let (send, connection) = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -66,8 +84,13 @@ pub async fn connect(
         closed: closed.clone(),
         cause: cause.clone(),
     };
-    tasks.spawn(drive(connection, name.clone(), ended, ping_every).in_current_span());
-    Ok(Conn { send, closed, cause })
+    tasks.spawn(drive(connection, name.clone(), ended, ping_every, Some(peer.clone())).in_current_span());
+    tokio::select! {
+        biased;
+        _ = peer.spoken() => Ok(Conn { send, closed, cause }),
+        _ = closed.cancelled() => Err(ConnectError::Closed { host: name.clone(), alert: peer.alert() }),
+        _ = tokio::time::sleep(CONNECT_TIMEOUT) => Err(timed("HTTP/2 SETTINGS from")),
+    }
 }
 
 /// How [`drive`] says the connection ended.
@@ -90,13 +113,17 @@ impl Ended {
 
 /// Run the connection until it ends, PINGing it every `ping_every`; a
 /// PING left unanswered ends it (a dead peer or a forgotten NAT mapping
-/// would otherwise hold streams until their answer timeout).
+/// would otherwise hold streams until their answer timeout). A connection
+/// the server ends before it `peer` spoke is logged at DEBUG only: the
+/// caller of [`connect`] reports it.
 async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut conn: Connection<T, Bytes>,
     name: String,
     ended: Ended,
     ping_every: Duration,
+    peer: Option<Arc<PeerState>>,
 ) {
+    let quiet = || peer.as_ref().is_some_and(|p| !p.spoke());
     let pong_timeout = PONG_TIMEOUT.min(ping_every);
     let mut pinger = conn.ping_pong();
     loop {
@@ -105,6 +132,7 @@ async fn drive<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 ended.with(&r);
                 match r {
                     Ok(()) => tracing::debug!(host = %name, "APNS connection closed"),
+                    Err(e) if quiet() => tracing::debug!(host = %name, error = %e, "APNS connection ended before it started"),
                     Err(e) => tracing::info!(host = %name, error = %e, "APNS connection ended"),
                 }
                 break;
@@ -196,7 +224,7 @@ mod tests {
             cause: Default::default(),
         };
         let cause = ended.cause.clone();
-        tokio::spawn(drive(connection, "test".into(), ended, ping_every));
+        tokio::spawn(drive(connection, "test".into(), ended, ping_every, None));
         (send, closed, server.await.unwrap().unwrap(), cause)
     }
 

@@ -36,20 +36,74 @@ pub struct JwtSigner {
     current: Mutex<Option<Current>>,
     minted: std::sync::atomic::AtomicU64,
     last_forced: Mutex<Option<Instant>>,
+    /// Where mints are recorded (the sink attaches its app's outcomes).
+    outcomes: std::sync::OnceLock<crate::outcome::Outcomes>,
 }
 
 struct Current {
     token: Arc<str>,
     at: Instant,
+    /// Minted because APNS called the previous token expired.
+    forced: bool,
 }
 
+/// Apple's key ids and team ids: 10 ASCII letters and digits.
 fn check_id(name: &str, value: &str) -> Result<(), JwtError> {
-    if value.is_empty() || value.len() > 32 || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if value.len() != 10 || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(JwtError::Config(format!(
-            "{name} {value:?} must be the 10-character identifier from Apple's developer account (letters and digits)"
+            "{name} {value:?} must be the 10-character identifier from Apple's developer account \
+             (letters and digits; this has {} characters)",
+            value.chars().count()
         )));
     }
     Ok(())
+}
+
+/// Why `pem` is not the P-256 PKCS#8 key a `.p8` from Apple is, saying
+/// what it is instead when it can tell; `None` when it is one.
+pub fn describe_p8(pem: &[u8]) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    const WANT: &str = "a .p8 from Apple is a PKCS#8 P-256 key (\"BEGIN PRIVATE KEY\")";
+    let key = match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(k) => k,
+        Err(e) => return Some(format!("not a PEM private key ({e}); {WANT}")),
+    };
+    let what = match &key {
+        PrivateKeyDer::Pkcs1(_) => return Some(format!("an RSA key (PKCS#1, \"BEGIN RSA PRIVATE KEY\"); {WANT}")),
+        PrivateKeyDer::Sec1(_) => {
+            return Some(format!(
+                "an EC key in SEC1 form (\"BEGIN EC PRIVATE KEY\"); {WANT}: convert it with `openssl pkcs8 -topk8 -nocrypt`"
+            ))
+        }
+        _ => key.clone_key(),
+    };
+    let signing = match crate::tls::provider().key_provider.load_private_key(what) {
+        Ok(k) => k,
+        Err(e) => return Some(format!("a PKCS#8 key this build cannot use ({e}); {WANT}")),
+    };
+    match signing.algorithm() {
+        rustls::SignatureAlgorithm::ECDSA => {}
+        rustls::SignatureAlgorithm::RSA => return Some(format!("an RSA key; {WANT}")),
+        rustls::SignatureAlgorithm::ED25519 => return Some(format!("an Ed25519 key; {WANT}")),
+        other => return Some(format!("a {other:?} key; {WANT}")),
+    }
+    let spki = signing.public_key()?;
+    use x509_parser::prelude::FromDer;
+    let curve = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki.as_ref())
+        .ok()
+        .and_then(|(_, s)| {
+            s.algorithm
+                .parameters()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+        });
+    match curve.as_deref() {
+        Some("1.2.840.10045.3.1.7") => None,
+        Some("1.3.132.0.34") => Some(format!("a P-384 key; {WANT}")),
+        Some(other) => Some(format!("an EC key on curve {other}; {WANT}")),
+        None => Some(format!("an EC key without a named curve; {WANT}")),
+    }
 }
 
 impl JwtSigner {
@@ -76,6 +130,9 @@ impl JwtSigner {
             path: String::new(),
             message,
         };
+        if let Some(what) = describe_p8(pem) {
+            return Err(bad(what));
+        }
         let key = EncodingKey::from_ec_pem(pem).map_err(|e| {
             bad(format!(
                 "not a PEM \"PRIVATE KEY\" (.p8 from Apple: PKCS#8, P-256): {e}"
@@ -88,6 +145,7 @@ impl JwtSigner {
             current: Mutex::new(None),
             minted: std::sync::atomic::AtomicU64::new(0),
             last_forced: Mutex::new(None),
+            outcomes: std::sync::OnceLock::new(),
         };
         // The PEM parser does not look inside the key; signing does.
         signer
@@ -127,7 +185,21 @@ impl JwtSigner {
                 return c.token.clone();
             }
         }
-        self.mint(&mut cur, now)
+        self.mint(&mut cur, now, false)
+    }
+
+    /// Record every mint from now on in `outcomes` (count and `iat`); the
+    /// first call wins.
+    pub fn attach(&self, outcomes: crate::outcome::Outcomes) {
+        let _ = self.outcomes.set(outcomes);
+    }
+
+    /// Whether `used` is a token minted because APNS called the one before
+    /// it expired: if APNS calls that one expired too, minting again does
+    /// not help (the host's clock is wrong, or the key was revoked).
+    pub fn is_reminted(&self, used: &str) -> bool {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        cur.as_ref().is_some_and(|c| c.forced && &*c.token == used)
     }
 
     /// Apple answered `ExpiredProviderToken` to a request that carried
@@ -153,20 +225,25 @@ impl JwtSigner {
         }
         *last = Some(now);
         tracing::warn!("APNS says the provider token expired; minting a new one");
-        self.mint(&mut cur, now)
+        self.mint(&mut cur, now, true)
     }
 
-    fn mint(&self, cur: &mut Option<Current>, now: Instant) -> Arc<str> {
+    fn mint(&self, cur: &mut Option<Current>, now: Instant, forced: bool) -> Arc<str> {
         // Signing cannot fail for a key that signed at load time; keep the
         // old token if it somehow does (Apple's answer will say why).
-        match self.sign(unix_now()) {
+        let iat = unix_now();
+        match self.sign(iat) {
             Ok(t) => {
                 self.minted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(key_id = %self.key_id, "minted provider token");
+                match self.outcomes.get() {
+                    Some(o) => o.provider_token_minted(iat),
+                    None => tracing::debug!(key_id = %self.key_id, "minted provider token"),
+                }
                 let token: Arc<str> = t.into();
                 *cur = Some(Current {
                     token: token.clone(),
                     at: now,
+                    forced,
                 });
                 token
             }
@@ -273,5 +350,66 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("/nonexistent/AuthKey.p8"), "{e}");
+    }
+
+    #[test]
+    fn a_p8_that_is_not_p256_pkcs8_says_what_it_is() {
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let e = JwtSigner::from_p8_pem(p384.serialize_pem().as_bytes(), "ABC123DEFG", "TEAM123456")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("a P-384 key") && e.contains("PKCS#8 P-256"), "{e}");
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert!(describe_p8(ed.serialize_pem().as_bytes())
+            .unwrap()
+            .starts_with("an Ed25519 key"));
+        // A certificate is not a key.
+        let pki = crate::tls::TestPki::generate().unwrap();
+        assert!(describe_p8(pki.ca_pem.as_bytes())
+            .unwrap()
+            .starts_with("not a PEM private key"));
+        let (private, _) = keypair();
+        assert_eq!(describe_p8(private.as_bytes()), None);
+    }
+
+    #[test]
+    fn key_and_team_ids_are_ten_letters_or_digits() {
+        let (private, _) = keypair();
+        for (kid, team, bad) in [
+            ("ABC123DEF", "TEAM123456", "key_id"),
+            ("ABC123DEFGH", "TEAM123456", "key_id"),
+            ("ABC123DEF-", "TEAM123456", "key_id"),
+            ("ABC123DEFG", "TEAM12345", "team_id"),
+        ] {
+            let e = JwtSigner::from_p8_pem(private.as_bytes(), kid, team)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.starts_with(bad) && e.contains("10-character"), "{kid} {team}: {e}");
+        }
+        let e = JwtSigner::from_p8_pem(private.as_bytes(), "ABC123DEF", "TEAM123456")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("this has 9 characters"), "{e}");
+    }
+
+    #[test]
+    fn a_token_minted_after_expired_is_known_as_reminted() {
+        let (private, _) = keypair();
+        let s = JwtSigner::from_p8_pem(private.as_bytes(), "ABC123DEFG", "TEAM123456").unwrap();
+        let (outcomes, _rx, counters) = crate::outcome::Outcomes::detached("com.example.chat");
+        s.attach(outcomes);
+        let a = s.token();
+        assert!(!s.is_reminted(&a));
+        let b = s.expired(&a);
+        assert!(s.is_reminted(&b) && !s.is_reminted(&a));
+        let c = counters.app("com.example.chat");
+        assert_eq!(c.provider_tokens_minted.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let iat = c
+            .provider_token_issued_at_seconds
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(iat.abs_diff(unix_now()) < 5, "{iat}");
     }
 }

@@ -50,9 +50,10 @@ use tokio_util::task::TaskTracker;
 pub use self::config::Http2Config;
 use self::conn::{Answer, Target};
 use self::jwt::JwtSigner;
-use super::credentials::{check_common, CertificateKeys};
+use super::credentials::{check_common, inspect_ca_file, CertificateKeys, CredentialReport};
 use super::live::{self, Live};
 use super::pool::{self, dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
+use super::refusal;
 use super::{SinkConfig, SinkContext, SinkError};
 use crate::apns::{classify, Action, Reason};
 use crate::outcome::{Notification, Outcome};
@@ -86,6 +87,8 @@ pub struct Http2Setup {
     pub endpoint: Option<String>,
     /// Keep-alive PING interval (`ping_interval`).
     pub ping_interval: Duration,
+    /// What inspecting the credentials found (certificate expiry, warnings).
+    pub report: CredentialReport,
 }
 
 impl Http2Setup {
@@ -105,7 +108,7 @@ impl Http2Setup {
                  cert_file [+ private_key_file] or pkcs12_file [+ pkcs12_password] (certificate)",
             ));
         }
-        let (auth, identity) = if token_keys {
+        let (auth, identity, report) = if token_keys {
             let need = |key, what: &str| SinkError::config(key, format!("token auth needs it ({what})"));
             let key_file = c
                 .key_file
@@ -114,10 +117,10 @@ impl Http2Setup {
             let key_id = c.key_id.as_deref().ok_or_else(|| need("key_id", "10 characters"))?;
             let team_id = c.team_id.as_deref().ok_or_else(|| need("team_id", "10 characters"))?;
             let signer = JwtSigner::from_p8_file(key_file, key_id, team_id)?;
-            (Auth::Token(Arc::new(signer)), None)
+            (Auth::Token(Arc::new(signer)), None, CredentialReport::default())
         } else {
             match certificate.load()? {
-                Some(id) => (Auth::Certificate, Some(id)),
+                Some((id, report)) => (Auth::Certificate, Some(id), report),
                 None => {
                     return Err(SinkError::config(
                         "key_file or cert_file",
@@ -127,6 +130,9 @@ impl Http2Setup {
                 }
             }
         };
+        if let Some(ca) = &c.ca_file {
+            inspect_ca_file(ca)?;
+        }
         let tls = crate::tls::client_config(c.ca_file.as_deref(), identity, &[b"h2"]).map_err(|e| SinkError::Tls {
             what: "TLS setup",
             source: e.into(),
@@ -147,6 +153,7 @@ impl Http2Setup {
             auth,
             endpoint: c.endpoint.clone(),
             ping_interval,
+            report,
         })
     }
 
@@ -179,8 +186,15 @@ impl Http2Sink {
     /// Deliver `ctx.input` until it closes and everything taken is settled.
     pub async fn run(self, ctx: SinkContext) {
         let (creds_tx, creds) = live::channel(Creds::of(&self.setup));
-        let follow = live::follow(ctx.reload, creds_tx, |c| match c {
-            SinkConfig::Http2(c) => Http2Setup::from_config(c).map(|s| Creds::of(&s)),
+        let reloaded = ctx.outcomes.clone();
+        let follow = live::follow(ctx.reload, creds_tx, move |c| match c {
+            SinkConfig::Http2(c) => Http2Setup::from_config(c).map(|s| {
+                reloaded.credential_loaded(s.report.certificate_expiry, &s.report.warnings);
+                if let Auth::Token(signer) = &s.auth {
+                    signer.attach(reloaded.clone());
+                }
+                Creds::of(&s)
+            }),
             other => Err(SinkError::config(
                 "protocol",
                 format!("{} (changing it needs a restart)", other.protocol().as_str()),
@@ -198,6 +212,11 @@ impl Http2Sink {
             max_outstanding: 2 * (self.connections * MAX_IN_FLIGHT + POOL_QUEUE),
         };
         let outcomes = ctx.outcomes.clone();
+        let report = &self.setup.report;
+        outcomes.credential_loaded(report.certificate_expiry, &report.warnings);
+        if let Auth::Token(signer) = &self.setup.auth {
+            signer.attach(outcomes.clone());
+        }
         live::run_with(dispatch(pools, ctx.input, ctx.outcomes, limits), follow).await;
         outcomes.stopped("http2");
     }
@@ -207,6 +226,8 @@ impl Http2Sink {
 pub struct Creds {
     connector: tokio_rustls::TlsConnector,
     auth: Auth,
+    /// What the credential inspection found (to date a certificate alert).
+    report: CredentialReport,
 }
 
 impl Creds {
@@ -214,6 +235,7 @@ impl Creds {
         Self {
             connector: conn::connector(setup.tls.clone()),
             auth: setup.auth.clone(),
+            report: setup.report.clone(),
         }
     }
 }
@@ -221,12 +243,28 @@ impl Creds {
 /// The credentials one connection was made with.
 type ConnCreds = Arc<live::Versioned<Creds>>;
 
-/// Act on Apple's answer.
-fn answer(shared: &Shared, auth: &Auth, n: Notification, answer: Answer, bearer: Option<&str>) {
+/// Act on Apple's answer from `host`; whether it refused the credential
+/// (the notification is then held, not settled).
+fn answer(shared: &Shared, auth: &Auth, host: &str, n: Notification, answer: Answer, bearer: Option<&str>) -> bool {
     let (reason, ts) = match &answer.error {
         Some(e) => (e.reason.clone(), e.timestamp_ms),
         None => (Reason::Other(String::new()), None),
     };
+    let reminted = match (auth, bearer) {
+        (Auth::Token(signer), Some(used)) => signer.is_reminted(used),
+        _ => false,
+    };
+    if let Some(plain) = refusal::answer_reason(answer.status, &reason, reminted) {
+        if reason == Reason::ExpiredProviderToken {
+            // Reported, but retried as before (within max_retries): a
+            // clock that is off may come right.
+            shared.outcomes.credential_refused(host, &plain);
+            shared.retry(n, &format!("{} {reason}", answer.status));
+        } else {
+            shared.hold(n, host, &plain);
+        }
+        return true;
+    }
     // "410 Unregistered"; the status alone when Apple gave no reason.
     let status_reason = match reason.as_str() {
         "" => answer.status.to_string(),
@@ -251,6 +289,7 @@ fn answer(shared: &Shared, auth: &Auth, n: Notification, answer: Answer, bearer:
         Action::Retry => shared.retry(n, &status_reason),
         Action::Drop => shared.finish(n, Outcome::dropped(status_reason)),
     }
+    false
 }
 
 /// Starts pools for the dispatcher.
@@ -282,6 +321,8 @@ struct Link {
     target: Target,
     /// The current credentials (a connection keeps those it was made with).
     creds: Live<Creds>,
+    /// `target.authority`, shared by the streams (log field `host`).
+    host: Arc<str>,
     ping_interval: Duration,
     /// The `apns-id` prefix.
     prefix: u64,
@@ -294,6 +335,7 @@ fn start_pool(target: Target, pools: &Pools<'_>, shared: Arc<Shared>) -> mpsc::S
     let rx = Arc::new(Mutex::new(rx));
     tracing::info!(host = %target.authority, connections = sink.connections, "APNS pool starting");
     let link = Link {
+        host: target.authority.as_str().into(),
         target,
         creds: pools.creds.clone(),
         ping_interval: sink.setup.ping_interval,
@@ -332,7 +374,13 @@ async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>) {
                     continue;
                 }
             }
-            Err(e) => shared.outcomes.unreachable(host, index, &e),
+            Err(e) => match e.credential_alert() {
+                Some(alert) => {
+                    let reason = refusal::alert_reason(alert, &creds.value.report, pool::unix_now());
+                    shared.outcomes.credential_refused(host, &reason);
+                }
+                None => shared.outcomes.unreachable(host, index, &e),
+            },
         }
         if let Some(n) = carry.take() {
             carry = shared.unless_expired(n, "expired while APNS was unreachable");
@@ -351,6 +399,9 @@ struct StreamEnd {
     /// APNS checked the token: delivered, or refused for a reason about
     /// the notification itself.
     token_ok: bool,
+    /// APNS refused the credential (the connection does not count as
+    /// working: reconnects keep backing off).
+    refused: bool,
 }
 
 /// The streams of one connection waiting for their answers.
@@ -409,14 +460,14 @@ impl Streams {
     /// Handle the answers that came (those FuturesUnordered hands out in one go).
     fn settle_ready(&mut self, cx: &mut std::task::Context<'_>) {
         while let Poll::Ready(Some(s)) = self.inflight.poll_next_unpin(cx) {
-            self.answered |= s.answered;
+            self.answered |= s.answered && !s.refused;
         }
     }
 
     /// Wait for the next stream to end; `None` when none is open.
     async fn next(&mut self) -> Option<StreamEnd> {
         let s = self.inflight.next().await?;
-        self.answered |= s.answered;
+        self.answered |= s.answered && !s.refused;
         Some(s)
     }
 }
@@ -536,6 +587,7 @@ fn open_stream(
     let signed = Signed {
         creds: creds.clone(),
         current: link.creds.clone(),
+        host: link.host.clone(),
         bearer,
     };
     Opened::Stream(Box::pin(await_answer(resp, n, shared.clone(), signed)))
@@ -549,6 +601,8 @@ struct Signed {
     current: Live<Creds>,
     /// The provider token it carried (token auth).
     bearer: Option<Arc<str>>,
+    /// The APNS host (log field `host`).
+    host: Arc<str>,
 }
 
 impl Signed {
@@ -568,6 +622,7 @@ async fn await_answer(
     let lost = StreamEnd {
         answered: false,
         token_ok: false,
+        refused: false,
     };
     let sent = tokio::time::Instant::now();
     let answer_or_timeout = match tokio::time::timeout(ANSWER_TIMEOUT, conn::read_answer(resp)).await {
@@ -589,15 +644,27 @@ async fn await_answer(
             StreamEnd {
                 answered: true,
                 token_ok: false,
+                refused: false,
             }
         }
         Ok(a) => {
             shared.outcomes.answered(sent.elapsed());
             let token_ok = a.status == 200 || matches!(a.status, 400 | 404 | 405 | 410 | 413);
-            answer(&shared, &signed.creds.value.auth, n, a, signed.bearer.as_deref());
+            let refused = answer(
+                &shared,
+                &signed.creds.value.auth,
+                &signed.host,
+                n,
+                a,
+                signed.bearer.as_deref(),
+            );
+            if token_ok && !refused {
+                shared.accepted(&signed.host);
+            }
             StreamEnd {
                 answered: true,
-                token_ok,
+                token_ok: token_ok && !refused,
+                refused,
             }
         }
         Err(e) => {
@@ -625,6 +692,9 @@ pub enum SendOneError {
     Endpoint(#[from] pushbridge_kit::AddressError),
     #[error(transparent)]
     Connect(#[from] conn::ConnectError),
+    /// APNS refused the client certificate (its TLS alert, in plain words).
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot build the request: {0}")]
     Request(#[from] request::BuildError),
     #[error("HTTP/2: {0}")]
@@ -644,7 +714,11 @@ pub async fn send_one(setup: &Http2Setup, n: &Notification, apns_id: &str) -> Re
         setup.ping_interval,
         &tasks,
     )
-    .await?;
+    .await
+    .map_err(|e| match e.credential_alert() {
+        Some(alert) => SendOneError::Refused(refusal::alert_reason(alert, &setup.report, pool::unix_now())),
+        None => e.into(),
+    })?;
     let bearer = match &setup.auth {
         Auth::Token(s) => Some(s.token()),
         Auth::Certificate => None,
