@@ -91,21 +91,7 @@ pub async fn run_with_reload(
         tokio::spawn(crate::reload::follow(r, config.clone(), targets))
     });
 
-    // Router and adapters.
-    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let router_task = tokio::spawn(router::run(event_rx, store.clone()));
-    let adapters_shutdown = CancellationToken::new();
-    let deps = AdapterDeps {
-        events: event_tx,
-        shutdown: adapters_shutdown.clone(),
-        state: Arc::new(store.clone()),
-        tracker: TaskTracker::new(),
-        statuses,
-    };
-    config.adapters.spawn_all(&deps);
-    deps.tracker.close();
-    let adapters = deps.tracker.clone();
-    drop(deps);
+    let (router_task, adapters_shutdown, adapters) = start_adapters(&config, &store, statuses);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "pushbridge running");
 
     shutdown.await;
@@ -144,6 +130,28 @@ pub async fn run_with_reload(
         );
     }
     Ok(snapshot)
+}
+
+/// Start the router and every configured adapter instance; returns the
+/// router's task, the adapters' shutdown token and their tracker.
+fn start_adapters(
+    config: &Config,
+    store: &StoreHandle,
+    statuses: crate::supervisor::AdapterStatuses,
+) -> (tokio::task::JoinHandle<()>, CancellationToken, TaskTracker) {
+    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let router_task = tokio::spawn(router::run(event_rx, store.clone()));
+    let shutdown = CancellationToken::new();
+    let deps = AdapterDeps {
+        events: event_tx,
+        shutdown: shutdown.clone(),
+        state: Arc::new(store.clone()),
+        tracker: TaskTracker::new(),
+        statuses,
+    };
+    config.adapters.spawn_all(&deps);
+    deps.tracker.close();
+    (router_task, shutdown, deps.tracker.clone())
 }
 
 /// Start the admin listener when `[admin]` is configured; it stops with

@@ -318,28 +318,38 @@ impl Writer {
                 }
                 self.feed.dispatch(out);
             }
-            Err(e) => {
-                self.db.rollback();
-                self.metrics.failed(&e);
-                let msg = format!("store: {e}");
-                tracing::error!(error = %e, commands = pending.len() + batch.len(), completions = done.len(), "store transaction failed; nothing in it was accepted");
-                for p in pending {
-                    p.fail(&msg);
-                }
-                for cmd in batch.drain(..) {
-                    match cmd {
-                        // A policy is not store data: it applies anyway.
-                        Command::SetPolicy(p) => self.policy = *p,
-                        cmd => fail_command(cmd, &msg),
-                    }
-                }
-            }
+            Err(e) => self.transaction_failed(&e, pending, batch, done.len()),
         }
         for c in control {
             match c {
                 Command::CloseSinks => self.feed.close(),
                 Command::OutboxStats { reply } => drop(reply.send(stats::outbox(&self.db))),
                 _ => {}
+            }
+        }
+    }
+
+    /// The transaction failed with `e`: roll back and answer every
+    /// command (held answers and those not applied yet) with the error.
+    fn transaction_failed(
+        &mut self,
+        e: &StoreError,
+        pending: Vec<Pending>,
+        batch: &mut Vec<Command>,
+        completions: usize,
+    ) {
+        self.db.rollback();
+        self.metrics.failed(e);
+        let msg = format!("store: {e}");
+        tracing::error!(error = %e, commands = pending.len() + batch.len(), completions, "store transaction failed; nothing in it was accepted");
+        for p in pending {
+            p.fail(&msg);
+        }
+        for cmd in batch.drain(..) {
+            match cmd {
+                // A policy is not store data: it applies anyway.
+                Command::SetPolicy(p) => self.policy = *p,
+                cmd => fail_command(cmd, &msg),
             }
         }
     }

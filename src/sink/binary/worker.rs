@@ -87,16 +87,7 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
         let stream = match connect_tls(&link.target, &creds.value).await {
             Ok(s) => s,
             Err(e) => {
-                match e.credential_alert() {
-                    Some(a) => shared
-                        .outcomes
-                        .credential_refused(host, &alert_reason(a, &link.report, pool::unix_now())),
-                    None => shared.outcomes.unreachable(host, index, &e),
-                }
-                replay = replay
-                    .drain(..)
-                    .filter_map(|n| shared.unless_expired(n, "expired while APNS was unreachable"))
-                    .collect();
+                connect_failed(&e, (host, index), &link, &shared, &mut replay);
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
@@ -113,13 +104,7 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             .await;
         let progressed = conn.confirmed > 0;
         limit = conn.limit;
-        let cause = match &end {
-            End::Done => "closed by pushbridge",
-            End::Error(_) => "error response",
-            End::Lost(_) => "lost",
-            End::Replaced => "credentials replaced",
-        };
-        shared.outcomes.disconnected(host, index, cause);
+        shared.outcomes.disconnected(host, index, end.cause());
         match end {
             End::Done => return,
             End::Replaced => {
@@ -159,6 +144,39 @@ pub async fn worker(index: usize, link: Link, rx: PoolQueue, shared: Arc<Shared>
             backoff.reset();
         } else {
             tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+/// A connection attempt failed with `e`: a credential refusal or an
+/// unreachable host, recorded; what waits and has expired is settled.
+fn connect_failed(
+    e: &crate::sink::net::ConnectError,
+    (host, index): (&str, usize),
+    link: &Link,
+    shared: &Shared,
+    replay: &mut VecDeque<Notification>,
+) {
+    match e.credential_alert() {
+        Some(a) => shared
+            .outcomes
+            .credential_refused(host, &alert_reason(a, &link.report, pool::unix_now())),
+        None => shared.outcomes.unreachable(host, index, e),
+    }
+    *replay = replay
+        .drain(..)
+        .filter_map(|n| shared.unless_expired(n, "expired while APNS was unreachable"))
+        .collect();
+}
+
+impl End {
+    /// The `cause` label of the disconnect.
+    fn cause(&self) -> &'static str {
+        match self {
+            End::Done => "closed by pushbridge",
+            End::Error(_) => "error response",
+            End::Lost(_) => "lost",
+            End::Replaced => "credentials replaced",
         }
     }
 }
