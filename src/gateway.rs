@@ -64,6 +64,11 @@ pub async fn run_with_reload(
     shutdown: impl Future<Output = ()>,
     reload: Option<Reload>,
 ) -> Result<Snapshot, GatewayError> {
+    // Bound first: a port in use stops the start before anything is sent.
+    let admin_listener = match &config.admin {
+        Some(a) => Some(crate::admin::bind(a).await.map_err(GatewayError::Admin)?),
+        None => None,
+    };
     let counters = Arc::new(Counters::default());
     let (store, completions, open) = Store::open(&config.store)?;
     tracing::info!(path = %config.store.path.display(), "store open");
@@ -80,7 +85,7 @@ pub async fn run_with_reload(
         store: store.metrics().clone(),
         adapters: statuses.clone(),
     };
-    let admin = start_admin(&config, sources, &store, &background).await?;
+    let admin = admin_listener.map(|l| start_admin(l, sources, &store, &background));
     let stats_task = tokio::spawn(log_counters(counters.clone()));
     // Without a reload source the senders drop: sinks keep their config.
     let reload_task = reload.map(|r| {
@@ -154,24 +159,20 @@ fn start_adapters(
     (router_task, shutdown, deps.tracker.clone())
 }
 
-/// Start the admin listener when `[admin]` is configured; it stops with
-/// `stop`.
-async fn start_admin(
-    config: &Config,
+/// Serve the admin routes on `listener` until `stop`.
+fn start_admin(
+    listener: tokio::net::TcpListener,
     sources: crate::metrics::Sources,
     store: &StoreHandle,
     stop: &CancellationToken,
-) -> Result<Option<tokio::task::JoinHandle<()>>, GatewayError> {
-    let Some(a) = &config.admin else {
-        return Ok(None);
-    };
-    let listener = crate::admin::bind(a).await.map_err(GatewayError::Admin)?;
+) -> tokio::task::JoinHandle<()> {
     let state = crate::admin::AdminState {
         sources,
         store: Some(store.clone()),
         history: Default::default(),
+        outbox_cache: Default::default(),
     };
-    Ok(Some(tokio::spawn(crate::admin::serve(listener, state, stop.clone()))))
+    tokio::spawn(crate::admin::serve(listener, state, stop.clone()))
 }
 
 /// Each app's topic and the sender of its sink's reload channel.

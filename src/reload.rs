@@ -137,9 +137,19 @@ impl Running {
     /// Read, check and apply the file once.
     async fn reload(&mut self, path: &std::path::Path, targets: &Targets, log_level: Option<&LogLevelSetter>) {
         tracing::info!(path = %path.display(), "reloading the configuration (SIGHUP)");
-        let (new, table) = match Config::load_with_text(path).map(|(c, text)| (text.parse::<toml::Table>(), c)) {
-            Ok((Ok(table), config)) => (config, table),
-            Ok((Err(e), _)) => return tracing::error!(error = %e, "configuration not reloaded; the running one stays"),
+        // Reading and checking files (credentials parsed, keys tried) is
+        // blocking work: off the runtime's threads.
+        let file = path.to_owned();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let (config, text) = Config::load_with_text(&file).map_err(|e| e.to_string())?;
+            let table = text.parse::<toml::Table>().map_err(|e| e.to_string())?;
+            let hashes = credential_hashes(&table, &config);
+            Ok::<_, String>((config, table, hashes))
+        })
+        .await;
+        let (new, table, hashes) = match loaded {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return tracing::error!(error = %e, "configuration not reloaded; the running one stays"),
             Err(e) => return tracing::error!(error = %e, "configuration not reloaded; the running one stays"),
         };
         let restart = needs_restart(&self.started, &table);
@@ -150,7 +160,6 @@ impl Running {
             );
         }
         let mut applied = Vec::new();
-        let hashes = credential_hashes(&table, &new);
         for app in &new.apps {
             let Some((_, tx)) = targets.apps.iter().find(|(t, _)| *t == app.topic) else {
                 continue;

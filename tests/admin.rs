@@ -185,11 +185,7 @@ async fn readyz_says_why_while_apns_is_down_and_recovers() {
     assert_eq!(get(&format!("{admin}/healthz")).await.0, 200, "alive while not ready");
 
     // `pushbridge status` says the same and exits 1.
-    let status = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
-        .args(["status", "--admin", &admin])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&status.stdout);
+    let (status, said) = status_until(&admin, "outbox 1,").await;
     assert_eq!(status.status.code(), Some(1), "{said}");
     assert!(said.contains("NOT READY: cannot reach APNS at"), "{said}");
     assert!(said.contains("outbox 1, oldest"), "{said}");
@@ -202,11 +198,7 @@ async fn readyz_says_why_while_apns_is_down_and_recovers() {
         gw.logs()
     );
     wait_status(&format!("{admin}/readyz"), 200, Duration::from_secs(10), logs).await;
-    let status = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
-        .args(["status", "--admin", &admin])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&status.stdout);
+    let (status, said) = status_until(&admin, "outbox empty").await;
     assert!(status.status.success(), "{said}");
     assert!(
         said.contains("com.example.chat [http2]: connected (1); outbox empty; delivered 1, rejected 0"),
@@ -351,4 +343,21 @@ fn promtool_passes(promtool: &std::path::Path, scrape: &str) {
         out.status.success() && said.trim().is_empty(),
         "promtool: {said}\n{scrape}"
     );
+}
+
+/// `pushbridge status --admin URL` until its output contains `want`
+/// (outbox numbers may be up to a second old), or 5 s passed.
+async fn status_until(admin: &str, want: &str) -> (std::process::Output, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+            .args(["status", "--admin", admin])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        if said.contains(want) || std::time::Instant::now() > deadline {
+            return (out, said);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -178,7 +178,7 @@ async fn transient_failures_are_retried_until_max_retries() {
 }
 
 #[tokio::test]
-async fn expired_provider_token_mints_a_new_jwt_and_retries() {
+async fn expired_provider_token_mints_a_new_jwt_then_holds_the_notification() {
     let dir = tempfile::tempdir().unwrap();
     let creds = Creds::new(dir.path());
     let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
@@ -188,13 +188,24 @@ async fn expired_provider_token_mints_a_new_jwt_and_retries() {
         &creds.token_app(&sim.addr().to_string()),
         "max_retries = 2\n",
     );
-    let r = run(sink, vec![note(1, &token(1), later())], 1).await;
-    assert!(matches!(r[0].outcome, Outcome::Expired { .. }), "{:?}", r[0]);
+    // Expires in 4 s: while APNS calls even a fresh token expired (a clock
+    // problem), the notification is held - not given up after
+    // max_retries - until its own expiration.
+    let expiration = later() - 3600 + 4;
+    let (r, counters) = run_counted(sink, vec![note(1, &token(1), expiration)], 1).await;
+    match &r[0].outcome {
+        Outcome::Expired { reason } => assert!(reason.starts_with("expired "), "not given up on retries: {reason}"),
+        other => panic!("{other:?}"),
+    }
     // First token, then one new token for the first ExpiredProviderToken
-    // answer; the second answer, a moment later, mints none (a clock
-    // problem, not an old token).
+    // answer; later answers mint none (a clock problem, not an old token).
     assert_eq!(sim.state().jwts_seen(), 2);
-    assert_eq!(sim.state().requests.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let requests = sim.state().requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((3..=6).contains(&requests), "held with a growing back-off: {requests}");
+    assert_eq!(
+        counters.credential_refusals.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test]
@@ -333,4 +344,40 @@ async fn the_simulator_refuses_provider_token_updates_within_20_minutes() {
         "a new connection starts afresh"
     );
     assert_eq!(sim.state().recorder.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_provider_token_is_probed_one_request_at_a_time_with_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = Creds::new(dir.path());
+    // The simulator knows another provider key: every token is refused.
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let options = Options {
+        jwt_key: Some(Arc::new(
+            jsonwebtoken::DecodingKey::from_ec_pem(other.public_key_pem().as_bytes()).unwrap(),
+        )),
+        ..creds.options(false)
+    };
+    let sim = creds.simulator("127.0.0.1:0", options).await;
+    let sink = sink_for(dir.path(), &creds.token_app(&sim.addr().to_string()), "");
+    let detached = sink.spawn_detached().unwrap();
+    let exp = later();
+    for i in 1..=100 {
+        detached.input.send(note(i, &token(i as u64), exp)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Not the backlog sent again and again: one probe, then one after
+    // each back-off step (1 s, 2 s, ...).
+    let requests = sim.state().requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((2..=6).contains(&requests), "{requests} requests in 5 s");
+    assert_eq!(sim.state().recorder.count(), 0);
+    assert_eq!(
+        detached
+            .counters
+            .credential_refusals
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one refusal: logged once"
+    );
+    detached.task.abort();
 }

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, Scrape, Sources};
+use crate::store::stats::AppOutbox;
 use crate::store::StoreHandle;
 
 /// `[admin]`: absent means no admin listener.
@@ -32,6 +33,32 @@ pub struct AdminConfig {
     /// Address to serve on, e.g. `127.0.0.1:9464` (Prometheus exporters'
     /// conventional range). Anyone who can reach it can read the metrics.
     pub listen: SocketAddr,
+}
+
+impl AdminConfig {
+    /// Only the `[admin]` section of the config file at `path` (what
+    /// `pushbridge status` needs: it must work while the rest, e.g. an
+    /// expired certificate, would be refused, and without read access to
+    /// the credentials). `Ok(None)` when the file has no `[admin]`.
+    pub fn peek(path: &std::path::Path) -> Result<Option<AdminConfig>, crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        match table.get("admin") {
+            None => Ok(None),
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map(Some)
+                .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("[admin]: {e}"))),
+        }
+    }
 }
 
 /// How long a scrape or readiness check waits for the store thread.
@@ -47,16 +74,37 @@ pub struct AdminState {
     pub store: Option<StoreHandle>,
     /// Recent totals, for "in the last minute".
     pub history: Arc<status::History>,
+    /// The last outbox statistics, reused for [`OUTBOX_FRESH`] (counting
+    /// a large outbox is work for the store thread).
+    pub outbox_cache: Arc<std::sync::Mutex<Option<OutboxSample>>>,
 }
+
+/// Outbox statistics and when they were read.
+pub type OutboxSample = (tokio::time::Instant, Vec<AppOutbox>);
+
+/// How long outbox statistics are reused by scrapes and readiness checks.
+pub const OUTBOX_FRESH: Duration = Duration::from_secs(1);
 
 impl AdminState {
     /// The outbox per app, or why the store did not answer.
-    async fn outbox(&self) -> Result<Vec<crate::store::stats::AppOutbox>, String> {
+    async fn outbox(&self) -> Result<Vec<AppOutbox>, String> {
         let Some(store) = &self.store else {
             return Err("no store".to_owned());
         };
+        let cached = |c: &Option<OutboxSample>| {
+            c.as_ref()
+                .filter(|(at, _)| at.elapsed() < OUTBOX_FRESH)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(v) = cached(&self.outbox_cache.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(v);
+        }
         match tokio::time::timeout(STORE_ANSWER, store.outbox_stats()).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                *self.outbox_cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((tokio::time::Instant::now(), v.clone()));
+                Ok(v)
+            }
             Ok(Err(e)) => Err(format!("store: {e}")),
             Err(_) => Err(format!(
                 "the store thread did not answer within {} s",

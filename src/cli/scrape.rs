@@ -70,6 +70,7 @@ pub async fn serve_sink_metrics(
         },
         store: None,
         history: Default::default(),
+        outbox_cache: Default::default(),
     };
     tokio::spawn(pushbridge::admin::serve(listener, state, stop));
     Ok(base)

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pushbridge::admin::status::Status;
-use pushbridge::config::Config;
+use pushbridge::admin::AdminConfig;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -30,8 +30,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let base = match args.admin {
         Some(a) => a.trim_end_matches('/').to_owned(),
         None => {
-            let config = Config::load(&args.config)?;
-            let admin = config.admin.ok_or_else(|| {
+            let admin = AdminConfig::peek(&args.config)?.ok_or_else(|| {
                 anyhow!(
                     "{} has no [admin] section; give --admin http://HOST:PORT or add [admin] listen",
                     args.config.display()

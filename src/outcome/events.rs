@@ -269,6 +269,16 @@ impl CredentialStatus {
         true
     }
 
+    /// Forget every refusal (the credential was replaced); whether there
+    /// was one.
+    pub(crate) fn clear(&self) -> bool {
+        let mut map = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        self.any.store(false, Relaxed);
+        let had = !map.is_empty();
+        map.clear();
+        had
+    }
+
     /// Record that `host` accepts it; the reason it refused before, if it did.
     fn accept(&self, host: &str) -> Option<String> {
         if !self.any.load(Relaxed) {

@@ -338,6 +338,17 @@ impl Outcomes {
         .emit(&self.counters);
     }
 
+    /// A reload replaced the app's credentials: refusals of the old ones no
+    /// longer apply (the app is ready again until APNS refuses the new ones).
+    pub fn credential_replaced(&self) {
+        if self.counters.credential.clear() {
+            tracing::info!(
+                app = self.counters.app(),
+                "credentials replaced; APNS's refusal of the old ones no longer applies"
+            );
+        }
+    }
+
     /// The sink loaded its credentials: the client certificate's expiry
     /// (Unix seconds, `None` without one) and warnings to log.
     pub fn credential_loaded(&self, certificate_expiry: Option<u64>, warnings: &[String]) {

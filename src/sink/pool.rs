@@ -161,6 +161,16 @@ impl Shared {
         });
     }
 
+    /// While APNS refuses the credential: how long to wait before the next
+    /// probe request (the hold back-off of the current streak); `None`
+    /// when nothing is refused.
+    pub fn refusal_delay(&self) -> Option<Duration> {
+        match self.refused_streak.load(Ordering::Acquire) {
+            0 => None,
+            streak => Some(Backoff::delay_for(HOLD_BASE, HOLD_MAX, streak.min(16))),
+        }
+    }
+
     /// APNS at `host` accepted the credential (an answer past
     /// authentication): ends a refusal.
     pub fn accepted(&self, host: &str) {

@@ -45,8 +45,8 @@ pub fn alert_reason(alert: AlertDescription, report: &CredentialReport, now: u64
 ///
 /// `400 TopicDisallowed` stays the notification's (Apple sends it for
 /// single notifications too); `403 TopicDisallowed` is the credential's.
-/// A lasting `ExpiredProviderToken` is reported but its notification is
-/// still retried within `max_retries` (a clock that is off may come right).
+/// A lasting `ExpiredProviderToken` (even a re-minted token) is a
+/// refusal like the others: its notification is held.
 pub fn answer_reason(status: u16, reason: &Reason, reminted: bool) -> Option<String> {
     let plain = match (status, reason) {
         (403, Reason::InvalidProviderToken) => "check key_id, team_id and the .p8",

@@ -318,7 +318,7 @@ impl Writer {
                 }
                 self.feed.dispatch(out);
             }
-            Err(e) => self.transaction_failed(&e, pending, batch, done.len()),
+            Err(e) => self.transaction_failed(&e, pending, batch, done.len(), &mut control),
         }
         for c in control {
             match c {
@@ -337,6 +337,7 @@ impl Writer {
         pending: Vec<Pending>,
         batch: &mut Vec<Command>,
         completions: usize,
+        control: &mut Vec<Command>,
     ) {
         self.db.rollback();
         self.metrics.failed(e);
@@ -349,6 +350,9 @@ impl Writer {
             match cmd {
                 // A policy is not store data: it applies anyway.
                 Command::SetPolicy(p) => self.policy = *p,
+                // Shutdown and statistics are not store data either: they
+                // are handled after the batch as usual.
+                Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } => control.push(cmd),
                 cmd => fail_command(cmd, &msg),
             }
         }

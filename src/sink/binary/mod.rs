@@ -87,6 +87,7 @@ impl BinarySink {
         let follow = live::follow(ctx.reload, creds_tx, move |c| match c {
             SinkConfig::Binary(c) => BinarySetup::from_config(c).map(|s| {
                 reloaded.credential_loaded(s.report.certificate_expiry, &s.report.warnings);
+                reloaded.credential_replaced();
                 TlsConnector::from(s.tls)
             }),
             other => Err(SinkError::config(

@@ -190,6 +190,7 @@ impl Http2Sink {
         let follow = live::follow(ctx.reload, creds_tx, move |c| match c {
             SinkConfig::Http2(c) => Http2Setup::from_config(c).map(|s| {
                 reloaded.credential_loaded(s.report.certificate_expiry, &s.report.warnings);
+                reloaded.credential_replaced();
                 if let Auth::Token(signer) = &s.auth {
                     signer.attach(reloaded.clone());
                 }
@@ -255,14 +256,13 @@ fn answer(shared: &Shared, auth: &Auth, host: &str, n: Notification, answer: Ans
         _ => false,
     };
     if let Some(plain) = refusal::answer_reason(answer.status, &reason, reminted) {
-        if reason == Reason::ExpiredProviderToken {
-            // Reported, but retried as before (within max_retries): a
-            // clock that is off may come right.
-            shared.outcomes.credential_refused(host, &plain);
-            shared.retry(n, &format!("{} {reason}", answer.status));
-        } else {
-            shared.hold(n, host, &plain);
+        if let (Reason::ExpiredProviderToken, Auth::Token(signer), Some(used)) = (&reason, auth, bearer) {
+            // Even a fresh token is called expired (a clock that is off):
+            // held like any refusal; the signer mints again when its
+            // minimum interval allows, in case the clock was put right.
+            signer.expired(used);
         }
+        shared.hold(n, host, &plain);
         return true;
     }
     // "410 Unregistered"; the status alone when Apple gave no reason.
@@ -424,6 +424,7 @@ async fn stream_notifications(
     let mut streams = Streams {
         inflight: InFlight::new(),
         answered: false,
+        refused: false,
     };
     let left = send_notifications(c, link, creds, carry, rx, shared, &mut streams).await;
     // Answers already here count for this connection.
@@ -432,7 +433,9 @@ async fn stream_notifications(
         Poll::Ready(())
     })
     .await;
-    let Streams { mut inflight, answered } = streams;
+    let Streams {
+        mut inflight, answered, ..
+    } = streams;
     if !inflight.is_empty() {
         shared.spawn(async move { while inflight.next().await.is_some() {} });
     }
@@ -444,6 +447,9 @@ struct Streams {
     inflight: InFlight,
     /// APNS answered at least one stream of this connection.
     answered: bool,
+    /// A stream was answered with a credential refusal since the sender
+    /// last looked: it goes back to one request at a time.
+    refused: bool,
 }
 
 impl Streams {
@@ -461,6 +467,7 @@ impl Streams {
     fn settle_ready(&mut self, cx: &mut std::task::Context<'_>) {
         while let Poll::Ready(Some(s)) = self.inflight.poll_next_unpin(cx) {
             self.answered |= s.answered && !s.refused;
+            self.refused |= s.refused;
         }
     }
 
@@ -468,6 +475,7 @@ impl Streams {
     async fn next(&mut self) -> Option<StreamEnd> {
         let s = self.inflight.next().await?;
         self.answered |= s.answered && !s.refused;
+        self.refused |= s.refused;
         Some(s)
     }
 }
@@ -495,6 +503,18 @@ async fn send_notifications(
         if current.borrow_and_update().generation != creds.generation {
             tracing::debug!("credentials replaced: moving to a new connection");
             return carry;
+        }
+        if std::mem::take(&mut streams.refused) {
+            // APNS refuses the credential: one request at a time, each
+            // after the refusal back-off (up to a minute), until one passes.
+            primed = false;
+            if let Some(delay) = shared.refusal_delay() {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = closed.cancelled() => return carry,
+                    Ok(()) = current.changed() => continue,
+                }
+            }
         }
         let n = match carry.take() {
             Some(n) => n,
@@ -533,7 +553,9 @@ async fn send_notifications(
             Opened::Refused(n) => return Some(n),
         }
         if !primed {
-            // Wait for the first answer before opening more streams.
+            // Wait for the first answer before opening more streams (token
+            // auth's first request; every request while the credential is
+            // refused).
             tokio::select! {
                 s = streams.next() => if let Some(s) = s { primed = s.token_ok },
                 _ = closed.cancelled() => return None,
