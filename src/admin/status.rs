@@ -77,7 +77,7 @@ pub struct Status {
     /// Seconds covered by the `*_recent` figures (up to 60; less just
     /// after start).
     pub recent_seconds: u64,
-    /// Every configured app, in the order of its counters.
+    /// Every configured app, sorted by topic.
     pub apps: Vec<AppStatus>,
     /// Every adapter instance.
     pub adapters: Vec<AdapterStatus>,
@@ -111,7 +111,7 @@ pub struct AppStatus {
 /// One adapter instance in [`Status`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdapterStatus {
-    /// The instance name (`name`, `network`, ... of its config section).
+    /// The instance name, as the `adapter` label (`line`, `irc:libera`).
     pub adapter: String,
     /// The adapter kind: `line`, `xmpp` or `irc`.
     pub kind: String,
