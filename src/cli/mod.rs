@@ -26,7 +26,9 @@ use pushbridge::Config;
     about = "Turns instant messages for offline users into Apple push notifications",
     long_about = None,
     after_help = "Logs go to stderr. Level: --log-level, else RUST_LOG, else the config's [log] level, else info. \
-                  Format: --log-format, else the config's [log] format, else text."
+                  Format: --log-format, else the config's [log] format, else text. \
+                  The config's [log] is read by run, check and devices only. \
+                  run and check exit 78 (EX_CONFIG) when the configuration is refused."
 )]
 struct Cli {
     #[command(subcommand)]
