@@ -25,12 +25,17 @@ pub struct Readiness {
 /// names it; `error` says why in plain words.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Problem {
+    /// The store part that is not ready (`outbox`: the store thread did
+    /// not answer, or its last transaction failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// The topic of an app whose sink cannot deliver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// The instance name of an outbound adapter that is not connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+    /// Why, in plain words (e.g. `client certificate expired on 2024-02-01`).
     pub error: String,
 }
 

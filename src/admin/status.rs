@@ -70,20 +70,25 @@ pub async fn sample_every(history: Arc<History>, counters: Arc<Counters>, stop: 
 /// The `/status` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
+    /// pushbridge's version (`CARGO_PKG_VERSION`), e.g. `0.1.0`.
     pub version: String,
     /// Whether `/readyz` would answer 200, and the problems it would list.
     pub readiness: ready::Readiness,
     /// Seconds covered by the `*_recent` figures (up to 60; less just
     /// after start).
     pub recent_seconds: u64,
+    /// Every configured app, sorted by topic.
     pub apps: Vec<AppStatus>,
+    /// Every adapter instance.
     pub adapters: Vec<AdapterStatus>,
 }
 
 /// One app in [`Status`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppStatus {
+    /// The app's topic (bundle id).
     pub app: String,
+    /// Its sink protocol: `http2`, `binary` or `log`.
     pub protocol: String,
     /// `None` when the sink can deliver; else why not.
     pub problem: Option<String>,
@@ -93,22 +98,31 @@ pub struct AppStatus {
     pub outbox: Option<u64>,
     /// Age of the oldest, in seconds.
     pub oldest_seconds: Option<f64>,
+    /// Notifications delivered in the last `recent_seconds`.
     pub delivered_recent: u64,
+    /// Notifications rejected in the last `recent_seconds`.
     pub rejected_recent: u64,
+    /// Notifications delivered since start.
     pub delivered_total: u64,
+    /// Notifications rejected since start (every reason).
     pub rejected_total: u64,
 }
 
 /// One adapter instance in [`Status`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdapterStatus {
+    /// The instance name, as the `adapter` label (`line`, `irc:libera`).
     pub adapter: String,
+    /// The adapter kind: `line`, `xmpp` or `irc`.
     pub kind: String,
+    /// Whether it connects out to a server (XMPP, IRC) rather than
+    /// accepting connections (line protocol).
     pub outbound: bool,
     /// `None` when connected (or inbound); else why not.
     pub problem: Option<String>,
     /// Inbound connections open now.
     pub connections: i64,
+    /// Events it submitted to the core since start, every kind.
     pub events_total: u64,
 }
 

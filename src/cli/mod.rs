@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pushbridge::gateway::GatewayError;
 use pushbridge::Config;
 
 #[derive(Parser)]
@@ -25,7 +26,9 @@ use pushbridge::Config;
     about = "Turns instant messages for offline users into Apple push notifications",
     long_about = None,
     after_help = "Logs go to stderr. Level: --log-level, else RUST_LOG, else the config's [log] level, else info. \
-                  Format: --log-format, else the config's [log] format, else text."
+                  Format: --log-format, else the config's [log] format, else text. \
+                  The config's [log] is read by run, check and devices only. \
+                  run and check exit 78 (EX_CONFIG) when the configuration is refused."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,6 +43,8 @@ enum Cmd {
     /// file (credentials, [policy] and [log] level are applied live; other
     /// changes are logged as needing a restart; an invalid file is refused
     /// with the message `check` gives, and the running config stays).
+    /// Exits 78 (EX_CONFIG) when the configuration or an app's credentials
+    /// are refused at start, 1 on any other error.
     Run {
         /// Configuration file.
         #[arg(short, long, default_value = "config.toml")]
@@ -48,6 +53,7 @@ enum Cmd {
     /// Validate a configuration file and every app's credentials (certificate
     /// validity, key match and type, .p8 key, key and team ids, CA files),
     /// print a WARNING for a certificate expiring within 30 days, and a summary.
+    /// Exits 78 (EX_CONFIG) when the configuration is refused.
     Check {
         /// Configuration file.
         #[arg(short, long, default_value = "config.toml")]
@@ -100,6 +106,7 @@ pub fn main() -> ExitCode {
         _ => None,
     };
     let level = logging::init(&cli.log, config_log.as_ref());
+    let config_command = matches!(cli.command, Cmd::Run { .. } | Cmd::Check { .. });
     let result = match cli.command {
         Cmd::Run { config } => run(config, level),
         Cmd::Check { config } => check(config),
@@ -115,9 +122,27 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pushbridge: {e:#}");
-            ExitCode::FAILURE
+            if config_command && config_refused(&e) {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Exit status of `run` and `check` when the configuration or its
+/// credentials are refused: `EX_CONFIG` of sysexits.h. The systemd unit
+/// does not restart on it (`RestartPreventExitStatus=78`): retrying cannot
+/// fix a bad config or an expired certificate.
+const EX_CONFIG: u8 = 78;
+
+/// Whether `e` says the configuration or an app's credentials were refused
+/// at start ([`pushbridge::config::ConfigError`], or a sink that could not
+/// be set up: [`GatewayError::Sink`]), rather than a failure while running.
+fn config_refused(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<pushbridge::config::ConfigError>().is_some()
+        || matches!(e.downcast_ref::<GatewayError>(), Some(GatewayError::Sink { .. }))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -220,4 +245,26 @@ fn bench_runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name(name)
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pushbridge::config::ConfigError;
+    use pushbridge::sink::SinkError;
+
+    #[test]
+    fn config_and_credential_refusals_are_ex_config_other_failures_not() {
+        let config = anyhow::Error::from(ConfigError::Invalid("no [[apps]] configured".into()));
+        assert!(config_refused(&config));
+        assert!(config_refused(&config.context("loading config.toml")));
+        let sink = GatewayError::Sink {
+            app: "com.example.chat".into(),
+            source: SinkError::config("cert_file", "client certificate expired on 2024-02-01"),
+        };
+        assert!(config_refused(&anyhow::Error::from(sink)));
+        let thread = GatewayError::Thread(std::io::Error::other("no threads left"));
+        assert!(!config_refused(&anyhow::Error::from(thread)));
+        assert!(!config_refused(&anyhow::anyhow!("address in use")));
+    }
 }

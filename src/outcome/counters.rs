@@ -64,6 +64,8 @@ pub struct AppCounters {
     app: Arc<str>,
     /// Notifications committed to the outbox for this app.
     pub accepted: AtomicU64,
+    /// Notifications APNS accepted (HTTP/2 200, binary: no error response
+    /// within `binary_confirm_ms`), or the `log` sink wrote.
     pub delivered: AtomicU64,
     /// Final rejections by reason (device-removing ones included).
     pub rejected: ReasonCounts,
@@ -77,7 +79,8 @@ pub struct AppCounters {
     pub devices_removed_by: ReasonCounts,
     /// Devices the feedback service reported gone.
     pub devices_reported_gone: AtomicU64,
-    /// Sends scheduled again after a transient failure.
+    /// Sends scheduled again after a transient failure, and holds of a
+    /// notification because APNS refuses the credential (each counts).
     pub retried: AtomicU64,
     /// Sent, then lost with their connection before an answer came: APNS
     /// may have taken them, so their re-sends may arrive twice.
@@ -187,10 +190,15 @@ pub struct Counters {
 /// Totals over every app at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Snapshot {
+    /// Sum of [`AppCounters::accepted`].
     pub accepted: u64,
+    /// Sum of [`AppCounters::delivered`].
     pub delivered: u64,
+    /// Sum of [`AppCounters::rejected`] over every reason.
     pub rejected: u64,
+    /// Sum of [`AppCounters::expired`] over every reason.
     pub expired: u64,
+    /// Sum of [`AppCounters::devices_removed`].
     pub devices_removed: u64,
 }
 

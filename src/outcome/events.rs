@@ -208,7 +208,7 @@ impl ApnsDisconnected<'_> {
             app = self.app,
             host = self.host,
             connection = self.connection,
-            reason = self.cause,
+            cause = self.cause,
             "APNS connection closed"
         );
     }
@@ -331,7 +331,7 @@ impl CredentialAccepted<'_> {
     /// Log the event (when it ends a refusal) and update `c`.
     pub fn emit(&self, c: &AppCounters) {
         if let Some(was) = c.credential.accept(self.host) {
-            tracing::info!(app = %self.app, host = %self.host, error = %was, "APNS accepts the credential again");
+            tracing::info!(app = %self.app, host = %self.host, reason = %was, "APNS accepts the credential again");
         }
     }
 }

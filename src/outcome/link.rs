@@ -30,7 +30,9 @@ pub struct HostLink {
 /// `host` failed with `error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreachable {
+    /// The APNS `host:port` of the failed attempt.
     pub host: String,
+    /// The attempt's error, as displayed.
     pub error: String,
 }
 

@@ -13,7 +13,10 @@ use super::{SinkConfig, SinkError};
 /// One set of credentials and its number (0 for those the sink started
 /// with, then 1, 2, ... per reload).
 pub struct Versioned<T> {
+    /// 0 for the credentials the sink started with, +1 per reload that
+    /// replaced them (logged as `generation`).
     pub generation: u64,
+    /// The credentials themselves (what the sink built from its config).
     pub value: T,
 }
 

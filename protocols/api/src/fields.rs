@@ -1,5 +1,7 @@
 //! The log field vocabulary: every `tracing` field and metric label in
-//! pushbridge (core and adapters) means one thing, written one way.
+//! pushbridge (core and adapters) means one thing, written one way. A
+//! metric label and a log field with the same name carry the same value
+//! (`reason` and `cause` labels are cut short, see below).
 //!
 //! | field | meaning | example |
 //! | --- | --- | --- |
@@ -12,19 +14,39 @@
 //! | `device` | a device token shortened to its first 8 hex digits ([`crate::DeviceToken::short`]; never the full token) | `a1b2c3d4` |
 //! | `user` | user id, scoped by adapter | `line:alice` |
 //! | `outcome` | a notification's final fate | `delivered`, `rejected`, `expired` |
-//! | `reason` | why: Apple's reason string (`BadDeviceToken`, `Unregistered`), a binary status name, or the gateway's own | `Unregistered` |
+//! | `reason` | why: Apple's reason string (`BadDeviceToken`, `Unregistered`), a binary status name, or the gateway's own; also the plain reason APNS refuses a credential (on the line that ends the refusal: the reason it had). As a metric label cut at its first `:` or ` (` | `Unregistered` |
+//! | `cause` | why an APNS connection ended; as a metric label cut like `reason` | `goaway`, `ping timeout`, `io error` |
 //! | `status` | an HTTP status or binary status code from Apple | `410` |
+//! | `kind` | metric label: an adapter's kind (`line`, `xmpp`, `irc`), or on `pushbridge_adapter_events_total` the event kind | `register`, `message` |
+//! | `presence` | a user's presence as the router records it (Debug) | `Offline` |
 //! | `peer` | the remote socket address of a connection | `127.0.0.1:53422` |
 //! | `host` | the `host:port` an outbound connection goes to | `api.push.apple.com:443` |
 //! | `error` | an error's display text | `connection reset by peer` |
 //! | `retry_in` | delay before the next attempt (Debug of a `Duration`) | `1.6s` |
+//! | `grace` | the shutdown grace period (Debug of a `Duration`) | `10s` |
+//! | `confirm_ms` | binary: milliseconds without an error response after which a write counts as delivered | `500` |
 //! | `attempt` | a notification's transient failures so far | `3` |
 //! | `connection` | index of a connection in its pool (0-based) | `0` |
-//! | `count`, `devices`, `pending`, `unconfirmed`, `resent`, `completions`, `commands` | how many of what the message says | `200` |
+//! | `count`, `devices`, `pending`, `unconfirmed`, `resent`, `completions`, `commands`, `connections`, `tries` | how many of what the message says | `200` |
+//! | `accepted`, `delivered`, `rejected`, `expired`, `retried`, `lost`, `connects`, `devices_removed` | counters since start (of all apps, or of one app on its "sink stopped" line), on the minutely `counters` line and the "sink stopped" line; the matching `pushbridge_*_total` metrics count the same (`lost` is `pushbridge_notifications_unanswered_total`) | `412` |
+//! | `snapshot` | every counter at shutdown (Debug of the gateway's snapshot) | `Snapshot { accepted: 3, .. }` |
 //! | `path` | a file the gateway reads or writes | `pushbridge.db` |
+//! | `listen` | the address a listener is bound to (line adapter, admin listener) | `127.0.0.1:9464` |
+//! | `auth` | whether a line listener requires `AUTH` | `true` |
+//! | `version` | pushbridge's version (log field and `pushbridge_build_info` label) | `0.1.0` |
+//! | `keys` | config keys, comma-separated, that changed on a reload but need a restart | `store.path, adapters.line[0].listen` |
+//! | `applied` | what a reload applied, comma-separated, or that nothing changed | `credentials of com.example.chat, policy` |
+//! | `generation` | how many times an app's sink replaced its credentials on a reload since start | `1` |
+//! | `iat` | issued-at of a minted provider token (JWT), Unix seconds | `1717000000` |
+//! | `key_id` | the provider-token key id (`[[apps]] key_id`; not a secret) | `ABC123DEFG` |
+//! | `command` | binary sink: the provider API command used (`binary_command`); IRC: the bot command a user sent | `2`, `REGISTER` |
 //!
-//! Adapters add fields of their own protocol (`nick`, `channel`, `command`
-//! for IRC; `from`, `id` for XMPP stanzas) where none of the above fits.
+//! Adapters add fields of their own protocol where none of the above fits:
+//! IRC `nick`, `channel`, `account` (a services account), `by` (who kicked
+//! the bot), `line` (a raw line, TRACE only), `dropped` (lines dropped from
+//! a full queue); XMPP `from`, `id` (of a stanza), `node` (a push node),
+//! `domain` (the component's), `text` (a stream error's text, from the
+//! server), `max` (the limit that was hit), `jids` (bare JIDs indexed).
 //!
 //! Secrets (passwords, component secrets, JWTs, key material) and message
 //! text are never fields.
