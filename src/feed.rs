@@ -116,6 +116,18 @@ impl Feed {
         }
     }
 
+    /// Like [`Feed::dispatch`], but hand nothing to the sinks: the
+    /// notifications wait in the outbox (counted as accepted) until a
+    /// refill after the hold (the store does this while it cannot record
+    /// outcomes, so they do not pile up in memory).
+    pub fn hold(&mut self, committed: Vec<(usize, Notification)>) {
+        for (i, n) in committed {
+            let Some(app) = self.apps.get_mut(i) else { continue };
+            events::NotificationsAccepted { count: 1 }.emit(&app.counters);
+            app.pending_from = Some(app.pending_from.map_or(n.id, |p| p.min(n.id)));
+        }
+    }
+
     /// Load waiting outbox entries into sinks that have room, in id order.
     pub fn refill<R: OutboxReader>(&mut self, outbox: &mut R) {
         for app in &mut self.apps {

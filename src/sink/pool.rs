@@ -17,7 +17,8 @@ use tracing::Instrument;
 use super::SinkError;
 use crate::outcome::{Notification, Outcome, Outcomes};
 
-/// First retry delay; doubles per attempt up to [`RETRY_MAX`].
+/// First retry delay; doubles per attempt up to the sink's
+/// `max_retry_delay` (default [`RETRY_MAX`]).
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
 /// Longest delay between two sends of one notification.
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -53,7 +54,8 @@ pub struct Shared {
     max_outstanding: usize,
     room: Notify,
     retry_tx: mpsc::UnboundedSender<Notification>,
-    max_retries: u32,
+    max_retries: Option<u32>,
+    max_retry_delay: Duration,
     /// Notifications held in a row because APNS refused the credential
     /// (sets the hold delay); 0 once it accepts it again.
     refused_streak: std::sync::atomic::AtomicU32,
@@ -122,17 +124,19 @@ impl Shared {
         }
     }
 
-    /// Send again after a backoff delay, unless retries or time ran out.
+    /// Send again after a backoff delay (doubling from [`RETRY_BASE`] up to
+    /// the sink's `max_retry_delay`), until the notification's own
+    /// expiration - or `max_retries`, when the sink sets one.
     pub fn retry(&self, mut n: Notification, why: &str) {
         n.attempts += 1;
-        if n.attempts > self.max_retries {
-            let reason = format!("gave up after {} retries: {why}", self.max_retries);
+        if let Some(max) = self.max_retries.filter(|m| n.attempts > *m) {
+            let reason = format!("gave up after {max} retries: {why}");
             return self.finish(n, Outcome::Expired { reason });
         }
         let Some(n) = self.unless_expired(n, &format!("expired while retrying: {why}")) else {
             return;
         };
-        let delay = Backoff::delay_for(RETRY_BASE, RETRY_MAX, n.attempts);
+        let delay = Backoff::delay_for(RETRY_BASE, self.max_retry_delay, n.attempts);
         self.outcomes.retried(&n, why, delay);
         let tx = self.retry_tx.clone();
         self.spawn(async move {
@@ -195,11 +199,50 @@ pub trait PoolStarter {
     fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError>;
 }
 
+/// How a sink retries transient failures (`max_retries`,
+/// `max_retry_delay` of its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// `None` (the default): until the notification's `apns-expiration`.
+    pub max_retries: Option<u32>,
+    /// The backoff's cap (default [`RETRY_MAX`]).
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// From the config keys; `max_retry_delay` is 1 to 3600 seconds.
+    pub fn from_config(max_retries: Option<u32>, max_retry_delay: Option<u64>) -> Result<Self, SinkError> {
+        let max_delay = match max_retry_delay {
+            None => RETRY_MAX,
+            Some(s @ 1..=3600) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(SinkError::config(
+                    "max_retry_delay",
+                    format!("{s}: use 1 to 3600 seconds"),
+                ))
+            }
+        };
+        Ok(Self { max_retries, max_delay })
+    }
+
+    /// The dispatcher's limits with this policy and `max_outstanding`.
+    pub fn limits(&self, max_outstanding: usize) -> Limits {
+        Limits {
+            max_retries: self.max_retries,
+            max_retry_delay: self.max_delay,
+            max_outstanding,
+        }
+    }
+}
+
 /// The dispatcher's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Transient failures before a notification is given up.
-    pub max_retries: u32,
+    /// Transient failures before a notification is given up; `None`: until
+    /// its `apns-expiration` (the default).
+    pub max_retries: Option<u32>,
+    /// Longest delay between two tries (the exponential backoff's cap).
+    pub max_retry_delay: Duration,
     /// Most notifications held at once.
     pub max_outstanding: usize,
 }
@@ -229,6 +272,7 @@ pub async fn dispatch(
         room: Notify::new(),
         retry_tx,
         max_retries: limits.max_retries,
+        max_retry_delay: limits.max_retry_delay.max(RETRY_BASE),
         refused_streak: std::sync::atomic::AtomicU32::new(0),
         tasks: TaskTracker::new(),
     });
@@ -381,7 +425,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_failures_back_off_then_give_up() {
         let limits = Limits {
-            max_retries: 4,
+            max_retries: Some(4),
+            max_retry_delay: RETRY_MAX,
             max_outstanding: 100,
         };
         let start = Instant::now();
@@ -413,7 +458,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_resend_spends_no_retry_and_waits_for_nothing() {
         let limits = Limits {
-            max_retries: 0,
+            max_retries: Some(0),
+            max_retry_delay: RETRY_MAX,
             max_outstanding: 100,
         };
         let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -435,7 +481,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_expired_notification_is_not_retried() {
         let limits = Limits {
-            max_retries: 10,
+            max_retries: Some(10),
+            max_retry_delay: RETRY_MAX,
             max_outstanding: 100,
         };
         let mut n = note(3);
@@ -451,7 +498,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn holds_at_most_max_outstanding_and_settles_everything() {
         let limits = Limits {
-            max_retries: 1000,
+            max_retries: Some(1000),
+            max_retry_delay: RETRY_MAX,
             max_outstanding: 50,
         };
         let (outcomes, mut rx, counters) = Outcomes::detached("com.example.chat");
@@ -484,7 +532,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refused_credential_holds_without_spending_retries() {
         let limits = Limits {
-            max_retries: 0,
+            max_retries: Some(0),
+            max_retry_delay: RETRY_MAX,
             max_outstanding: 100,
         };
         let (outcomes, mut rx, counters) = Outcomes::detached("com.example.chat");
@@ -518,5 +567,49 @@ mod tests {
         let c = counters.app("com.example.chat");
         assert_eq!(c.credential_refusals.load(Ordering::Relaxed), 1, "one state change");
         assert!(c.credential.refused().is_empty(), "accepted again");
+    }
+
+    #[test]
+    fn retry_policy_defaults_to_until_expiration_with_a_60_s_cap() {
+        let p = RetryPolicy::from_config(None, None).unwrap();
+        assert_eq!((p.max_retries, p.max_delay), (None, RETRY_MAX));
+        let p = RetryPolicy::from_config(Some(3), Some(5)).unwrap();
+        assert_eq!((p.max_retries, p.max_delay), (Some(3), Duration::from_secs(5)));
+        for bad in [0, 3601] {
+            let e = RetryPolicy::from_config(None, Some(bad)).unwrap_err().to_string();
+            assert!(e.starts_with("max_retry_delay:"), "{e}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_max_retries_a_transient_failure_is_retried_until_expiration() {
+        let limits = RetryPolicy::from_config(None, Some(1)).unwrap().limits(10);
+        let (outcomes, mut rx, _) = Outcomes::detached("com.example.chat");
+        let tries = Arc::new(AtomicUsize::new(0));
+        let pools = FakePools {
+            act: Arc::new({
+                let tries = tries.clone();
+                move |shared: &Shared, n: Notification| {
+                    // 503 for the first 100 tries, then accepted.
+                    if tries.fetch_add(1, Ordering::Relaxed) < 100 {
+                        shared.retry(n, "503 ServiceUnavailable")
+                    } else {
+                        shared.finish(n, Outcome::Delivered)
+                    }
+                }
+            }),
+            seen: Arc::new(StdMutex::new(Vec::new())),
+        };
+        let (tx, input) = mpsc::channel(1);
+        let task = tokio::spawn(dispatch(pools, input, outcomes, limits));
+        let mut n = note(1);
+        n.expiration = unix_now() + 3600;
+        tx.send(n).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let done = drain(&mut rx);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].outcome(), Some(&Outcome::Delivered), "{done:?}");
+        assert_eq!(tries.load(Ordering::Relaxed), 101);
     }
 }

@@ -22,9 +22,10 @@ use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
 use crate::policy::Policy;
 
-/// Batches in a row whose completions could not be recorded before those
-/// completions are given up.
-pub(crate) const MAX_COMPLETION_TRIES: u32 = 10;
+/// Completions waiting to be recorded beyond which no new notification is
+/// handed to the sinks (they wait in the outbox): memory stays bounded
+/// however long the store cannot record outcomes.
+pub(crate) const MAX_PENDING_COMPLETIONS: usize = 65_536;
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -207,7 +208,9 @@ impl Writer {
             }
             self.completions.drain(&mut done);
             self.apply_batch(&mut batch, &mut done);
-            self.feed.refill(&mut Outbox(&self.db));
+            if !self.holding_sinks(&done) {
+                self.feed.refill(&mut Outbox(&self.db));
+            }
         }
         // Every handle is gone: the sinks get no more input (they drain and
         // end, dropping their completion senders), and their last
@@ -255,10 +258,11 @@ impl Writer {
     /// completions are kept in `done` and tried again with the next batch
     /// (a completion lost would re-send a delivered notification on the next
     /// start). Completions are applied first: if they cannot be recorded the
-    /// transaction starts over with the commands alone, and after
-    /// [`MAX_COMPLETION_TRIES`] failed tries they are given up (a re-send on
-    /// the next start, never a loss), so they can never block the adapters'
-    /// commands. (Not a savepoint: SQLite keeps a savepoint's sub-journal in
+    /// transaction starts over with the commands alone, so they can never
+    /// block the adapters' commands; they are kept and tried again with every
+    /// batch until the store can write them (while more than
+    /// [`MAX_PENDING_COMPLETIONS`] wait, new notifications wait in the
+    /// outbox instead of going to the sinks). (Not a savepoint: SQLite keeps a savepoint's sub-journal in
     /// a temporary file, which cost every batch ~10% of end-to-end
     /// throughput.)
     pub(crate) fn apply_batch(&mut self, batch: &mut Vec<Command>, done: &mut Vec<Completion>) {
@@ -308,6 +312,13 @@ impl Writer {
                     events::DeviceRemoved { app, token, reason }.emit(&self.counters.app(app));
                 }
                 if completed {
+                    if self.completion_failures > 0 {
+                        tracing::info!(
+                            completions = done.len(),
+                            tries = self.completion_failures,
+                            "outcomes recorded again"
+                        );
+                    }
                     done.clear();
                     self.completion_failures = 0;
                 } else {
@@ -316,7 +327,11 @@ impl Writer {
                 for p in pending {
                     p.send();
                 }
-                self.feed.dispatch(out);
+                if self.holding_sinks(done) {
+                    self.feed.hold(out);
+                } else {
+                    self.feed.dispatch(out);
+                }
             }
             Err(e) => self.transaction_failed(&e, pending, batch, done.len(), &mut control),
         }
@@ -373,18 +388,25 @@ impl Writer {
         self.feed.refill(&mut Outbox(&self.db));
     }
 
-    /// Completions that failed again: kept for the next batch, or given up
-    /// after [`MAX_COMPLETION_TRIES`].
-    fn completion_failed(&mut self, done: &mut Vec<Completion>) {
+    /// Whether new notifications wait in the outbox instead of going to the
+    /// sinks, because [`MAX_PENDING_COMPLETIONS`] outcomes wait to be
+    /// recorded.
+    fn holding_sinks(&self, done: &[Completion]) -> bool {
+        done.len() >= MAX_PENDING_COMPLETIONS
+    }
+
+    /// Completions that failed again: kept, and tried again with every
+    /// batch until the store can write them (never given up: a completion
+    /// lost would send a delivered notification again). Logged when the
+    /// failures start and every 1,000 batches after.
+    fn completion_failed(&mut self, done: &[Completion]) {
         self.completion_failures += 1;
-        if self.completion_failures >= MAX_COMPLETION_TRIES {
+        if self.completion_failures % 1000 == 1 {
             tracing::error!(
                 completions = done.len(),
                 tries = self.completion_failures,
-                "giving up recording these outcomes; their notifications are sent again on the next start"
+                "cannot record outcomes; they are kept and tried again with every batch"
             );
-            done.clear();
-            self.completion_failures = 0;
         }
     }
 

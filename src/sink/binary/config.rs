@@ -32,10 +32,12 @@ pub struct BinaryConfig {
     /// Connections to the gateway per environment (1 to 64).
     #[serde(default = "one")]
     pub connections: usize,
-    /// Retries after transient failures (status 1 and 255) before a
-    /// notification is given up.
-    #[serde(default = "ten")]
-    pub max_retries: u32,
+    /// Retries after transient failures (status 1 and 255, lost
+    /// connections) before a notification is given up; unset (the
+    /// default): retried until its expiration.
+    pub max_retries: Option<u32>,
+    /// Longest delay in seconds between two tries (1 to 3600, default 60).
+    pub max_retry_delay: Option<u64>,
     /// Notification format: 2 (frames, default) or 1 (enhanced).
     pub binary_command: Option<u8>,
     /// Milliseconds a written notification must go without an error
@@ -49,9 +51,6 @@ pub struct BinaryConfig {
 
 fn one() -> usize {
     1
-}
-fn ten() -> u32 {
-    10
 }
 
 /// Everything needed to talk to the binary gateway for one app, checked.
@@ -71,6 +70,8 @@ pub struct BinarySetup {
     pub confirm_after: Duration,
     /// What inspecting the certificate found (its expiry, warnings).
     pub report: CredentialReport,
+    /// `max_retries`, `max_retry_delay`.
+    pub retry: crate::sink::pool::RetryPolicy,
 }
 
 impl BinarySetup {
@@ -117,7 +118,9 @@ impl BinarySetup {
                 ("feedback_endpoint", c.feedback_endpoint.as_ref()),
             ],
         )?;
+        let retry = crate::sink::pool::RetryPolicy::from_config(c.max_retries, c.max_retry_delay)?;
         Ok(Self {
+            retry,
             tls: Arc::new(tls),
             endpoint: c.endpoint.clone(),
             feedback_endpoint: c.feedback_endpoint.clone(),

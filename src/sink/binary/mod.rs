@@ -42,7 +42,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use self::config::{BinaryConfig, BinarySetup};
 use super::live::{self, Live};
-use super::pool::{dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
+use super::pool::{dispatch, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
 use super::{SinkConfig, SinkContext, SinkError};
 use crate::outcome::Notification;
 
@@ -65,7 +65,6 @@ pub struct BinarySink {
     /// the start.
     environment: Environment,
     connections: usize,
-    max_retries: u32,
 }
 
 impl BinarySink {
@@ -75,7 +74,6 @@ impl BinarySink {
             setup,
             environment: ctx.environment,
             connections: config.connections.max(1),
-            max_retries: config.max_retries,
         }
     }
 
@@ -102,12 +100,12 @@ impl BinarySink {
             stop: stop.clone(),
             _guard: stop.drop_guard(),
         };
-        let limits = Limits {
-            max_retries: self.max_retries,
-            // Room for every connection's full replay window plus a queue's
-            // worth, in both environments.
-            max_outstanding: 2 * (self.connections * MAX_WINDOW + POOL_QUEUE),
-        };
+        // Room for every connection's full replay window plus a queue's
+        // worth, in both environments.
+        let limits = self
+            .setup
+            .retry
+            .limits(2 * (self.connections * MAX_WINDOW + POOL_QUEUE));
         let outcomes = ctx.outcomes.clone();
         let report = &self.setup.report;
         outcomes.credential_loaded(report.certificate_expiry, &report.warnings);

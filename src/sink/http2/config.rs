@@ -27,9 +27,13 @@ pub struct Http2Config {
     #[serde(default = "one")]
     pub connections: usize,
     /// Retries of a notification after transient failures (429, 5xx, lost
-    /// connection) before it is given up and logged.
-    #[serde(default = "ten")]
-    pub max_retries: u32,
+    /// connection) before it is given up and logged; unset (the default):
+    /// retried until its `apns-expiration`.
+    pub max_retries: Option<u32>,
+    /// Longest delay in seconds between two tries of a notification after
+    /// transient failures (1 to 3600, default 60): the backoff doubles from
+    /// 0.2 s up to it.
+    pub max_retry_delay: Option<u64>,
     /// Seconds between keep-alive PINGs (1 to 3600, default 60); a PING not
     /// answered within 20 s (or this interval, if shorter) ends the
     /// connection.
@@ -38,7 +42,4 @@ pub struct Http2Config {
 
 fn one() -> usize {
     1
-}
-fn ten() -> u32 {
-    10
 }

@@ -19,7 +19,7 @@
 //! Every notification taken from the input ends in exactly one report:
 //! delivered; rejected (logged, and the device removed for 410,
 //! `BadDeviceToken`, `DeviceTokenNotForTopic`); or expired (its
-//! `apns-expiration` passed, or `max_retries` transient failures). Retries
+//! `apns-expiration` passed, or `max_retries` transient failures when set). Retries
 //! (429, 500, 503, streams lost with a connection) wait with exponential
 //! backoff. Until a report, the notification stays in the outbox: a crash
 //! re-sends it on the next start.
@@ -52,7 +52,7 @@ use self::conn::{Answer, Target};
 use self::jwt::JwtSigner;
 use super::credentials::{check_common, inspect_ca_file, CertificateKeys, CredentialReport};
 use super::live::{self, Live};
-use super::pool::{self, dispatch, Limits, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
+use super::pool::{self, dispatch, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
 use super::refusal;
 use super::{SinkConfig, SinkContext, SinkError};
 use crate::apns::{classify, Action, Reason};
@@ -89,6 +89,8 @@ pub struct Http2Setup {
     pub ping_interval: Duration,
     /// What inspecting the credentials found (certificate expiry, warnings).
     pub report: CredentialReport,
+    /// `max_retries`, `max_retry_delay`.
+    pub retry: pool::RetryPolicy,
 }
 
 impl Http2Setup {
@@ -154,6 +156,7 @@ impl Http2Setup {
             endpoint: c.endpoint.clone(),
             ping_interval,
             report,
+            retry: pool::RetryPolicy::from_config(c.max_retries, c.max_retry_delay)?,
         })
     }
 
@@ -170,7 +173,6 @@ impl Http2Setup {
 pub struct Http2Sink {
     setup: Http2Setup,
     connections: usize,
-    max_retries: u32,
 }
 
 impl Http2Sink {
@@ -179,7 +181,6 @@ impl Http2Sink {
         Self {
             setup,
             connections: config.connections.max(1),
-            max_retries: config.max_retries,
         }
     }
 
@@ -206,12 +207,12 @@ impl Http2Sink {
             prefix: process_prefix(),
             creds,
         };
-        let limits = Limits {
-            max_retries: self.max_retries,
-            // Room for every connection's streams plus a queue's worth, in
-            // both environments.
-            max_outstanding: 2 * (self.connections * MAX_IN_FLIGHT + POOL_QUEUE),
-        };
+        // Room for every connection's streams plus a queue's worth, in
+        // both environments.
+        let limits = self
+            .setup
+            .retry
+            .limits(2 * (self.connections * MAX_IN_FLIGHT + POOL_QUEUE));
         let outcomes = ctx.outcomes.clone();
         let report = &self.setup.report;
         outcomes.credential_loaded(report.certificate_expiry, &report.warnings);
