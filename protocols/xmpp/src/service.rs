@@ -46,11 +46,11 @@ impl Service {
     /// Handle one stanza. Anything that waits on the core runs in its own
     /// task (at most `max_inflight`, counted by `inflight`), so the stream
     /// never stalls.
-    pub fn handle(self: &Arc<Self>, stanza: Element, inflight: &Arc<Semaphore>) {
+    pub fn handle(self: &Arc<Self>, mut stanza: Element, inflight: &Arc<Semaphore>) {
         if stanza.local() != "iq" {
             return; // messages and presence are not for us
         }
-        let typ = stanza.get("type").unwrap_or("");
+        let typ = stanza.get("type").unwrap_or("").to_owned();
         if typ != "get" && typ != "set" {
             return; // results and errors need no answer
         }
@@ -59,11 +59,11 @@ impl Service {
             from: stanza.get("from").unwrap_or("").to_owned(),
             to: stanza.get("to").unwrap_or(&self.ctx.config().domain).to_owned(),
         };
-        let Some(payload) = stanza.elements().next().cloned() else {
+        let Some(payload) = stanza.take_first_element() else {
             self.send_now(req.error("modify", "bad-request", Some("empty iq")));
             return;
         };
-        match (typ, payload.local(), payload.ns()) {
+        match (typ.as_str(), payload.local(), payload.ns()) {
             ("get", "query", Some(NS_DISCO_INFO)) => self.send_now(req.result(Some(disco::info(&payload)))),
             ("get", "query", Some(NS_DISCO_ITEMS)) => {
                 let reply = disco::items(&payload, &req.to);
