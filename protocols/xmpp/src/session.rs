@@ -22,6 +22,12 @@ use crate::XmppConfig;
 /// Whitespace keepalive interval.
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// Stanzas read ahead of the session loop. Small: a parsed stanza takes
+/// many times its size in memory (about 100 bytes per element), and a
+/// server that stops reading our replies stalls the loop while the reader
+/// fills this queue.
+const READ_QUEUE: usize = 16;
+
 /// How long shutdown waits for replies being prepared.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -84,7 +90,7 @@ pub async fn run(ctx: &Context<XmppConfig>, link: Link) -> End {
 fn spawn_reader(
     mut reader: StreamReader<OwnedReadHalf>,
 ) -> (mpsc::Receiver<Result<Element, ReadError>>, JoinHandle<()>) {
-    let (stanza_tx, stanzas) = mpsc::channel::<Result<Element, ReadError>>(256);
+    let (stanza_tx, stanzas) = mpsc::channel::<Result<Element, ReadError>>(READ_QUEUE);
     let task = tokio::spawn(async move {
         loop {
             let r = reader.next().await;

@@ -215,20 +215,21 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
 #[derive(Default)]
 struct Scope {
     /// Prefix (`""` for the default namespace) → its URIs, innermost last.
-    bindings: HashMap<String, Vec<String>>,
+    /// The URIs are shared with every element resolved to them.
+    bindings: HashMap<String, Vec<Arc<str>>>,
     /// Prefixes in declaration order, to undo the innermost first.
     declared: Vec<String>,
 }
 
 impl Scope {
     fn declare(&mut self, prefix: &str, uri: &str) {
-        self.bindings.entry(prefix.to_owned()).or_default().push(uri.to_owned());
+        self.bindings.entry(prefix.to_owned()).or_default().push(Arc::from(uri));
         self.declared.push(prefix.to_owned());
     }
 
     /// The URI `prefix` is bound to.
-    fn lookup(&self, prefix: &str) -> Option<&str> {
-        self.bindings.get(prefix)?.last().map(String::as_str)
+    fn lookup(&self, prefix: &str) -> Option<&Arc<str>> {
+        self.bindings.get(prefix)?.last()
     }
 
     /// Declarations made so far.
@@ -389,7 +390,7 @@ fn resolve(e: &mut Element, scope: &mut Scope) -> Result<usize, ReadError> {
             e.name
         )));
     }
-    e.namespace = uri.filter(|u| !u.is_empty()).map(str::to_owned);
+    e.namespace = uri.filter(|u| !u.is_empty()).cloned();
     Ok(n)
 }
 

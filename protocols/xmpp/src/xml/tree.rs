@@ -9,6 +9,7 @@
 //! have no such limit and must not need one.
 
 use std::fmt;
+use std::sync::Arc;
 
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 
@@ -23,8 +24,9 @@ pub struct Element {
     /// Child elements and text, in document order.
     pub children: Vec<Node>,
     /// The resolved namespace (default or prefixed declarations, in this
-    /// element or inherited); `None` for elements built here.
-    pub namespace: Option<String>,
+    /// element or inherited), shared with the reader's declaration; `None`
+    /// for elements built here.
+    pub namespace: Option<Arc<str>>,
 }
 
 /// A child of an element.
