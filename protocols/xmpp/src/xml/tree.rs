@@ -152,6 +152,26 @@ impl Element {
         v
     }
 
+    /// About how many bytes the tree takes in memory: every node's slot,
+    /// name, attributes and text (not allocator slack); counted without
+    /// recursion.
+    pub fn footprint(&self) -> usize {
+        let node = std::mem::size_of::<Node>();
+        let mut total = node;
+        let mut pending = vec![self];
+        while let Some(e) = pending.pop() {
+            total += e.name.len() + e.attrs.iter().map(|(k, v)| 48 + k.len() + v.len()).sum::<usize>();
+            for n in &e.children {
+                total += node;
+                match n {
+                    Node::Element(c) => pending.push(c),
+                    Node::Text(t) => total += t.len(),
+                }
+            }
+        }
+        total
+    }
+
     /// This element without its children (room reserved for them).
     fn shallow_clone(&self) -> Self {
         Self {
@@ -344,6 +364,16 @@ mod tests {
             })
             .unwrap();
         assert_eq!(worker.join().expect("no stack overflow"), DEPTH * 7 + 4);
+    }
+
+    #[test]
+    fn footprint_counts_every_node() {
+        let node = std::mem::size_of::<Node>();
+        let leaf = Element::new("a");
+        assert_eq!(leaf.footprint(), node + 1);
+        let e = Element::new("iq").attr("id", "xy").text("hello").child(leaf);
+        assert_eq!(e.footprint(), node + 2 + (48 + 4) + (node + 5) + (node + 1));
+        assert!(chain(10_000).footprint() > 10_000 * node);
     }
 
     #[test]
