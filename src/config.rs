@@ -337,8 +337,17 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         .and_then(|key| key_offset(&text[start..end], key))
         .map_or(start, |off| start + off);
     let line = text[..at].matches('\n').count() + 1;
-    let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
-    format!("line {line}: {msg} (at `{snippet}`)")
+    let snippet = clip(text.lines().nth(line - 1).unwrap_or("").trim(), 120);
+    format!("line {line}: {} (at `{snippet}`)", clip(&msg, 400))
+}
+
+/// `s` cut to at most `max` characters, `…` marking a cut: a long line or
+/// value (toml and serde quote them) must not become a huge log line.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
 }
 
 /// The key a nested error names: serde's "unknown field `key`", or the
@@ -389,6 +398,20 @@ mod tests {
         let c = parse(text).unwrap();
         assert!(matches!(c.apps[0].sink, crate::sink::SinkConfig::Log(_)));
         assert!(!c.adapters.line.is_empty());
+    }
+
+    #[test]
+    fn long_lines_and_values_are_clipped_in_errors() {
+        let long = "é".repeat(100_000);
+        let err = parse(&format!("{MINIMAL}x = [{}]\n", "[".repeat(200_000)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4") && err.len() < 1000, "{} bytes", err.len());
+        let err = parse(&format!("{MINIMAL}\n[store]\nsynchronous = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("synchronous") && err.contains("…`)"), "{err}");
+        assert!(err.len() < 2000, "{} bytes", err.len());
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn connect(ctx: &Context<XmppConfig>) -> Result<Option<Link>, AdapterE
         _ = ctx.shutdown().cancelled() => return Ok(None),
     };
     let (rd, mut writer) = tcp.into_split();
-    let mut reader = StreamReader::new(rd, cfg.max_stanza_size);
+    let mut reader = StreamReader::new(rd, cfg.limits());
     writer.write_all(&stream_header(&cfg.domain)).await?;
     let server_header = reader.header().await.map_err(|e| protocol("stream header", e))?;
     let id = server_header

@@ -9,8 +9,9 @@
 //! `unregister-push-apns`, and mod_push_appserver's `v1-register-push`).
 //!
 //! Layout, from the socket up:
-//! - [`xml`]: the stream read stanza by stanza into bounded element trees
-//!   (quick-xml, namespaces resolved), and stanzas written escaped;
+//! - [`xml`]: the stream read stanza by stanza into element trees bounded
+//!   in size and depth (quick-xml, namespaces resolved); [`xml::tree`]:
+//!   the trees, walked without recursion, and written escaped;
 //! - [`component`]: connect and the XEP-0114 handshake, stream errors;
 //! - [`session`]: the connected loop (reader task, replies, keepalive,
 //!   shutdown);
@@ -52,6 +53,10 @@ pub struct XmppConfig {
     /// policy-violation error (default 65536).
     #[serde(default = "default_max_stanza")]
     pub max_stanza_size: usize,
+    /// Deepest element nesting in a stanza (the stanza itself is 1); a
+    /// deeper one ends the stream with a policy-violation error (default 64).
+    #[serde(default = "default_max_depth")]
+    pub max_stanza_depth: usize,
     /// App (APNS topic) of devices registered here; default: the first app.
     pub topic: Option<String>,
     /// Environment of devices registered here when the client does not say
@@ -70,6 +75,16 @@ pub struct XmppConfig {
     pub max_devices_per_jid: usize,
 }
 
+impl XmppConfig {
+    /// The stream reader's limits: `max_stanza_size`, `max_stanza_depth`.
+    pub fn limits(&self) -> xml::Limits {
+        xml::Limits {
+            max_stanza: self.max_stanza_size,
+            max_depth: self.max_stanza_depth,
+        }
+    }
+}
+
 impl std::fmt::Debug for XmppConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XmppConfig")
@@ -78,6 +93,7 @@ impl std::fmt::Debug for XmppConfig {
             .field("secret", &"<redacted>")
             .field("name", &self.name)
             .field("max_stanza_size", &self.max_stanza_size)
+            .field("max_stanza_depth", &self.max_stanza_depth)
             .field("topic", &self.topic)
             .field("environment", &self.environment)
             .field("anonymous_title", &self.anonymous_title)
@@ -87,11 +103,19 @@ impl std::fmt::Debug for XmppConfig {
     }
 }
 
+/// The smallest `max_stanza_depth` accepted: the deepest stanza the
+/// component reads (a XEP-0357 publish, iq → … → value) is 8 levels deep,
+/// and servers may wrap extensions around it.
+const MIN_STANZA_DEPTH: usize = 16;
+
 fn default_name() -> String {
     "xmpp".to_owned()
 }
 fn default_max_stanza() -> usize {
     65_536
+}
+fn default_max_depth() -> usize {
+    64
 }
 fn default_title() -> String {
     "New message".to_owned()
@@ -135,6 +159,12 @@ impl Adapter for XmppAdapter {
         if c.max_stanza_size < 1024 {
             return Err(ConfigError::new("max_stanza_size", "must be at least 1024"));
         }
+        if c.max_stanza_depth < MIN_STANZA_DEPTH {
+            return Err(ConfigError::new(
+                "max_stanza_depth",
+                format!("must be at least {MIN_STANZA_DEPTH}"),
+            ));
+        }
         if c.max_inflight == 0 {
             return Err(ConfigError::new("max_inflight", "must be at least 1"));
         }
@@ -170,6 +200,13 @@ mod tests {
         .unwrap();
         assert!(XmppAdapter::check(&ok).is_ok());
         assert_eq!(ok.max_devices_per_jid, 10);
+        assert_eq!(ok.max_stanza_depth, 64);
+        let mut bad = ok.clone();
+        bad.max_stanza_depth = 15;
+        assert!(XmppAdapter::check(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("max_stanza_depth: must be at least 16"));
         let mut bad = ok.clone();
         bad.max_devices_per_jid = 0;
         assert!(XmppAdapter::check(&bad)

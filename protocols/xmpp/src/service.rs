@@ -2,7 +2,8 @@
 //! [`commands`] (XEP-0050) or [`publish`]
 //! (XEP-0357) and sends the reply to the connection's writer. Commands and
 //! publishes wait on the core, so they run in tasks of their own, at most
-//! `max_inflight` at once.
+//! `max_inflight` at once, holding at most [`HELD_BYTES`] of parsed
+//! stanzas between them.
 
 use std::sync::Arc;
 
@@ -14,12 +15,20 @@ use crate::stanza::{Req, NS_COMMANDS, NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PUBSUB};
 use crate::xml::Element;
 use crate::{commands, disco, publish, XmppConfig};
 
+/// Bytes of parsed stanzas (see [`Element::footprint`]) that commands and
+/// publishes in progress may hold at once: a parsed stanza takes many
+/// times its size, so `max_inflight` alone would allow gigabytes.
+pub const HELD_BYTES: usize = 32 << 20;
+
 /// Answers stanzas; replies go to the connection's writer.
 pub struct Service {
     ctx: Context<XmppConfig>,
     /// Replies to the connection's writer.
     out: mpsc::Sender<Element>,
     registry: Registry,
+    /// One permit per byte of payload held by a task in progress
+    /// ([`HELD_BYTES`] in all); a task's permits go with it.
+    held: Arc<Semaphore>,
 }
 
 impl Service {
@@ -29,6 +38,7 @@ impl Service {
             registry: Registry::new(ctx.clone()),
             ctx,
             out,
+            held: Arc::new(Semaphore::new(HELD_BYTES)),
         }
     }
 
@@ -46,11 +56,11 @@ impl Service {
     /// Handle one stanza. Anything that waits on the core runs in its own
     /// task (at most `max_inflight`, counted by `inflight`), so the stream
     /// never stalls.
-    pub fn handle(self: &Arc<Self>, stanza: Element, inflight: &Arc<Semaphore>) {
+    pub fn handle(self: &Arc<Self>, mut stanza: Element, inflight: &Arc<Semaphore>) {
         if stanza.local() != "iq" {
             return; // messages and presence are not for us
         }
-        let typ = stanza.get("type").unwrap_or("");
+        let typ = stanza.get("type").unwrap_or("").to_owned();
         if typ != "get" && typ != "set" {
             return; // results and errors need no answer
         }
@@ -59,18 +69,23 @@ impl Service {
             from: stanza.get("from").unwrap_or("").to_owned(),
             to: stanza.get("to").unwrap_or(&self.ctx.config().domain).to_owned(),
         };
-        let Some(payload) = stanza.elements().next().cloned() else {
+        let Some(payload) = stanza.take_first_element() else {
             self.send_now(req.error("modify", "bad-request", Some("empty iq")));
             return;
         };
-        match (typ, payload.local(), payload.ns()) {
+        match (typ.as_str(), payload.local(), payload.ns()) {
             ("get", "query", Some(NS_DISCO_INFO)) => self.send_now(req.result(Some(disco::info(&payload)))),
             ("get", "query", Some(NS_DISCO_ITEMS)) => {
                 let reply = disco::items(&payload, &req.to);
                 self.send_now(req.result(Some(reply)))
             }
             ("set", "command", Some(NS_COMMANDS)) | ("set", "pubsub", Some(NS_PUBSUB)) => {
-                let Ok(permit) = inflight.clone().try_acquire_owned() else {
+                let bytes = u32::try_from(payload.footprint().min(HELD_BYTES)).unwrap_or(u32::MAX);
+                let permits = inflight
+                    .clone()
+                    .try_acquire_owned()
+                    .and_then(|one| Ok((one, self.held.clone().try_acquire_many_owned(bytes)?)));
+                let Ok(permits) = permits else {
                     self.send_now(req.error("wait", "resource-constraint", Some("too many requests in progress")));
                     return;
                 };
@@ -78,7 +93,7 @@ impl Service {
                 tokio::spawn(async move {
                     let reply = svc.answer(&req, &payload).await;
                     let _ = svc.out.send(reply).await;
-                    drop(permit);
+                    drop(permits);
                 });
             }
             _ => self.send_now(req.error("cancel", "service-unavailable", None)),
@@ -178,6 +193,44 @@ mod tests {
         assert_eq!(r.get("id"), Some("p9"));
         let (typ, cond, _) = condition(&r);
         assert_eq!((typ.as_str(), cond.as_str()), ("wait", "resource-constraint"));
+    }
+
+    #[tokio::test]
+    async fn publishes_held_in_progress_are_bounded_in_bytes() {
+        let mut f = fixture();
+        let (node, secret) = register_as(&f, "alice@localhost/phone", "d1").await.unwrap();
+        f.core(Core::Silent);
+        let inflight = Arc::new(Semaphore::new(8));
+        // Over half the budget each: the first is held by the core, the
+        // second does not fit beside it, a small one still does.
+        let big = "x".repeat(HELD_BYTES / 2 + 1);
+        let publish = |id: &str, junk: &str| iq("set", id, publish_stanza(&node, Some(&secret), &[("junk", junk)]));
+        f.svc.handle(publish("big1", &big), &inflight);
+        f.svc.handle(publish("big2", &big), &inflight);
+        let r = tokio::time::timeout(Duration::from_secs(5), f.out.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.get("id"), Some("big2"));
+        let (typ, cond, _) = condition(&r);
+        assert_eq!((typ.as_str(), cond.as_str()), ("wait", "resource-constraint"));
+        f.svc.handle(publish("small", "y"), &inflight);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while f
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e, Event::Message(_)))
+                .count()
+                < 2
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the small publish reaches the core");
+        assert_eq!(inflight.available_permits(), 6, "big1 and small in progress");
     }
 
     #[tokio::test]

@@ -22,6 +22,12 @@ use crate::XmppConfig;
 /// Whitespace keepalive interval.
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// Stanzas read ahead of the session loop. Small: a parsed stanza takes
+/// many times its size in memory (about 100 bytes per element), and a
+/// server that stops reading our replies stalls the loop while the reader
+/// fills this queue.
+const READ_QUEUE: usize = 16;
+
 /// How long shutdown waits for replies being prepared.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -84,7 +90,7 @@ pub async fn run(ctx: &Context<XmppConfig>, link: Link) -> End {
 fn spawn_reader(
     mut reader: StreamReader<OwnedReadHalf>,
 ) -> (mpsc::Receiver<Result<Element, ReadError>>, JoinHandle<()>) {
-    let (stanza_tx, stanzas) = mpsc::channel::<Result<Element, ReadError>>(256);
+    let (stanza_tx, stanzas) = mpsc::channel::<Result<Element, ReadError>>(READ_QUEUE);
     let task = tokio::spawn(async move {
         loop {
             let r = reader.next().await;
@@ -120,19 +126,19 @@ impl Session<'_> {
                 self.svc.handle(stanza, &self.inflight);
                 ControlFlow::Continue(())
             }
-            Some(Err(ReadError::TooBig(max))) => {
-                tracing::warn!(
-                    adapter = self.ctx.name(),
-                    max,
-                    "stanza over max_stanza_size; closing the stream"
-                );
-                let _ = self.writer.write_all(&closing_stream_error("policy-violation")).await;
-                ControlFlow::Break(Err(AdapterError::Protocol(format!("stanza larger than {max} bytes"))))
-            }
             Some(Err(ReadError::Closed)) | None => ControlFlow::Break(Err(AdapterError::Io(std::io::Error::other(
                 "the XMPP server closed the stream",
             )))),
             Some(Err(e)) => {
+                if let Some((limit, max)) = e.limit() {
+                    tracing::warn!(
+                        adapter = self.ctx.name(),
+                        max,
+                        "stanza over {limit}; closing the stream with policy-violation"
+                    );
+                    let _ = self.writer.write_all(&closing_stream_error("policy-violation")).await;
+                    return ControlFlow::Break(Err(AdapterError::Protocol(e.to_string())));
+                }
                 let _ = self.writer.write_all(&closing_stream_error("not-well-formed")).await;
                 ControlFlow::Break(Err(protocol("stream", e)))
             }
@@ -255,6 +261,27 @@ mod tests {
             "{err}"
         );
         assert!(seen.contains("policy-violation"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn deep_stanza_ends_the_stream_with_policy_violation() {
+        static DEEP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let deep = DEEP.get_or_init(|| {
+            // 6,000 levels in 42 KB: over the depth limit, under the size limit
+            // once it is raised.
+            let mut v = b"<handshake/><iq type='get' id='deep' from='localhost' to='push.localhost'>".to_vec();
+            v.extend("<a>".repeat(6000).bytes());
+            v.extend("</a>".repeat(6000).bytes());
+            v.extend_from_slice(b"</iq>");
+            v
+        });
+        let (err, seen) = run_until_error(deep).await;
+        assert!(
+            matches!(err, AdapterError::Protocol(ref m) if m.contains("nested deeper than 64 elements")),
+            "{err}"
+        );
+        assert!(seen.contains("policy-violation"), "{seen}");
+        assert!(seen.ends_with("</stream:stream>"), "{seen}");
     }
 
     #[tokio::test]

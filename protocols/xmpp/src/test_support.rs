@@ -277,7 +277,7 @@ pub(crate) fn server_req() -> Req {
 pub(crate) async fn read_stanza(xml: &str) -> Element {
     let doc =
         format!("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>{xml}");
-    let mut r = crate::xml::StreamReader::new(doc.as_bytes(), 65536);
+    let mut r = crate::xml::StreamReader::new(doc.as_bytes(), fixture().ctx.config().limits());
     r.header().await.unwrap();
     r.next().await.unwrap()
 }

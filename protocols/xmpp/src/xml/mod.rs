@@ -1,152 +1,55 @@
-//! A small element tree over quick-xml: the XMPP stream is read stanza by
-//! stanza (each a tree of bounded size) and stanzas are written with
-//! quick-xml's writer, which escapes every name, attribute and text.
+//! The XMPP stream read over quick-xml, stanza by stanza, into element
+//! trees ([`tree`]) of bounded size and depth: a stanza over
+//! `max_stanza_size` bytes or nested deeper than `max_stanza_depth`
+//! elements is refused before it is built. The reader keeps its open
+//! elements and namespace declarations on heap stacks and resolves a
+//! prefix in constant time, so neither depth nor the number of
+//! declarations costs call stack or quadratic time.
+
+pub mod tree;
+
+pub use tree::{Element, Node};
+
+use std::collections::HashMap;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use quick_xml::events::{BytesEnd, BytesRef, BytesStart, BytesText, Event};
+use quick_xml::events::{BytesRef, BytesStart, Event};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
-
-/// An element: its (prefixed) name, attributes in document order, and
-/// children; read from a stream, also the namespace its name resolves to.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Element {
-    /// The name as written, prefix included (`stream:error`).
-    pub name: String,
-    /// Attributes in document order, values unescaped.
-    pub attrs: Vec<(String, String)>,
-    /// Child elements and text, in document order.
-    pub children: Vec<Node>,
-    /// The resolved namespace (default or prefixed declarations, in this
-    /// element or inherited); `None` for elements built here.
-    pub namespace: Option<String>,
-}
-
-/// A child of an element.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Node {
-    Element(Element),
-    Text(String),
-}
-
-impl Element {
-    /// An element named `name` (prefix included), without attributes or children.
-    pub fn new(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            ..Self::default()
-        }
-    }
-
-    /// Builder: add an attribute.
-    pub fn attr(mut self, k: &str, v: &str) -> Self {
-        self.attrs.push((k.to_owned(), v.to_owned()));
-        self
-    }
-
-    /// Builder: add a child element.
-    pub fn child(mut self, c: Element) -> Self {
-        self.children.push(Node::Element(c));
-        self
-    }
-
-    /// Builder: add text.
-    pub fn text(mut self, t: &str) -> Self {
-        self.children.push(Node::Text(t.to_owned()));
-        self
-    }
-
-    /// The value of attribute `k` (as written, e.g. `xmlns:stream`).
-    pub fn get(&self, k: &str) -> Option<&str> {
-        self.attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
-    }
-
-    /// The local part of the name (`stream:error` → `error`).
-    pub fn local(&self) -> &str {
-        self.name.rsplit(':').next().unwrap_or(&self.name)
-    }
-
-    /// The element's namespace: resolved when it was read (so
-    /// `<ps:pubsub xmlns:ps='…'>` and inherited defaults count), else the
-    /// `xmlns` it was built with.
-    pub fn ns(&self) -> Option<&str> {
-        self.namespace.as_deref().or_else(|| self.get("xmlns"))
-    }
-
-    /// The child elements (not text), in order.
-    pub fn elements(&self) -> impl Iterator<Item = &Element> {
-        self.children.iter().filter_map(|n| match n {
-            Node::Element(e) => Some(e),
-            Node::Text(_) => None,
-        })
-    }
-
-    /// The first child element named `local` (and in namespace `ns` when given).
-    pub fn find(&self, local: &str, ns: Option<&str>) -> Option<&Element> {
-        self.elements()
-            .find(|e| e.local() == local && (ns.is_none() || e.ns() == ns))
-    }
-
-    /// All text directly inside.
-    pub fn text_content(&self) -> String {
-        let mut s = String::new();
-        for n in &self.children {
-            if let Node::Text(t) = n {
-                s.push_str(t);
-            }
-        }
-        s
-    }
-
-    /// Serialize (escaping done by quick-xml).
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        let mut w = quick_xml::Writer::new(out);
-        self.write(&mut w);
-    }
-
-    fn write(&self, w: &mut quick_xml::Writer<&mut Vec<u8>>) {
-        let mut start = BytesStart::new(self.name.as_str());
-        for (k, v) in &self.attrs {
-            start.push_attribute((k.as_str(), v.as_str()));
-        }
-        if self.children.is_empty() {
-            let _ = w.write_event(Event::Empty(start));
-            return;
-        }
-        let _ = w.write_event(Event::Start(start));
-        for c in &self.children {
-            match c {
-                Node::Element(e) => e.write(w),
-                Node::Text(t) => {
-                    let _ = w.write_event(Event::Text(BytesText::new(t)));
-                }
-            }
-        }
-        let _ = w.write_event(Event::End(BytesEnd::new(self.name.as_str())));
-    }
-
-    /// The element serialized (see [`Element::write_to`]).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = Vec::new();
-        self.write_to(&mut v);
-        v
-    }
-}
 
 /// Why reading the stream stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// A stanza passed `max_stanza_size` (the limit, in bytes).
     #[error("stanza larger than {0} bytes")]
     TooBig(usize),
+    /// A stanza nested elements deeper than `max_stanza_depth` (the limit).
+    #[error("stanza nested deeper than {0} elements")]
+    TooDeep(usize),
+    /// Not well-formed XML, or XML that XMPP forbids (DOCTYPE, entities,
+    /// undeclared prefixes).
     #[error("malformed XML: {0}")]
     Xml(String),
+    /// The socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The stream ended (its end tag, or EOF).
     #[error("the server closed the stream")]
     Closed,
+}
+
+impl ReadError {
+    /// For a stanza over a limit: the limit's config key and its value.
+    pub fn limit(&self) -> Option<(&'static str, usize)> {
+        match self {
+            Self::TooBig(max) => Some(("max_stanza_size", *max)),
+            Self::TooDeep(max) => Some(("max_stanza_depth", *max)),
+            _ => None,
+        }
+    }
 }
 
 /// Counts bytes read from the socket and refuses to read more than the
@@ -195,21 +98,34 @@ impl<R: AsyncRead + Unpin> AsyncRead for Limited<R> {
 pub struct StreamReader<R> {
     reader: quick_xml::Reader<BufReader<Limited<R>>>,
     budget: Arc<AtomicUsize>,
-    max: usize,
+    limits: Limits,
     buf: Vec<u8>,
-    /// Namespace declarations of the stream header: (prefix, uri), `""`
-    /// for the default namespace.
-    root: Vec<(String, String)>,
+    /// Namespace declarations in scope: the stream header's between
+    /// stanzas, more while a stanza is read.
+    scope: Scope,
+    /// How many declarations the stream header made (the scope between
+    /// stanzas).
+    root: usize,
+}
+
+/// What a stanza may take; a stanza over either limit is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of a stanza (`max_stanza_size`).
+    pub max_stanza: usize,
+    /// Elements nested in a stanza, the stanza itself counting 1
+    /// (`max_stanza_depth`).
+    pub max_depth: usize,
 }
 
 /// Bytes the buffered reader may read ahead past a stanza.
 const READ_AHEAD: usize = 8192;
 
 impl<R: AsyncRead + Unpin> StreamReader<R> {
-    /// A reader of `inner` refusing stanzas over `max_stanza` bytes (and
-    /// reading at most `max_stanza` + 8 KiB ahead of a stanza's start).
-    pub fn new(inner: R, max_stanza: usize) -> Self {
-        let budget = Arc::new(AtomicUsize::new(max_stanza + READ_AHEAD));
+    /// A reader of `inner` refusing stanzas over `limits` (and reading at
+    /// most `max_stanza` + 8 KiB ahead of a stanza's start).
+    pub fn new(inner: R, limits: Limits) -> Self {
+        let budget = Arc::new(AtomicUsize::new(limits.max_stanza + READ_AHEAD));
         let limited = Limited {
             inner,
             budget: budget.clone(),
@@ -222,9 +138,10 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
         Self {
             reader,
             budget,
-            max: max_stanza,
+            limits,
             buf: Vec::with_capacity(4096),
-            root: Vec::new(),
+            scope: Scope::default(),
+            root: 0,
         }
     }
 
@@ -251,9 +168,8 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
                 Event::Text(t) if t.xml10_content().trim().is_empty() => {}
                 Event::Start(s) => {
                     let mut header = start_element(&s)?;
-                    let mut scope = Vec::new();
-                    resolve(&mut header, &mut scope)?;
-                    self.root = scope;
+                    self.scope = Scope::default();
+                    self.root = resolve(&mut header, &mut self.scope)?;
                     return Ok(header);
                 }
                 Event::Eof => return Err(ReadError::Closed),
@@ -263,10 +179,15 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
     }
 
     /// The next stanza; `Err(Closed)` at the end of the stream (its end
-    /// tag or EOF), `Err(TooBig)` once it passes `max_stanza` bytes.
+    /// tag or EOF), `Err(TooBig)` once it passes `max_stanza` bytes,
+    /// `Err(TooDeep)` at its first element nested deeper than `max_depth`.
     pub async fn next(&mut self) -> Result<Element, ReadError> {
         let start = self.reader.buffer_position();
-        let mut partial = Partial::new(self.root.clone());
+        // Only the header's declarations (an earlier call may have failed
+        // inside a stanza).
+        self.scope.truncate(self.root);
+        let max = self.limits.max_stanza;
+        let mut partial = Partial::new(&mut self.scope, self.limits.max_depth);
         loop {
             self.buf.clear();
             let ev = self
@@ -274,15 +195,57 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
                 .read_event_into_async(&mut self.buf)
                 .await
                 .map_err(|e| match Self::xml_err(e) {
-                    ReadError::TooBig(_) => ReadError::TooBig(self.max),
+                    ReadError::TooBig(_) => ReadError::TooBig(max),
                     other => other,
                 })?;
-            if self.reader.buffer_position() - start > self.max as u64 {
-                return Err(ReadError::TooBig(self.max));
+            if self.reader.buffer_position() - start > max as u64 {
+                return Err(ReadError::TooBig(max));
             }
             if let Some(stanza) = partial.feed(ev)? {
-                self.budget.store(self.max + READ_AHEAD, Ordering::Relaxed);
+                self.budget.store(max + READ_AHEAD, Ordering::Relaxed);
                 return Ok(stanza);
+            }
+        }
+    }
+}
+
+/// Namespace declarations in scope, resolved in constant time whatever
+/// their number (a list searched from the innermost would make a stanza
+/// declaring many prefixes quadratic to read).
+#[derive(Default)]
+struct Scope {
+    /// Prefix (`""` for the default namespace) → its URIs, innermost last.
+    /// The URIs are shared with every element resolved to them.
+    bindings: HashMap<String, Vec<Arc<str>>>,
+    /// Prefixes in declaration order, to undo the innermost first.
+    declared: Vec<String>,
+}
+
+impl Scope {
+    fn declare(&mut self, prefix: &str, uri: &str) {
+        self.bindings.entry(prefix.to_owned()).or_default().push(Arc::from(uri));
+        self.declared.push(prefix.to_owned());
+    }
+
+    /// The URI `prefix` is bound to.
+    fn lookup(&self, prefix: &str) -> Option<&Arc<str>> {
+        self.bindings.get(prefix)?.last()
+    }
+
+    /// Declarations made so far.
+    fn len(&self) -> usize {
+        self.declared.len()
+    }
+
+    /// Undo declarations back to the first `len`.
+    fn truncate(&mut self, len: usize) {
+        while self.declared.len() > len {
+            let Some(prefix) = self.declared.pop() else { break };
+            if let Some(uris) = self.bindings.get_mut(&prefix) {
+                uris.pop();
+                if uris.is_empty() {
+                    self.bindings.remove(&prefix);
+                }
             }
         }
     }
@@ -290,21 +253,24 @@ impl<R: AsyncRead + Unpin> StreamReader<R> {
 
 /// A stanza being read: its open elements, and the namespace declarations
 /// in scope.
-struct Partial {
+struct Partial<'s> {
     /// Open elements, the stanza first.
     stack: Vec<Element>,
-    /// Declarations in scope: (prefix, uri), the stream header's first.
-    scope: Vec<(String, String)>,
-    /// How many declarations each open element added.
-    added: Vec<usize>,
+    /// Declarations in scope, the stream header's first.
+    scope: &'s mut Scope,
+    /// The scope's length before each open element's declarations.
+    marks: Vec<usize>,
+    /// Deepest nesting allowed (the stanza is depth 1).
+    max_depth: usize,
 }
 
-impl Partial {
-    fn new(root: Vec<(String, String)>) -> Self {
+impl<'s> Partial<'s> {
+    fn new(scope: &'s mut Scope, max_depth: usize) -> Self {
         Self {
             stack: Vec::new(),
-            scope: root,
-            added: Vec::new(),
+            scope,
+            marks: Vec::new(),
+            max_depth,
         }
     }
 
@@ -312,15 +278,13 @@ impl Partial {
     fn feed(&mut self, ev: Event<'_>) -> Result<Option<Element>, ReadError> {
         match ev {
             Event::Start(s) => {
-                let mut e = start_element(&s)?;
-                self.added.push(resolve(&mut e, &mut self.scope)?);
+                let e = self.open(&s)?;
                 self.stack.push(e);
                 Ok(None)
             }
             Event::Empty(s) => {
-                let mut e = start_element(&s)?;
-                let n = resolve(&mut e, &mut self.scope)?;
-                self.scope.truncate(self.scope.len() - n);
+                let e = self.open(&s)?;
+                self.scope.truncate(self.marks.pop().unwrap_or(0));
                 Ok(self.attach(e))
             }
             Event::End(_) => self.close(),
@@ -350,12 +314,24 @@ impl Partial {
         }
     }
 
+    /// A start (or empty-element) tag: check its depth, read it, and
+    /// bring its declarations into scope (marking where they begin).
+    fn open(&mut self, s: &BytesStart<'_>) -> Result<Element, ReadError> {
+        if self.stack.len() >= self.max_depth {
+            return Err(ReadError::TooDeep(self.max_depth));
+        }
+        let mut e = start_element(s)?;
+        self.marks.push(self.scope.len());
+        resolve(&mut e, self.scope)?;
+        Ok(e)
+    }
+
     /// An end tag: close the innermost element; `Closed` when none is open
     /// (`</stream:stream>`).
     fn close(&mut self) -> Result<Option<Element>, ReadError> {
         let e = self.stack.pop().ok_or(ReadError::Closed)?;
-        let n = self.added.pop().unwrap_or(0);
-        self.scope.truncate(self.scope.len().saturating_sub(n));
+        let mark = self.marks.pop().unwrap_or(0);
+        self.scope.truncate(mark);
         Ok(self.attach(e))
     }
 
@@ -390,7 +366,7 @@ fn entity(r: &BytesRef<'_>) -> Result<String, ReadError> {
 
 /// Add `e`'s namespace declarations to `scope` and resolve its name's
 /// namespace; returns how many declarations were added.
-fn resolve(e: &mut Element, scope: &mut Vec<(String, String)>) -> Result<usize, ReadError> {
+fn resolve(e: &mut Element, scope: &mut Scope) -> Result<usize, ReadError> {
     let mut n = 0;
     for (k, v) in &e.attrs {
         let prefix = if k == "xmlns" {
@@ -400,21 +376,21 @@ fn resolve(e: &mut Element, scope: &mut Vec<(String, String)>) -> Result<usize, 
         } else {
             continue;
         };
-        scope.push((prefix.to_owned(), v.clone()));
+        scope.declare(prefix, v);
         n += 1;
     }
     let prefix = match e.name.split_once(':') {
         Some((p, _)) => p,
         None => "",
     };
-    let uri = scope.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.clone());
+    let uri = scope.lookup(prefix);
     if uri.is_none() && !prefix.is_empty() && prefix != "xml" {
         return Err(ReadError::Xml(format!(
             "undeclared namespace prefix {prefix:?} on <{}>",
             e.name
         )));
     }
-    e.namespace = uri.filter(|u| !u.is_empty());
+    e.namespace = uri.filter(|u| !u.is_empty()).cloned();
     Ok(n)
 }
 
@@ -453,12 +429,19 @@ fn start_element(s: &BytesStart<'_>) -> Result<Element, ReadError> {
 mod tests {
     use super::*;
 
+    fn limits(max_stanza: usize) -> Limits {
+        Limits {
+            max_stanza,
+            max_depth: 64,
+        }
+    }
+
     #[tokio::test]
     async fn namespaces_resolve_through_prefixes_and_inheritance() {
         let s = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>\
                  <iq><a:q xmlns:a='urn:a'><a:r/><s xmlns='urn:s'><t/></s><u/></a:q></iq><stream:error/>\
                  <iq><b:q/></iq>";
-        let mut r = StreamReader::new(s.as_bytes(), 4096);
+        let mut r = StreamReader::new(s.as_bytes(), limits(4096));
         let h = r.header().await.unwrap();
         assert_eq!(h.ns(), Some("http://etherx.jabber.org/streams"));
         let iq = r.next().await.unwrap();
@@ -483,7 +466,7 @@ mod tests {
     }
 
     async fn parse(input: &str, max: usize) -> Vec<Result<Element, String>> {
-        let mut r = StreamReader::new(input.as_bytes(), max);
+        let mut r = StreamReader::new(input.as_bytes(), limits(max));
         let mut out = vec![r.header().await.map_err(|e| e.to_string())];
         loop {
             match r.next().await {
@@ -541,14 +524,153 @@ mod tests {
         assert!(out[1].as_ref().unwrap_err().contains("unknown entity"));
     }
 
+    const HEADER: &str =
+        "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+    /// `<iq>` with `depth - 1` nested `<a>` inside, the innermost holding `leaf`.
+    fn deep_iq(depth: usize, leaf: &str) -> String {
+        let mut s = String::with_capacity(depth * 8 + 64);
+        s.push_str(HEADER);
+        s.push_str("<iq type='get'>");
+        s.push_str(&"<a>".repeat(depth - 1));
+        s.push_str(leaf);
+        s.push_str(&"</a>".repeat(depth - 1));
+        s.push_str("</iq>");
+        s
+    }
+
+    /// Run `f` on a thread with a 256 KiB stack.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .expect("no stack overflow")
+    }
+
+    async fn read_one(doc: &str, limits: Limits) -> Result<Element, ReadError> {
+        let mut r = StreamReader::new(doc.as_bytes(), limits);
+        r.header().await?;
+        r.next().await
+    }
+
+    #[tokio::test]
+    async fn depth_limit_counts_the_stanza_as_one() {
+        let lim = Limits {
+            max_stanza: 65536,
+            max_depth: 16,
+        };
+        let iq = read_one(&deep_iq(16, "x"), lim).await.unwrap();
+        assert_eq!(iq.name, "iq");
+        for leaf in ["x", "<b/>"] {
+            match read_one(&deep_iq(17, leaf), lim).await {
+                Err(e @ ReadError::TooDeep(16)) => {
+                    assert_eq!(e.limit(), Some(("max_stanza_depth", 16)));
+                    assert_eq!(e.to_string(), "stanza nested deeper than 16 elements");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // An empty element one level too deep is refused too.
+        match read_one(&deep_iq(16, "<b/>"), lim).await {
+            Err(ReadError::TooDeep(16)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn writing_escapes_everything() {
-        let e = Element::new("message")
-            .attr("to", "a'b\"<c>&")
-            .child(Element::new("body").text("</body><evil/> & more"));
-        let s = String::from_utf8(e.to_bytes()).unwrap();
-        assert!(!s.contains("<evil/>"), "{s}");
-        assert!(s.contains("&lt;/body&gt;&lt;evil/&gt; &amp; more"), "{s}");
-        assert!(s.contains("&lt;c&gt;&amp;"), "{s}");
+    fn a_million_deep_stanza_is_refused_quickly_on_a_small_stack() {
+        let doc = deep_iq(1_000_000, "x");
+        let started = std::time::Instant::now();
+        let got = on_small_stack(move || {
+            let lim = Limits {
+                max_stanza: doc.len() + 1,
+                max_depth: 64,
+            };
+            futures::executor::block_on(read_one(&doc, lim))
+        });
+        assert!(matches!(got, Err(ReadError::TooDeep(64))), "{got:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_tree_read_200000_deep_is_cloned_written_and_dropped_on_a_small_stack() {
+        const DEPTH: usize = 200_000;
+        let doc = deep_iq(DEPTH, "leaf");
+        let stanza_len = doc.len() - HEADER.len();
+        let written = on_small_stack(move || {
+            let lim = Limits {
+                max_stanza: doc.len(),
+                max_depth: usize::MAX,
+            };
+            let iq = futures::executor::block_on(read_one(&doc, lim)).expect("read without a depth limit");
+            let copy = iq.clone();
+            assert!(copy == iq);
+            let mut innermost = &copy;
+            let mut depth = 1;
+            while let Some(e) = innermost.elements().next() {
+                (innermost, depth) = (e, depth + 1);
+            }
+            assert_eq!((depth, innermost.text_content().as_str()), (DEPTH, "leaf"));
+            assert_eq!(innermost.ns(), Some("jabber:component:accept"));
+            let written = copy.to_bytes().len();
+            drop(iq);
+            drop(copy);
+            written
+        });
+        // The writer spells `type="get"` where the input had `type='get'`.
+        assert_eq!(written, stanza_len);
+    }
+
+    #[tokio::test]
+    async fn redeclared_prefixes_shadow_and_come_back() {
+        let doc = format!(
+            "{HEADER}<iq><a:q xmlns:a='urn:1'><a:r xmlns:a='urn:2'><a:t/></a:r><a:s/></a:q><q2 xmlns='urn:3'/></iq>"
+        );
+        let lim = limits(4096);
+        let iq = read_one(&doc, lim).await.unwrap();
+        let q = iq.find("q", Some("urn:1")).unwrap();
+        let r = q.find("r", None).unwrap();
+        assert_eq!(
+            (r.ns(), r.find("t", None).unwrap().ns()),
+            (Some("urn:2"), Some("urn:2"))
+        );
+        assert_eq!(q.find("s", None).unwrap().ns(), Some("urn:1"));
+        assert_eq!(iq.find("q2", None).unwrap().ns(), Some("urn:3"));
+        // After the stanza only the header's declarations are in scope.
+        let doc = format!("{HEADER}<iq><a:q xmlns:a='urn:1'/></iq><a:q/>");
+        let mut r = StreamReader::new(doc.as_bytes(), lim);
+        r.header().await.unwrap();
+        r.next().await.unwrap();
+        assert!(matches!(r.next().await, Err(ReadError::Xml(e)) if e.contains("undeclared")));
+    }
+
+    #[tokio::test]
+    async fn many_declarations_resolve_in_linear_time() {
+        // 30,000 prefixes declared on the stanza, then 30,000 children in
+        // the default namespace: a scope searched from the innermost
+        // declaration would compare 900 million prefixes.
+        const N: usize = 30_000;
+        let mut doc = format!("{HEADER}<iq");
+        for i in 0..N {
+            doc.push_str(&format!(" xmlns:p{i}='u'"));
+        }
+        doc.push('>');
+        doc.push_str(&"<a/>".repeat(N));
+        doc.push_str("</iq>");
+        let started = std::time::Instant::now();
+        let iq = read_one(&doc, limits(doc.len())).await.unwrap();
+        assert_eq!(iq.elements().count(), N);
+        assert!(iq.elements().all(|a| a.ns() == Some("jabber:component:accept")));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
