@@ -43,10 +43,18 @@
 //!
 //! Adapters add fields of their own protocol where none of the above fits:
 //! IRC `nick`, `channel`, `account` (a services account), `by` (who kicked
-//! the bot), `line` (a raw line, TRACE only), `dropped` (lines dropped from
-//! a full queue); XMPP `from`, `id` (of a stanza), `node` (a push node),
+//! the bot), `line` (a raw line, TRACE only, redacted: see below),
+//! `dropped` (lines dropped from a full queue); line protocol `line` (a
+//! received command line, TRACE only, redacted); XMPP `stanza` (a stanza
+//! in or out, TRACE only: markup without its text), `from`, `id` (of a stanza), `node` (a push node),
 //! `domain` (the component's), `text` (a stream error's text, from the
 //! server), `max` (the limit that was hit), `jids` (bare JIDs indexed).
 //!
 //! Secrets (passwords, component secrets, JWTs, key material) and message
-//! text are never fields.
+//! text are never fields, not even in raw protocol traces: a raw line or
+//! stanza goes through its protocol's redaction first (IRC
+//! `pushbridge_irc::redact::redact_line`, line protocol
+//! `pushbridge_line::redact::redact_line`, XMPP
+//! `pushbridge_xmpp::redact::redact_stanza`, built on
+//! `pushbridge_kit::redact`): secrets become `<redacted>`, message text its
+//! length (`<text: 17 bytes>`), device tokens their first 8 hex digits.
