@@ -12,7 +12,7 @@ mod harness;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use harness::{config_text, Gateway};
@@ -30,14 +30,6 @@ const XMPP_TEXT: &str = "purple submarine surfaces at noon";
 /// A distinctive device token: `byte` repeated to 32 bytes.
 fn token(byte: &str) -> String {
     byte.repeat(32)
-}
-
-fn wait_log(gw: &Gateway, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !gw.logs().contains(what) {
-        assert!(Instant::now() < deadline, "waiting for {what:?}:\n{}", gw.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A fake IRC server for one connection: CAP with `sasl account-tag`,
