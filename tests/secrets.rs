@@ -238,3 +238,35 @@ fn check_logs(logs: &str, secrets: &[&str]) {
         assert!(!logs.contains(piece), "the log holds {piece:?} of {s:?}");
     }
 }
+
+/// The keys `pushbridge simulate` generates are owner-only; the CA
+/// certificate (public) is not forced.
+#[test]
+fn simulator_keys_are_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p8, client, ca) = (
+        dir.path().join("k.p8"),
+        dir.path().join("c.pem"),
+        dir.path().join("ca.pem"),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+        .args(["simulate", "--listen", "127.0.0.1:0", "--write-p8"])
+        .arg(&p8)
+        .arg("--write-client-cert")
+        .arg(&client)
+        .arg("--write-ca")
+        .arg(&ca)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ![&p8, &client, &ca].iter().all(|p| p.exists()) {
+        assert!(std::time::Instant::now() < deadline, "the simulator wrote no files");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((mode(&p8), mode(&client)), (0o600, 0o600));
+    assert!(std::fs::read_to_string(&p8).unwrap().contains("PRIVATE KEY"));
+}
