@@ -27,7 +27,8 @@
 //!   Prometheus format, `/healthz`, `/readyz`, `/status`).
 //! - [`gateway`]: wiring and graceful shutdown; [`reload`]: `SIGHUP`
 //!   (credentials, policy, log level applied live); [`config`]: the TOML file;
-//!   [`tls`]: PKCS#12, server configs and the test PKI.
+//!   [`tls`]: PKCS#12, server configs and the test PKI; [`private_file`]:
+//!   the files pushbridge writes, owner-only (mode 0600).
 //!
 //! Log fields and metric labels follow one vocabulary, written down in
 //! `pushbridge_api::fields`.
@@ -42,6 +43,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
+pub mod private_file;
 pub mod reload;
 pub mod router;
 pub mod simulator;

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     jwt_key: Option<PathBuf>,
     /// Generate a provider key, write it here as a .p8 file (the app's
-    /// key_file), and verify tokens against it.
+    /// key_file; owner-only, mode 0600), and verify tokens against it.
     #[arg(long, conflicts_with = "jwt_key")]
     write_p8: Option<PathBuf>,
     /// Provider tokens must be issued by this team id (iss).
@@ -43,7 +43,8 @@ pub struct Args {
     #[arg(long)]
     client_ca: Option<PathBuf>,
     /// Issue a client certificate and key (one PEM) from the generated CA,
-    /// write it here (the app's cert_file), and accept it in place of tokens.
+    /// write it here (the app's cert_file; owner-only, mode 0600), and
+    /// accept it in place of tokens.
     #[arg(long, conflicts_with_all = ["client_ca", "cert"])]
     write_client_cert: Option<PathBuf>,
     /// Answer every request for TOKEN with STATUS and REASON, e.g.
@@ -257,7 +258,8 @@ fn jwt_key(args: &Args) -> anyhow::Result<Option<jsonwebtoken::DecodingKey>> {
         }
         (None, Some(path)) => {
             let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-            std::fs::write(path, kp.serialize_pem()).with_context(|| format!("writing {}", path.display()))?;
+            pushbridge::private_file::write(path, kp.serialize_pem().as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("simulator: provider key written to {}", path.display());
             Some(jsonwebtoken::DecodingKey::from_ec_pem(kp.public_key_pem().as_bytes())?)
         }
@@ -272,7 +274,8 @@ fn client_ca(args: &Args, pki: &TestPki) -> anyhow::Result<Option<Vec<Certificat
         (Some(path), _) => Some(tls::load_certs(path)?),
         (None, Some(path)) => {
             let (cert, key) = pki.issue_client("pushbridge simulator client")?;
-            std::fs::write(path, format!("{cert}{key}")).with_context(|| format!("writing {}", path.display()))?;
+            pushbridge::private_file::write(path, format!("{cert}{key}").as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("simulator: client certificate written to {}", path.display());
             Some(vec![pki.ca_der()])
         }

@@ -1,8 +1,10 @@
 //! `protocol = "log"`: one JSON line per notification, sent nowhere.
 //!
 //! `{"topic":…,"device_token":…,"environment":…,"id":…,"payload":{"aps":…}}`
-//! on stdout, or appended to `output` when set. A line is reported
-//! delivered once it has been written and flushed.
+//! on stdout, or appended to `output` when set (a file created owner-only,
+//! mode 0600, or tightened to it: the lines hold device tokens and message
+//! text). A line is reported delivered once it has been written and
+//! flushed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,7 +50,7 @@ pub async fn run(config: LogConfig, ctx: SinkContext) {
     let output = config.output.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut w: Box<dyn Write> = match &output {
-            Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Some(path) => match crate::private_file::append(path) {
                 Ok(f) => Box::new(std::io::BufWriter::with_capacity(1 << 16, f)),
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "log sink cannot open its output; notifications stay in the outbox");

@@ -97,8 +97,16 @@ pub fn now_ms() -> i64 {
 }
 
 impl Db {
-    /// Open (creating if missing) and migrate.
+    /// Open (creating if missing) and migrate. The database file is
+    /// created owner-only (mode 0600) before SQLite opens it, which gives
+    /// its `-wal` and `-shm` files the same mode; existing ones that
+    /// others may read are tightened, with a warning
+    /// ([`crate::private_file`]).
     pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
+        private_files(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let conn = Connection::open(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -468,6 +476,18 @@ impl Drop for Checkpointer {
     }
 }
 
+/// Create the database file owner-only, tighten it and its `-wal` and
+/// `-shm` files if others may read them.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    crate::private_file::create(path)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        crate::private_file::tighten(Path::new(&side))?;
+    }
+    Ok(())
+}
+
 fn parse_token(s: &str) -> Result<DeviceToken, StoreError> {
     DeviceToken::parse(s).map_err(|e| StoreError::Corrupt(format!("device token: {e}")))
 }
@@ -534,5 +554,38 @@ mod tests {
         assert_eq!(db.outbox_counts().unwrap(), vec![("t".to_owned(), 1)]);
         assert_eq!(db.state_get("xmpp", "node:1").unwrap().as_deref(), Some("v"));
         assert!(db.state_delete("xmpp", "node:1").unwrap());
+    }
+
+    #[test]
+    fn store_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let side = |s: &str| dir.path().join(format!("t.db{s}"));
+        let db = Db::open(&path, Synchronous::Full).unwrap();
+        db.register(
+            &UserId::parse("line:a").unwrap(),
+            &token('a'),
+            "t",
+            Environment::Production,
+            1,
+        )
+        .unwrap();
+        for p in [path.clone(), side("-wal"), side("-shm")] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        drop(db);
+        // Files another tool (or an older pushbridge) left readable are
+        // tightened on open.
+        let open = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&path, open.clone()).unwrap();
+        std::fs::write(side("-wal"), "").unwrap();
+        std::fs::set_permissions(side("-wal"), open).unwrap();
+        let db = Db::open(&path, Synchronous::Full).unwrap();
+        assert_eq!(db.devices_of(&UserId::parse("line:a").unwrap()).unwrap().len(), 1);
+        for p in [path.clone(), side("-wal"), side("-shm")] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
     }
 }

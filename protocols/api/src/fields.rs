@@ -31,6 +31,7 @@
 //! | `accepted`, `delivered`, `rejected`, `expired`, `retried`, `lost`, `connects`, `devices_removed` | counters since start (of all apps, or of one app on its "sink stopped" line), on the minutely `counters` line and the "sink stopped" line; the matching `pushbridge_*_total` metrics count the same (`lost` is `pushbridge_notifications_unanswered_total`) | `412` |
 //! | `snapshot` | every counter at shutdown (Debug of the gateway's snapshot) | `Snapshot { accepted: 3, .. }` |
 //! | `path` | a file the gateway reads or writes | `pushbridge.db` |
+//! | `mode` | a file's permission bits, octal (as found, on the warning that tightens them) | `0644` |
 //! | `listen` | the address a listener is bound to (line adapter, admin listener) | `127.0.0.1:9464` |
 //! | `auth` | whether a line listener requires `AUTH` | `true` |
 //! | `version` | pushbridge's version (log field and `pushbridge_build_info` label) | `0.1.0` |
@@ -43,10 +44,18 @@
 //!
 //! Adapters add fields of their own protocol where none of the above fits:
 //! IRC `nick`, `channel`, `account` (a services account), `by` (who kicked
-//! the bot), `line` (a raw line, TRACE only), `dropped` (lines dropped from
-//! a full queue); XMPP `from`, `id` (of a stanza), `node` (a push node),
+//! the bot), `line` (a raw line, TRACE only, redacted: see below),
+//! `dropped` (lines dropped from a full queue); line protocol `line` (a
+//! received command line, TRACE only, redacted); XMPP `stanza` (a stanza
+//! in or out, TRACE only: markup without its text), `from`, `id` (of a stanza), `node` (a push node),
 //! `domain` (the component's), `text` (a stream error's text, from the
 //! server), `max` (the limit that was hit), `jids` (bare JIDs indexed).
 //!
 //! Secrets (passwords, component secrets, JWTs, key material) and message
-//! text are never fields.
+//! text are never fields, not even in raw protocol traces: a raw line or
+//! stanza goes through its protocol's redaction first (IRC
+//! `pushbridge_irc::redact::redact_line`, line protocol
+//! `pushbridge_line::redact::redact_line`, XMPP
+//! `pushbridge_xmpp::redact::redact_stanza`, built on
+//! `pushbridge_kit::redact`): secrets become `<redacted>`, message text its
+//! length (`<text: 17 bytes>`), device tokens their first 8 hex digits.

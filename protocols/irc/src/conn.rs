@@ -16,6 +16,7 @@ use tokio_util::codec::Decoder;
 use crate::bot::{Bot, Output};
 use crate::msg::{Msg, MAX_LINE};
 use crate::pacing::{Bucket, Writer};
+use crate::redact::redact_line;
 use crate::IrcConfig;
 
 /// Limit for the TCP connect, and again for the TLS handshake.
@@ -72,7 +73,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(ctx: Context<IrcConfig>, strea
                 r?;
                 keepalive.heard();
                 while let Some(l) = lines.next_line()? {
-                    tracing::trace!(line = %l, "irc <");
+                    tracing::trace!(line = %redact_line(&l), "irc <");
                     if let Some(m) = Msg::parse(&l) {
                         bot.handle(&m, &mut out).await;
                     }

@@ -21,6 +21,8 @@
 //!   presence ticks.
 //! - `pacing`: the writing side: urgent lines at once, the rest through a
 //!   token bucket from a bounded queue.
+//! - [`redact`]: what the raw-line traces show of a line (no SASL
+//!   response, password, message text or full device token).
 //! - this file: the [`Adapter`] implementation.
 #![forbid(unsafe_code)]
 
@@ -29,6 +31,7 @@ pub mod config;
 mod conn;
 pub mod msg;
 mod pacing;
+pub mod redact;
 
 use pushbridge_api::{Adapter, AdapterError, ConfigError, Context, Environment};
 

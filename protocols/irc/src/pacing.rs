@@ -10,6 +10,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::bot::Output;
+use crate::redact::redact_line;
 
 /// Lines waiting for the token bucket at most (a flood of commands to the
 /// bot cannot grow memory; past it new lines are dropped and counted).
@@ -87,7 +88,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 Output::Paced(l) => {
                     self.dropped += 1;
                     if self.dropped.is_power_of_two() {
-                        tracing::warn!(adapter = self.adapter.as_str(), dropped = self.dropped, line = %l, "outgoing queue full; dropping lines");
+                        tracing::warn!(adapter = self.adapter.as_str(), dropped = self.dropped, line = %redact_line(&l), "outgoing queue full; dropping lines");
                     }
                 }
                 Output::Fail(e) => {
@@ -99,7 +100,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         while let Some(l) = self.paced.front() {
             match self.bucket.take() {
                 Ok(()) => {
-                    tracing::trace!(line = %l, "irc >");
+                    tracing::trace!(line = %redact_line(l), "irc >");
                     self.wr.write_all(format!("{l}\r\n").as_bytes()).await?;
                     self.paced.pop_front();
                 }
@@ -114,7 +115,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     async fn write_line(&mut self, l: &str) -> std::io::Result<()> {
-        tracing::trace!(line = %l, "irc >");
+        tracing::trace!(line = %redact_line(l), "irc >");
         self.wr.write_all(format!("{l}\r\n").as_bytes()).await
     }
 

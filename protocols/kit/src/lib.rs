@@ -9,11 +9,14 @@
 //!   an optional CA file, optional client certificate) and PEM loading.
 //! - [`net`]: TCP connect and TLS handshake, each under a timeout, with
 //!   errors that name the peer.
+//! - [`redact`]: what protocol traces show instead of secrets, device
+//!   tokens and message text.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod codec;
 pub mod net;
+pub mod redact;
 pub mod tls;
 
 pub use backoff::Backoff;

@@ -78,6 +78,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Context<LineConfig>
                         closing = true;
                     }
                     Some(Ok(Frame::Line(bytes))) => {
+                        tracing::trace!(line = %crate::redact::redact_line(&bytes), "line <");
                         let (reply, after) = handle(&bytes, &ctx, &mut authed).await;
                         pending.push_back(reply);
                         if let After::Close = after {

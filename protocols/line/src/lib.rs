@@ -4,11 +4,13 @@
 //! Layout: lines are framed by the toolkit's [`pushbridge_kit::LineCodec`]
 //! (hard limit, close after an over-long line); [`command`] parses
 //! commands and formats replies (pure); [`conn`] serves one connection with
-//! in-order pipelining; this file holds the config and the accept loop.
+//! in-order pipelining; [`redact`] is what its trace shows of a line (no
+//! secret, message text or full token); this file holds the config and the accept loop.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod conn;
+pub mod redact;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

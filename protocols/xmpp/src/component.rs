@@ -10,6 +10,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::redact::redact_stanza;
 use crate::xml::{Element, ReadError, StreamReader};
 use crate::XmppConfig;
 
@@ -76,8 +77,13 @@ pub async fn connect(ctx: &Context<XmppConfig>) -> Result<Option<Link>, AdapterE
         .get("id")
         .ok_or_else(|| AdapterError::Protocol("the server's stream header has no id".into()))?;
     let hs = Element::new("handshake").text(&handshake_digest(id, &cfg.secret));
+    tracing::trace!(stanza = %redact_stanza(&hs), "xmpp >");
     writer.write_all(&hs.to_bytes()).await?;
-    handshake_answer(cfg, reader.next().await)?;
+    let answer = reader.next().await;
+    if let Ok(a) = &answer {
+        tracing::trace!(stanza = %redact_stanza(a), "xmpp <");
+    }
+    handshake_answer(cfg, answer)?;
     Ok(Some(Link { reader, writer }))
 }
 

@@ -20,6 +20,7 @@
 //! - [`registry`]: the node → device registry over the adapter's key-value
 //!   state, with its per-JID index and `max_devices_per_jid`;
 //! - [`stanza`]: namespaces, iq replies and errors, data forms;
+//! - [`redact`]: what the stanza traces show (markup, never text);
 //! - this file: the config and the [`Adapter`] implementation.
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod commands;
 pub mod component;
 pub mod disco;
 pub mod publish;
+pub mod redact;
 pub mod registry;
 pub mod service;
 pub mod session;

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::component::{protocol, stream_error, stream_error_parts, Link, NS_STREAM_ERRORS};
+use crate::redact::redact_stanza;
 use crate::service::Service;
 use crate::xml::{Element, ReadError, StreamReader};
 use crate::XmppConfig;
@@ -69,6 +70,7 @@ pub async fn run(ctx: &Context<XmppConfig>, link: Link) -> End {
                 break end;
             },
             Some(reply) = s.out.recv() => {
+                tracing::trace!(stanza = %redact_stanza(&reply), "xmpp >");
                 s.writer.write_all(&reply.to_bytes()).await?;
             }
             _ = keepalive.tick() => {
@@ -120,6 +122,9 @@ impl Session<'_> {
     /// Act on what the reader task gave: a stanza to answer, or the end
     /// of the stream (closing it with a stream error where one is due).
     async fn on_read(&mut self, read: Option<Result<Element, ReadError>>) -> ControlFlow<End> {
+        if let Some(Ok(stanza)) = &read {
+            tracing::trace!(stanza = %redact_stanza(stanza), "xmpp <");
+        }
         match read {
             Some(Ok(stanza)) if stanza.local() == "error" => ControlFlow::Break(self.on_stream_error(&stanza).await),
             Some(Ok(stanza)) => {
@@ -166,6 +171,7 @@ impl Session<'_> {
         while self.inflight.available_permits() < self.cfg.max_inflight || !self.out.is_empty() {
             match tokio::time::timeout_at(deadline, self.out.recv()).await {
                 Ok(Some(reply)) => {
+                    tracing::trace!(stanza = %redact_stanza(&reply), "xmpp >");
                     let _ = self.writer.write_all(&reply.to_bytes()).await;
                 }
                 _ => break,
