@@ -4,11 +4,15 @@
 //! Layout: lines are framed by the toolkit's [`pushbridge_kit::LineCodec`]
 //! (hard limit, close after an over-long line); [`command`] parses
 //! commands and formats replies (pure); [`conn`] serves one connection with
-//! in-order pipelining; this file holds the config and the accept loop.
+//! in-order pipelining; [`limits`] holds its timeouts and the listener's
+//! input budget, [`throttle`] the per-address AUTH throttle; this file
+//! holds the config and the accept loop.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod conn;
+pub mod limits;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +21,12 @@ use std::time::Duration;
 use pushbridge_api::{Adapter, AdapterError, ConfigError, Context};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::limits::Shared;
 
 /// Longest line, terminator included.
 pub const MAX_LINE: usize = 8192;
@@ -42,7 +49,27 @@ pub struct LineConfig {
     /// Most commands of one connection being processed at once (pipelining).
     #[serde(default = "default_pipeline")]
     pub pipeline: usize,
+    /// Seconds a client of a listener with a `secret` has to send `AUTH`
+    /// (at least 1).
+    #[serde(default = "default_auth_timeout")]
+    pub auth_timeout: u64,
+    /// Seconds without a command (while no reply is owed) after which a
+    /// connection is closed; 0 = never.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: u64,
+    /// Seconds a started line may take to complete, and a reply to be read
+    /// by the client (at least 1).
+    #[serde(default = "default_line_timeout")]
+    pub line_timeout: u64,
+    /// Bytes of input all connections of this listener may hold at once:
+    /// lines read and not answered yet (each charged its length plus
+    /// [`limits::COMMAND_OVERHEAD`]). At least 65536.
+    #[serde(default = "default_input_budget")]
+    pub input_budget: usize,
 }
+
+/// Smallest `input_budget`: room for several longest lines.
+pub const MIN_INPUT_BUDGET: usize = 65_536;
 
 impl std::fmt::Debug for LineConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,6 +79,10 @@ impl std::fmt::Debug for LineConfig {
             .field("name", &self.name)
             .field("max_connections", &self.max_connections)
             .field("pipeline", &self.pipeline)
+            .field("auth_timeout", &self.auth_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("line_timeout", &self.line_timeout)
+            .field("input_budget", &self.input_budget)
             .finish()
     }
 }
@@ -67,6 +98,18 @@ fn default_max_connections() -> usize {
 }
 fn default_pipeline() -> usize {
     256
+}
+fn default_auth_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_line_timeout() -> u64 {
+    30
+}
+fn default_input_budget() -> usize {
+    32 << 20
 }
 
 /// The line protocol adapter.
@@ -93,6 +136,18 @@ impl Adapter for LineAdapter {
         if config.pipeline == 0 {
             return Err(ConfigError::new("pipeline", "must be at least 1"));
         }
+        if config.auth_timeout == 0 {
+            return Err(ConfigError::new("auth_timeout", "must be at least 1 (seconds)"));
+        }
+        if config.line_timeout == 0 {
+            return Err(ConfigError::new("line_timeout", "must be at least 1 (seconds)"));
+        }
+        if config.input_budget < MIN_INPUT_BUDGET || config.input_budget > u32::MAX as usize {
+            return Err(ConfigError::new(
+                "input_budget",
+                format!("must be between {MIN_INPUT_BUDGET} and {} (bytes)", u32::MAX),
+            ));
+        }
         if config.secret.as_deref() == Some("") {
             return Err(ConfigError::new(
                 "secret",
@@ -110,21 +165,69 @@ impl Adapter for LineAdapter {
     }
 }
 
+/// Logs and counts the times every connection slot is in use: one WARN
+/// when the listener fills up (at most one a minute), one INFO when a slot
+/// frees after it.
+struct SlotWatch {
+    warned_at: Option<Instant>,
+}
+
+impl SlotWatch {
+    const QUIET: Duration = Duration::from_secs(60);
+
+    /// Every slot is in use; `true` when this was logged.
+    fn full(&mut self, ctx: &Context<LineConfig>) -> bool {
+        ctx.status().count_slots_exhausted();
+        let now = Instant::now();
+        if self.warned_at.is_some_and(|t| now.duration_since(t) < Self::QUIET) {
+            return false;
+        }
+        self.warned_at = Some(now);
+        let connections = ctx.config().max_connections;
+        tracing::warn!(
+            adapter = ctx.name(),
+            connections,
+            "all connection slots in use; new clients wait in the backlog"
+        );
+        true
+    }
+
+    /// Take a connection slot, waiting (and saying so) when none is free;
+    /// `None` on shutdown.
+    async fn acquire(&mut self, limit: &Arc<Semaphore>, ctx: &Context<LineConfig>) -> Option<OwnedSemaphorePermit> {
+        match limit.clone().try_acquire_owned() {
+            Ok(p) => return Some(p),
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let logged = self.full(ctx);
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.ok()?,
+            _ = ctx.shutdown().cancelled() => return None,
+        };
+        if logged {
+            tracing::info!(adapter = ctx.name(), "a connection slot is free again");
+        }
+        Some(permit)
+    }
+}
+
 /// Accept connections on `listener` until shutdown, then wait for the open
 /// connections to answer what they already read.
 pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<(), AdapterError> {
     let local = listener.local_addr()?;
     tracing::info!(adapter = ctx.name(), listen = %local, auth = ctx.config().secret.is_some(), "line adapter listening");
     let limit = Arc::new(Semaphore::new(ctx.config().max_connections));
+    let shared = Arc::new(Shared::new(ctx.config()));
+    let mut slots = SlotWatch { warned_at: None };
     let connections = TaskTracker::new();
     let shutdown = ctx.shutdown().clone();
     // EMFILE and friends: back off instead of spinning.
     let mut accept_backoff = pushbridge_kit::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         // Take the permit before accepting, so excess clients wait in the backlog.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.map_err(|e| AdapterError::Other(e.to_string()))?,
-            _ = shutdown.cancelled() => break,
+        let Some(permit) = slots.acquire(&limit, &ctx).await else {
+            break;
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -135,11 +238,12 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
                 accept_backoff.reset();
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
+                let shared = shared.clone();
                 let open = ctx.status().connection_opened();
                 let span = tracing::debug_span!("line_conn", adapter = ctx.name(), %peer);
                 connections.spawn(
                     async move {
-                        conn::serve(stream, peer, ctx).await;
+                        conn::serve(stream, peer, ctx, shared).await;
                         drop((open, permit));
                     }
                     .instrument(span),
