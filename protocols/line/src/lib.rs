@@ -262,3 +262,46 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
     tracing::info!(adapter = ctx.name(), "line adapter stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    #[tokio::test]
+    async fn exhausted_slots_are_counted_once_per_episode() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = LineConfig {
+            listen: addr,
+            secret: None,
+            name: "line".into(),
+            max_connections: 1,
+            pipeline: 4,
+            auth_timeout: 10,
+            idle_timeout: 300,
+            line_timeout: 30,
+            input_budget: MIN_INPUT_BUDGET,
+        };
+        let (ctx, _rx) = Context::for_test("line", config);
+        let status = ctx.status().clone();
+        tokio::spawn(serve(listener, ctx));
+        let ping = |stream: tokio::net::TcpStream| async move {
+            let (r, mut w) = stream.into_split();
+            w.write_all(b"PING\n").await.unwrap();
+            let mut lines = BufReader::new(r).lines();
+            assert_eq!(lines.next_line().await.unwrap().unwrap(), "PONG");
+            (lines, w)
+        };
+        let first = ping(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+        let second = tokio::spawn(ping(tokio::net::TcpStream::connect(addr).await.unwrap()));
+        while status.slots_exhausted() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!second.is_finished(), "the second client waits for a slot");
+        drop(first);
+        let _second = second.await.unwrap();
+        // The second client's connection fills the one slot again: a new episode.
+        assert_eq!(status.slots_exhausted(), 2);
+    }
+}
