@@ -39,7 +39,11 @@ async fn clients_that_never_auth_are_cut_and_a_real_client_gets_in() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(
         dir.path(),
-        &config_text(dir.path(), "secret = \"s3cret\"\nmax_connections = 20\nauth_timeout = 1", ""),
+        &config_text(
+            dir.path(),
+            "secret = \"s3cret\"\nmax_connections = 20\nauth_timeout = 1",
+            "",
+        ),
     );
     let mut silent = Vec::new();
     for _ in 0..20 {
@@ -58,7 +62,9 @@ async fn clients_that_never_auth_are_cut_and_a_real_client_gets_in() {
     let (status, logs) = gw.stop_with_logs();
     assert!(status.success());
     assert!(logs.contains("all connection slots in use"), "{logs}");
-    let cut = logs.lines().filter(|l| l.contains("no AUTH in time") && l.contains("peer=127.0.0.1:"));
+    let cut = logs
+        .lines()
+        .filter(|l| l.contains("no AUTH in time") && l.contains("peer=127.0.0.1:"));
     assert_eq!(cut.count(), 20, "{logs}");
 }
 
@@ -79,7 +85,10 @@ async fn a_byte_a_second_client_is_cut_after_line_timeout() {
             Ok(Ok(n)) => said.push_str(&String::from_utf8_lossy(&buf[..n])),
             Err(_) => {}
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "still connected after 10 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still connected after 10 s"
+        );
     }
     said.push_str(&read_to_close(&mut slow).await);
     assert_eq!(said, "ERR timeout line not completed within 2 s\n");
@@ -109,7 +118,11 @@ async fn wrong_auth_guesses_are_slowed_and_logged_sparingly() {
     let mut c = gw.client().await;
     let before = Instant::now();
     assert_eq!(c.cmd("AUTH s3cret").await, "OK");
-    assert!(before.elapsed() >= Duration::from_millis(3000), "{:?}", before.elapsed());
+    assert!(
+        before.elapsed() >= Duration::from_millis(3000),
+        "{:?}",
+        before.elapsed()
+    );
     let mut c = gw.client().await;
     assert_eq!(c.cmd("AUTH s3cret").await, "OK");
     let (_, logs) = gw.stop_with_logs();
@@ -171,7 +184,12 @@ async fn a_thousand_pipelining_clients_stay_under_the_memory_ceiling() {
     sampler.await.unwrap();
     let peak = peak.load(Ordering::Relaxed);
     eprintln!("peak RSS with 1000 flooding clients: {} MB", peak >> 20);
-    assert!(peak < RSS_CEILING, "peak RSS {} MB over {} MB", peak >> 20, RSS_CEILING >> 20);
+    assert!(
+        peak < RSS_CEILING,
+        "peak RSS {} MB over {} MB",
+        peak >> 20,
+        RSS_CEILING >> 20
+    );
     // Still serving.
     let mut c: Client = gw.client().await;
     assert_eq!(c.cmd("PING").await, "PONG");

@@ -615,6 +615,15 @@ mod tests {
         client
     }
 
+    /// The next line, or a failure after an hour (of the paused clock).
+    async fn next<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> Option<String> {
+        let hour = std::time::Duration::from_secs(3600);
+        tokio::time::timeout(hour, lines.next_line())
+            .await
+            .expect("a line or the end within an hour")
+            .unwrap()
+    }
+
     /// A served connection with `cfg` against [`answer_all`].
     fn connect(cfg: LineConfig) -> tokio::io::DuplexStream {
         let (ctx, rx) = Context::for_test("line", cfg);
@@ -626,12 +635,9 @@ mod tests {
     async fn a_client_that_never_authenticates_is_closed_after_auth_timeout() {
         let t0 = Instant::now();
         let mut lines = BufReader::new(connect(config(Some("s3cret")))).lines();
-        assert_eq!(
-            lines.next_line().await.unwrap().unwrap(),
-            "ERR auth no AUTH within 10 s"
-        );
+        assert_eq!(next(&mut lines).await.unwrap(), "ERR auth no AUTH within 10 s");
         assert_eq!(t0.elapsed(), std::time::Duration::from_secs(10));
-        assert_eq!(lines.next_line().await.unwrap(), None);
+        assert_eq!(next(&mut lines).await, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -648,14 +654,14 @@ mod tests {
             }
         });
         let mut lines = BufReader::new(r).lines();
-        assert_eq!(lines.next_line().await.unwrap().unwrap(), "PONG");
+        assert_eq!(next(&mut lines).await.unwrap(), "PONG");
         assert_eq!(
-            lines.next_line().await.unwrap().unwrap(),
+            next(&mut lines).await.unwrap(),
             "ERR timeout line not completed within 30 s"
         );
         // The second line started at 25 s.
         assert_eq!(t0.elapsed(), std::time::Duration::from_secs(55));
-        assert_eq!(lines.next_line().await.unwrap(), None);
+        assert_eq!(next(&mut lines).await, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -664,11 +670,11 @@ mod tests {
         let mut lines = BufReader::new(r).lines();
         tokio::time::sleep(std::time::Duration::from_secs(200)).await;
         w.write_all(b"PING\n").await.unwrap();
-        assert_eq!(lines.next_line().await.unwrap().unwrap(), "PONG");
+        assert_eq!(next(&mut lines).await.unwrap(), "PONG");
         let t0 = Instant::now();
-        assert_eq!(lines.next_line().await.unwrap().unwrap(), "ERR timeout idle for 300 s");
+        assert_eq!(next(&mut lines).await.unwrap(), "ERR timeout idle for 300 s");
         assert_eq!(t0.elapsed(), std::time::Duration::from_secs(300));
-        assert_eq!(lines.next_line().await.unwrap(), None);
+        assert_eq!(next(&mut lines).await, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -691,7 +697,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_secs(31)).await;
         let mut lines = BufReader::new(r).lines();
         let mut pongs = 0;
-        while let Some(l) = lines.next_line().await.unwrap() {
+        while let Some(l) = next(&mut lines).await {
             assert!("PONG".starts_with(&l), "{l:?}");
             pongs += 1;
         }

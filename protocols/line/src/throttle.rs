@@ -249,6 +249,7 @@ mod tests {
         let mut admitted = 0;
         while t.admit(a, now, HORIZON) != Admission::Refused {
             admitted += 1;
+            assert!(admitted < 100, "never refused");
         }
         assert_eq!(admitted, 2, "turns at +5 s and +10 s, the next beyond the horizon");
         t.succeeded(a);
