@@ -23,6 +23,7 @@
 //! | `host` | the `host:port` an outbound connection goes to | `api.push.apple.com:443` |
 //! | `error` | an error's display text | `connection reset by peer` |
 //! | `retry_in` | delay before the next attempt (Debug of a `Duration`) | `1.6s` |
+//! | `timeout` | the timeout that expired or was applied (Debug of a `Duration`) | `300s` |
 //! | `grace` | the shutdown grace period (Debug of a `Duration`) | `10s` |
 //! | `confirm_ms` | binary: milliseconds without an error response after which a write counts as delivered | `500` |
 //! | `attempt` | a notification's transient failures so far | `3` |

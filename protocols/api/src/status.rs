@@ -45,6 +45,8 @@ pub struct AdapterStatus {
     /// Why an outbound adapter is not connected (`None` once connected).
     down_reason: Mutex<Option<String>>,
     connections: AtomicI64,
+    /// Times an inbound listener ran out of connection slots.
+    slots_exhausted: AtomicU64,
     events: [AtomicU64; EVENT_KINDS.len()],
 }
 
@@ -59,6 +61,7 @@ impl AdapterStatus {
             connected: AtomicBool::new(false),
             down_reason: Mutex::new(outbound.then(|| "not connected yet".to_owned())),
             connections: AtomicI64::new(0),
+            slots_exhausted: AtomicU64::new(0),
             events: Default::default(),
         }
     }
@@ -114,6 +117,18 @@ impl AdapterStatus {
         self.connections.load(Relaxed)
     }
 
+    /// Count one time an inbound listener had every connection slot in use
+    /// (new clients wait in the kernel's backlog): once per episode, not per
+    /// waiting client.
+    pub fn count_slots_exhausted(&self) {
+        self.slots_exhausted.fetch_add(1, Relaxed);
+    }
+
+    /// Times an inbound listener ran out of connection slots since start.
+    pub fn slots_exhausted(&self) -> u64 {
+        self.slots_exhausted.load(Relaxed)
+    }
+
     /// Count one submitted event.
     pub fn count(&self, event: &Event) {
         self.events[event.kind_index()].fetch_add(1, Relaxed);
@@ -166,6 +181,9 @@ mod tests {
         assert_eq!(s.connections(), 1);
         drop(b);
         assert_eq!(s.connections(), 0);
+        assert_eq!(s.slots_exhausted(), 0);
+        s.count_slots_exhausted();
+        assert_eq!(s.slots_exhausted(), 1);
         let user = UserId::parse("line:alice").expect("valid user");
         s.count(&Event::Presence {
             user,

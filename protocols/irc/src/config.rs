@@ -50,6 +50,11 @@ pub struct IrcConfig {
     /// Seconds between ISON polls when the server has no MONITOR.
     #[serde(default = "default_ison")]
     pub ison_interval: u64,
+    /// Most nicks the bot keeps state about (online, away, account,
+    /// channels); past it the least recently seen nick that is not a
+    /// watched account's is forgotten. At least 100.
+    #[serde(default = "default_max_nicks")]
+    pub max_nicks: usize,
 }
 
 impl std::fmt::Debug for IrcConfig {
@@ -77,6 +82,9 @@ fn default_burst() -> u32 {
 }
 fn default_ison() -> u64 {
     30
+}
+fn default_max_nicks() -> usize {
+    20_000
 }
 
 impl IrcConfig {
@@ -114,6 +122,9 @@ impl IrcConfig {
         }
         if c.ison_interval == 0 {
             return Err(ConfigError::new("ison_interval", "must be at least 1 second"));
+        }
+        if c.max_nicks < 100 {
+            return Err(ConfigError::new("max_nicks", "must be at least 100"));
         }
         if let Some(ca) = &c.ca_file {
             if !ca.exists() {

@@ -41,6 +41,8 @@ pub enum Code {
     TooLong,
     UnknownTopic,
     Unavailable,
+    /// The connection timed out (idle, or a line not completed in time).
+    Timeout,
 }
 
 impl Code {
@@ -54,6 +56,7 @@ impl Code {
             Code::TooLong => "too-long",
             Code::UnknownTopic => "unknown-topic",
             Code::Unavailable => "unavailable",
+            Code::Timeout => "timeout",
         }
     }
 }

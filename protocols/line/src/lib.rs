@@ -4,13 +4,17 @@
 //! Layout: lines are framed by the toolkit's [`pushbridge_kit::LineCodec`]
 //! (hard limit, close after an over-long line); [`command`] parses
 //! commands and formats replies (pure); [`conn`] serves one connection with
-//! in-order pipelining; [`redact`] is what its trace shows of a line (no
-//! secret, message text or full token); this file holds the config and the accept loop.
+//! in-order pipelining; [`limits`] holds its timeouts and the listener's
+//! input budget, [`throttle`] the per-address AUTH throttle; [`redact`] is
+//! what its trace shows of a line (no secret, message text or full token);
+//! this file holds the config and the accept loop.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod conn;
+pub mod limits;
 pub mod redact;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,9 +23,12 @@ use std::time::Duration;
 use pushbridge_api::{Adapter, AdapterError, ConfigError, Context};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::limits::Shared;
 
 /// Longest line, terminator included.
 pub const MAX_LINE: usize = 8192;
@@ -44,7 +51,27 @@ pub struct LineConfig {
     /// Most commands of one connection being processed at once (pipelining).
     #[serde(default = "default_pipeline")]
     pub pipeline: usize,
+    /// Seconds a client of a listener with a `secret` has to send `AUTH`
+    /// (at least 1).
+    #[serde(default = "default_auth_timeout")]
+    pub auth_timeout: u64,
+    /// Seconds without a command (while no reply is owed) after which a
+    /// connection is closed; 0 = never.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: u64,
+    /// Seconds a started line may take to complete, and a reply to be read
+    /// by the client (at least 1).
+    #[serde(default = "default_line_timeout")]
+    pub line_timeout: u64,
+    /// Bytes of input all connections of this listener may hold at once:
+    /// lines read and not answered yet (each charged its length plus
+    /// [`limits::COMMAND_OVERHEAD`]). At least 65536.
+    #[serde(default = "default_input_budget")]
+    pub input_budget: usize,
 }
+
+/// Smallest `input_budget`: room for several longest lines.
+pub const MIN_INPUT_BUDGET: usize = 65_536;
 
 impl std::fmt::Debug for LineConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,6 +81,10 @@ impl std::fmt::Debug for LineConfig {
             .field("name", &self.name)
             .field("max_connections", &self.max_connections)
             .field("pipeline", &self.pipeline)
+            .field("auth_timeout", &self.auth_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("line_timeout", &self.line_timeout)
+            .field("input_budget", &self.input_budget)
             .finish()
     }
 }
@@ -69,6 +100,18 @@ fn default_max_connections() -> usize {
 }
 fn default_pipeline() -> usize {
     256
+}
+fn default_auth_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_line_timeout() -> u64 {
+    30
+}
+fn default_input_budget() -> usize {
+    32 << 20
 }
 
 /// The line protocol adapter.
@@ -95,6 +138,18 @@ impl Adapter for LineAdapter {
         if config.pipeline == 0 {
             return Err(ConfigError::new("pipeline", "must be at least 1"));
         }
+        if config.auth_timeout == 0 {
+            return Err(ConfigError::new("auth_timeout", "must be at least 1 (seconds)"));
+        }
+        if config.line_timeout == 0 {
+            return Err(ConfigError::new("line_timeout", "must be at least 1 (seconds)"));
+        }
+        if config.input_budget < MIN_INPUT_BUDGET || config.input_budget > u32::MAX as usize {
+            return Err(ConfigError::new(
+                "input_budget",
+                format!("must be between {MIN_INPUT_BUDGET} and {} (bytes)", u32::MAX),
+            ));
+        }
         if config.secret.as_deref() == Some("") {
             return Err(ConfigError::new(
                 "secret",
@@ -112,21 +167,69 @@ impl Adapter for LineAdapter {
     }
 }
 
+/// Logs and counts the times every connection slot is in use: one WARN
+/// when the listener fills up (at most one a minute), one INFO when a slot
+/// frees after it.
+struct SlotWatch {
+    warned_at: Option<Instant>,
+}
+
+impl SlotWatch {
+    const QUIET: Duration = Duration::from_secs(60);
+
+    /// Every slot is in use; `true` when this was logged.
+    fn full(&mut self, ctx: &Context<LineConfig>) -> bool {
+        ctx.status().count_slots_exhausted();
+        let now = Instant::now();
+        if self.warned_at.is_some_and(|t| now.duration_since(t) < Self::QUIET) {
+            return false;
+        }
+        self.warned_at = Some(now);
+        let connections = ctx.config().max_connections;
+        tracing::warn!(
+            adapter = ctx.name(),
+            connections,
+            "all connection slots in use; new clients wait in the backlog"
+        );
+        true
+    }
+
+    /// Take a connection slot, waiting (and saying so) when none is free;
+    /// `None` on shutdown.
+    async fn acquire(&mut self, limit: &Arc<Semaphore>, ctx: &Context<LineConfig>) -> Option<OwnedSemaphorePermit> {
+        match limit.clone().try_acquire_owned() {
+            Ok(p) => return Some(p),
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let logged = self.full(ctx);
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.ok()?,
+            _ = ctx.shutdown().cancelled() => return None,
+        };
+        if logged {
+            tracing::info!(adapter = ctx.name(), "a connection slot is free again");
+        }
+        Some(permit)
+    }
+}
+
 /// Accept connections on `listener` until shutdown, then wait for the open
 /// connections to answer what they already read.
 pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<(), AdapterError> {
     let local = listener.local_addr()?;
     tracing::info!(adapter = ctx.name(), listen = %local, auth = ctx.config().secret.is_some(), "line adapter listening");
     let limit = Arc::new(Semaphore::new(ctx.config().max_connections));
+    let shared = Arc::new(Shared::new(ctx.config()));
+    let mut slots = SlotWatch { warned_at: None };
     let connections = TaskTracker::new();
     let shutdown = ctx.shutdown().clone();
     // EMFILE and friends: back off instead of spinning.
     let mut accept_backoff = pushbridge_kit::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         // Take the permit before accepting, so excess clients wait in the backlog.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.map_err(|e| AdapterError::Other(e.to_string()))?,
-            _ = shutdown.cancelled() => break,
+        let Some(permit) = slots.acquire(&limit, &ctx).await else {
+            break;
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -137,11 +240,12 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
                 accept_backoff.reset();
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
+                let shared = shared.clone();
                 let open = ctx.status().connection_opened();
                 let span = tracing::debug_span!("line_conn", adapter = ctx.name(), %peer);
                 connections.spawn(
                     async move {
-                        conn::serve(stream, peer, ctx).await;
+                        conn::serve(stream, peer, ctx, shared).await;
                         drop((open, permit));
                     }
                     .instrument(span),
@@ -159,4 +263,47 @@ pub async fn serve(listener: TcpListener, ctx: Context<LineConfig>) -> Result<()
     connections.wait().await;
     tracing::info!(adapter = ctx.name(), "line adapter stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    #[tokio::test]
+    async fn exhausted_slots_are_counted_once_per_episode() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = LineConfig {
+            listen: addr,
+            secret: None,
+            name: "line".into(),
+            max_connections: 1,
+            pipeline: 4,
+            auth_timeout: 10,
+            idle_timeout: 300,
+            line_timeout: 30,
+            input_budget: MIN_INPUT_BUDGET,
+        };
+        let (ctx, _rx) = Context::for_test("line", config);
+        let status = ctx.status().clone();
+        tokio::spawn(serve(listener, ctx));
+        let ping = |stream: tokio::net::TcpStream| async move {
+            let (r, mut w) = stream.into_split();
+            w.write_all(b"PING\n").await.unwrap();
+            let mut lines = BufReader::new(r).lines();
+            assert_eq!(lines.next_line().await.unwrap().unwrap(), "PONG");
+            (lines, w)
+        };
+        let first = ping(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+        let second = tokio::spawn(ping(tokio::net::TcpStream::connect(addr).await.unwrap()));
+        while status.slots_exhausted() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!second.is_finished(), "the second client waits for a slot");
+        drop(first);
+        let _second = second.await.unwrap();
+        // The second client's connection fills the one slot again: a new episode.
+        assert_eq!(status.slots_exhausted(), 2);
+    }
 }

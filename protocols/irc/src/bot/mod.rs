@@ -10,6 +10,7 @@
 //! - `commands`: what users send the bot privately (HELP, REGISTER,
 //!   UNREGISTER, STATUS, TELL).
 //! - `highlights`: channel messages that highlight registered users.
+//! - `recent`: the cap on per-nick state (least recently seen forgotten).
 //!
 //! Each module adds the methods of its concern to the one [`Bot`]: a
 //! message often touches several concerns (a WHOIS answer updates presence
@@ -18,10 +19,13 @@
 mod commands;
 mod highlights;
 mod presence;
+mod recent;
 mod session;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
+
+use hashlink::LinkedHashSet;
 
 use pushbridge_api::{AdapterError, Context, Presence, UserId};
 
@@ -89,6 +93,9 @@ pub struct Bot {
     whois: HashMap<String, presence::Whois>,
     /// The presence last reported to the core, by account.
     reported: HashMap<String, Presence>,
+    /// Lower-cased nicks with state above, least recently seen first:
+    /// at most `max_nicks` (`recent`).
+    recent: LinkedHashSet<String>,
 
     // Commands (`commands`).
     /// Lower-cased sender → (window start, TELLs in it).
@@ -136,6 +143,7 @@ impl Bot {
             away: HashSet::new(),
             whois: HashMap::new(),
             reported: HashMap::new(),
+            recent: LinkedHashSet::new(),
             tells: HashMap::new(),
             pending: HashMap::new(),
         })

@@ -35,6 +35,7 @@ impl Bot {
     pub(super) fn note_account_tag(&mut self, m: &Msg) {
         if let (Some(nick), Some(acct)) = (m.nick(), m.account()) {
             let n = self.lower(nick);
+            self.track(&n);
             self.online.insert(n.clone());
             self.verified.insert(n.clone());
             self.nick_account.insert(n, acct.to_owned());
@@ -96,7 +97,7 @@ impl Bot {
     }
 
     /// Whether the lower-cased nick `n` is the nick of a watched account.
-    fn is_watched(&self, n: &str) -> bool {
+    pub(super) fn is_watched(&self, n: &str) -> bool {
         self.accounts.values().any(|k| self.lower(k) == n)
     }
 
@@ -147,6 +148,7 @@ impl Bot {
         self.away.remove(n);
         self.nick_account.remove(n);
         self.verified.remove(n);
+        self.recent.remove(n);
     }
 
     /// 730 `RPL_MONONLINE`: online; WHOIS says who they are.
@@ -154,6 +156,7 @@ impl Bot {
         for target in m.param(1).split(',').filter(|t| !t.is_empty()) {
             let nick = target.split('!').next().unwrap_or(target);
             let n = self.lower(nick);
+            self.track(&n);
             self.online.insert(n.clone());
             self.verified.remove(&n);
             out.push(Output::Paced(line("WHOIS", &[nick], None)));
@@ -180,6 +183,7 @@ impl Bot {
         for n in asked {
             if on.contains(&n) {
                 if !self.online.contains(&n) {
+                    self.track(&n);
                     self.online.insert(n.clone());
                     self.verified.remove(&n);
                     out.push(Output::Paced(line("WHOIS", &[&n], None)));
@@ -196,6 +200,7 @@ impl Bot {
     pub(super) fn who_reply(&mut self, m: &Msg) {
         let n = self.lower(m.param(5));
         if !n.is_empty() && n != self.lower(&self.nick) {
+            self.track(&n);
             self.online.insert(n.clone());
             let channel = self.lower(m.param(1));
             if channel.starts_with(['#', '&']) {
@@ -213,6 +218,7 @@ impl Bot {
     /// of a WHOIS answer, used at its end (318).
     pub(super) fn whois_reply(&mut self, m: &Msg) {
         let n = self.lower(m.param(1));
+        self.track(&n);
         match m.command.as_str() {
             "311" => self.whois.entry(n).or_default().exists = true,
             "330" => self.whois.entry(n).or_default().account = Some(m.param(2).to_owned()),
@@ -230,6 +236,7 @@ impl Bot {
         let n = self.lower(m.param(1));
         let w = self.whois.remove(&n).unwrap_or_default();
         if w.exists {
+            self.track(&n);
             self.online.insert(n.clone());
             self.verified.insert(n.clone());
             match w.account {
@@ -256,6 +263,7 @@ impl Bot {
     pub(super) async fn account_change(&mut self, m: &Msg) {
         if let Some(nick) = m.nick() {
             let n = self.lower(nick);
+            self.track(&n);
             self.verified.insert(n.clone());
             match m.param(0) {
                 "*" | "" => {
@@ -279,6 +287,7 @@ impl Bot {
             out.push(Output::Paced(line("WHO", &[m.param(0)], None)));
             return;
         }
+        self.track(&n);
         self.online.insert(n.clone());
         let channel = self.lower(m.param(0));
         self.seen_in.entry(n.clone()).or_default().insert(channel);
@@ -303,6 +312,7 @@ impl Bot {
             if m.param(0).is_empty() {
                 self.away.remove(&n);
             } else {
+                self.track(&n);
                 self.away.insert(n);
             }
             self.refresh().await;
@@ -320,6 +330,9 @@ impl Bot {
             return;
         }
         let (o, n) = (self.lower(old), self.lower(new));
+        if self.recent.remove(&o) {
+            self.track(&n);
+        }
         let was_online = self.online.remove(&o);
         if was_online {
             self.online.insert(n.clone());
