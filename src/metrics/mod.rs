@@ -314,6 +314,14 @@ fn encode_adapters(enc: &mut DescriptorEncoder, adapters: &AdapterStatuses) -> s
                 s.connections() as f64,
             )
         }),
+    )?;
+    counters(
+        enc,
+        "pushbridge_adapter_slots_exhausted",
+        "Times an inbound adapter had every connection slot (max_connections) in use, so new clients waited.",
+        all.iter()
+            .filter(|s| !s.is_outbound())
+            .map(|s| (labels([("adapter", s.name()), ("kind", s.kind())]), s.slots_exhausted())),
     )
 }
 
