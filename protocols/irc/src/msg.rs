@@ -260,19 +260,39 @@ fn is_nick_char(c: char) -> bool {
 /// Whether `word` appears in `text` as a whole word (not inside a longer
 /// nick), compared under `cm`.
 pub fn mentions(text: &str, word: &str, cm: CaseMapping) -> bool {
-    if word.is_empty() {
-        return false;
+    Lowered::new(text, cm).mentions(word)
+}
+
+/// A text lowered once under a case mapping, for many [`Lowered::mentions`]
+/// checks (one per watched account: lowering the text for each would cost
+/// accounts x line length per channel message).
+pub struct Lowered {
+    chars: Vec<char>,
+    cm: CaseMapping,
+}
+
+impl Lowered {
+    /// `text` under `cm`.
+    pub fn new(text: &str, cm: CaseMapping) -> Self {
+        Self {
+            chars: cm.lower(text).chars().collect(),
+            cm,
+        }
     }
-    let text: Vec<char> = cm.lower(text).chars().collect();
-    let word: Vec<char> = cm.lower(word).chars().collect();
-    if word.len() > text.len() {
-        return false;
+
+    /// Whether `word` appears as a whole word (not inside a longer nick).
+    pub fn mentions(&self, word: &str) -> bool {
+        let text = &self.chars;
+        let word: Vec<char> = self.cm.lower(word).chars().collect();
+        if word.is_empty() || word.len() > text.len() {
+            return false;
+        }
+        (0..=text.len() - word.len()).any(|i| {
+            text[i..i + word.len()] == word[..]
+                && (i == 0 || !is_nick_char(text[i - 1]))
+                && (i + word.len() == text.len() || !is_nick_char(text[i + word.len()]))
+        })
     }
-    (0..=text.len() - word.len()).any(|i| {
-        text[i..i + word.len()] == word[..]
-            && (i == 0 || !is_nick_char(text[i - 1]))
-            && (i + word.len() == text.len() || !is_nick_char(text[i + word.len()]))
-    })
 }
 
 #[cfg(test)]

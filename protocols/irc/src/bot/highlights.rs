@@ -7,7 +7,7 @@
 use pushbridge_api::{Event, Message};
 
 use super::Bot;
-use crate::msg::{mentions, strip_formatting, Msg};
+use crate::msg::{strip_formatting, Lowered, Msg};
 
 impl Bot {
     /// A channel message: push it to every registered user it highlights.
@@ -42,13 +42,14 @@ impl Bot {
         let sender_lower = self.lower(sender);
         let sender_account = self.nick_account.get(&sender_lower);
         let keywords = &self.ctx.config().keywords;
-        let hit_all = keywords.iter().any(|k| mentions(text, k, self.cm));
+        let text = Lowered::new(text, self.cm);
+        let hit_all = keywords.iter().any(|k| text.mentions(k));
         let mut targets = Vec::new();
         for (acct, nick) in &self.accounts {
             if sender_account == Some(acct) || self.lower(nick) == sender_lower {
                 continue;
             }
-            if hit_all || mentions(text, nick, self.cm) {
+            if hit_all || text.mentions(nick) {
                 targets.push(acct.clone());
             }
         }
