@@ -429,6 +429,11 @@ fn push_text(e: &mut Element, t: &str) {
 fn start_element(s: &BytesStart<'_>) -> Result<Element, ReadError> {
     let qname = s.name();
     let name: &str = qname.as_ref();
+    if name.is_empty() {
+        // quick-xml reads `<\t/>` as an element named ""; written back it
+        // would be `</>`, an end tag (found by fuzzing).
+        return Err(ReadError::Xml("element without a name".into()));
+    }
     let name = name.to_owned();
     let mut attrs = Vec::new();
     for a in s.attributes() {
@@ -539,6 +544,20 @@ mod tests {
         assert!(out[1].is_err());
         let out = parse("<stream:stream id='1'><a>&ent;</a>", 1024).await;
         assert!(out[1].as_ref().unwrap_err().contains("unknown entity"));
+    }
+
+    #[tokio::test]
+    async fn an_element_without_a_name_is_an_error() {
+        // The fuzzer's input (xmpp_stanza): `<\t/>` read as an element
+        // named "", which wrote back as `</>`.
+        for s in ["<stream:stream id='1'><\t/>", "<stream:stream id='1'><iq>< ></ ></iq>"] {
+            let out = parse(s, 1024).await;
+            assert!(
+                out[1].as_ref().is_err_and(|e| e.contains("element without a name")),
+                "{s}: {:?}",
+                out[1]
+            );
+        }
     }
 
     #[test]
