@@ -55,10 +55,16 @@ fn feed<D: Decoder>(decoder: &mut D, data: &[u8], pieces: &[u16], bound: usize) 
 /// bytes that decode to the same notification.
 fn check_push(p: &Push) {
     assert!((1..=MAX_TOKEN).contains(&p.token.len()), "token of {}", p.token.len());
-    assert!((1..=MAX_PAYLOAD).contains(&p.payload.len()), "payload of {}", p.payload.len());
+    assert!(
+        (1..=MAX_PAYLOAD).contains(&p.payload.len()),
+        "payload of {}",
+        p.payload.len()
+    );
     assert!(p.command <= 2 && (p.priority == 5 || p.priority == 10), "{p:?}");
     let mut wire = BytesMut::new();
-    PushEncoder.encode(p, &mut wire).expect("a decoded notification encodes");
+    PushEncoder
+        .encode(p, &mut wire)
+        .expect("a decoded notification encodes");
     assert_eq!(wire.len(), p.encoded_len());
     let again = PushDecoder::default().decode(&mut wire).expect("decoding never fails");
     assert_eq!(again, Some(Ok(p.clone())));
@@ -68,7 +74,10 @@ fn check_push(p: &Push) {
 fuzz_target!(|input: Input| {
     let mut decoder = PushDecoder::default();
     let (pushes, failed) = feed(&mut decoder, &input.data, &input.pieces, LONGEST);
-    assert!(!failed, "the notification decoder reports refusals as items, never errors");
+    assert!(
+        !failed,
+        "the notification decoder reports refusals as items, never errors"
+    );
     if let Some(i) = pushes.iter().position(Result::is_err) {
         assert_eq!(i + 1, pushes.len(), "nothing decodes after a refusal");
     }

@@ -13,8 +13,8 @@ use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pushbridge::sink::binary::codec::{
-    status, ErrorResponse, ErrorResponseCodec, FeedbackCodec, FeedbackTuple, Push, PushDecoder, PushEncoder,
-    Refused, MAX_PAYLOAD, MAX_TOKEN,
+    status, ErrorResponse, ErrorResponseCodec, FeedbackCodec, FeedbackTuple, Push, PushDecoder, PushEncoder, Refused,
+    MAX_PAYLOAD, MAX_TOKEN,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -96,9 +96,8 @@ fuzz_target!(|input: Input| {
     for note in &input.notes {
         let p = note.push();
         let before = wire.len();
-        let ok = (1..=MAX_TOKEN).contains(&p.token.len())
-            && (1..=MAX_PAYLOAD).contains(&p.payload.len())
-            && p.command <= 2;
+        let ok =
+            (1..=MAX_TOKEN).contains(&p.token.len()) && (1..=MAX_PAYLOAD).contains(&p.payload.len()) && p.command <= 2;
         match PushEncoder.encode(&p, &mut wire) {
             Ok(()) => {
                 assert!(ok, "encoded out of the limits: {p:?}");
@@ -116,7 +115,11 @@ fuzz_target!(|input: Input| {
     }
     assert_eq!(decode_all(&mut PushDecoder::default(), &wire, piece), want);
 
-    let errors: Vec<ErrorResponse> = input.errors.iter().map(|&(status, id)| ErrorResponse { status, id }).collect();
+    let errors: Vec<ErrorResponse> = input
+        .errors
+        .iter()
+        .map(|&(status, id)| ErrorResponse { status, id })
+        .collect();
     let mut wire = BytesMut::new();
     for e in &errors {
         ErrorResponseCodec.encode(*e, &mut wire).expect("encoding never fails");

@@ -22,7 +22,11 @@ fn check_msg(m: &Msg, input: &str) {
         }
     }
     let fields: usize = m.params.iter().map(String::len).sum::<usize>() + m.command.len();
-    assert!(fields <= input.len(), "{fields} bytes of fields from {} of input", input.len());
+    assert!(
+        fields <= input.len(),
+        "{fields} bytes of fields from {} of input",
+        input.len()
+    );
     let _ = (m.nick(), m.account(), m.param(0));
     // Our own line for the same command and parameters reads back the same.
     let clean = |s: &str| !s.contains(['\r', '\n', '\0']);

@@ -56,12 +56,20 @@ fn model(data: &[u8], max: usize, over_long: OverLong) -> Vec<Frame> {
 
 fuzz_target!(|input: Input| {
     let max = usize::from(input.max).max(1);
-    let over_long = if input.discard { OverLong::Discard } else { OverLong::Close };
+    let over_long = if input.discard {
+        OverLong::Discard
+    } else {
+        OverLong::Close
+    };
     let mut codec = LineCodec::new(max, over_long);
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
     let mut rest = &input.data[..];
-    let mut sizes = input.pieces.iter().map(|&n| usize::from(n) + 1).chain(std::iter::repeat(64));
+    let mut sizes = input
+        .pieces
+        .iter()
+        .map(|&n| usize::from(n) + 1)
+        .chain(std::iter::repeat(64));
     while !rest.is_empty() {
         let n = sizes.next().unwrap_or(64).min(rest.len());
         buf.extend_from_slice(&rest[..n]);

@@ -38,12 +38,20 @@ fn read_all(body: &[u8], max_stanza: usize) -> (Vec<Element>, ReadError) {
 
 /// Everything the service reads of a stanza, walked.
 fn walk(e: &Element) -> usize {
-    let _ = (e.local(), e.ns(), e.get("type"), e.find("query", None), e.text_content());
+    let _ = (
+        e.local(),
+        e.ns(),
+        e.get("type"),
+        e.find("query", None),
+        e.text_content(),
+    );
     1 + e.elements().map(walk).sum::<usize>()
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&size, body)) = data.split_first() else { return };
+    let Some((&size, body)) = data.split_first() else {
+        return;
+    };
     // 64 bytes to 16 KiB: small limits make the size checks fire.
     let max_stanza = 64 << (size % 9);
     let (stanzas, _end) = read_all(body, max_stanza);
@@ -59,6 +67,9 @@ fuzz_target!(|data: &[u8]| {
             again.len()
         );
         let back = &again[0];
-        assert_eq!((&back.name, back.ns(), back.attrs.len()), (&stanza.name, stanza.ns(), stanza.attrs.len()));
+        assert_eq!(
+            (&back.name, back.ns(), back.attrs.len()),
+            (&stanza.name, stanza.ns(), stanza.attrs.len())
+        );
     }
 });
