@@ -405,12 +405,12 @@ fn push_text(e: &mut Element, t: &str) {
 fn start_element(s: &BytesStart<'_>) -> Result<Element, ReadError> {
     let qname = s.name();
     let name: &str = qname.as_ref();
-    let name = name.to_owned();
+    let name = xml_name(name)?.to_owned();
     let mut attrs = Vec::new();
     for a in s.attributes() {
         let a = a.map_err(|e| ReadError::Xml(e.to_string()))?;
         let k: &str = a.key.as_ref();
-        let k = k.to_owned();
+        let k = xml_name(k)?.to_owned();
         let v = a
             .normalized_value(quick_xml::XmlVersion::Explicit1_0)
             .map_err(|e| ReadError::Xml(e.to_string()))?
@@ -423,6 +423,32 @@ fn start_element(s: &BytesStart<'_>) -> Result<Element, ReadError> {
         children: Vec::new(),
         namespace: None,
     })
+}
+
+/// `name` if it is an XML 1.0 `Name` (§2.3), else an error. quick-xml is
+/// lax: it reads `<\t/>` as an element named "" (written back: `</>`, an
+/// end tag) and takes quotes into attribute names (written back: an
+/// attribute value that never closes); both found by fuzzing.
+fn xml_name(name: &str) -> Result<&str, ReadError> {
+    let mut chars = name.chars();
+    if chars.next().is_some_and(is_name_start) && chars.all(is_name_char) {
+        Ok(name)
+    } else {
+        Err(ReadError::Xml(format!("invalid XML name {name:?}")))
+    }
+}
+
+/// XML 1.0 `NameStartChar`.
+fn is_name_start(c: char) -> bool {
+    matches!(c, ':' | 'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}' | '\u{200C}'..='\u{200D}'
+        | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}'
+        | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0 `NameChar`.
+fn is_name_char(c: char) -> bool {
+    is_name_start(c) || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
 #[cfg(test)]
@@ -577,6 +603,28 @@ mod tests {
             Err(ReadError::TooDeep(16)) => {}
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn names_that_are_not_xml_names_are_errors() {
+        // The fuzzer's inputs (xmpp_stanza): `<\t/>` read as an element
+        // named "", which wrote back as `</>`; quotes in an attribute name,
+        // which wrote back as a value that never closes.
+        for s in [
+            "<stream:stream id='1'><\t/>",
+            "<stream:stream id='1'><iq>< ></ ></iq>",
+            "<stream:stream id='1'><iq type=\"'\"\"\"2\"=\"'\" \"\"get'@hie='x'/>",
+            "<stream:stream id='1'><iq 1a='x'/>",
+        ] {
+            let out = parse(s, 1024).await;
+            assert!(
+                out[1].as_ref().is_err_and(|e| e.contains("invalid XML name")),
+                "{s}: {:?}",
+                out[1]
+            );
+        }
+        let out = parse("<stream:stream id='1'><é:x-1.y_z xmlns:é='urn:e' a·b='1'/>", 1024).await;
+        assert_eq!(out[1].as_ref().map(|e| e.ns()), Ok(Some("urn:e")));
     }
 
     #[test]
