@@ -137,7 +137,9 @@ impl Writer {
         if wait <= 0 {
             return Some(rx.try_recv().ok());
         }
-        match rt.block_on(tokio::time::timeout(Duration::from_millis(wait as u64), rx.recv())) {
+        // The timeout is made inside the runtime (its timer is that runtime's).
+        let wait = Duration::from_millis(wait as u64);
+        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
             Ok(cmd) => cmd.map(Some),
             Err(_) => Some(None),
         }
