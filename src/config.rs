@@ -189,7 +189,14 @@ pub struct PolicyConfig {
     /// (`apns-collapse-id` = thread id).
     #[serde(default)]
     pub collapse: bool,
+    /// Seconds (0 to 3600): messages for one user and conversation within
+    /// this window of the first become one push when it ends; 0: off.
+    #[serde(default)]
+    pub coalesce: u64,
 }
+
+/// Longest `[policy] coalesce` window, in seconds.
+pub const MAX_COALESCE: u64 = 3600;
 
 fn default_sound() -> String {
     "default".to_owned()
@@ -209,6 +216,7 @@ impl Default for PolicyConfig {
             generic_body: default_generic_body(),
             ttl: default_ttl(),
             collapse: false,
+            coalesce: 0,
         }
     }
 }
@@ -297,6 +305,11 @@ impl Config {
         self.log.check()?;
         if self.policy.ttl == 0 {
             return Err(ConfigError::Invalid("policy.ttl must be at least 1 second".into()));
+        }
+        if self.policy.coalesce > MAX_COALESCE {
+            return Err(ConfigError::Invalid(format!(
+                "policy.coalesce must be at most {MAX_COALESCE} seconds"
+            )));
         }
         self.adapters.check()?;
         Ok(())

@@ -4,6 +4,9 @@
 //! Who gets a push (presence) is decided by the router; here we only build
 //! the APNS payload:
 //! `{"aps":{"alert":{"title":…,"body":…},"badge":n,"sound":…,"thread-id":…}}`.
+//! A coalesced push's title carries the number of messages (`bob (3)`); a
+//! push in quiet hours has no `sound` and `"interruption-level":"passive"`;
+//! a muted conversation's push is badge-only: `{"aps":{"badge":n}}`.
 
 use serde_json::json;
 
@@ -20,6 +23,8 @@ pub struct Alert<'a> {
     pub body: Option<&'a str>,
     pub badge: u32,
     pub thread: &'a str,
+    /// Quiet hours: no sound, `"interruption-level":"passive"`.
+    pub quiet: bool,
 }
 
 /// A message rendered for delivery: the parts every notification of it
@@ -36,20 +41,54 @@ pub struct Rendered {
     body: Option<String>,
     thread: String,
     badge: u32,
+    /// Quiet hours: rendered silent.
+    quiet: bool,
+    /// A muted conversation: badge only.
+    badge_only: bool,
     payloads: Vec<(usize, std::sync::Arc<str>)>,
 }
 
 impl Rendered {
+    /// `count` messages coalesced into this push: above 1 the title says
+    /// how many (`bob (3)`).
+    pub fn coalesced(mut self, count: u32) -> Self {
+        if count > 1 {
+            self.title = format!("{} ({count})", self.title);
+        }
+        self
+    }
+
+    /// Deliver silently (quiet hours): no `sound`,
+    /// `"interruption-level":"passive"`.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// A muted conversation: only the badge, `{"aps":{"badge":n}}`, with
+    /// `apns-priority` 5 (no alert to show at once).
+    pub fn badge_only(mut self) -> Self {
+        self.badge_only = true;
+        self.priority = 5;
+        self
+    }
+
     /// The payload within `limit` bytes.
     pub fn payload(&mut self, policy: &Policy, limit: usize) -> std::sync::Arc<str> {
         if let Some((_, p)) = self.payloads.iter().find(|(l, _)| *l == limit) {
             return p.clone();
+        }
+        if self.badge_only {
+            let p: std::sync::Arc<str> = json!({"aps": {"badge": self.badge}}).to_string().into();
+            self.payloads.push((limit, p.clone()));
+            return p;
         }
         let alert = Alert {
             title: &self.title,
             body: self.body.as_deref(),
             badge: self.badge,
             thread: &self.thread,
+            quiet: self.quiet,
         };
         let p: std::sync::Arc<str> = policy.payload(&alert, limit).into();
         self.payloads.push((limit, p.clone()));
@@ -86,6 +125,8 @@ impl Policy {
             body: text.map(str::to_owned),
             thread: thread.to_owned(),
             badge,
+            quiet: false,
+            badge_only: false,
             payloads: Vec::new(),
         }
     }
@@ -130,7 +171,9 @@ impl Policy {
             "badge": alert.badge,
             "thread-id": clip(alert.thread, MAX_THREAD_ID),
         });
-        if !self.config.sound.is_empty() {
+        if alert.quiet {
+            aps["interruption-level"] = json!("passive");
+        } else if !self.config.sound.is_empty() {
             aps["sound"] = json!(self.config.sound);
         }
         json!({ "aps": aps }).to_string()
@@ -191,6 +234,7 @@ mod tests {
             body: Some(body),
             badge: 3,
             thread: title,
+            quiet: false,
         }
     }
 
@@ -276,5 +320,30 @@ mod tests {
         let s = policy().payload(&alert("bob", &body), 4096);
         assert_eq!(s.len(), 4096);
         assert_eq!(parse(&s)["aps"]["alert"]["body"], body.as_str());
+    }
+
+    #[test]
+    fn coalesced_quiet_and_badge_only_renders() {
+        let p = policy();
+        let mut m = p.message("bob", Some("last"), None, 7, 0).coalesced(3);
+        let v = parse(&m.payload(&p, 4096));
+        assert_eq!(v["aps"]["alert"]["title"], "bob (3)");
+        assert_eq!(v["aps"]["alert"]["body"], "last");
+        assert_eq!(v["aps"]["sound"], "default");
+        assert!(v["aps"].get("interruption-level").is_none());
+        assert_eq!(m.priority, 10);
+        let mut one = p.message("bob", Some("hi"), None, 1, 0).coalesced(1);
+        assert_eq!(parse(&one.payload(&p, 4096))["aps"]["alert"]["title"], "bob");
+
+        let mut q = p.message("bob", Some("shh"), None, 2, 0).quiet();
+        let v = parse(&q.payload(&p, 4096));
+        assert!(v["aps"].get("sound").is_none());
+        assert_eq!(v["aps"]["interruption-level"], "passive");
+        assert_eq!(v["aps"]["alert"]["body"], "shh");
+        assert_eq!(v["aps"]["badge"], 2);
+
+        let mut muted = p.message("bob", Some("secret"), None, 4, 0).quiet().badge_only();
+        assert_eq!(&*muted.payload(&p, 4096), r#"{"aps":{"badge":4}}"#);
+        assert_eq!(muted.priority, 5);
     }
 }

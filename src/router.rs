@@ -1,13 +1,14 @@
 //! The router: takes every adapter's events in order, keeps presence, and
 //! decides what goes to the store thread. Presence lives here, in memory: a
-//! user never seen is offline.
+//! user never seen is offline. Users' settings (mutes, quiet hours) live
+//! in the store, which applies them to each message.
 
 use std::collections::HashMap;
 
 use pushbridge_api::{Envelope, Event, EventError, Presence, Reply, UserId};
 use tokio::sync::mpsc;
 
-use crate::store::{MessageJob, ReplyTx, StoreError, StoreHandle};
+use crate::store::{MessageJob, ReplyTx, SettingChange, StoreError, StoreHandle};
 
 /// Presence of users who are online or away (offline users are not kept,
 /// so the map only grows with connected users).
@@ -82,6 +83,21 @@ async fn route(
             };
             store.enqueue(job, reply).await
         }
+        Event::Mute {
+            user,
+            conversation,
+            duration,
+        } => {
+            let change = SettingChange::Mute { conversation, duration };
+            store.change_setting(user, change, reply).await
+        }
+        Event::Unmute { user, conversation } => {
+            store
+                .change_setting(user, SettingChange::Unmute { conversation }, reply)
+                .await
+        }
+        Event::Quiet { user, hours } => store.change_setting(user, SettingChange::Quiet(hours), reply).await,
+        Event::Settings { user } => store.settings(user, reply).await,
     }
 }
 

@@ -327,8 +327,9 @@ async fn inspircd_highlights_presence_accounts_and_restart() {
     let body = wait_status(&format!("{admin}/readyz"), 503, Duration::from_secs(30), || s.gw.logs()).await;
     assert!(body.contains(r#""adapter":"irc:test""#), "{body}");
     net.start();
-    s.works_after_the_restart().await;
+    let bob = s.works_after_the_restart().await;
     assert_connected(&s.gw, "irc:test", "irc").await;
+    s.alice_mutes_the_channel_and_sets_quiet_hours(bob).await;
 }
 
 /// The gateway with the bot on the test network, the accounts alice, bob
@@ -466,7 +467,8 @@ impl Scene {
 
     /// After the IRC server restarted: the bot is back in #chat (bob sees
     /// it in NAMES), logged in again, and alice (offline) gets highlights.
-    async fn works_after_the_restart(&self) {
+    /// bob, in #chat, is returned.
+    async fn works_after_the_restart(&self) -> Irc {
         let gw = &self.gw;
         wait_log(gw, "registered on the IRC network", 2);
         let mut bob = Irc::connect(self.port, "bob", Some(("bob", "bob-pass"))).await;
@@ -479,5 +481,54 @@ impl Scene {
         assert_eq!(p[5]["payload"]["aps"]["alert"]["body"], "alice: the server restarted");
         assert_eq!(p[5]["device_token"], self.alice_token.as_str());
         wait_log(gw, "logged in to services adapter=\"irc:test\" account=pushbot", 2);
+        bob
+    }
+
+    /// alice, logged in, mutes #chat (typed in another case) and sets quiet
+    /// hours around now; STATUS shows both. Away, she is highlighted: a
+    /// badge-only push; unmuted, a silent one.
+    async fn alice_mutes_the_channel_and_sets_quiet_hours(&self, mut bob: Irc) {
+        let gw = &self.gw;
+        let mut alice = Irc::connect(self.port, "alice", Some(("alice", "alice-pass"))).await;
+        let answer = alice.ask("pushbot", "MUTE #CHAT 5").await;
+        assert!(answer.contains("Muted #chat for 5 minute(s)"), "{answer}");
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+            % 1440;
+        let at = |m: u64| format!("{:02}:{:02}", m / 60, m % 60);
+        let hours = format!("{}-{}", at((minute + 1380) % 1440), at((minute + 60) % 1440));
+        let answer = alice.ask("pushbot", &format!("QUIET {hours} UTC")).await;
+        assert!(answer.contains(&format!("Quiet hours {hours} UTC")), "{answer}");
+        let answer = alice.ask("pushbot", "QUIET 22:00-07:00 Nowhere/Atlantis").await;
+        assert!(answer.contains("unknown time zone"), "{answer}");
+        alice.send("PRIVMSG pushbot :STATUS").await;
+        let status = alice
+            .expect(|l| l.starts_with(":pushbot!") && l.contains("Quiet hours"))
+            .await;
+        assert!(
+            status.contains(&format!("Quiet hours {hours} UTC. Muted: #chat (5 min left).")),
+            "{status}"
+        );
+        alice.send("AWAY :asleep").await;
+        wait_log(gw, &presence_log("alice", "Away"), 2);
+        bob.send("PRIVMSG #chat :alice: muted?").await;
+        let p = gw.wait_pushes(7);
+        let aps = p[6]["payload"]["aps"].as_object().unwrap();
+        assert_eq!(aps.keys().collect::<Vec<_>>(), ["badge"], "badge-only: {}", p[6]);
+        assert_eq!(p[6]["payload"].as_object().unwrap().len(), 1);
+        let answer = alice.ask("pushbot", "UNMUTE #chat").await;
+        assert!(answer.contains("#chat is no longer muted"), "{answer}");
+        bob.send("PRIVMSG #chat :alice: quietly now").await;
+        let p = gw.wait_pushes(8);
+        assert_eq!(p[7]["payload"]["aps"]["alert"]["body"], "alice: quietly now");
+        assert_eq!(p[7]["payload"]["aps"]["interruption-level"], "passive");
+        assert!(p[7]["payload"]["aps"].get("sound").is_none(), "{}", p[7]);
+        let answer = alice.ask("pushbot", "QUIET off").await;
+        assert!(answer.contains("Quiet hours off"), "{answer}");
+        alice.quit().await;
+        bob.quit().await;
     }
 }

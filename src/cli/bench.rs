@@ -6,6 +6,9 @@
 //! that pipeline `MSG` commands (at most `--pipeline` unanswered each) and
 //! measures, per command, the time from writing it to reading its `OK 1`.
 //! With `--rate` the load is paced (open loop) instead of as fast as possible.
+//! With `--coalesce N` the gateway coalesces (`[policy] coalesce = N`): the
+//! bench waits for the last windows to end and reports how many pushes the
+//! messages became (their titles' counts must add up to the messages).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,10 @@ pub struct Args {
     /// the load runs (what being watched costs).
     #[arg(long)]
     metrics: bool,
+    /// `[policy] coalesce` in seconds (0: off): messages per user and
+    /// sender within this window become one push.
+    #[arg(long, default_value_t = 0)]
+    coalesce: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -77,6 +84,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 s.stop().await?
             );
         }
+        if args.coalesce > 0 {
+            // The last windows end within `coalesce` seconds; then the
+            // pushes are written.
+            tokio::time::sleep(Duration::from_secs(args.coalesce) + Duration::from_secs(2)).await;
+        }
         let _ = stop_tx.send(());
         let snapshot = gateway.await.context("gateway task")??;
         let lines = std::fs::read(&out_path)
@@ -84,8 +96,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(0);
         let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
         print_summary(&args, sent, elapsed, &h, lines, &snapshot);
-        if lines != sent {
-            bail!("{sent} messages accepted but {lines} notifications written");
+        let merged = if args.coalesce > 0 {
+            let merged = coalesced_messages(&out_path)?;
+            println!(
+                "coalesce={} s: {sent} messages became {lines} pushes (their titles count {merged} messages)",
+                args.coalesce
+            );
+            merged
+        } else {
+            lines
+        };
+        if merged != sent {
+            bail!("{sent} messages accepted but {merged} written as notifications");
         }
         Ok(())
     })
@@ -143,6 +165,10 @@ fn setup(args: &Args) -> anyhow::Result<Setup> {
         Some(a) => format!("{text}\n[admin]\nlisten = \"127.0.0.1:{a}\"\n"),
         None => text,
     };
+    let text = match args.coalesce {
+        0 => text,
+        n => format!("{text}\n[policy]\ncoalesce = {n}\n"),
+    };
     let config = Config::parse(&text, std::path::Path::new("<bench>"))?;
     register_users(&db_path, sync, args.users)?;
     Ok(Setup {
@@ -152,6 +178,24 @@ fn setup(args: &Args) -> anyhow::Result<Setup> {
         admin,
         config,
     })
+}
+
+/// The messages the log sink's pushes at `path` stand for: a coalesced
+/// push's title ends in ` (n)` for n messages, any other is one.
+fn coalesced_messages(path: &Path) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(path).context("reading the pushes")?;
+    let mut total = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).context("a push is not JSON")?;
+        let title = v["payload"]["aps"]["alert"]["title"].as_str().unwrap_or("");
+        let n = title
+            .strip_suffix(')')
+            .and_then(|t| t.rsplit_once(" ("))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+            .unwrap_or(1);
+        total += n;
+    }
+    Ok(total)
 }
 
 /// Register one device for each of `users` users (`line:u0`…) in the store

@@ -225,8 +225,8 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         );
     }
     println!(
-        "policy: privacy = {}, sound = {:?}, ttl = {} s, collapse = {}",
-        config.policy.privacy, config.policy.sound, config.policy.ttl, config.policy.collapse
+        "policy: privacy = {}, sound = {:?}, ttl = {} s, collapse = {}, coalesce = {} s",
+        config.policy.privacy, config.policy.sound, config.policy.ttl, config.policy.collapse, config.policy.coalesce
     );
     for (kind, name) in config.adapters.instances() {
         println!("adapter: {kind} ({name})");

@@ -59,6 +59,27 @@ const MIGRATIONS: &[&str] = &[
         value     TEXT NOT NULL,
         PRIMARY KEY (namespace, key)
      ) WITHOUT ROWID;",
+    // 2: coalescing (waiting outbox rows: not_before_ms > 0, with their
+    // user, conversation and the parts they are rendered from; partial
+    // indexes, so rows sent at once cost nothing more), mutes, quiet hours.
+    "ALTER TABLE outbox ADD COLUMN user TEXT;
+     ALTER TABLE outbox ADD COLUMN conversation TEXT;
+     ALTER TABLE outbox ADD COLUMN parts TEXT;
+     ALTER TABLE outbox ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX outbox_waiting ON outbox(user, conversation, token, topic) WHERE not_before_ms > 0;
+     CREATE INDEX outbox_due ON outbox(not_before_ms) WHERE not_before_ms > 0;
+     CREATE TABLE mutes (
+        user         TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        until_ms     INTEGER,
+        PRIMARY KEY (user, conversation)
+     ) WITHOUT ROWID;
+     CREATE TABLE quiet_hours (
+        user      TEXT PRIMARY KEY,
+        start_min INTEGER NOT NULL,
+        end_min   INTEGER NOT NULL,
+        zone      TEXT NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// A registered device as listed by the CLI.
@@ -147,6 +168,12 @@ impl Db {
             tx.commit()?;
         }
         Ok(())
+    }
+
+    /// The connection, for the statements of [`super::settings`] and
+    /// [`super::coalesce`].
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
@@ -307,11 +334,12 @@ impl Db {
         Ok(())
     }
 
-    /// Up to `limit` outbox entries of `topic` with id ≥ `from_id`, oldest first.
+    /// Up to `limit` outbox entries of `topic` with id ≥ `from_id`, oldest
+    /// first; never one waiting in a coalescing window.
     pub fn load_outbox(&self, topic: &Arc<str>, from_id: i64, limit: usize) -> Result<Vec<Notification>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, token, environment, payload, expiration, priority, collapse_id, created_ms
-             FROM outbox WHERE topic = ?1 AND id >= ?2 ORDER BY id LIMIT ?3",
+             FROM outbox WHERE topic = ?1 AND id >= ?2 AND not_before_ms = 0 ORDER BY id LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![&**topic, from_id, limit as i64], |r| {
             Ok((
@@ -587,5 +615,29 @@ mod tests {
         for p in [path.clone(), side("-wal"), side("-shm")] {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
+    }
+
+    #[test]
+    fn a_version_1_store_upgrades_and_keeps_its_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1").unwrap();
+            conn.execute(
+                "INSERT INTO outbox (topic, token, environment, payload, expiration, priority, collapse_id, created_ms)
+                 VALUES ('t', ?1, 'production', '{}', 5, 10, NULL, 7)",
+                [token('a').as_str()],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, Synchronous::Full).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let topic: Arc<str> = "t".into();
+        let rows = db.load_outbox(&topic, 0, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(&*rows[0].payload, "{}");
+        assert_eq!(db.next_due().unwrap(), None);
     }
 }

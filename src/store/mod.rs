@@ -1,20 +1,31 @@
 //! The persistent store: device registry, unread counters, the outbox and
 //! adapters' key-value state, in one SQLite file.
 //!
-//! - [`db`]: schema, migrations, statements (synchronous).
+//! - [`db`]: schema, migrations, statements (synchronous); [`settings`]
+//!   and [`coalesce`] add the statements of their tables and columns.
+//! - [`command`]: what the store thread is asked to do.
 //! - [`writer`]: the store thread. Every change goes through it; it applies
 //!   commands and completions in batches, one transaction per batch (group
 //!   commit: one fsync for many messages), answers only after the commit,
 //!   and then lets the [`crate::feed::Feed`] hand the new notifications to
 //!   the sinks.
+//! - [`messages`]: how a message, a user coming online and a setting are
+//!   applied; [`coalesce`]: messages merged in the outbox until their
+//!   window ends; [`settings`]: mutes and quiet hours.
 //! - [`stats`]: commit latency, batch sizes, outbox depth (metrics).
 //! - [`StoreHandle`]: the async face the router and adapters' state use;
 //!   [`Store::open`] + [`OpenStore::start`]: how the gateway starts it.
 
+pub mod coalesce;
+pub mod command;
 pub mod db;
+pub mod messages;
+pub mod settings;
 pub mod stats;
 pub mod writer;
 
+#[cfg(test)]
+mod coalesce_tests;
 #[cfg(test)]
 mod writer_tests;
 
@@ -25,10 +36,10 @@ use pushbridge_api::context::StateFuture;
 use pushbridge_api::{DeviceToken, Environment, StateError, StateStore, UserId};
 use tokio::sync::{mpsc, oneshot};
 
+use command::Command;
+pub use command::{MessageJob, ReplyTx, SettingChange};
 pub use db::{Db, DeviceRow, StoreError};
 use stats::{AppOutbox, StoreMetrics};
-use writer::Command;
-pub use writer::{MessageJob, ReplyTx};
 
 use crate::config::StoreConfig;
 use crate::feed::Feed;
@@ -176,7 +187,8 @@ impl StoreHandle {
         self.send(Command::ListDevices { user, reply }).await
     }
 
-    /// Reset the user's unread counter (the badge).
+    /// Reset the user's unread counter (the badge) and drop their pushes
+    /// still waiting in a coalescing window (they came online).
     pub async fn reset_unread(&self, user: UserId, reply: Option<ReplyTx>) -> Result<(), StoreError> {
         self.send(Command::ResetUnread { user, reply }).await
     }
@@ -185,6 +197,21 @@ impl StoreHandle {
     /// [`pushbridge_api::Reply::Queued`] once they are committed.
     pub async fn enqueue(&self, job: MessageJob, reply: Option<ReplyTx>) -> Result<(), StoreError> {
         self.send(Command::Enqueue { job, reply }).await
+    }
+
+    /// Change `user`'s settings (a mute, quiet hours); answered `Done`.
+    pub async fn change_setting(
+        &self,
+        user: UserId,
+        change: SettingChange,
+        reply: Option<ReplyTx>,
+    ) -> Result<(), StoreError> {
+        self.send(Command::Setting { user, change, reply }).await
+    }
+
+    /// `user`'s settings ([`pushbridge_api::Reply::Settings`]).
+    pub async fn settings(&self, user: UserId, reply: Option<ReplyTx>) -> Result<(), StoreError> {
+        self.send(Command::ShowSettings { user, reply }).await
     }
 
     /// Look for outbox entries waiting for room in a sink.

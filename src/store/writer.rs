@@ -8,19 +8,33 @@
 //! the same transaction that writes the outbox rows: the payload cannot be
 //! built before the transaction without a second round trip. The writer
 //! only asks; what a push says is the policy's.
+//!
+//! With coalescing on, messages wait in the outbox until their window ends
+//! (see [`super::coalesce`]): the thread then wakes by itself at the
+//! earliest window's end, and releases what is due at the start of a
+//! transaction. How messages and settings are applied is in
+//! [`super::messages`].
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use pushbridge_api::{DeviceToken, Environment, EventError, Reply, UserId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::db::{now_ms, Db, NewNotification, StoreError};
-use super::stats::{self, AppOutbox, StoreMetrics};
+use super::command::Command;
+use super::command::{fail_command, hold, Pending};
+use super::db::{now_ms, Db, StoreError};
+use super::settings::SettingsCache;
+use super::stats::{self, StoreMetrics};
 use crate::feed::{Feed, OutboxReader};
 use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
 use crate::policy::Policy;
+
+/// The store's clock: Unix milliseconds. Decides when a coalescing window
+/// ends, whether a mute is over and whether quiet hours apply (tests
+/// inject their own).
+pub(crate) type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Completions waiting to be recorded beyond which no new notification is
 /// handed to the sinks (they wait in the outbox): memory stays bounded
@@ -30,132 +44,24 @@ pub(crate) const MAX_PENDING_COMPLETIONS: usize = 65_536;
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 4096;
 
-/// Where an adapter's answer goes.
-pub type ReplyTx = oneshot::Sender<Result<Reply, EventError>>;
-
-/// A message the router decided to push.
-#[derive(Debug)]
-pub struct MessageJob {
-    pub to: UserId,
-    pub from: String,
-    pub text: Option<String>,
-    pub thread: Option<String>,
-    /// Only this device.
-    pub device: Option<DeviceToken>,
-    /// Badge given by the IM server; `None`: increment the unread counter.
-    pub badge: Option<u32>,
-}
-
-/// What the store thread does (sent through [`super::StoreHandle`]).
-#[derive(Debug)]
-pub(crate) enum Command {
-    Register {
-        user: UserId,
-        token: DeviceToken,
-        topic: Option<String>,
-        environment: Option<Environment>,
-        reply: Option<ReplyTx>,
-    },
-    Unregister {
-        user: UserId,
-        token: DeviceToken,
-        reply: Option<ReplyTx>,
-    },
-    ResetUnread {
-        user: UserId,
-        reply: Option<ReplyTx>,
-    },
-    Enqueue {
-        job: MessageJob,
-        reply: Option<ReplyTx>,
-    },
-    ListDevices {
-        user: UserId,
-        reply: Option<ReplyTx>,
-    },
-    StateGet {
-        ns: String,
-        key: String,
-        reply: oneshot::Sender<Result<Option<String>, StoreError>>,
-    },
-    /// `value: None` deletes; the answer says whether the key existed.
-    StatePut {
-        ns: String,
-        key: String,
-        value: Option<String>,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    StateList {
-        ns: String,
-        prefix: String,
-        reply: oneshot::Sender<Result<Vec<(String, String)>, StoreError>>,
-    },
-    /// Render notifications with this policy from now on (a reload).
-    SetPolicy(Box<Policy>),
-    /// Wake up to load waiting outbox entries into sinks with room.
-    Tick,
-    /// Completions are waiting.
-    Wake,
-    /// Shutdown: hand sinks nothing more (they drain and stop); keep
-    /// recording their reports until every handle is gone.
-    CloseSinks,
-    /// Read every app's outbox depth and oldest entry (after the batch).
-    OutboxStats {
-        reply: oneshot::Sender<Result<Vec<AppOutbox>, StoreError>>,
-    },
-}
-
-/// An answer held until the batch commits.
-enum Pending {
-    Event(Option<ReplyTx>, Result<Reply, EventError>),
-    Get(oneshot::Sender<Result<Option<String>, StoreError>>, Option<String>),
-    Put(oneshot::Sender<Result<bool, StoreError>>, bool),
-    List(
-        oneshot::Sender<Result<Vec<(String, String)>, StoreError>>,
-        Vec<(String, String)>,
-    ),
-}
-
-impl Pending {
-    fn send(self) {
-        match self {
-            Pending::Event(tx, r) => {
-                if let Some(tx) = tx {
-                    let _ = tx.send(r);
-                }
-            }
-            Pending::Get(tx, v) => drop(tx.send(Ok(v))),
-            Pending::Put(tx, v) => drop(tx.send(Ok(v))),
-            Pending::List(tx, v) => drop(tx.send(Ok(v))),
-        }
-    }
-
-    fn fail(self, msg: &str) {
-        let err = || StoreError::Corrupt(msg.to_owned());
-        match self {
-            Pending::Event(tx, _) => {
-                if let Some(tx) = tx {
-                    let _ = tx.send(Err(EventError::Unavailable(msg.to_owned())));
-                }
-            }
-            Pending::Get(tx, _) => drop(tx.send(Err(err()))),
-            Pending::Put(tx, _) => drop(tx.send(Err(err()))),
-            Pending::List(tx, _) => drop(tx.send(Err(err()))),
-        }
-    }
-}
-
 /// The store thread's state.
 pub(crate) struct Writer {
-    db: Db,
-    feed: Feed,
-    policy: Policy,
+    pub(super) db: Db,
+    pub(super) feed: Feed,
+    pub(super) policy: Policy,
     counters: Arc<Counters>,
     completions: CompletionReceiver,
     /// Batches in a row whose completions could not be recorded.
     completion_failures: u32,
     /// Commit latency, batch sizes, the last failure.
     metrics: Arc<StoreMetrics>,
+    /// Every user's mutes and quiet hours (the tables' copy).
+    pub(super) settings: SettingsCache,
+    /// Now, in Unix milliseconds.
+    pub(super) clock: Clock,
+    /// The earliest end of a coalescing window (Unix ms); `None`: nothing
+    /// waits.
+    pub(super) next_due: Option<i64>,
 }
 
 /// A device removed in the current transaction: app, token, reason.
@@ -188,6 +94,54 @@ impl Writer {
             completions,
             completion_failures: 0,
             metrics,
+            settings: SettingsCache::default(),
+            clock: Arc::new(now_ms),
+            next_due: None,
+        }
+        .load_settings()
+    }
+
+    /// Use `clock` instead of the system's (tests).
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self.next_due = self.db.next_due().unwrap_or(None);
+        self
+    }
+
+    /// (Re)load the settings' copy from the tables; logged when it fails
+    /// (then no settings apply until the next successful load).
+    fn load_settings(mut self) -> Self {
+        self.reload_settings();
+        self
+    }
+
+    fn reload_settings(&mut self) {
+        match self.db.load_settings() {
+            Ok(s) => self.settings = s,
+            Err(e) => tracing::error!(error = %e, "cannot read users' settings (mutes, quiet hours)"),
+        }
+    }
+
+    /// The next command; `Some(None)` when the earliest coalescing window
+    /// ended first (or already had), `None` when every handle is gone.
+    fn next_command(
+        &self,
+        rx: &mut mpsc::Receiver<Command>,
+        timer: Option<&tokio::runtime::Runtime>,
+    ) -> Option<Option<Command>> {
+        let (Some(due), Some(rt)) = (self.next_due, timer) else {
+            return rx.blocking_recv().map(Some);
+        };
+        let wait = due.saturating_sub((self.clock)());
+        if wait <= 0 {
+            return Some(rx.try_recv().ok());
+        }
+        // The timeout is made inside the runtime (its timer is that runtime's).
+        let wait = Duration::from_millis(wait as u64);
+        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+            Ok(cmd) => cmd.map(Some),
+            Err(_) => Some(None),
         }
     }
 
@@ -196,10 +150,23 @@ impl Writer {
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         self.warn_orphans();
         self.feed.refill(&mut Outbox(&self.db));
+        match self.db.next_due() {
+            Ok(due) => self.next_due = due,
+            Err(e) => tracing::error!(error = %e, "cannot read the outbox's coalescing windows"),
+        }
+        // Waits for a command or the end of a coalescing window; without
+        // one, windows end only with the next command.
+        let timer = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the store thread's timer; coalesced pushes wait for the next command");
+                None
+            }
+        };
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut done = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
+        while let Some(first) = self.next_command(&mut rx, timer.as_ref()) {
+            batch.extend(first);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(c) => batch.push(c),
@@ -285,10 +252,12 @@ impl Writer {
                     }
                 }
             }
+            // After the completions: their retry above rolls back.
+            self.release_due(&mut out)?;
             let mut cmds = batch.drain(..);
             while let Some(cmd) = cmds.next() {
                 match cmd {
-                    Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } => control.push(cmd),
+                    cmd if cmd.is_control() => control.push(cmd),
                     // In order: messages before it keep the old policy.
                     Command::SetPolicy(p) => self.policy = *p,
                     cmd => {
@@ -355,6 +324,16 @@ impl Writer {
         control: &mut Vec<Command>,
     ) {
         self.db.rollback();
+        // What the transaction changed in the settings and the coalescing
+        // windows is undone too; a release that failed is tried again in a
+        // second, not in a busy loop.
+        self.reload_settings();
+        let now = (self.clock)();
+        self.next_due = match self.db.next_due() {
+            Ok(Some(due)) if due <= now => Some(now + 1000),
+            Ok(due) => due,
+            Err(_) => Some(now + 1000),
+        };
         self.metrics.failed(e);
         let msg = format!("store: {e}");
         tracing::error!(error = %e, commands = pending.len() + batch.len(), completions, "store transaction failed; nothing in it was accepted");
@@ -367,7 +346,7 @@ impl Writer {
                 Command::SetPolicy(p) => self.policy = *p,
                 // Shutdown and statistics are not store data either: they
                 // are handled after the batch as usual.
-                Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } => control.push(cmd),
+                cmd if cmd.is_control() => control.push(cmd),
                 cmd => fail_command(cmd, &msg),
             }
         }
@@ -473,7 +452,15 @@ impl Writer {
                 hold(pending, reply, r, done(), Pending::Event)
             }
             Command::ResetUnread { user, reply } => {
-                let r = self.db.reset_unread(&user).map(|_| Ok(Reply::Done));
+                let r = self.came_online(&user).map(|_| Ok(Reply::Done));
+                hold(pending, reply, r, done(), Pending::Event)
+            }
+            Command::Setting { user, change, reply } => {
+                let r = self.change_setting(&user, change).map(|_| Ok(Reply::Done));
+                hold(pending, reply, r, done(), Pending::Event)
+            }
+            Command::ShowSettings { user, reply } => {
+                let r = self.show_settings(&user);
                 hold(pending, reply, r, done(), Pending::Event)
             }
             Command::ListDevices { user, reply } => {
@@ -526,110 +513,5 @@ impl Writer {
         self.db.register(&user, &token, &app.app, env, now_ms())?;
         tracing::info!(user = %user, device = token.short(), app = %app.app, "device registered");
         Ok(Ok(Reply::Done))
-    }
-
-    /// Turn a message into outbox entries: one per device of the user in a
-    /// configured app, with the unread counter incremented once.
-    fn enqueue(
-        &mut self,
-        job: MessageJob,
-        out: &mut Vec<(usize, Notification)>,
-    ) -> Result<Result<Reply, EventError>, StoreError> {
-        let devices = self.db.devices_of(&job.to)?;
-        let targets: Vec<(DeviceToken, usize, Environment)> = devices
-            .into_iter()
-            .filter(|(token, _, _)| job.device.as_ref().is_none_or(|d| d == token))
-            .filter_map(|(token, app, env)| self.feed.index(&app).map(|i| (token, i, env)))
-            .collect();
-        if targets.is_empty() {
-            return Ok(match job.device {
-                Some(_) => Err(EventError::NoSuchDevice),
-                None => Ok(Reply::Queued(0)),
-            });
-        }
-        let badge = match job.badge {
-            Some(b) => b,
-            None => self.db.increment_unread(&job.to)?,
-        };
-        let created_ms = now_ms();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut msg = self
-            .policy
-            .message(&job.from, job.text.as_deref(), job.thread.as_deref(), badge, now);
-        for (token, i, environment) in &targets {
-            let Some(slot) = self.feed.slot(*i) else { continue };
-            let (app, payload) = (slot.app.clone(), msg.payload(&self.policy, slot.limit));
-            let id = self.db.insert_outbox(&NewNotification {
-                topic: &app,
-                token,
-                environment: *environment,
-                payload: &payload,
-                expiration: msg.expiration,
-                priority: msg.priority,
-                collapse_id: msg.collapse_id.as_deref(),
-                created_ms,
-            })?;
-            let n = Notification {
-                id,
-                app,
-                token: token.clone(),
-                environment: *environment,
-                payload,
-                expiration: msg.expiration,
-                priority: msg.priority,
-                collapse_id: msg.collapse_id.clone(),
-                created_ms,
-                attempts: 0,
-                redelivery: false,
-            };
-            out.push((*i, n));
-        }
-        Ok(Ok(Reply::Queued(targets.len())))
-    }
-}
-
-/// Hold `reply` with the result of its command; when the store failed, hold
-/// it all the same (with `fallback`, never sent: the batch is answered with
-/// the error) and fail the batch.
-fn hold<R, T>(
-    pending: &mut Vec<Pending>,
-    reply: R,
-    result: Result<T, StoreError>,
-    fallback: T,
-    make: fn(R, T) -> Pending,
-) -> Result<(), StoreError> {
-    match result {
-        Ok(v) => {
-            pending.push(make(reply, v));
-            Ok(())
-        }
-        Err(e) => {
-            pending.push(make(reply, fallback));
-            Err(e)
-        }
-    }
-}
-
-fn fail_command(cmd: Command, msg: &str) {
-    let event_err = || Err(EventError::Unavailable(msg.to_owned()));
-    let store_err = || StoreError::Corrupt(msg.to_owned());
-    match cmd {
-        Command::Register { reply, .. }
-        | Command::Unregister { reply, .. }
-        | Command::ResetUnread { reply, .. }
-        | Command::Enqueue { reply, .. }
-        | Command::ListDevices { reply, .. } => {
-            if let Some(tx) = reply {
-                let _ = tx.send(event_err());
-            }
-        }
-        Command::StateGet { reply, .. } => drop(reply.send(Err(store_err()))),
-        Command::StatePut { reply, .. } => drop(reply.send(Err(store_err()))),
-        Command::StateList { reply, .. } => drop(reply.send(Err(store_err()))),
-        Command::OutboxStats { reply } => drop(reply.send(Err(store_err()))),
-        Command::Tick | Command::CloseSinks | Command::Wake | Command::SetPolicy(_) => {}
     }
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use pushbridge_api::{DeviceToken, Environment, EventError, Reply, UserId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::command::{Command, MessageJob, ReplyTx};
 use super::db::Db;
-use super::writer::{Command, MessageJob, ReplyTx, Writer};
+use super::writer::Writer;
 use crate::config::{PolicyConfig, Synchronous};
 use crate::feed::Feed;
 use crate::outcome::{Completion, CompletionReceiver, CompletionSender, Counters, Notification, Outcome};

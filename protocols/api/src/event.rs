@@ -1,5 +1,8 @@
 //! What an adapter tells the core, and what the core answers.
 
+use std::time::Duration;
+
+use crate::settings::{QuietHours, Settings};
 use crate::types::{DeviceToken, Environment, Presence, UserId};
 
 /// A device to register: its token, and optionally the app (APNS topic) and
@@ -67,6 +70,21 @@ pub enum Event {
     Message(Message),
     /// List a user's devices (answered with `Reply::Devices`).
     ListDevices { user: UserId },
+    /// Mute a conversation of the user (its thread, else its sender, as in
+    /// [`Message::thread`]) for `duration`, or until unmuted (`None`): its
+    /// messages still count toward the badge but push no alert.
+    Mute {
+        user: UserId,
+        conversation: String,
+        duration: Option<Duration>,
+    },
+    /// End a mute (answered `Done` also when there was none).
+    Unmute { user: UserId, conversation: String },
+    /// Set (`Some`) or clear the user's quiet hours: pushes are then
+    /// delivered silently.
+    Quiet { user: UserId, hours: Option<QuietHours> },
+    /// The user's settings (answered with `Reply::Settings`).
+    Settings { user: UserId },
 }
 
 /// The core's answer to an event that was accepted.
@@ -80,6 +98,8 @@ pub enum Reply {
     Queued(usize),
     /// The user's devices, with their topic and environment.
     Devices(Vec<(DeviceToken, String, Environment)>),
+    /// The user's settings (quiet hours, muted conversations).
+    Settings(Settings),
 }
 
 /// Why the core refused an event. Nothing was changed.

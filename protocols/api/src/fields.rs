@@ -41,6 +41,7 @@
 //! | `generation` | how many times an app's sink replaced its credentials on a reload since start | `1` |
 //! | `iat` | issued-at of a minted provider token (JWT), Unix seconds | `1717000000` |
 //! | `key_id` | the provider-token key id (`[[apps]] key_id`; not a secret) | `ABC123DEFG` |
+//! | `quiet` | whether a user has quiet hours set (on the line that sets or clears them) | `true` |
 //! | `command` | binary sink: the provider API command used (`binary_command`); IRC: the bot command a user sent | `2`, `REGISTER` |
 //!
 //! Adapters add fields of their own protocol where none of the above fits:

@@ -12,6 +12,8 @@
 //! - [`context`]: the [`Context`] handed to a running adapter (event
 //!   submission, shutdown signal, its own config, a small persistent
 //!   key-value state) and the [`Adapter`] trait itself.
+//! - [`settings`]: a user's notification settings (muted conversations,
+//!   [`settings::QuietHours`]) as events carry them.
 //! - [`status`]: what a running instance reports about itself (connected,
 //!   inbound connections, events by kind) for metrics and readiness.
 //! - [`fields`]: the log field vocabulary shared by the core and every
@@ -21,6 +23,7 @@
 pub mod context;
 pub mod event;
 pub mod fields;
+pub mod settings;
 pub mod status;
 pub mod types;
 

@@ -16,7 +16,17 @@ use crate::Event;
 
 /// The kinds of [`Event`], in the order of [`AdapterStatus::events`]; the
 /// `kind` label of `pushbridge_adapter_events_total`.
-pub const EVENT_KINDS: [&str; 5] = ["register", "unregister", "presence", "message", "list_devices"];
+pub const EVENT_KINDS: [&str; 9] = [
+    "register",
+    "unregister",
+    "presence",
+    "message",
+    "list_devices",
+    "mute",
+    "unmute",
+    "quiet",
+    "settings",
+];
 
 impl Event {
     /// This event's kind: one of [`EVENT_KINDS`].
@@ -31,6 +41,10 @@ impl Event {
             Event::Presence { .. } => 2,
             Event::Message(_) => 3,
             Event::ListDevices { .. } => 4,
+            Event::Mute { .. } => 5,
+            Event::Unmute { .. } => 6,
+            Event::Quiet { .. } => 7,
+            Event::Settings { .. } => 8,
         }
     }
 }

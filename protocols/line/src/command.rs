@@ -1,7 +1,11 @@
 //! Parsing commands and formatting replies: pure functions, no I/O.
 
+use pushbridge_api::settings::{QuietHours, SettingError, Settings};
 use pushbridge_api::types::validate_local;
 use pushbridge_api::{DeviceToken, Environment, EventError, Presence, Reply};
+
+/// Longest mute accepted, in seconds (a year).
+pub const MAX_MUTE_SECONDS: u64 = 31_536_000;
 
 /// One parsed command; user names are still local (unscoped).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +30,24 @@ pub enum Command {
         to: String,
         text: String,
     },
+    /// `seconds: None`: until unmuted.
+    Mute {
+        user: String,
+        conversation: String,
+        seconds: Option<u64>,
+    },
+    Unmute {
+        user: String,
+        conversation: String,
+    },
+    /// `hours: None`: off.
+    Quiet {
+        user: String,
+        hours: Option<QuietHours>,
+    },
+    Settings {
+        user: String,
+    },
     Ping,
     Quit,
 }
@@ -40,6 +62,10 @@ pub enum Code {
     BadUser,
     TooLong,
     UnknownTopic,
+    /// Quiet hours that are not `HH:MM-HH:MM`, or an empty range.
+    BadHours,
+    /// A time zone the IANA database does not have.
+    BadZone,
     Unavailable,
     /// The connection timed out (idle, or a line not completed in time).
     Timeout,
@@ -55,6 +81,8 @@ impl Code {
             Code::BadUser => "bad-user",
             Code::TooLong => "too-long",
             Code::UnknownTopic => "unknown-topic",
+            Code::BadHours => "bad-hours",
+            Code::BadZone => "bad-zone",
             Code::Unavailable => "unavailable",
             Code::Timeout => "timeout",
         }
@@ -114,6 +142,10 @@ pub fn parse(line: &[u8]) -> Result<Command, ProtoError> {
         "UNREGISTER" => unregister(rest),
         "PRESENCE" => presence(rest),
         "MSG" => msg(rest),
+        "MUTE" => mute(rest),
+        "UNMUTE" => unmute(rest),
+        "QUIET" => quiet(rest),
+        "SETTINGS" => args(rest, 1, 1, "SETTINGS <user>").and_then(|a| Ok(Command::Settings { user: user(a[0])? })),
         "PING" => args(rest, 0, 0, "PING").map(|_| Command::Ping),
         "QUIT" => args(rest, 0, 0, "QUIT").map(|_| Command::Quit),
         _ => {
@@ -209,10 +241,88 @@ fn msg(rest: Option<&str>) -> Result<Command, ProtoError> {
     })
 }
 
+/// `MUTE <user> <conversation> [seconds]` (1 to [`MAX_MUTE_SECONDS`]).
+fn mute(rest: Option<&str>) -> Result<Command, ProtoError> {
+    const USAGE: &str = "MUTE <user> <conversation> [seconds]";
+    let a = args(rest, 2, 3, USAGE)?;
+    let seconds = match a.get(2) {
+        None => None,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if (1..=MAX_MUTE_SECONDS).contains(&n) && s.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => {
+                return Err(ProtoError::new(
+                    Code::Syntax,
+                    format!("seconds must be 1 to {MAX_MUTE_SECONDS}"),
+                ))
+            }
+        },
+    };
+    Ok(Command::Mute {
+        user: user(a[0])?,
+        conversation: user(a[1])?,
+        seconds,
+    })
+}
+
+/// `UNMUTE <user> <conversation>`.
+fn unmute(rest: Option<&str>) -> Result<Command, ProtoError> {
+    let a = args(rest, 2, 2, "UNMUTE <user> <conversation>")?;
+    Ok(Command::Unmute {
+        user: user(a[0])?,
+        conversation: user(a[1])?,
+    })
+}
+
+/// `QUIET <user> <HH:MM>-<HH:MM> <zone>` or `QUIET <user> off`.
+fn quiet(rest: Option<&str>) -> Result<Command, ProtoError> {
+    const USAGE: &str = "QUIET <user> <HH:MM>-<HH:MM> <zone> | QUIET <user> off";
+    let a = args(rest, 2, 3, USAGE)?;
+    let hours = match (a[1], a.get(2)) {
+        ("off", None) => None,
+        (hours, Some(zone)) => Some(QuietHours::parse(hours, zone).map_err(|e| {
+            let code = match e {
+                SettingError::BadZone(_) => Code::BadZone,
+                SettingError::BadHours(_) | SettingError::EmptyHours => Code::BadHours,
+            };
+            ProtoError::new(code, e.to_string())
+        })?),
+        _ => return Err(syntax(USAGE)),
+    };
+    Ok(Command::Quiet {
+        user: user(a[0])?,
+        hours,
+    })
+}
+
+/// `OK quiet=<HH:MM>-<HH:MM>,<zone>|off [mute=<conversation>:<seconds
+/// left>|forever …]`: seconds left rounded up.
+fn settings_line(s: &Settings) -> String {
+    let mut line = match &s.quiet {
+        Some(q) => format!(
+            "OK quiet={:02}:{:02}-{:02}:{:02},{}",
+            q.start() / 60,
+            q.start() % 60,
+            q.end() / 60,
+            q.end() % 60,
+            q.zone()
+        ),
+        None => "OK quiet=off".to_owned(),
+    };
+    for m in &s.muted {
+        match m.remaining {
+            Some(left) => line.push_str(&format!(" mute={}:{}", m.conversation, left.as_millis().div_ceil(1000))),
+            None => line.push_str(&format!(" mute={}:forever", m.conversation)),
+        }
+    }
+    line.push('\n');
+    line
+}
+
 /// The reply line for the core's answer.
 pub fn reply_line(r: Result<Reply, EventError>) -> String {
     match r {
         Ok(Reply::Queued(n)) => format!("OK {n}\n"),
+        Ok(Reply::Settings(s)) => settings_line(&s),
         Ok(_) => "OK\n".to_owned(),
         Err(EventError::UnknownTopic(t)) => {
             ProtoError::new(Code::UnknownTopic, format!("no app with topic {t:?}")).line()
@@ -338,5 +448,94 @@ mod tests {
         );
         assert!(line(b"REGISTER alice xyz").starts_with("ERR bad-token "));
         assert!(line(b"MSG bob al\x01ice hi").starts_with("ERR bad-user "));
+    }
+
+    #[test]
+    fn settings_commands() {
+        assert_eq!(
+            parse(b"MUTE alice bob 2"),
+            Ok(Command::Mute {
+                user: "alice".into(),
+                conversation: "bob".into(),
+                seconds: Some(2)
+            })
+        );
+        assert!(matches!(
+            parse(b"mute alice bob"),
+            Ok(Command::Mute { seconds: None, .. })
+        ));
+        assert_eq!(
+            parse(b"UNMUTE alice bob"),
+            Ok(Command::Unmute {
+                user: "alice".into(),
+                conversation: "bob".into()
+            })
+        );
+        let q = QuietHours::parse("22:00-07:00", "Europe/Berlin").unwrap();
+        assert_eq!(
+            parse(b"QUIET alice 22:00-07:00 Europe/Berlin"),
+            Ok(Command::Quiet {
+                user: "alice".into(),
+                hours: Some(q)
+            })
+        );
+        assert_eq!(
+            parse(b"QUIET alice off"),
+            Ok(Command::Quiet {
+                user: "alice".into(),
+                hours: None
+            })
+        );
+        assert_eq!(parse(b"SETTINGS alice"), Ok(Command::Settings { user: "alice".into() }));
+        let line = |l: &[u8]| parse(l).unwrap_err().line();
+        assert_eq!(
+            line(b"MUTE alice"),
+            "ERR syntax usage: MUTE <user> <conversation> [seconds]\n"
+        );
+        for bad in ["0", "-1", "+5", "1.5", "31536001", "soon"] {
+            assert_eq!(
+                line(format!("MUTE alice bob {bad}").as_bytes()),
+                "ERR syntax seconds must be 1 to 31536000\n",
+                "{bad}"
+            );
+        }
+        assert_eq!(code("MUTE alice b\u{1}ob"), Code::BadUser);
+        assert_eq!(
+            line(b"QUIET alice 22:00-07:00 Mars/Olympus"),
+            "ERR bad-zone unknown time zone \"Mars/Olympus\" (an IANA name such as Europe/Berlin)\n"
+        );
+        assert_eq!(
+            line(b"QUIET alice 22-7 UTC"),
+            "ERR bad-hours hours must be HH:MM-HH:MM (24-hour clock), got \"22-7\"\n"
+        );
+        assert_eq!(code("QUIET alice 07:00-07:00 UTC"), Code::BadHours);
+        assert_eq!(code("QUIET alice on"), Code::Syntax);
+        assert_eq!(code("QUIET alice off UTC"), Code::BadHours);
+        assert_eq!(code("SETTINGS"), Code::Syntax);
+        assert_eq!(code("SETTINGS alice bob"), Code::Syntax);
+    }
+
+    #[test]
+    fn settings_reply_lists_quiet_hours_and_mutes() {
+        use pushbridge_api::settings::Muted;
+        use std::time::Duration;
+        assert_eq!(reply_line(Ok(Reply::Settings(Settings::default()))), "OK quiet=off\n");
+        let s = Settings {
+            quiet: Some(QuietHours::parse("22:00-07:30", "Europe/Berlin").unwrap()),
+            muted: vec![
+                Muted {
+                    conversation: "bob".into(),
+                    remaining: None,
+                },
+                Muted {
+                    conversation: "carol".into(),
+                    remaining: Some(Duration::from_millis(1_001)),
+                },
+            ],
+        };
+        assert_eq!(
+            reply_line(Ok(Reply::Settings(s))),
+            "OK quiet=22:00-07:30,Europe/Berlin mute=bob:forever mute=carol:2\n"
+        );
     }
 }

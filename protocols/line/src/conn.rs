@@ -438,6 +438,26 @@ fn to_event(cmd: Command, scope: &str) -> Result<Event, ProtoError> {
             m.thread = Some(from);
             Event::Message(m)
         }
+        Command::Mute {
+            user,
+            conversation,
+            seconds,
+        } => Event::Mute {
+            user: scoped(scope, &user)?,
+            conversation,
+            duration: seconds.map(std::time::Duration::from_secs),
+        },
+        Command::Unmute { user, conversation } => Event::Unmute {
+            user: scoped(scope, &user)?,
+            conversation,
+        },
+        Command::Quiet { user, hours } => Event::Quiet {
+            user: scoped(scope, &user)?,
+            hours,
+        },
+        Command::Settings { user } => Event::Settings {
+            user: scoped(scope, &user)?,
+        },
         Command::Auth(_) | Command::Ping | Command::Quit => {
             return Err(ProtoError::new(Code::Syntax, "not an event"));
         }

@@ -1,9 +1,10 @@
 //! What users send the bot privately: `HELP`, `REGISTER <token> [topic]
-//! [sandbox]`, `UNREGISTER <token>`, `STATUS` and `TELL <nick> <text>`,
-//! answered with NOTICEs.
+//! [sandbox]`, `UNREGISTER <token>`, `STATUS`, `TELL <nick> <text>` and the
+//! settings commands `MUTE`, `UNMUTE`, `QUIET` (see `settings`), answered
+//! with NOTICEs.
 //!
-//! Devices belong to services accounts, never to nicks: REGISTER,
-//! UNREGISTER and STATUS are taken only from a sender the server vouches
+//! Devices and settings belong to services accounts, never to nicks:
+//! REGISTER, UNREGISTER, STATUS and the settings commands are taken only from a sender the server vouches
 //! for now (the `account` tag, else a fresh WHOIS the command waits for).
 //! Waiting commands and TELLs are bounded per sender.
 
@@ -39,14 +40,15 @@ impl Bot {
         match verb.as_str() {
             "HELP" | "" => self.help(&sender, out),
             "TELL" => self.tell(&sender, &args, &text, out).await,
-            "REGISTER" | "UNREGISTER" | "STATUS" => {
+            "REGISTER" | "UNREGISTER" | "STATUS" | "MUTE" | "UNMUTE" | "QUIET" => {
                 let Some(account) = self.vouched_account(m, &sender, &verb, may_wait, out) else {
                     return;
                 };
                 match verb.as_str() {
                     "REGISTER" => self.register(&sender, &account, &args, out).await,
                     "UNREGISTER" => self.unregister(&sender, &account, &args, out).await,
-                    _ => self.status(&sender, &account, out).await,
+                    "STATUS" => self.status(&sender, &account, out).await,
+                    _ => self.setting(&sender, &account, &verb, &args, out).await,
                 }
             }
             _ => self.notice(&sender, &format!("Unknown command {verb}; try HELP."), out),
@@ -66,7 +68,9 @@ impl Bot {
             "I push IRC highlights and TELLs to your iPhone while you are away or offline.",
             "REGISTER <token> [topic] [sandbox] - add this device to your services account (log in first)",
             "UNREGISTER <token> - remove a device",
-            "STATUS - your devices and what I think your presence is",
+            "STATUS - your devices, what I think your presence is, your quiet hours and mutes",
+            "MUTE <#channel> [minutes] - no alerts from that channel (the badge still counts); UNMUTE <#channel> ends it",
+            "QUIET <HH:MM>-<HH:MM> <zone> - silent pushes during those hours (QUIET 22:00-07:00 Europe/Berlin); QUIET off",
             "TELL <nick> <text> - push a message to a registered user",
         ] {
             self.notice(sender, l, out);
@@ -218,6 +222,7 @@ impl Bot {
             &format!("Account {account}: {devices} device(s); I see you as {presence:?}."),
             out,
         );
+        self.settings_status(sender, account, out).await;
     }
 
     /// Count a TELL against its sender's budget.

@@ -9,6 +9,8 @@
 //!   presence it reports to the core.
 //! - `commands`: what users send the bot privately (HELP, REGISTER,
 //!   UNREGISTER, STATUS, TELL).
+//! - `settings`: the settings commands (MUTE, UNMUTE, QUIET) and what
+//!   STATUS says about them.
 //! - `highlights`: channel messages that highlight registered users.
 //! - `recent`: the cap on per-nick state (least recently seen forgotten).
 //!
@@ -21,6 +23,7 @@ mod highlights;
 mod presence;
 mod recent;
 mod session;
+mod settings;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;

@@ -1,0 +1,211 @@
+//! What the store thread is asked to do ([`Command`], sent through
+//! [`super::StoreHandle`]), and the answers it holds until the batch's
+//! commit ([`Pending`]).
+
+use std::time::Duration;
+
+use pushbridge_api::settings::QuietHours;
+use pushbridge_api::{DeviceToken, Environment, EventError, Reply, UserId};
+use tokio::sync::oneshot;
+
+use super::db::StoreError;
+use super::stats::AppOutbox;
+use crate::policy::Policy;
+
+/// Where an adapter's answer goes.
+pub type ReplyTx = oneshot::Sender<Result<Reply, EventError>>;
+
+/// A message the router decided to push.
+#[derive(Debug)]
+pub struct MessageJob {
+    pub to: UserId,
+    pub from: String,
+    pub text: Option<String>,
+    pub thread: Option<String>,
+    /// Only this device.
+    pub device: Option<DeviceToken>,
+    /// Badge given by the IM server; `None`: increment the unread counter.
+    pub badge: Option<u32>,
+}
+
+/// A change of a user's settings.
+#[derive(Debug)]
+pub enum SettingChange {
+    /// Mute a conversation for a while (`Some`) or until unmuted.
+    Mute {
+        conversation: String,
+        duration: Option<Duration>,
+    },
+    /// End a mute.
+    Unmute { conversation: String },
+    /// Set (`Some`) or clear quiet hours.
+    Quiet(Option<QuietHours>),
+}
+
+/// What the store thread does.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Register {
+        user: UserId,
+        token: DeviceToken,
+        topic: Option<String>,
+        environment: Option<Environment>,
+        reply: Option<ReplyTx>,
+    },
+    Unregister {
+        user: UserId,
+        token: DeviceToken,
+        reply: Option<ReplyTx>,
+    },
+    /// The user came online: reset the badge, cancel waiting pushes.
+    ResetUnread {
+        user: UserId,
+        reply: Option<ReplyTx>,
+    },
+    Enqueue {
+        job: MessageJob,
+        reply: Option<ReplyTx>,
+    },
+    ListDevices {
+        user: UserId,
+        reply: Option<ReplyTx>,
+    },
+    /// Change a user's settings (answered `Done`).
+    Setting {
+        user: UserId,
+        change: SettingChange,
+        reply: Option<ReplyTx>,
+    },
+    /// A user's settings (answered [`Reply::Settings`]).
+    ShowSettings {
+        user: UserId,
+        reply: Option<ReplyTx>,
+    },
+    StateGet {
+        ns: String,
+        key: String,
+        reply: oneshot::Sender<Result<Option<String>, StoreError>>,
+    },
+    /// `value: None` deletes; the answer says whether the key existed.
+    StatePut {
+        ns: String,
+        key: String,
+        value: Option<String>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    StateList {
+        ns: String,
+        prefix: String,
+        reply: oneshot::Sender<Result<Vec<(String, String)>, StoreError>>,
+    },
+    /// Render notifications with this policy from now on (a reload).
+    SetPolicy(Box<Policy>),
+    /// Wake up to load waiting outbox entries into sinks with room.
+    Tick,
+    /// Completions are waiting.
+    Wake,
+    /// Shutdown: hand sinks nothing more (they drain and stop); keep
+    /// recording their reports until every handle is gone.
+    CloseSinks,
+    /// Read every app's outbox depth and oldest entry (after the batch).
+    OutboxStats {
+        reply: oneshot::Sender<Result<Vec<AppOutbox>, StoreError>>,
+    },
+}
+
+impl Command {
+    /// Not store data: handled after the batch (or, for a policy, in
+    /// order), also when the transaction fails.
+    pub(crate) fn is_control(&self) -> bool {
+        matches!(
+            self,
+            Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. }
+        )
+    }
+}
+
+/// An answer held until the batch commits.
+pub(crate) enum Pending {
+    Event(Option<ReplyTx>, Result<Reply, EventError>),
+    Get(oneshot::Sender<Result<Option<String>, StoreError>>, Option<String>),
+    Put(oneshot::Sender<Result<bool, StoreError>>, bool),
+    List(
+        oneshot::Sender<Result<Vec<(String, String)>, StoreError>>,
+        Vec<(String, String)>,
+    ),
+}
+
+impl Pending {
+    pub(crate) fn send(self) {
+        match self {
+            Pending::Event(tx, r) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(r);
+                }
+            }
+            Pending::Get(tx, v) => drop(tx.send(Ok(v))),
+            Pending::Put(tx, v) => drop(tx.send(Ok(v))),
+            Pending::List(tx, v) => drop(tx.send(Ok(v))),
+        }
+    }
+
+    pub(crate) fn fail(self, msg: &str) {
+        let err = || StoreError::Corrupt(msg.to_owned());
+        match self {
+            Pending::Event(tx, _) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(Err(EventError::Unavailable(msg.to_owned())));
+                }
+            }
+            Pending::Get(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Put(tx, _) => drop(tx.send(Err(err()))),
+            Pending::List(tx, _) => drop(tx.send(Err(err()))),
+        }
+    }
+}
+
+/// Hold `reply` with the result of its command; when the store failed, hold
+/// it all the same (with `fallback`, never sent: the batch is answered with
+/// the error) and fail the batch.
+pub(crate) fn hold<R, T>(
+    pending: &mut Vec<Pending>,
+    reply: R,
+    result: Result<T, StoreError>,
+    fallback: T,
+    make: fn(R, T) -> Pending,
+) -> Result<(), StoreError> {
+    match result {
+        Ok(v) => {
+            pending.push(make(reply, v));
+            Ok(())
+        }
+        Err(e) => {
+            pending.push(make(reply, fallback));
+            Err(e)
+        }
+    }
+}
+
+/// Answer a command that was never applied with the transaction's error.
+pub(crate) fn fail_command(cmd: Command, msg: &str) {
+    let event_err = || Err(EventError::Unavailable(msg.to_owned()));
+    let store_err = || StoreError::Corrupt(msg.to_owned());
+    match cmd {
+        Command::Register { reply, .. }
+        | Command::Unregister { reply, .. }
+        | Command::ResetUnread { reply, .. }
+        | Command::Enqueue { reply, .. }
+        | Command::Setting { reply, .. }
+        | Command::ShowSettings { reply, .. }
+        | Command::ListDevices { reply, .. } => {
+            if let Some(tx) = reply {
+                let _ = tx.send(event_err());
+            }
+        }
+        Command::StateGet { reply, .. } => drop(reply.send(Err(store_err()))),
+        Command::StatePut { reply, .. } => drop(reply.send(Err(store_err()))),
+        Command::StateList { reply, .. } => drop(reply.send(Err(store_err()))),
+        Command::OutboxStats { reply } => drop(reply.send(Err(store_err()))),
+        Command::Tick | Command::CloseSinks | Command::Wake | Command::SetPolicy(_) => {}
+    }
+}
