@@ -4,10 +4,15 @@
 //! Who gets a push (presence) is decided by the router; here we only build
 //! the APNS payload:
 //! `{"aps":{"alert":{"title":…,"body":…},"badge":n,"sound":…,"thread-id":…}}`.
+//! A push the IM server decided on ([`pushbridge_api::Push`]) has its own
+//! renderer, [`Policy::push`] (module `push`).
 
 use serde_json::json;
 
 use crate::config::PolicyConfig;
+
+mod push;
+pub use push::RenderedPush;
 
 /// The ellipsis appended to a shortened body or title.
 const ELLIPSIS: char = '…';

@@ -22,6 +22,8 @@ use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
 use crate::policy::Policy;
 
+mod push;
+
 /// Completions waiting to be recorded beyond which no new notification is
 /// handed to the sinks (they wait in the outbox): memory stays bounded
 /// however long the store cannot record outcomes.
@@ -67,6 +69,11 @@ pub(crate) enum Command {
     },
     Enqueue {
         job: MessageJob,
+        reply: Option<ReplyTx>,
+    },
+    /// Pushes to explicit devices ([`pushbridge_api::Event::Push`]).
+    Push {
+        pushes: Vec<pushbridge_api::Push>,
         reply: Option<ReplyTx>,
     },
     ListDevices {
@@ -484,6 +491,10 @@ impl Writer {
                 let r = self.enqueue(job, out);
                 hold(pending, reply, r, done(), Pending::Event)
             }
+            Command::Push { pushes, reply } => {
+                let r = self.push(pushes, out);
+                hold(pending, reply, r, done(), Pending::Event)
+            }
             Command::StateGet { ns, key, reply } => {
                 let r = self.db.state_get(&ns, &key);
                 hold(pending, reply, r, None, Pending::Get)
@@ -621,6 +632,7 @@ fn fail_command(cmd: Command, msg: &str) {
         | Command::Unregister { reply, .. }
         | Command::ResetUnread { reply, .. }
         | Command::Enqueue { reply, .. }
+        | Command::Push { reply, .. }
         | Command::ListDevices { reply, .. } => {
             if let Some(tx) = reply {
                 let _ = tx.send(event_err());

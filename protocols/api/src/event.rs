@@ -1,5 +1,7 @@
 //! What an adapter tells the core, and what the core answers.
 
+use crate::delivery::Receipts;
+use crate::push::Push;
 use crate::types::{DeviceToken, Environment, Presence, UserId};
 
 /// A device to register: its token, and optionally the app (APNS topic) and
@@ -67,6 +69,12 @@ pub enum Event {
     Message(Message),
     /// List a user's devices (answered with `Reply::Devices`).
     ListDevices { user: UserId },
+    /// Pushes the IM server already decided on, each to one explicit
+    /// device (which need not be registered; presence is not consulted),
+    /// queued together: all or none. Answered with `Reply::Pushed` once
+    /// durably queued; a push for an unconfigured topic refuses them all
+    /// with `EventError::UnknownTopic`.
+    Push(Vec<Push>),
 }
 
 /// The core's answer to an event that was accepted.
@@ -80,6 +88,10 @@ pub enum Reply {
     Queued(usize),
     /// The user's devices, with their topic and environment.
     Devices(Vec<(DeviceToken, String, Environment)>),
+    /// An [`Event::Push`] became these notifications (one per push, in
+    /// order), durably queued; the receipts resolve as Apple answers the
+    /// pushes that asked to be tracked.
+    Pushed(Receipts),
 }
 
 /// Why the core refused an event. Nothing was changed.

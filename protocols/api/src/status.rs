@@ -16,7 +16,7 @@ use crate::Event;
 
 /// The kinds of [`Event`], in the order of [`AdapterStatus::events`]; the
 /// `kind` label of `pushbridge_adapter_events_total`.
-pub const EVENT_KINDS: [&str; 5] = ["register", "unregister", "presence", "message", "list_devices"];
+pub const EVENT_KINDS: [&str; 6] = ["register", "unregister", "presence", "message", "list_devices", "push"];
 
 impl Event {
     /// This event's kind: one of [`EVENT_KINDS`].
@@ -31,6 +31,7 @@ impl Event {
             Event::Presence { .. } => 2,
             Event::Message(_) => 3,
             Event::ListDevices { .. } => 4,
+            Event::Push(_) => 5,
         }
     }
 }
