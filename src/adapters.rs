@@ -56,6 +56,8 @@ adapters! {
     xmpp => pushbridge_xmpp::XmppAdapter,
     /// `[[adapters.irc]]`: IRC watcher bot.
     irc => pushbridge_irc::IrcAdapter,
+    /// `[[adapters.matrix]]`: Matrix push gateway (Push Gateway API v1).
+    matrix => pushbridge_matrix::MatrixAdapter,
 }
 
 fn check_each<A: Adapter>(configs: &[A::Config]) -> Result<(), ConfigError> {
