@@ -35,7 +35,7 @@ fn pushkey(hex: &str) -> String {
 fn start_gateway(dir: &std::path::Path, creds: &Creds, sim: std::net::SocketAddr, port: u16) -> Gateway {
     let text = format!(
         "{}\n[[adapters.matrix]]\nlisten = \"127.0.0.1:{port}\"\noutcome_timeout = 2\napps = {{ \"{APP_ID}\" = {{ topic = \"{}\" }} }}\n",
-        http2_config(dir, &creds.token_app(&sim.to_string()), ""),
+        http2_config(dir, &creds.token_app(&sim.to_string()), "[admin]\nlisten = \"127.0.0.1:0\"\n"),
         harness::TOPIC,
     );
     let gw = Gateway::start_with_log(dir, &text, "info,pushbridge_matrix=debug");
@@ -170,6 +170,38 @@ impl Room {
     }
 }
 
+/// The adapter's events are exported like other inbound adapters', and
+/// `/readyz` is 200 with it running.
+async fn assert_exported(gw: &Gateway) {
+    let admin = gw.admin_url();
+    harness::admin::wait_status(&format!("{admin}/readyz"), 200, Duration::from_secs(10), || gw.logs()).await;
+    let (_, scrape) = harness::admin::get(&format!("{admin}/metrics")).await;
+    let events = harness::admin::sample(
+        &scrape,
+        "pushbridge_adapter_events_total{adapter=\"matrix\",kind=\"push\"}",
+    );
+    assert!(events.is_some_and(|n| n >= 1.0), "{scrape}");
+}
+
+/// pushbridge rejects alice's pushkey and Synapse deletes her pusher.
+async fn pusher_goes(room: &Room, gw: &Gateway) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !room.pushkeys().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pusher is still there:\n{}\n--- synapse ---\n{}",
+            gw.logs(),
+            room.hs.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gw.logs().contains("pushkey rejected: APNS refused the token"),
+        "{}",
+        gw.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_pushes_through_pushbridge() {
     let python = match synapse::python() {
@@ -206,6 +238,7 @@ async fn synapse_pushes_through_pushbridge() {
     assert_eq!(p[0]["aps"]["thread-id"], room.id.as_str());
     assert!(p[0]["event_id"].as_str().is_some_and(|e| e.starts_with('$')));
     eprintln!("bob's message reached the simulator {took:?} after his send");
+    assert_exported(&gw).await;
 
     // 2. An event_id_only pusher: ids, no text.
     room.pusher(&ids_token, port, Some("event_id_only")).await;
@@ -222,20 +255,7 @@ async fn synapse_pushes_through_pushbridge() {
     // her pushkey, and Synapse deletes the pusher.
     sim.state().reject(&alice_token, 410, "Unregistered");
     room.bob_says("third").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !room.pushkeys().await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the pusher is still there:\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        gw.logs().contains("pushkey rejected: APNS refused the token"),
-        "{}",
-        gw.logs()
-    );
+    pusher_goes(&room, &gw).await;
 
     // 4. A notify answered while APNS is unreachable, then kill -9: the
     // push is in the outbox and arrives after the restart.
