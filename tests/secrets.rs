@@ -160,6 +160,66 @@ async fn matrix_notify(port: u16, pushkey: &str, text: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The Matrix side of the session: a push gateway on a free port, one
+/// device with a distinctive token.
+struct MatrixPeer {
+    port: u16,
+    token: String,
+    pushkey: String,
+}
+
+impl MatrixPeer {
+    fn new() -> Self {
+        Self {
+            port: harness::free_port(),
+            token: token("e5"),
+            pushkey: base64::engine::general_purpose::STANDARD.encode([0xe5u8; 32]),
+        }
+    }
+
+    /// Its `[[adapters.matrix]]` section.
+    fn section(&self) -> String {
+        format!(
+            "[[adapters.matrix]]\nlisten = \"127.0.0.1:{}\"\napps = {{ \"com.example.chat.ios\" = {{ topic = \"{}\" }} }}\n",
+            self.port,
+            harness::TOPIC
+        )
+    }
+
+    /// Wait for the adapter, then send it a notify with the pushkey,
+    /// [`MATRIX_TEXT`] and a malformed pushkey (rejected).
+    async fn session(&self, gw: &Gateway) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !gw.logs().contains("matrix adapter listening") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no matrix adapter:\n{}",
+                gw.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let answer = matrix_notify(self.port, &self.pushkey, MATRIX_TEXT).await;
+        assert_eq!(answer, format!(r#"{{"rejected":["{MATRIX_BAD_KEY}"]}}"#));
+    }
+
+    /// What the logs must not hold.
+    fn secrets(&self) -> [&str; 4] {
+        [MATRIX_TEXT, MATRIX_BAD_KEY, &self.pushkey, &self.token]
+    }
+}
+
+/// Everything the gateway writes in `dir` is owner-only.
+fn assert_owner_only(dir: &Path) {
+    for f in [
+        "pushbridge.db",
+        "pushbridge.db-wal",
+        "pushbridge.db-shm",
+        "pushes.jsonl",
+    ] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -168,9 +228,7 @@ fn mode(p: &Path) -> u32 {
 async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
     let dir = tempfile::tempdir().unwrap();
     let (line_token, irc_token, refused_token, xmpp_token) = (token("a7"), token("b8"), token("c9"), token("d6"));
-    let matrix_token = token("e5");
-    let matrix_pushkey = base64::engine::general_purpose::STANDARD.encode([0xe5u8; 32]);
-    let matrix_port = harness::free_port();
+    let matrix = MatrixPeer::new();
     let irc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let xmpp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (irc_port, xmpp_port) = (irc.local_addr().unwrap().port(), xmpp.local_addr().unwrap().port());
@@ -178,9 +236,9 @@ async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
     tokio::spawn(fake_irc(irc, [irc_token.clone(), refused_token.clone()], irc_tx));
     let xmpp_server = tokio::spawn(fake_xmpp(xmpp, xmpp_token.clone()));
     let text = format!(
-        "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{irc_port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"{SASL_PASSWORD}\"\n\n[[adapters.xmpp]]\nserver = \"127.0.0.1:{xmpp_port}\"\ndomain = \"push.localhost\"\nsecret = \"{COMPONENT_SECRET}\"\n\n[[adapters.matrix]]\nlisten = \"127.0.0.1:{matrix_port}\"\napps = {{ \"com.example.chat.ios\" = {{ topic = \"{}\" }} }}\n",
+        "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{irc_port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"{SASL_PASSWORD}\"\n\n[[adapters.xmpp]]\nserver = \"127.0.0.1:{xmpp_port}\"\ndomain = \"push.localhost\"\nsecret = \"{COMPONENT_SECRET}\"\n{}",
         config_text(dir.path(), &format!("secret = \"{LINE_SECRET}\""), ""),
-        harness::TOPIC
+        matrix.section()
     );
     let gw = Gateway::start_with_log(dir.path(), &text, "trace");
 
@@ -208,19 +266,7 @@ async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
     );
     assert!(notices.iter().any(|n| n.contains("not logged in")), "{notices:?}");
 
-    // Matrix: a notify with a pushkey, message text and a malformed
-    // pushkey (rejected).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !gw.logs().contains("matrix adapter listening") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no matrix adapter:\n{}",
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let answer = matrix_notify(matrix_port, &matrix_pushkey, MATRIX_TEXT).await;
-    assert_eq!(answer, format!(r#"{{"rejected":["{MATRIX_BAD_KEY}"]}}"#));
+    matrix.session(&gw).await;
 
     // XMPP: handshake, registration, a publish with a body; all three
     // messages became pushes.
@@ -229,16 +275,9 @@ async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
     assert!(bodies.iter().any(|b| b.contains(LINE_TEXT)), "{bodies:?}");
     assert!(bodies.iter().any(|b| b.contains(XMPP_TEXT)), "{bodies:?}");
     assert!(bodies.iter().any(|b| b.contains(MATRIX_TEXT)), "{bodies:?}");
-    // Everything the gateway writes is owner-only (checked while it runs:
-    // SQLite removes the -wal and -shm files on a clean close).
-    for f in [
-        "pushbridge.db",
-        "pushbridge.db-wal",
-        "pushbridge.db-shm",
-        "pushes.jsonl",
-    ] {
-        assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
-    }
+    // Checked while it runs: SQLite removes the -wal and -shm files on a
+    // clean close.
+    assert_owner_only(dir.path());
     let (status, logs) = gw.stop_with_logs();
     assert!(status.success(), "{logs}");
     let (digest, node_secret, answer) = tokio::time::timeout(Duration::from_secs(10), xmpp_server)
@@ -257,11 +296,9 @@ async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
         LINE_TEXT,
         IRC_TEXT,
         XMPP_TEXT,
-        MATRIX_TEXT,
-        MATRIX_BAD_KEY,
-        &matrix_pushkey,
     ];
-    secrets.extend([&line_token, &irc_token, &refused_token, &xmpp_token, &matrix_token].map(String::as_str));
+    secrets.extend([&line_token, &irc_token, &refused_token, &xmpp_token].map(String::as_str));
+    secrets.extend(matrix.secrets());
     check_logs(&logs, &secrets);
 }
 
