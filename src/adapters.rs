@@ -56,6 +56,8 @@ adapters! {
     xmpp => pushbridge_xmpp::XmppAdapter,
     /// `[[adapters.irc]]`: IRC watcher bot.
     irc => pushbridge_irc::IrcAdapter,
+    /// `[[adapters.matrix]]`: Matrix push gateway (Push Gateway API v1).
+    matrix => pushbridge_matrix::MatrixAdapter,
 }
 
 fn check_each<A: Adapter>(configs: &[A::Config]) -> Result<(), ConfigError> {
@@ -80,6 +82,29 @@ fn check_each<A: Adapter>(configs: &[A::Config]) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example's commented-out Matrix section works once uncommented.
+    #[test]
+    fn the_example_matrix_section_parses_when_uncommented() {
+        let text = include_str!("../config.toml.example");
+        let start = text
+            .find("# [[adapters.matrix]]")
+            .expect("a matrix section in the example");
+        let section: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let full = format!("{}\n{section}", &text[..start]);
+        let c = crate::config::Config::parse(&full, std::path::Path::new("example")).expect("parses");
+        c.check().expect("checks");
+        let m = &c.adapters.matrix[0];
+        assert_eq!(m.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(m.outcome_timeout, 10);
+        assert_eq!(m.apps.len(), 2);
+        assert_eq!(c.adapters.instances().last().map(|i| i.0), Some("matrix"));
+    }
 
     #[test]
     fn section_names_are_the_adapter_kinds() {

@@ -7,10 +7,15 @@
 //! A coalesced push's title carries the number of messages (`bob (3)`); a
 //! push in quiet hours has no `sound` and `"interruption-level":"passive"`;
 //! a muted conversation's push is badge-only: `{"aps":{"badge":n}}`.
+//! A push the IM server decided on ([`pushbridge_api::Push`]) has its own
+//! renderer, [`Policy::push`] (module `push`).
 
 use serde_json::json;
 
 use crate::config::PolicyConfig;
+
+mod push;
+pub use push::RenderedPush;
 
 /// The ellipsis appended to a shortened body or title.
 const ELLIPSIS: char = '…';

@@ -58,6 +58,8 @@ async fn route(
         }
         Event::Unregister { user, token } => store.unregister(user, token, reply).await,
         Event::ListDevices { user } => store.list_devices(user, reply).await,
+        // Decided by the IM server: presence is not consulted.
+        Event::Push(p) => store.push(p, reply).await,
         Event::Presence { user, presence: p } => {
             let previous = presence.set(user.clone(), p);
             tracing::debug!(user = %user, presence = ?p, "presence");

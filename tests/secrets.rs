@@ -4,7 +4,8 @@
 //! IRC server on loopback (SASL PLAIN, a REGISTER from a logged-in user, a
 //! refused one, channel text), the XMPP component against a fake XMPP
 //! server (handshake, a registration command, a publish with a message
-//! body and the node's secret) — then the whole stderr is searched for
+//! body and the node's secret), a Matrix notify (a pushkey, message text,
+//! a malformed pushkey) — then the whole stderr is searched for
 //! every secret, full token and message text the session used; and the
 //! files the gateway wrote are checked to be owner-only.
 
@@ -26,6 +27,8 @@ const COMPONENT_SECRET: &str = "component-secret-Wr5mB";
 const LINE_TEXT: &str = "the eagle lands at midnight";
 const IRC_TEXT: &str = "zebras discuss quantum gravity";
 const XMPP_TEXT: &str = "purple submarine surfaces at noon";
+const MATRIX_TEXT: &str = "seven herons debate origami";
+const MATRIX_BAD_KEY: &str = "!!malformed-pushkey-Vt7q!!";
 
 /// A distinctive device token: `byte` repeated to 32 bytes.
 fn token(byte: &str) -> String {
@@ -132,6 +135,91 @@ async fn fake_xmpp(l: TcpListener, token: String) -> (String, String, String) {
     (digest, secret, answer)
 }
 
+/// POST a Matrix notify to the adapter on `port` with `pushkey` and
+/// `text`, plus a malformed pushkey; the answer's body.
+async fn matrix_notify(port: u16, pushkey: &str, text: &str) -> String {
+    use http_body_util::{BodyExt, Full};
+    let devices = format!(
+        r#"[{{"app_id":"com.example.chat.ios","pushkey":"{pushkey}"}},{{"app_id":"com.example.chat.ios","pushkey":"{MATRIX_BAD_KEY}"}}]"#
+    );
+    let body = format!(
+        r#"{{"notification":{{"content":{{"body":"{text}","msgtype":"m.text"}},"counts":{{"unread":1}},"devices":{devices},"event_id":"$e","room_id":"!r:localhost","sender":"@bob:localhost","type":"m.room.message"}}}}"#
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = hyper::Request::post(format!("http://127.0.0.1:{port}/_matrix/push/v1/notify"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("a notify answer within 20 s")
+        .expect("the matrix adapter answers");
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The Matrix side of the session: a push gateway on a free port, one
+/// device with a distinctive token.
+struct MatrixPeer {
+    port: u16,
+    token: String,
+    pushkey: String,
+}
+
+impl MatrixPeer {
+    fn new() -> Self {
+        Self {
+            port: harness::free_port(),
+            token: token("e5"),
+            pushkey: base64::engine::general_purpose::STANDARD.encode([0xe5u8; 32]),
+        }
+    }
+
+    /// Its `[[adapters.matrix]]` section.
+    fn section(&self) -> String {
+        format!(
+            "[[adapters.matrix]]\nlisten = \"127.0.0.1:{}\"\napps = {{ \"com.example.chat.ios\" = {{ topic = \"{}\" }} }}\n",
+            self.port,
+            harness::TOPIC
+        )
+    }
+
+    /// Wait for the adapter, then send it a notify with the pushkey,
+    /// [`MATRIX_TEXT`] and a malformed pushkey (rejected).
+    async fn session(&self, gw: &Gateway) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !gw.logs().contains("matrix adapter listening") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no matrix adapter:\n{}",
+                gw.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let answer = matrix_notify(self.port, &self.pushkey, MATRIX_TEXT).await;
+        assert_eq!(answer, format!(r#"{{"rejected":["{MATRIX_BAD_KEY}"]}}"#));
+    }
+
+    /// What the logs must not hold.
+    fn secrets(&self) -> [&str; 4] {
+        [MATRIX_TEXT, MATRIX_BAD_KEY, &self.pushkey, &self.token]
+    }
+}
+
+/// Everything the gateway writes in `dir` is owner-only.
+fn assert_owner_only(dir: &Path) {
+    for f in [
+        "pushbridge.db",
+        "pushbridge.db-wal",
+        "pushbridge.db-shm",
+        "pushes.jsonl",
+    ] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -140,6 +228,7 @@ fn mode(p: &Path) -> u32 {
 async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
     let dir = tempfile::tempdir().unwrap();
     let (line_token, irc_token, refused_token, xmpp_token) = (token("a7"), token("b8"), token("c9"), token("d6"));
+    let matrix = MatrixPeer::new();
     let irc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let xmpp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (irc_port, xmpp_port) = (irc.local_addr().unwrap().port(), xmpp.local_addr().unwrap().port());
@@ -147,8 +236,9 @@ async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
     tokio::spawn(fake_irc(irc, [irc_token.clone(), refused_token.clone()], irc_tx));
     let xmpp_server = tokio::spawn(fake_xmpp(xmpp, xmpp_token.clone()));
     let text = format!(
-        "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{irc_port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"{SASL_PASSWORD}\"\n\n[[adapters.xmpp]]\nserver = \"127.0.0.1:{xmpp_port}\"\ndomain = \"push.localhost\"\nsecret = \"{COMPONENT_SECRET}\"\n",
-        config_text(dir.path(), &format!("secret = \"{LINE_SECRET}\""), "")
+        "{}\n[[adapters.irc]]\nnetwork = \"test\"\nserver = \"127.0.0.1:{irc_port}\"\nnick = \"pushbot\"\nchannels = [\"#chat\"]\nsasl_account = \"pushbot\"\nsasl_password = \"{SASL_PASSWORD}\"\n\n[[adapters.xmpp]]\nserver = \"127.0.0.1:{xmpp_port}\"\ndomain = \"push.localhost\"\nsecret = \"{COMPONENT_SECRET}\"\n{}",
+        config_text(dir.path(), &format!("secret = \"{LINE_SECRET}\""), ""),
+        matrix.section()
     );
     let gw = Gateway::start_with_log(dir.path(), &text, "trace");
 
@@ -176,22 +266,18 @@ async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
     );
     assert!(notices.iter().any(|n| n.contains("not logged in")), "{notices:?}");
 
-    // XMPP: handshake, registration, a publish with a body; both
+    matrix.session(&gw).await;
+
+    // XMPP: handshake, registration, a publish with a body; all three
     // messages became pushes.
-    let pushes = gw.wait_pushes(2);
+    let pushes = gw.wait_pushes(3);
     let bodies: Vec<String> = pushes.iter().map(|p| p["payload"].to_string()).collect();
     assert!(bodies.iter().any(|b| b.contains(LINE_TEXT)), "{bodies:?}");
     assert!(bodies.iter().any(|b| b.contains(XMPP_TEXT)), "{bodies:?}");
-    // Everything the gateway writes is owner-only (checked while it runs:
-    // SQLite removes the -wal and -shm files on a clean close).
-    for f in [
-        "pushbridge.db",
-        "pushbridge.db-wal",
-        "pushbridge.db-shm",
-        "pushes.jsonl",
-    ] {
-        assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
-    }
+    assert!(bodies.iter().any(|b| b.contains(MATRIX_TEXT)), "{bodies:?}");
+    // Checked while it runs: SQLite removes the -wal and -shm files on a
+    // clean close.
+    assert_owner_only(dir.path());
     let (status, logs) = gw.stop_with_logs();
     assert!(status.success(), "{logs}");
     let (digest, node_secret, answer) = tokio::time::timeout(Duration::from_secs(10), xmpp_server)
@@ -212,6 +298,7 @@ async fn trace_logs_hold_no_secret_token_or_text_and_files_are_owner_only() {
         XMPP_TEXT,
     ];
     secrets.extend([&line_token, &irc_token, &refused_token, &xmpp_token].map(String::as_str));
+    secrets.extend(matrix.secrets());
     check_logs(&logs, &secrets);
 }
 
@@ -229,6 +316,8 @@ fn check_logs(logs: &str, secrets: &[&str]) {
         "MSG bob alice <text: 27 bytes>",
         "<handshake><text: 40 bytes></handshake>",
         "var=\"last-message-body\"><value><text: 33 bytes></value>",
+        "pushkey rejected: malformed",
+        "push queued",
     ] {
         assert!(logs.contains(shown), "trace lacks {shown:?}:\n{logs}");
     }

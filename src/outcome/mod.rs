@@ -9,6 +9,9 @@
 //! 2. hands a [`Completion`] to the store, which takes the row out of the
 //!    outbox and, when the outcome says so, removes the device.
 //!
+//! 3. resolves the delivery receipts an adapter may be waiting on
+//!    ([`tracker`]), on the way to the store.
+//!
 //! Until its completion is committed a notification stays in the outbox,
 //! so a crash or a shutdown re-sends it on the next start (at least once).
 //! Field names follow `pushbridge_api::fields`.
@@ -16,6 +19,7 @@
 pub mod counters;
 pub mod events;
 pub mod link;
+pub mod tracker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use pushbridge_api::{DeviceToken, Environment};
 use tokio::sync::mpsc;
 
 pub use counters::{AppCounters, Counters, Snapshot};
+pub use tracker::Tracker;
 
 /// One push to one device, as stored in the outbox, with what happened to
 /// it on its way so far.
@@ -160,6 +165,8 @@ pub struct CompletionSender {
     /// Set when a wake-up is on its way; the store clears it before it
     /// drains, so one wake-up covers many completions.
     woken: Arc<AtomicBool>,
+    /// Adapters' delivery receipts, resolved as outcomes pass.
+    tracker: Arc<Tracker>,
 }
 
 impl CompletionSender {
@@ -168,14 +175,27 @@ impl CompletionSender {
     pub fn new(wake: Option<Arc<dyn Fn() + Send + Sync>>) -> (Self, CompletionReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let woken = Arc::new(AtomicBool::new(false));
+        let tracker = Tracker::new();
         let rx = CompletionReceiver {
             rx,
             woken: woken.clone(),
+            tracker: tracker.clone(),
         };
-        (Self { tx, wake, woken }, rx)
+        (
+            Self {
+                tx,
+                wake,
+                woken,
+                tracker,
+            },
+            rx,
+        )
     }
 
     fn send(&self, c: Completion) {
+        if let Completion::Settled { id, outcome, .. } = &c {
+            self.tracker.resolve(*id, outcome);
+        }
         // Bounded in practice: a sink holds a bounded number of notifications.
         let _ = self.tx.send(c);
         if let Some(wake) = &self.wake {
@@ -190,9 +210,17 @@ impl CompletionSender {
 pub struct CompletionReceiver {
     pub(crate) rx: mpsc::UnboundedReceiver<Completion>,
     woken: Arc<AtomicBool>,
+    /// The tracker the senders resolve receipts in (the store registers them).
+    tracker: Arc<Tracker>,
 }
 
 impl CompletionReceiver {
+    /// Where receipts are registered so the completions of their
+    /// notifications resolve them.
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
     /// Everything that arrived so far, without waiting (the store thread).
     pub fn drain(&mut self, into: &mut Vec<Completion>) {
         // A read-modify-write, so it is ordered with the senders' `swap`:

@@ -66,6 +66,11 @@ pub(crate) enum Command {
         job: MessageJob,
         reply: Option<ReplyTx>,
     },
+    /// Pushes to explicit devices ([`pushbridge_api::Event::Push`]).
+    Push {
+        pushes: Vec<pushbridge_api::Push>,
+        reply: Option<ReplyTx>,
+    },
     ListDevices {
         user: UserId,
         reply: Option<ReplyTx>,
@@ -195,6 +200,7 @@ pub(crate) fn fail_command(cmd: Command, msg: &str) {
         | Command::Unregister { reply, .. }
         | Command::ResetUnread { reply, .. }
         | Command::Enqueue { reply, .. }
+        | Command::Push { reply, .. }
         | Command::Setting { reply, .. }
         | Command::ShowSettings { reply, .. }
         | Command::ListDevices { reply, .. } => {

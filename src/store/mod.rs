@@ -214,6 +214,13 @@ impl StoreHandle {
         self.send(Command::ShowSettings { user, reply }).await
     }
 
+    /// Queue pushes to explicit devices (all or none); `reply` gets
+    /// [`pushbridge_api::Reply::Pushed`] once they are committed (receipts
+    /// registered with the tracker for the pushes that ask for tracking).
+    pub async fn push(&self, pushes: Vec<pushbridge_api::Push>, reply: Option<ReplyTx>) -> Result<(), StoreError> {
+        self.send(Command::Push { pushes, reply }).await
+    }
+
     /// Look for outbox entries waiting for room in a sink.
     pub async fn tick(&self) -> Result<(), StoreError> {
         self.send(Command::Tick).await

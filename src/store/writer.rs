@@ -36,6 +36,8 @@ use crate::policy::Policy;
 /// inject their own).
 pub(crate) type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+mod push;
+
 /// Completions waiting to be recorded beyond which no new notification is
 /// handed to the sinks (they wait in the outbox): memory stays bounded
 /// however long the store cannot record outcomes.
@@ -469,6 +471,10 @@ impl Writer {
             }
             Command::Enqueue { job, reply } => {
                 let r = self.enqueue(job, out);
+                hold(pending, reply, r, done(), Pending::Event)
+            }
+            Command::Push { pushes, reply } => {
+                let r = self.push(pushes, out);
                 hold(pending, reply, r, done(), Pending::Event)
             }
             Command::StateGet { ns, key, reply } => {

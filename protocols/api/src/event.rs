@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use crate::settings::{QuietHours, Settings};
+use crate::delivery::Receipts;
+use crate::push::Push;
 use crate::types::{DeviceToken, Environment, Presence, UserId};
 
 /// A device to register: its token, and optionally the app (APNS topic) and
@@ -85,6 +87,12 @@ pub enum Event {
     Quiet { user: UserId, hours: Option<QuietHours> },
     /// The user's settings (answered with `Reply::Settings`).
     Settings { user: UserId },
+    /// Pushes the IM server already decided on, each to one explicit
+    /// device (which need not be registered; presence is not consulted),
+    /// queued together: all or none. Answered with `Reply::Pushed` once
+    /// durably queued; a push for an unconfigured topic refuses them all
+    /// with `EventError::UnknownTopic`.
+    Push(Vec<Push>),
 }
 
 /// The core's answer to an event that was accepted.
@@ -100,6 +108,10 @@ pub enum Reply {
     Devices(Vec<(DeviceToken, String, Environment)>),
     /// The user's settings (quiet hours, muted conversations).
     Settings(Settings),
+    /// An [`Event::Push`] became these notifications (one per push, in
+    /// order), durably queued; the receipts resolve as Apple answers the
+    /// pushes that asked to be tracked.
+    Pushed(Receipts),
 }
 
 /// Why the core refused an event. Nothing was changed.

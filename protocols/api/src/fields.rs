@@ -51,7 +51,10 @@
 //! received command line, TRACE only, redacted); XMPP `stanza` (a stanza
 //! in or out, TRACE only: markup without its text), `from`, `id` (of a stanza), `node` (a push node),
 //! `domain` (the component's), `text` (a stream error's text, from the
-//! server), `max` (the limit that was hit), `jids` (bare JIDs indexed).
+//! server), `max` (the limit that was hit), `jids` (bare JIDs indexed);
+//! Matrix `app_id` (a pusher's Matrix app id, as the homeserver sent it;
+//! never the pushkey, which is a device token: a pushkey is logged only
+//! as the `device` of its decoded token).
 //!
 //! Secrets (passwords, component secrets, JWTs, key material) and message
 //! text are never fields, not even in raw protocol traces: a raw line or

@@ -16,7 +16,7 @@ use crate::Event;
 
 /// The kinds of [`Event`], in the order of [`AdapterStatus::events`]; the
 /// `kind` label of `pushbridge_adapter_events_total`.
-pub const EVENT_KINDS: [&str; 9] = [
+pub const EVENT_KINDS: [&str; 10] = [
     "register",
     "unregister",
     "presence",
@@ -26,6 +26,7 @@ pub const EVENT_KINDS: [&str; 9] = [
     "unmute",
     "quiet",
     "settings",
+    "push",
 ];
 
 impl Event {
@@ -45,6 +46,7 @@ impl Event {
             Event::Unmute { .. } => 6,
             Event::Quiet { .. } => 7,
             Event::Settings { .. } => 8,
+            Event::Push(_) => 9,
         }
     }
 }

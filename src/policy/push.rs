@@ -1,0 +1,226 @@
+//! Rendering a [`Push`] (a notification the IM server decided on, with
+//! its own payload parts) into an APNS payload:
+//! `{"aps":{"alert":{"title":…,"body":…},"badge":n,"sound":…,"thread-id":…,"mutable-content":1},<custom keys>}`.
+//!
+//! Only the parts the push has appear; `[policy] privacy` replaces message
+//! text ([`PushBody::Text`]) with the generic body; `[policy] sound` does
+//! not apply (the push says whether it makes a sound). Cut to the app's
+//! limit like a message: the body first, then the title.
+
+use std::sync::Arc;
+
+use pushbridge_api::{Push, PushBody};
+use serde_json::{json, Map, Value};
+
+use super::{clip, largest_fitting, shortened, Policy, MAX_THREAD_ID};
+
+/// A push rendered for delivery: its headers, and its payload per payload
+/// limit (built once per limit).
+#[derive(Debug)]
+pub struct RenderedPush {
+    /// Unix seconds: now + `[policy] ttl` (`apns-expiration`).
+    pub expiration: u64,
+    /// `apns-priority`: 10 or 5, as the push says.
+    pub priority: u8,
+    /// `aps` without the alert.
+    aps: Map<String, Value>,
+    /// Top-level keys beside `aps`.
+    custom: Map<String, Value>,
+    /// `None`: no alert (a silent badge update).
+    alert: Option<(Option<String>, String)>,
+    payloads: Vec<(usize, Arc<str>)>,
+}
+
+impl Policy {
+    /// Render `push` at unix second `now`.
+    pub fn push(&self, push: &Push, now: u64) -> RenderedPush {
+        let mut aps = Map::new();
+        if let Some(b) = push.badge {
+            aps.insert("badge".into(), json!(b));
+        }
+        if let Some(s) = push.sound.as_deref().filter(|s| !s.is_empty()) {
+            aps.insert("sound".into(), json!(s));
+        }
+        if let Some(t) = &push.thread {
+            aps.insert("thread-id".into(), json!(clip(t, MAX_THREAD_ID)));
+        }
+        if push.mutable_content {
+            aps.insert("mutable-content".into(), json!(1));
+        }
+        let mut custom = push.custom.clone();
+        custom.remove("aps");
+        let alert = push.alert.as_ref().map(|a| {
+            let body = match &a.body {
+                PushBody::Text(t) if !self.config.privacy => t.clone(),
+                PushBody::Fixed(t) => t.clone(),
+                PushBody::Text(_) | PushBody::Generic => self.config.generic_body.clone(),
+            };
+            (a.title.clone(), body)
+        });
+        RenderedPush {
+            expiration: now + self.config.ttl,
+            priority: push.priority.apns(),
+            aps,
+            custom,
+            alert,
+            payloads: Vec::new(),
+        }
+    }
+}
+
+impl RenderedPush {
+    /// The payload within `limit` bytes (the body is shortened first at a
+    /// character boundary with an ellipsis, then the title).
+    pub fn payload(&mut self, limit: usize) -> Arc<str> {
+        if let Some((_, p)) = self.payloads.iter().find(|(l, _)| *l == limit) {
+            return p.clone();
+        }
+        let p: Arc<str> = self.fit(limit).into();
+        self.payloads.push((limit, p.clone()));
+        p
+    }
+
+    fn fit(&self, limit: usize) -> String {
+        let Some((title, body)) = &self.alert else {
+            return self.render(None, "");
+        };
+        let title = title.as_deref();
+        let full = self.render(title, body);
+        if full.len() <= limit {
+            return full;
+        }
+        let boundaries: Vec<usize> = body.char_indices().map(|(i, _)| i).collect();
+        let fits = |n: usize| {
+            let s = self.render(title, &shortened(body, boundaries[n]));
+            (s.len() <= limit).then_some(s)
+        };
+        if let Some(best) = largest_fitting(boundaries.len(), fits) {
+            return best;
+        }
+        let t = title.unwrap_or("");
+        let tb: Vec<usize> = t.char_indices().map(|(i, _)| i).collect();
+        let fits = |n: usize| {
+            let s = self.render(Some(&shortened(t, tb[n])), "");
+            (s.len() <= limit).then_some(s)
+        };
+        // Only custom keys larger than the limit get past this; send the
+        // skeleton rather than nothing (APNS refuses it as too large).
+        largest_fitting(tb.len(), fits).unwrap_or_else(|| self.render(None, ""))
+    }
+
+    /// The JSON for this title and body (no alert at all without one).
+    fn render(&self, title: Option<&str>, body: &str) -> String {
+        let mut aps = self.aps.clone();
+        if self.alert.is_some() {
+            let mut alert = Map::new();
+            if let Some(t) = title {
+                alert.insert("title".into(), json!(t));
+            }
+            alert.insert("body".into(), json!(body));
+            aps.insert("alert".into(), Value::Object(alert));
+        }
+        let mut top = self.custom.clone();
+        top.insert("aps".into(), Value::Object(aps));
+        Value::Object(top).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pushbridge_api::{DeviceToken, Priority, PushAlert};
+
+    use super::*;
+    use crate::config::PolicyConfig;
+
+    fn push(body: PushBody) -> Push {
+        let mut p = Push::new(DeviceToken::parse(&"ab".repeat(32)).unwrap(), "com.example.chat");
+        p.alert = Some(PushAlert {
+            title: Some("Bob in Probe room".into()),
+            body,
+        });
+        p.badge = Some(2);
+        p.sound = Some("default".into());
+        p.thread = Some("!room:localhost".into());
+        p.custom.insert("room_id".into(), json!("!room:localhost"));
+        p.custom.insert("event_id".into(), json!("$ev"));
+        p.custom.insert("aps".into(), json!({"badge": 99}));
+        p
+    }
+
+    fn parse(s: &str) -> Value {
+        serde_json::from_str(s).expect("payload is JSON")
+    }
+
+    #[test]
+    fn full_push_shape() {
+        let mut r = Policy::new(PolicyConfig::default()).push(&push(PushBody::Text("hello".into())), 1000);
+        assert_eq!(r.priority, 10);
+        assert_eq!(r.expiration, 1000 + PolicyConfig::default().ttl);
+        let p = parse(&r.payload(4096));
+        assert_eq!(
+            p,
+            json!({"aps": {"alert": {"title": "Bob in Probe room", "body": "hello"}, "badge": 2,
+                "sound": "default", "thread-id": "!room:localhost"},
+                "room_id": "!room:localhost", "event_id": "$ev"})
+        );
+    }
+
+    #[test]
+    fn privacy_hides_text_but_not_fixed_words() {
+        let private = Policy::new(PolicyConfig {
+            privacy: true,
+            ..PolicyConfig::default()
+        });
+        let p = parse(&private.push(&push(PushBody::Text("secret".into())), 0).payload(4096));
+        assert_eq!(p["aps"]["alert"]["body"], "New message");
+        let p = parse(
+            &private
+                .push(&push(PushBody::Fixed("Bob invited you".into())), 0)
+                .payload(4096),
+        );
+        assert_eq!(p["aps"]["alert"]["body"], "Bob invited you");
+    }
+
+    #[test]
+    fn silent_badge_update_and_event_id_only() {
+        let policy = Policy::new(PolicyConfig::default());
+        let mut badge = Push::new(DeviceToken::parse(&"cd".repeat(32)).unwrap(), "t");
+        badge.badge = Some(0);
+        badge.priority = Priority::Low;
+        let mut r = policy.push(&badge, 0);
+        assert_eq!(r.priority, 5);
+        assert_eq!(parse(&r.payload(4096)), json!({"aps": {"badge": 0}}));
+        let mut ids = push(PushBody::Generic);
+        ids.alert = Some(PushAlert {
+            title: None,
+            body: PushBody::Generic,
+        });
+        ids.sound = None;
+        ids.mutable_content = true;
+        let p = parse(&policy.push(&ids, 0).payload(4096));
+        assert_eq!(p["aps"]["mutable-content"], 1);
+        assert_eq!(p["aps"]["alert"], json!({"body": "New message"}));
+        assert!(p["aps"].get("sound").is_none());
+    }
+
+    #[test]
+    fn long_bodies_and_titles_are_cut_to_the_limit() {
+        let policy = Policy::new(PolicyConfig::default());
+        let mut long = push(PushBody::Text("日本語".repeat(2000)));
+        let mut r = policy.push(&long, 0);
+        for limit in [4096usize, 2048, 256] {
+            let s = r.payload(limit);
+            assert!(s.len() <= limit, "{} > {limit}", s.len());
+            let body = parse(&s)["aps"]["alert"]["body"].as_str().unwrap().to_owned();
+            assert!(body.ends_with('…'));
+            assert_eq!(parse(&s)["room_id"], "!room:localhost");
+        }
+        long.alert = Some(PushAlert {
+            title: Some("ü".repeat(5000)),
+            body: PushBody::Text("hi".into()),
+        });
+        let s = policy.push(&long, 0).payload(4096);
+        assert!(s.len() <= 4096);
+        assert!(parse(&s)["aps"]["alert"]["title"].as_str().unwrap().ends_with('…'));
+    }
+}
