@@ -38,6 +38,8 @@ pub type ReplyTx = oneshot::Sender<Result<Reply, EventError>>;
 pub struct MessageJob {
     pub to: UserId,
     pub from: String,
+    /// APNS `alert.subtitle` (api `Message::subtitle`).
+    pub subtitle: Option<String>,
     pub text: Option<String>,
     pub thread: Option<String>,
     /// Only this device.
@@ -558,7 +560,8 @@ impl Writer {
             .unwrap_or(0);
         let mut msg = self
             .policy
-            .message(&job.from, job.text.as_deref(), job.thread.as_deref(), badge, now);
+            .message(&job.from, job.text.as_deref(), job.thread.as_deref(), badge, now)
+            .with_subtitle(job.subtitle.as_deref());
         for (token, i, environment) in &targets {
             let Some(slot) = self.feed.slot(*i) else { continue };
             let (app, payload) = (slot.app.clone(), msg.payload(&self.policy, slot.limit));
