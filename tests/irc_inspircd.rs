@@ -479,5 +479,10 @@ impl Scene {
         assert_eq!(p[5]["payload"]["aps"]["alert"]["body"], "alice: the server restarted");
         assert_eq!(p[5]["device_token"], self.alice_token.as_str());
         wait_log(gw, "logged in to services adapter=\"irc:test\" account=pushbot", 2);
+        // A /me action names its actor in the body (issue 15, case 3).
+        bob.send("PRIVMSG #chat :\x01ACTION waves at alice\x01").await;
+        let p = gw.wait_pushes(7);
+        assert_eq!(p[6]["payload"]["aps"]["alert"]["title"], "bob in #chat");
+        assert_eq!(p[6]["payload"]["aps"]["alert"]["body"], "* bob waves at alice");
     }
 }
