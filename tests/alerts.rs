@@ -145,12 +145,16 @@ async fn accepted(sim: &Simulator, gw: &Gateway, pick: impl Fn(&Record) -> bool)
         if let Some(r) = sim.state().recorder.records().into_iter().find(&pick) {
             return r;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no such request; accepted: {:?}\n{}",
-            sim.state().recorder.records(),
-            gw.logs()
-        );
+        if std::time::Instant::now() > deadline {
+            let seen: Vec<String> = sim
+                .state()
+                .recorder
+                .records()
+                .iter()
+                .map(|r| format!("{}: {}", &r.device_token[56..], alert(r)["title"]))
+                .collect();
+            panic!("no such request; accepted (device: title): {seen:?}\n{}", gw.logs());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
