@@ -354,11 +354,12 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     format!("line {line}: {} (at `{snippet}`)", clip(&msg, 400))
 }
 
-/// `s` cut to at most `max` characters, `…` marking a cut: a long line or
-/// value (toml and serde quote them) must not become a huge log line.
+/// `s` cut to at most `max` user-perceived characters (grapheme
+/// clusters), `…` marking a cut: a long line or value (toml and serde
+/// quote them) must not become a huge log line.
 fn clip(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &s[..at]),
+    match pushbridge_kit::text::cut_points(s).get(max) {
+        Some(&at) => pushbridge_kit::text::shortened(s, at),
         None => s.to_owned(),
     }
 }
@@ -425,6 +426,14 @@ mod tests {
             .to_string();
         assert!(err.contains("synchronous") && err.contains("…`)"), "{err}");
         assert!(err.len() < 2000, "{} bytes", err.len());
+    }
+
+    #[test]
+    fn clipped_errors_keep_whole_characters() {
+        let flags = "🇩🇪".repeat(200);
+        assert_eq!(clip(&flags, 120), format!("{}…", "🇩🇪".repeat(120)));
+        assert_eq!(clip("e\u{301}".repeat(3).as_str(), 2), "e\u{301}e\u{301}…");
+        assert_eq!(clip("short", 120), "short");
     }
 
     #[test]

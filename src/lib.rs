@@ -12,7 +12,8 @@
 //! - [`router`]: presence (in memory) and the decision who gets a push.
 //! - [`store`]: the SQLite registry, unread counters and outbox behind one
 //!   thread with group commit; the rest talks to it through its handle.
-//! - [`policy`]: what a push says (the APNS payload, cut to the limit).
+//! - [`policy`]: what a push says (the APNS payload, cut to the limit at
+//!   grapheme boundaries; header-safe conversation digests).
 //! - [`feed`]: hands committed notifications to the sinks in outbox
 //!   order, and refills them from the outbox as they drain.
 //! - [`sink`]: one component per protocol (`log`, APNS HTTP/2, binary),

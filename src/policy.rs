@@ -3,30 +3,41 @@
 //!
 //! Who gets a push (presence) is decided by the router; here we only build
 //! the APNS payload:
-//! `{"aps":{"alert":{"title":…,"body":…},"badge":n,"sound":…,"thread-id":…}}`.
+//! `{"aps":{"alert":{"title":…,"subtitle":…,"body":…},"badge":n,"sound":…,"thread-id":…}}`
+//! (`subtitle` only when the message has one).
 //! A coalesced push's title carries the number of messages (`bob (3)`); a
 //! push in quiet hours has no `sound` and `"interruption-level":"passive"`;
 //! a muted conversation's push is badge-only: `{"aps":{"badge":n}}`.
 //! A push the IM server decided on ([`pushbridge_api::Push`]) has its own
 //! renderer, [`Policy::push`] (module `push`).
+//!
+//! Layout: [`digest`] makes conversation keys safe for headers
+//! (`apns-collapse-id`) and `thread-id`; `truncate` finds the longest
+//! grapheme-whole prefix of a text that fits the limit.
 
 use serde_json::json;
 
 use crate::config::PolicyConfig;
 
+pub mod digest;
 mod push;
-pub use push::RenderedPush;
+mod truncate;
 
-/// The ellipsis appended to a shortened body or title.
-const ELLIPSIS: char = '…';
+pub use digest::{collapse_id, thread_id, MAX_THREAD_ID};
+pub use push::RenderedPush;
 
 /// The parts of one alert, before truncation.
 #[derive(Debug, Clone)]
 pub struct Alert<'a> {
     pub title: &'a str,
+    /// The line under the title (APNS `alert.subtitle`); `None` or empty:
+    /// no subtitle.
+    pub subtitle: Option<&'a str>,
     /// `None`: the generic body.
     pub body: Option<&'a str>,
     pub badge: u32,
+    /// The conversation key; the payload's `thread-id` is
+    /// [`thread_id`] of it.
     pub thread: &'a str,
     /// Quiet hours: no sound, `"interruption-level":"passive"`.
     pub quiet: bool,
@@ -38,11 +49,13 @@ pub struct Alert<'a> {
 pub struct Rendered {
     /// Unix seconds: now + `ttl` (`apns-expiration`).
     pub expiration: u64,
-    /// `apns-collapse-id`, with `collapse = true`.
+    /// `apns-collapse-id`, with `collapse = true`: [`collapse_id`] of the
+    /// conversation key (ASCII, 43 bytes, whatever the key is).
     pub collapse_id: Option<String>,
     /// 10: alerts are sent immediately.
     pub priority: u8,
     title: String,
+    subtitle: Option<String>,
     body: Option<String>,
     thread: String,
     badge: u32,
@@ -78,6 +91,14 @@ impl Rendered {
         self
     }
 
+    /// The same message with `subtitle` (APNS `alert.subtitle`, e.g. the
+    /// group chat a speaker wrote in); `None` leaves it without one.
+    pub fn with_subtitle(mut self, subtitle: Option<&str>) -> Self {
+        self.subtitle = subtitle.map(str::to_owned);
+        self.payloads.clear();
+        self
+    }
+
     /// The payload within `limit` bytes.
     pub fn payload(&mut self, policy: &Policy, limit: usize) -> std::sync::Arc<str> {
         if let Some((_, p)) = self.payloads.iter().find(|(l, _)| *l == limit) {
@@ -90,6 +111,7 @@ impl Rendered {
         }
         let alert = Alert {
             title: &self.title,
+            subtitle: self.subtitle.as_deref(),
             body: self.body.as_deref(),
             badge: self.badge,
             thread: &self.thread,
@@ -124,9 +146,10 @@ impl Policy {
         let thread = thread.unwrap_or(from);
         Rendered {
             expiration: now + self.config.ttl,
-            collapse_id: self.config.collapse.then(|| clip(thread, 64).to_owned()),
+            collapse_id: self.config.collapse.then(|| collapse_id(thread)),
             priority: 10,
             title: from.to_owned(),
+            subtitle: None,
             body: text.map(str::to_owned),
             thread: thread.to_owned(),
             badge,
@@ -136,37 +159,46 @@ impl Policy {
         }
     }
 
-    /// The JSON payload for `alert`, at most `limit` bytes. The body is
-    /// shortened at a character boundary with an ellipsis; if even an empty
-    /// body does not fit, the title is shortened too.
+    /// The JSON payload for `alert`, at most `limit` bytes. Texts are
+    /// shortened at a grapheme cluster boundary with an ellipsis: the body
+    /// first; if even an empty body does not fit, the subtitle; then the
+    /// title.
     pub fn payload(&self, alert: &Alert<'_>, limit: usize) -> String {
         let body = match alert.body {
             Some(text) if !self.config.privacy => text,
             _ => self.config.generic_body.as_str(),
         };
-        let full = self.render(alert.title, body, alert);
-        if full.len() <= limit {
+        let fits = |title: &str, body: &str, alert: &Alert<'_>| {
+            let s = self.render(title, body, alert);
+            (s.len() <= limit).then_some(s)
+        };
+        if let Some(full) = fits(alert.title, body, alert) {
             return full;
         }
-        // Longest body prefix that fits: binary search over char boundaries.
-        let boundaries: Vec<usize> = body.char_indices().map(|(i, _)| i).collect();
-        let fits = |n: usize| {
-            let s = self.render(alert.title, &shortened(body, boundaries[n]), alert);
-            (s.len() <= limit).then_some(s)
-        };
-        if let Some(best) = largest_fitting(boundaries.len(), fits) {
+        if let Some(best) = truncate::longest(body, |b| fits(alert.title, b, alert)) {
             return best;
         }
+        if let Some(subtitle) = alert.subtitle {
+            let cut = |s: &str| {
+                let with = Alert {
+                    subtitle: Some(s),
+                    ..alert.clone()
+                };
+                fits(alert.title, "", &with)
+            };
+            if let Some(best) = truncate::longest(subtitle, cut) {
+                return best;
+            }
+        }
         // Title too long on its own (a 4 KiB sender name): cut it as well.
-        let tb: Vec<usize> = alert.title.char_indices().map(|(i, _)| i).collect();
-        let fits = |n: usize| {
-            let s = self.render(&shortened(alert.title, tb[n]), "", alert);
-            (s.len() <= limit).then_some(s)
+        let bare = Alert {
+            subtitle: None,
+            ..alert.clone()
         };
-        largest_fitting(tb.len(), fits).unwrap_or_else(|| {
+        truncate::longest(alert.title, |t| fits(t, "", &bare)).unwrap_or_else(|| {
             // Only a limit smaller than the skeleton gets here (not a real
             // APNS limit); send the skeleton rather than nothing.
-            self.render("", "", alert)
+            self.render("", "", &bare)
         })
     }
 
@@ -174,8 +206,11 @@ impl Policy {
         let mut aps = json!({
             "alert": {"title": title, "body": body},
             "badge": alert.badge,
-            "thread-id": clip(alert.thread, MAX_THREAD_ID),
+            "thread-id": thread_id(alert.thread),
         });
+        if let Some(subtitle) = alert.subtitle.filter(|s| !s.is_empty()) {
+            aps["alert"]["subtitle"] = json!(subtitle);
+        }
         if alert.quiet {
             aps["interruption-level"] = json!("passive");
         } else if !self.config.sound.is_empty() {
@@ -183,46 +218,6 @@ impl Policy {
         }
         json!({ "aps": aps }).to_string()
     }
-}
-
-/// Longest `thread-id`, in bytes: a grouping key, not text anyone reads.
-const MAX_THREAD_ID: usize = 128;
-
-/// `s` cut to at most `max` bytes at a character boundary.
-pub fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// `s` cut to `at` bytes (a char boundary) plus an ellipsis.
-fn shortened(s: &str, at: usize) -> String {
-    let mut out = String::with_capacity(at + 3);
-    out.push_str(&s[..at]);
-    out.push(ELLIPSIS);
-    out
-}
-
-/// Binary search for the largest `n` in `0..count` whose render fits.
-fn largest_fitting(count: usize, fits: impl Fn(usize) -> Option<String>) -> Option<String> {
-    let mut best = None;
-    let (mut lo, mut hi) = (0usize, count);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        match fits(mid) {
-            Some(s) => {
-                best = Some(s);
-                lo = mid + 1;
-            }
-            None => hi = mid,
-        }
-    }
-    best
 }
 
 #[cfg(test)]
@@ -236,6 +231,7 @@ mod tests {
     fn alert<'a>(title: &'a str, body: &'a str) -> Alert<'a> {
         Alert {
             title,
+            subtitle: None,
             body: Some(body),
             badge: 3,
             thread: title,
@@ -350,5 +346,111 @@ mod tests {
         let mut muted = p.message("bob", Some("secret"), None, 4, 0).quiet().badge_only();
         assert_eq!(&*muted.payload(&p, 4096), r#"{"aps":{"badge":4}}"#);
         assert_eq!(muted.priority, 5);
+    }
+
+    /// `got` is `full` cut at a grapheme boundary plus `…`, and the next
+    /// cluster would not have fitted `limit` (rendered by `render`).
+    fn cut_whole_and_longest(full: &str, got: &str, limit: usize, render: impl Fn(&str) -> String) {
+        let kept = got.strip_suffix('…').unwrap_or_else(|| panic!("no ellipsis: {got:?}"));
+        assert!(full.starts_with(kept), "not a prefix");
+        assert!(
+            pushbridge_kit::text::cut_points(full).contains(&kept.len()),
+            "cut inside a cluster at byte {}",
+            kept.len()
+        );
+        let next = pushbridge_kit::text::cut_points(full)
+            .into_iter()
+            .find(|&i| i > kept.len())
+            .unwrap_or(full.len());
+        assert!(
+            render(&format!("{}…", &full[..next])).len() > limit,
+            "one more cluster fits"
+        );
+    }
+
+    #[test]
+    fn bodies_are_cut_between_grapheme_clusters() {
+        let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦";
+        let bodies = [
+            "🇩🇪".repeat(950),
+            "e\u{301}".repeat(2600),
+            "1\u{fe0f}\u{20e3}#\u{fe0f}\u{20e3}".repeat(400),
+            family.repeat(300),
+            "مرحبا بالعالم שלום עולם ".repeat(200),
+            "\"\\\u{1}\u{1f}\n\t".repeat(1000),
+        ];
+        for limit in [4096usize, 2048, 300] {
+            for body in &bodies {
+                let s = policy().payload(&alert("bob", body), limit);
+                assert!(s.len() <= limit, "len {} > {limit}", s.len());
+                let got = parse(&s)["aps"]["alert"]["body"].as_str().unwrap().to_owned();
+                cut_whole_and_longest(body, &got, limit, |b| policy().render("bob", b, &alert("bob", body)));
+            }
+        }
+        // The flag body: whole flags only (8 bytes each).
+        let s = policy().payload(&alert("bob", &"🇩🇪".repeat(950)), 4096);
+        let got = parse(&s)["aps"]["alert"]["body"].as_str().unwrap().to_owned();
+        assert_eq!((got.len() - 3) % 8, 0, "{got}");
+    }
+
+    #[test]
+    fn subtitle_is_rendered_and_cut_after_the_body() {
+        let mut a = alert("Bob", "hi");
+        a.subtitle = Some("room@conference.example.org");
+        let p = parse(&policy().payload(&a, 4096));
+        assert_eq!(p["aps"]["alert"]["subtitle"], "room@conference.example.org");
+        assert_eq!(p["aps"]["alert"]["title"], "Bob");
+        a.subtitle = Some("");
+        assert!(parse(&policy().payload(&a, 4096))["aps"]["alert"]
+            .get("subtitle")
+            .is_none());
+        // A huge subtitle: the body goes first, then the subtitle is cut.
+        let sub = "e\u{301}".repeat(3000);
+        a.subtitle = Some(&sub);
+        let s = policy().payload(&a, 4096);
+        assert!(s.len() <= 4096);
+        let p = parse(&s);
+        assert_eq!(p["aps"]["alert"]["body"], "");
+        assert_eq!(p["aps"]["alert"]["title"], "Bob");
+        let got = p["aps"]["alert"]["subtitle"].as_str().unwrap().to_owned();
+        let b = a.clone();
+        cut_whole_and_longest(&sub, &got, 4096, |x| {
+            let with = Alert {
+                subtitle: Some(x),
+                ..b.clone()
+            };
+            policy().render("Bob", "", &with)
+        });
+    }
+
+    #[test]
+    fn huge_title_keeps_whole_clusters() {
+        let title = "👨\u{200d}👩\u{200d}👧".repeat(400);
+        let s = policy().payload(&alert(&title, "hi"), 2048);
+        assert!(s.len() <= 2048);
+        let got = parse(&s)["aps"]["alert"]["title"].as_str().unwrap().to_owned();
+        cut_whole_and_longest(&title, &got, 2048, |t| policy().render(t, "", &alert(&title, "")));
+    }
+
+    #[test]
+    fn collapse_id_is_a_digest_of_the_conversation() {
+        let on = Policy::new(PolicyConfig {
+            collapse: true,
+            ..PolicyConfig::default()
+        });
+        let id = |from, thread| on.message(from, Some("x"), thread, 1, 0).collapse_id.unwrap();
+        assert_eq!(id("jürgen", None), collapse_id("jürgen"));
+        assert_eq!(id("bob", Some("#café")), id("carol", Some("#café")));
+        assert_ne!(id("bob", Some("#café")), id("bob", Some("#cafe")));
+        assert!(id(&"ü".repeat(100), None).is_ascii());
+        assert!(policy().message("bob", None, None, 1, 0).collapse_id.is_none());
+    }
+
+    #[test]
+    fn long_conversation_keys_make_short_distinct_thread_ids() {
+        let (k1, k2) = ("ü".repeat(100), format!("{}x", "ü".repeat(100)));
+        let t = |k: &str| parse(&policy().payload(&alert(k, "hi"), 4096))["aps"]["thread-id"].clone();
+        assert!(t(&k1).as_str().unwrap().len() <= MAX_THREAD_ID);
+        assert_ne!(t(&k1), t(&k2));
     }
 }

@@ -78,6 +78,7 @@ async fn route(
             let job = MessageJob {
                 to: m.to,
                 from: m.from,
+                subtitle: m.subtitle,
                 text: m.text,
                 thread: m.thread,
                 device: m.device,

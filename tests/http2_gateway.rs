@@ -52,7 +52,8 @@ async fn token_auth_end_to_end_with_headers_and_payload() {
     assert_eq!(r[0].topic, TOPIC);
     assert_eq!(r[0].push_type.as_deref(), Some("alert"));
     assert_eq!(r[0].priority, Some(10));
-    assert_eq!(r[0].collapse_id.as_deref(), Some("bob"));
+    // The conversation's digest (ASCII, within Apple's 64 bytes).
+    assert_eq!(r[0].collapse_id, Some(pushbridge::policy::collapse_id("bob")));
     assert_eq!(r[0].auth, "token");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

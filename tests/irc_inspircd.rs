@@ -481,6 +481,11 @@ impl Scene {
         assert_eq!(p[5]["payload"]["aps"]["alert"]["body"], "alice: the server restarted");
         assert_eq!(p[5]["device_token"], self.alice_token.as_str());
         wait_log(gw, "logged in to services adapter=\"irc:test\" account=pushbot", 2);
+        // A /me action names its actor in the body (issue 15, case 3).
+        bob.send("PRIVMSG #chat :\x01ACTION waves at alice\x01").await;
+        let p = gw.wait_pushes(7);
+        assert_eq!(p[6]["payload"]["aps"]["alert"]["title"], "bob in #chat");
+        assert_eq!(p[6]["payload"]["aps"]["alert"]["body"], "* bob waves at alice");
         bob
     }
 
@@ -515,17 +520,17 @@ impl Scene {
         alice.send("AWAY :asleep").await;
         wait_log(gw, &presence_log("alice", "Away"), 2);
         bob.send("PRIVMSG #chat :alice: muted?").await;
-        let p = gw.wait_pushes(7);
-        let aps = p[6]["payload"]["aps"].as_object().unwrap();
-        assert_eq!(aps.keys().collect::<Vec<_>>(), ["badge"], "badge-only: {}", p[6]);
-        assert_eq!(p[6]["payload"].as_object().unwrap().len(), 1);
+        let p = gw.wait_pushes(8);
+        let aps = p[7]["payload"]["aps"].as_object().unwrap();
+        assert_eq!(aps.keys().collect::<Vec<_>>(), ["badge"], "badge-only: {}", p[7]);
+        assert_eq!(p[7]["payload"].as_object().unwrap().len(), 1);
         let answer = alice.ask("pushbot", "UNMUTE #chat").await;
         assert!(answer.contains("#chat is no longer muted"), "{answer}");
         bob.send("PRIVMSG #chat :alice: quietly now").await;
-        let p = gw.wait_pushes(8);
-        assert_eq!(p[7]["payload"]["aps"]["alert"]["body"], "alice: quietly now");
-        assert_eq!(p[7]["payload"]["aps"]["interruption-level"], "passive");
-        assert!(p[7]["payload"]["aps"].get("sound").is_none(), "{}", p[7]);
+        let p = gw.wait_pushes(9);
+        assert_eq!(p[8]["payload"]["aps"]["alert"]["body"], "alice: quietly now");
+        assert_eq!(p[8]["payload"]["aps"]["interruption-level"], "passive");
+        assert!(p[8]["payload"]["aps"].get("sound").is_none(), "{}", p[8]);
         let answer = alice.ask("pushbot", "QUIET off").await;
         assert!(answer.contains("Quiet hours off"), "{answer}");
         alice.quit().await;

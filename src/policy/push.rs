@@ -5,14 +5,15 @@
 //! Only the parts the push has appear; `[policy] privacy` replaces message
 //! text ([`PushBody::Text`]) with the generic body; `[policy] sound` does
 //! not apply (the push says whether it makes a sound). Cut to the app's
-//! limit like a message: the body first, then the title.
+//! limit like a message, between whole grapheme clusters: the body first,
+//! then the title; a long `thread-id` is shortened with its digest.
 
 use std::sync::Arc;
 
 use pushbridge_api::{Push, PushBody};
 use serde_json::{json, Map, Value};
 
-use super::{clip, largest_fitting, shortened, Policy, MAX_THREAD_ID};
+use super::{thread_id, truncate, Policy};
 
 /// A push rendered for delivery: its headers, and its payload per payload
 /// limit (built once per limit).
@@ -42,7 +43,7 @@ impl Policy {
             aps.insert("sound".into(), json!(s));
         }
         if let Some(t) = &push.thread {
-            aps.insert("thread-id".into(), json!(clip(t, MAX_THREAD_ID)));
+            aps.insert("thread-id".into(), json!(thread_id(t)));
         }
         if push.mutable_content {
             aps.insert("mutable-content".into(), json!(1));
@@ -69,8 +70,8 @@ impl Policy {
 }
 
 impl RenderedPush {
-    /// The payload within `limit` bytes (the body is shortened first at a
-    /// character boundary with an ellipsis, then the title).
+    /// The payload within `limit` bytes (the body is shortened first at an
+    /// extended grapheme cluster boundary with an ellipsis, then the title).
     pub fn payload(&mut self, limit: usize) -> Arc<str> {
         if let Some((_, p)) = self.payloads.iter().find(|(l, _)| *l == limit) {
             return p.clone();
@@ -85,27 +86,19 @@ impl RenderedPush {
             return self.render(None, "");
         };
         let title = title.as_deref();
-        let full = self.render(title, body);
-        if full.len() <= limit {
+        let fits = |t: Option<&str>, b: &str| {
+            let s = self.render(t, b);
+            (s.len() <= limit).then_some(s)
+        };
+        if let Some(full) = fits(title, body) {
             return full;
         }
-        let boundaries: Vec<usize> = body.char_indices().map(|(i, _)| i).collect();
-        let fits = |n: usize| {
-            let s = self.render(title, &shortened(body, boundaries[n]));
-            (s.len() <= limit).then_some(s)
-        };
-        if let Some(best) = largest_fitting(boundaries.len(), fits) {
+        if let Some(best) = truncate::longest(body, |b| fits(title, b)) {
             return best;
         }
-        let t = title.unwrap_or("");
-        let tb: Vec<usize> = t.char_indices().map(|(i, _)| i).collect();
-        let fits = |n: usize| {
-            let s = self.render(Some(&shortened(t, tb[n])), "");
-            (s.len() <= limit).then_some(s)
-        };
-        // Only custom keys larger than the limit get past this; send the
-        // skeleton rather than nothing (APNS refuses it as too large).
-        largest_fitting(tb.len(), fits).unwrap_or_else(|| self.render(None, ""))
+        // Only custom keys larger than the limit get past the title; send
+        // the skeleton rather than nothing (APNS refuses it as too large).
+        truncate::longest(title.unwrap_or(""), |t| fits(Some(t), "")).unwrap_or_else(|| self.render(None, ""))
     }
 
     /// The JSON for this title and body (no alert at all without one).

@@ -36,6 +36,10 @@ const UNCONFIGURED_LIMIT: usize = 4096;
 pub(crate) struct Parts {
     /// The alert title's sender (`bob`, `carol in #chat`).
     pub from: String,
+    /// APNS `alert.subtitle` (the group chat a speaker wrote in); absent
+    /// in rows written before subtitles existed.
+    #[serde(default)]
+    pub subtitle: Option<String>,
     /// The latest message's text.
     pub text: Option<String>,
     /// The conversation id of `thread-id`, if not the sender.
@@ -62,6 +66,7 @@ impl Parts {
         let now = (now_ms.max(0) / 1000) as u64;
         let mut msg = policy
             .message(&self.from, self.text.as_deref(), self.thread.as_deref(), badge, now)
+            .with_subtitle(self.subtitle.as_deref())
             .coalesced(self.count);
         if self.muted {
             msg = msg.badge_only();
@@ -258,6 +263,7 @@ mod tests {
     fn parts(text: &str, count: u32) -> Parts {
         Parts {
             from: "bob".into(),
+            subtitle: None,
             text: Some(text.into()),
             thread: None,
             badge: None,

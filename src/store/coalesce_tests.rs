@@ -82,6 +82,7 @@ impl Fixture {
         let job = MessageJob {
             to: user("alice"),
             from: from.into(),
+            subtitle: None,
             text: Some(text.into()),
             thread: None,
             device: None,

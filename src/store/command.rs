@@ -20,6 +20,8 @@ pub type ReplyTx = oneshot::Sender<Result<Reply, EventError>>;
 pub struct MessageJob {
     pub to: UserId,
     pub from: String,
+    /// APNS `alert.subtitle` (api `Message::subtitle`).
+    pub subtitle: Option<String>,
     pub text: Option<String>,
     pub thread: Option<String>,
     /// Only this device.

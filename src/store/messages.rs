@@ -57,6 +57,7 @@ impl Writer {
         let quiet = self.settings.quiet(&job.to, now_ms);
         let mut msg = Parts {
             from: job.from,
+            subtitle: job.subtitle,
             text: job.text,
             thread: job.thread,
             badge: None,
@@ -110,6 +111,7 @@ impl Writer {
         let conversation = job.thread.clone().unwrap_or_else(|| job.from.clone());
         let parts = Parts {
             from: job.from,
+            subtitle: job.subtitle,
             text: job.text,
             thread: job.thread,
             badge: job.badge,

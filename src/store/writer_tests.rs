@@ -78,6 +78,7 @@ fn message(to: &str, text: &str) -> (Command, oneshot::Receiver<Result<Reply, Ev
     let job = MessageJob {
         to: user(to),
         from: "bob".into(),
+        subtitle: None,
         text: Some(text.into()),
         thread: None,
         device: None,

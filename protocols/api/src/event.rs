@@ -25,6 +25,9 @@ pub struct Message {
     pub to: UserId,
     /// Who sent it, as the alert title shows it (`alice`, `bob in #chat`).
     pub from: String,
+    /// A line under the title (APNS `alert.subtitle`), e.g. the group chat
+    /// the sender wrote in; `None` (the default): no subtitle.
+    pub subtitle: Option<String>,
     /// The text; `None` when the IM side did not say (the core then sends
     /// its generic body). The core drops it anyway in privacy mode.
     pub text: Option<String>,
@@ -49,6 +52,7 @@ impl Message {
         Self {
             to,
             from: from.into(),
+            subtitle: None,
             text: Some(text.into()),
             thread: None,
             device: None,

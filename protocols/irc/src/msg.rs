@@ -213,17 +213,15 @@ pub fn strip_formatting(s: &str) -> String {
     out
 }
 
-/// Split `text` into pieces of at most `max` bytes, at UTF-8 character
-/// boundaries, preferring spaces.
+/// Split `text` into pieces of at most `max` bytes, at grapheme cluster
+/// boundaries (a character boundary only inside a cluster longer than
+/// `max`), preferring spaces.
 pub fn split_text(text: &str, max: usize) -> Vec<String> {
     let max = max.max(4);
     let mut out = Vec::new();
     let mut rest = text;
     while rest.len() > max {
-        let mut cut = max;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        let mut cut = pushbridge_kit::text::split_point(rest, max);
         if let Some(space) = rest[..cut].rfind(' ').filter(|&i| i > max / 2) {
             cut = space;
         }
@@ -363,6 +361,22 @@ mod tests {
         assert!(parts.iter().all(|p| p.len() <= 50 && !p.starts_with(' ')));
         assert_eq!(parts.join(" "), words.trim());
         assert_eq!(split_text("", 10), [""]);
+    }
+
+    #[test]
+    fn long_text_splits_between_grapheme_clusters() {
+        let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦"; // 25 bytes
+        for (s, unit) in [
+            ("🇩🇪".repeat(100), 8),
+            ("e\u{301}".repeat(300), 3),
+            (family.repeat(40), family.len()),
+        ] {
+            let parts = split_text(&s, 401);
+            assert_eq!(parts.concat(), s);
+            for p in &parts {
+                assert!(p.len() <= 401 && p.len() % unit == 0, "{} bytes", p.len());
+            }
+        }
     }
 
     #[test]

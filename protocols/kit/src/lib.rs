@@ -11,12 +11,17 @@
 //!   errors that name the peer.
 //! - [`redact`]: what protocol traces show instead of secrets, device
 //!   tokens and message text.
+//! - [`digest`]: header-safe digests of chat data (`apns-collapse-id`).
+//! - [`text`]: cutting shown text at grapheme cluster boundaries (never
+//!   half a flag or an accent without its letter).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod codec;
+pub mod digest;
 pub mod net;
 pub mod redact;
+pub mod text;
 pub mod tls;
 
 pub use backoff::Backoff;

@@ -17,6 +17,8 @@
 //!   shutdown);
 //! - [`service`]: routes each iq to [`disco`] (XEP-0030), [`commands`]
 //!   (XEP-0050 registration forms) or [`publish`] (XEP-0357 publishes);
+//! - [`alert`]: what a publish's summary shows (1:1, group chat,
+//!   anonymous);
 //! - [`registry`]: the node → device registry over the adapter's key-value
 //!   state, with its per-JID index and `max_devices_per_jid`;
 //! - [`stanza`]: namespaces, iq replies and errors, data forms;
@@ -24,6 +26,7 @@
 //! - this file: the config and the [`Adapter`] implementation.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod commands;
 pub mod component;
 pub mod disco;
@@ -64,9 +67,18 @@ pub struct XmppConfig {
     /// Environment of devices registered here when the client does not say
     /// (`sandbox` field in the command); default: the app's.
     pub environment: Option<Environment>,
-    /// Alert title when the server does not say who sent the message.
-    #[serde(default = "default_title")]
-    pub anonymous_title: String,
+    /// Alert title when the server does not say who sent the message;
+    /// `None` (the default): the domain of the account the push is for
+    /// (`example.org`), so the title differs from the generic body.
+    #[serde(default)]
+    pub anonymous_title: Option<String>,
+    /// Domains of group chat (XEP-0045 MUC) services: a
+    /// `last-message-sender` there is `room@domain/nick`, shown as title
+    /// `nick` and subtitle `room@domain`. An entry ending in `.` matches
+    /// every domain that starts with it (default: `conference.`, `muc.`,
+    /// `rooms.`, `groupchat.`).
+    #[serde(default = "default_muc_domains")]
+    pub muc_domains: Vec<String>,
     /// Publishes being handed to the core at once; more are answered
     /// `wait`/`resource-constraint` so the server retries later.
     #[serde(default = "default_inflight")]
@@ -99,6 +111,7 @@ impl std::fmt::Debug for XmppConfig {
             .field("topic", &self.topic)
             .field("environment", &self.environment)
             .field("anonymous_title", &self.anonymous_title)
+            .field("muc_domains", &self.muc_domains)
             .field("max_inflight", &self.max_inflight)
             .field("max_devices_per_jid", &self.max_devices_per_jid)
             .finish()
@@ -119,8 +132,10 @@ fn default_max_stanza() -> usize {
 fn default_max_depth() -> usize {
     64
 }
-fn default_title() -> String {
-    "New message".to_owned()
+fn default_muc_domains() -> Vec<String> {
+    ["conference.", "muc.", "rooms.", "groupchat."]
+        .map(String::from)
+        .to_vec()
 }
 fn default_inflight() -> usize {
     1024
@@ -169,6 +184,9 @@ impl Adapter for XmppAdapter {
         }
         if c.max_inflight == 0 {
             return Err(ConfigError::new("max_inflight", "must be at least 1"));
+        }
+        if let Some(d) = c.muc_domains.iter().find(|d| d.is_empty() || d.contains(['@', '/'])) {
+            return Err(ConfigError::new("muc_domains", format!("{d:?} is not a domain")));
         }
         if c.max_devices_per_jid == 0 {
             return Err(ConfigError::new("max_devices_per_jid", "must be at least 1"));

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use pushbridge_api::{Context, DeviceToken, Event, EventError, Message, Reply};
 use subtle::ConstantTimeEq;
 
+use crate::alert;
 use crate::registry::{Registration, Registry, RegistryError};
-use crate::stanza::{bare, fields, Req, NS_DATA, NS_PUSH};
+use crate::stanza::{fields, Req, NS_DATA, NS_PUSH};
 use crate::xml::Element;
 use crate::XmppConfig;
 
@@ -70,7 +71,7 @@ pub async fn publish(ctx: &Context<XmppConfig>, registry: &Registry, req: &Req, 
     let (Some(user), Ok(token)) = (registry.user(&reg.jid), DeviceToken::parse(&reg.token)) else {
         return req.error("cancel", "item-not-found", Some("registration unusable"));
     };
-    let message = message(ctx, user, token.clone(), &p.summary);
+    let message = message(ctx, user, &reg.jid, token.clone(), &p.summary);
     match ctx.submit(Event::Message(message)).await {
         Ok(Reply::Queued(n)) if n > 0 => req.result(None),
         Ok(_) | Err(EventError::NoSuchDevice) => {
@@ -84,24 +85,29 @@ pub async fn publish(ctx: &Context<XmppConfig>, registry: &Registry, req: &Req, 
     }
 }
 
-/// The message for the device `token` of `to`, from the summary form.
+/// The message for the device `token` of `to` (the account `account`, a
+/// bare JID), from the summary form; its title, subtitle and thread as
+/// [`crate::alert`] shapes them.
 fn message(
     ctx: &Context<XmppConfig>,
     to: pushbridge_api::UserId,
+    account: &str,
     token: DeviceToken,
     summary: &HashMap<String, String>,
 ) -> Message {
-    let sender = summary
-        .get("last-message-sender")
-        .map(|s| bare(s))
-        .filter(|s| !s.is_empty());
+    let shape = alert::shape(
+        ctx.config(),
+        account,
+        summary.get("last-message-sender").map(String::as_str),
+    );
     let body = summary.get("last-message-body").filter(|b| !b.is_empty()).cloned();
     let badge = summary.get("message-count").and_then(|c| c.trim().parse::<u32>().ok());
     Message {
         to,
-        from: sender.clone().unwrap_or_else(|| ctx.config().anonymous_title.clone()),
+        from: shape.title,
+        subtitle: shape.subtitle,
         text: body,
-        thread: sender,
+        thread: Some(shape.thread),
         device: Some(token),
         respect_presence: false,
         badge,
@@ -170,6 +176,8 @@ mod tests {
             Event::Message(m) => {
                 assert_eq!(m.to.as_str(), "xmpp:alice@localhost");
                 assert_eq!(m.from, "bob@localhost");
+                assert_eq!(m.thread.as_deref(), Some("bob@localhost"));
+                assert_eq!(m.subtitle, None);
                 assert_eq!(m.text.as_deref(), Some("hi <there> & you"));
                 assert_eq!(m.badge, Some(3));
                 assert_eq!(m.device.as_ref().map(|d| d.as_str()), Some(TOKEN));
@@ -183,7 +191,11 @@ mod tests {
         match f.events.lock().unwrap().last().unwrap() {
             Event::Message(m) => {
                 assert_eq!(m.text, None);
-                assert_eq!(m.from, "New message");
+                // Anonymous: titled with the account's server, grouped by
+                // account (never the generic body, never one global thread).
+                assert_eq!(m.from, "localhost");
+                assert_eq!(m.thread.as_deref(), Some("alice@localhost"));
+                assert_eq!(m.subtitle, None);
                 assert_eq!(m.badge, None);
             }
             other => panic!("{other:?}"),

@@ -1,7 +1,9 @@
-//! Apple's checks of one request, in Apple's order: method and path (the
-//! device token), authentication (`auth`), the `apns-*` headers, the
-//! payload, then the injected and configured refusals (`faults`). The
-//! steps before the body are pure functions of the request head.
+//! Apple's checks of one request, in Apple's order: header values at the
+//! HTTP layer (visible ASCII only), method and path (the device token),
+//! authentication (`auth`), the `apns-*` headers, the payload, then the
+//! injected and configured refusals (`faults`). The steps before the body
+//! are pure functions of the request head; [`check_headers`] runs the
+//! header steps alone, for tests of request builders.
 
 use h2::RecvStream;
 use http::{HeaderMap, Method, Request};
@@ -42,6 +44,7 @@ pub(super) async fn check(
     conn_auth: &ConnAuth,
 ) -> Result<Record, Refusal> {
     let (head, body) = req.into_parts();
+    http_layer(&head.headers)?;
     let token = device_token(&head.method, head.uri.path())?;
     let auth = auth::authenticate(&head.headers, state, has_cert, conn_auth)?;
     let headers = ApnsHeaders::parse(&head.headers)?;
@@ -62,6 +65,29 @@ pub(super) async fn check(
         connection: conn,
         payload,
     })
+}
+
+/// Every header value must be visible ASCII (RFC 9110 field values;
+/// Apple's front end refuses raw UTF-8 and control bytes before the
+/// provider API sees the request): else 400 with reason `BadHeader` (the
+/// simulator's own name: Apple's table has no reason for it).
+fn http_layer(headers: &HeaderMap) -> Result<(), Refusal> {
+    let visible = |v: &http::HeaderValue| v.as_bytes().iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t');
+    if headers.values().all(visible) {
+        Ok(())
+    } else {
+        Err(Refusal(400, Reason::Other("BadHeader".into())))
+    }
+}
+
+/// The simulator's checks of a request's headers alone, as [`check`] runs
+/// them (HTTP layer, then the `apns-*` headers in Apple's order; not
+/// authentication): `Err((status, reason))` when Apple would refuse them.
+pub fn check_headers(headers: &HeaderMap) -> Result<(), (u16, Reason)> {
+    http_layer(headers)
+        .and_then(|()| ApnsHeaders::parse(headers))
+        .map(|_| ())
+        .map_err(|Refusal(status, reason)| (status, reason))
 }
 
 /// `POST /3/device/<token>`: the device token (64 to 200 hex digits),
@@ -335,6 +361,33 @@ mod tests {
             parse(&[("apns-topic", "t"), ("apns-collapse-id", &long)]),
             (400, Reason::BadCollapseId)
         );
+    }
+
+    #[test]
+    fn header_values_must_be_visible_ascii() {
+        let bad_header = Err((400, Reason::Other("BadHeader".into())));
+        let mut h = headers(&[("apns-topic", "t"), ("apns-collapse-id", "bob")]);
+        assert_eq!(check_headers(&h), Ok(()));
+        // Raw UTF-8 (obs-text to HTTP); control bytes cannot even be
+        // header values.
+        for raw in ["jürgen", "#café", "🇩🇪"] {
+            h.insert(
+                "apns-collapse-id",
+                http::HeaderValue::from_bytes(raw.as_bytes()).unwrap(),
+            );
+            assert_eq!(check_headers(&h), bad_header, "{raw:?}");
+        }
+        assert!(http::HeaderValue::from_bytes(b"a\x01").is_err());
+        // Any header, not only Apple's, and before Apple's own checks.
+        let mut h = headers(&[("apns-topic", "t")]);
+        h.insert("x-note", http::HeaderValue::from_bytes("grüße".as_bytes()).unwrap());
+        assert_eq!(check_headers(&h), bad_header);
+        let mut h = headers(&[]);
+        h.insert(
+            "apns-collapse-id",
+            http::HeaderValue::from_bytes("ü".as_bytes()).unwrap(),
+        );
+        assert_eq!(check_headers(&h), bad_header, "before MissingTopic");
     }
 
     #[test]

@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Recorder;
+pub use check::check_headers;
 pub use state::State;
 
 /// Apple's payload limit for alerts, in bytes.

@@ -253,6 +253,74 @@ mod tests {
         assert!(build(&note(Some(&"x".repeat(64))), "h:1", &apns_id(1, 1), None).is_ok());
     }
 
+    mod chat_data {
+        //! Property: chat data never makes a request Apple would refuse.
+        use super::*;
+        use crate::config::PolicyConfig;
+        use crate::policy::{collapse_id, Policy};
+        use crate::simulator::http2::{check_headers, MAX_PAYLOAD};
+        use proptest::prelude::*;
+
+        /// The request for a message from `from` in conversation `thread`,
+        /// rendered with `collapse = true`.
+        fn request_for(from: &str, thread: Option<&str>, text: &str) -> Request<()> {
+            let policy = Policy::new(PolicyConfig {
+                collapse: true,
+                ..PolicyConfig::default()
+            });
+            let mut r = policy
+                .message(from, Some(text), thread, 7, 1_900_000_000)
+                .with_subtitle(Some(text));
+            let mut n = note(None);
+            n.payload = r.payload(&policy, MAX_PAYLOAD);
+            n.collapse_id = r.collapse_id.clone();
+            let mut b = RequestBuilder::new("api.push.apple.com:443");
+            b.build(&n, &apns_id(3, 9), Some(&Arc::from("jwt.token.sig")))
+                .unwrap_or_else(|e| panic!("{from:?}/{thread:?}: {e}"))
+        }
+
+        proptest! {
+            #[test]
+            fn every_request_passes_the_simulators_header_checks(
+                from in any::<String>(),
+                thread in proptest::option::of(any::<String>()),
+                text in any::<String>(),
+            ) {
+                let r = request_for(&from, thread.as_deref(), &text);
+                prop_assert_eq!(check_headers(r.headers()), Ok(()));
+                let key = thread.as_deref().unwrap_or(&from);
+                let want = collapse_id(key);
+                prop_assert_eq!(&r.headers()["apns-collapse-id"], want.as_str());
+                prop_assert!(collapse_id(key).len() <= MAX_COLLAPSE_ID);
+            }
+
+            #[test]
+            fn distinct_conversations_get_distinct_collapse_ids(a in any::<String>(), b in any::<String>()) {
+                prop_assume!(a != b);
+                prop_assert_ne!(collapse_id(&a), collapse_id(&b));
+                let (ra, rb) = (request_for("x", Some(&a), "t"), request_for("x", Some(&b), "t"));
+                prop_assert_ne!(&ra.headers()["apns-collapse-id"], &rb.headers()["apns-collapse-id"]);
+            }
+
+            #[test]
+            fn long_keys_sharing_a_prefix_stay_distinct(base in "\\PC{64,300}", more in "\\PC{1,4}") {
+                let longer = format!("{base}{more}");
+                prop_assert_ne!(collapse_id(&base), collapse_id(&longer));
+            }
+        }
+
+        #[test]
+        fn the_issues_senders_and_channels() {
+            for (from, thread) in [
+                ("jürgen", None),
+                ("bob", Some("#café")),
+                ("bob", Some("jürgen@example.org")),
+            ] {
+                assert_eq!(check_headers(request_for(from, thread, "hallo").headers()), Ok(()));
+            }
+        }
+    }
+
     #[test]
     fn apns_id_is_a_uuid_carrying_the_outbox_id() {
         for (prefix, id) in [

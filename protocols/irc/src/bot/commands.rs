@@ -268,6 +268,7 @@ impl Bot {
         let msg = Message {
             to,
             from: sender.to_owned(),
+            subtitle: None,
             text: Some(body),
             thread: Some(sender.to_owned()),
             device: None,
