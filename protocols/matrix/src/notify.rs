@@ -108,11 +108,17 @@ impl Device {
 }
 
 /// Parse a notify body. Pure: no I/O, no allocation beyond the result.
+/// `M_NOT_JSON` exactly when the bytes are not JSON at all: a body that
+/// is wrong for a notify request (a duplicate key, a wrong type) before a
+/// syntax error further on is still not JSON (found by fuzzing).
 pub fn parse_notify(bytes: &[u8]) -> Result<Notify, NotifyError> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => NotifyError::BadJson(e.to_string()),
+            Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => NotifyError::BadJson(e.to_string()),
+                Err(syntax) => NotifyError::NotJson(syntax.to_string()),
+            },
             Category::Syntax | Category::Eof | Category::Io => NotifyError::NotJson(e.to_string()),
         }
     })
@@ -148,6 +154,15 @@ pub fn decode_pushkey(pushkey: &str) -> Result<DeviceToken, PushkeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_error_before_a_syntax_error_is_not_json() {
+        // Found by fuzzing: a duplicate key, then broken JSON.
+        let body = br#"{"notification":{"devices":[],"room_id":"a","room_id":"b","room_name":"x"y"}}"#;
+        assert_eq!(parse_notify(body).unwrap_err().errcode(), "M_NOT_JSON");
+        let body = br#"{"notification":{"devices":[],"room_id":"a","room_id":"b"}}"#;
+        assert_eq!(parse_notify(body).unwrap_err().errcode(), "M_BAD_JSON");
+    }
 
     #[test]
     fn pushkeys_in_base64_with_and_without_padding_and_hex() {
