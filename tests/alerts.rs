@@ -108,7 +108,10 @@ impl FakeXmpp {
             "<iq type='set' id='reg-{token}' from='{jid}' to='push.localhost'><command xmlns='http://jabber.org/protocol/commands' node='register-push-apns' action='execute'><x xmlns='jabber:x:data' type='submit'><field var='token'><value>{token}</value></field><field var='device-id'><value>phone</value></field></x></command></iq>"
         );
         let reply = self.iq(&format!("reg-{token}"), &cmd).await;
-        (field_value(&reply, "node"), field_value(&reply, "secret"))
+        (
+            harness::field_value(&reply, "node"),
+            harness::field_value(&reply, "secret"),
+        )
     }
 
     /// Publish a notification with the summary `fields` to `node`; the
@@ -126,16 +129,6 @@ impl FakeXmpp {
         let reply = self.iq(id, &xml).await;
         assert!(reply.contains("type=\"result\""), "{reply}");
     }
-}
-
-/// The `<value>` of the form field `var` in `xml` (our writer's quoting).
-fn field_value(xml: &str, var: &str) -> String {
-    let at = xml
-        .find(&format!("var=\"{var}\""))
-        .unwrap_or_else(|| panic!("no {var} in {xml}"));
-    let v = &xml[at..];
-    let start = v.find("<value>").unwrap() + "<value>".len();
-    v[start..start + v[start..].find("</value>").unwrap()].to_owned()
 }
 
 /// Wait for the simulator to accept a request matching `pick`.

@@ -88,16 +88,6 @@ async fn read_until(s: &mut tokio::net::TcpStream, seen: &mut String, from: usiz
     }
 }
 
-/// The `<value>` of the form field `var` in `xml` (our writer's quoting).
-fn field_value(xml: &str, var: &str) -> String {
-    let at = xml
-        .find(&format!("var=\"{var}\""))
-        .unwrap_or_else(|| panic!("no {var} in {xml}"));
-    let v = &xml[at..];
-    let start = v.find("<value>").unwrap() + "<value>".len();
-    v[start..start + v[start..].find("</value>").unwrap()].to_owned()
-}
-
 /// A fake XMPP server for one component connection: header, handshake,
 /// a `register-push-apns` command for `token`, then a publish to the node
 /// it got with its secret and a message body. Returns (handshake digest,
@@ -118,7 +108,10 @@ async fn fake_xmpp(l: TcpListener, token: String) -> (String, String, String) {
     let from = seen.len();
     read_until(&mut s, &mut seen, from, "</iq>").await;
     let reply = seen[from..].to_owned();
-    let (node, secret) = (field_value(&reply, "node"), field_value(&reply, "secret"));
+    let (node, secret) = (
+        harness::field_value(&reply, "node"),
+        harness::field_value(&reply, "secret"),
+    );
     let publish = format!(
         "<iq type='set' id='pub1' from='localhost' to='push.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data'><field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field><field var='last-message-sender'><value>bob@localhost</value></field><field var='last-message-body'><value>{XMPP_TEXT}</value></field></x></notification></item></publish><publish-options><x xmlns='jabber:x:data'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>{secret}</value></field></x></publish-options></pubsub></iq>"
     );

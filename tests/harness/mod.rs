@@ -319,3 +319,30 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Stop a server a test started: SIGTERM, up to 5 s to exit, then SIGKILL.
+pub fn terminate(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The `<value>` of the XEP-0004 form field `var` in `xml` (our writer's
+/// quoting).
+pub fn field_value(xml: &str, var: &str) -> String {
+    let at = xml
+        .find(&format!("var=\"{var}\""))
+        .unwrap_or_else(|| panic!("no {var} in {xml}"));
+    let v = &xml[at..];
+    let start = v.find("<value>").unwrap() + "<value>".len();
+    v[start..start + v[start..].find("</value>").unwrap()].to_owned()
+}

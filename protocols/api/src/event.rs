@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::settings::{QuietHours, Settings};
 use crate::delivery::Receipts;
 use crate::push::Push;
+use crate::settings::{QuietHours, Settings};
 use crate::types::{DeviceToken, Environment, Presence, UserId};
 
 /// A device to register: its token, and optionally the app (APNS topic) and

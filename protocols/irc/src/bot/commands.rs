@@ -303,21 +303,12 @@ impl Bot {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{bot, feed, registers, settle, TOKEN};
+    use super::super::testing::{account_tag_bot, bot, feed, registers, settle, TOKEN};
     use super::*;
 
     #[tokio::test]
     async fn with_account_tags_only_the_tag_counts() {
-        let (mut b, events) = bot(serde_json::json!({})).await;
-        feed(
-            &mut b,
-            &[
-                ":srv CAP * LS :account-tag",
-                ":srv CAP * ACK :account-tag",
-                ":srv 001 pushbridge :hi",
-            ],
-        )
-        .await;
+        let (mut b, events) = account_tag_bot().await;
         // alice was seen logged in once...
         feed(&mut b, &["@account=alice :alice!a@h PRIVMSG #chat :hello"]).await;
         // ...but this message carries no account: refused, whatever we remember.

@@ -75,18 +75,15 @@ fn alert_text(sender: &str, text: &str, action: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{bot, feed, settle, TOKEN};
+    use super::super::testing::{account_tag_bot, feed, settle, TOKEN};
     use pushbridge_api::Event;
 
     #[tokio::test]
     async fn an_action_names_its_actor() {
-        let (mut b, events) = bot(serde_json::json!({})).await;
+        let (mut b, events) = account_tag_bot().await;
         feed(
             &mut b,
             &[
-                ":srv CAP * LS :account-tag",
-                ":srv CAP * ACK :account-tag",
-                ":srv 001 pushbridge :hi",
                 &format!("@account=alice :alice!a@h PRIVMSG pushbridge :REGISTER {TOKEN}"),
                 ":carol!c@h PRIVMSG #chat :\x01ACTION waves at \x02alice\x02\x01",
                 ":carol!c@h PRIVMSG #chat :alice: hi",

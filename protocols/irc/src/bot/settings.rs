@@ -129,7 +129,7 @@ fn describe(s: &Settings) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{bot, feed, settle};
+    use super::super::testing::{account_tag_bot, feed, settle};
     use super::*;
     use pushbridge_api::settings::Muted;
 
@@ -137,16 +137,7 @@ mod tests {
 
     #[tokio::test]
     async fn settings_commands_from_a_vouched_account() {
-        let (mut b, events) = bot(serde_json::json!({})).await;
-        feed(
-            &mut b,
-            &[
-                ":srv CAP * LS :account-tag",
-                ":srv CAP * ACK :account-tag",
-                ":srv 001 pushbridge :hi",
-            ],
-        )
-        .await;
+        let (mut b, events) = account_tag_bot().await;
         let say = |cmd: &str| format!("{LOGGED_IN}{cmd}");
         let out = feed(&mut b, &[&say("MUTE #CHAT 10")]).await;
         assert!(

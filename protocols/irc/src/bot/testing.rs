@@ -14,6 +14,22 @@ use crate::IrcConfig;
 /// A valid device token.
 pub const TOKEN: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 
+/// A [`bot`] with the default config, registered on a server that
+/// acknowledged the `account-tag` capability.
+pub async fn account_tag_bot() -> (Bot, Arc<Mutex<Vec<Event>>>) {
+    let (mut b, events) = bot(serde_json::json!({})).await;
+    feed(
+        &mut b,
+        &[
+            ":srv CAP * LS :account-tag",
+            ":srv CAP * ACK :account-tag",
+            ":srv 001 pushbridge :hi",
+        ],
+    )
+    .await;
+    (b, events)
+}
+
 /// A bot on a test context, and the events it sent the core.
 pub async fn bot(extra: serde_json::Value) -> (Bot, Arc<Mutex<Vec<Event>>>) {
     let mut cfg = serde_json::json!({"network": "test", "server": "127.0.0.1:6667", "channels": ["#chat"]});
