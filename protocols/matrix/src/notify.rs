@@ -110,12 +110,16 @@ impl Device {
 /// Parse a notify body. Pure: no I/O, no allocation beyond the result.
 /// `M_NOT_JSON` exactly when the bytes are not JSON at all: a body that
 /// is wrong for a notify request (a duplicate key, a wrong type) before a
-/// syntax error further on is still not JSON (found by fuzzing).
+/// syntax error or a byte that is not UTF-8 further on is still not JSON
+/// (both found by fuzzing).
 pub fn parse_notify(bytes: &[u8]) -> Result<Notify, NotifyError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    // JSON is UTF-8 (RFC 8259 §8.1); serde_json would not look at the bytes
+    // of a string it skips, so check them all first.
+    let text = std::str::from_utf8(bytes).map_err(|e| NotifyError::NotJson(format!("not UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Category::Data => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
                 Ok(_) => NotifyError::BadJson(e.to_string()),
                 Err(syntax) => NotifyError::NotJson(syntax.to_string()),
             },
@@ -162,6 +166,9 @@ mod tests {
         assert_eq!(parse_notify(body).unwrap_err().errcode(), "M_NOT_JSON");
         let body = br#"{"notification":{"devices":[],"room_id":"a","room_id":"b"}}"#;
         assert_eq!(parse_notify(body).unwrap_err().errcode(), "M_BAD_JSON");
+        // A missing field, then a byte that is not UTF-8 in a skipped key.
+        let body = b"{\"notification\":{\"devices\":[{\"app_2d\":\"x\"}],\"ro\xf0m\":1}}";
+        assert_eq!(parse_notify(body).unwrap_err().errcode(), "M_NOT_JSON");
     }
 
     #[test]
