@@ -105,6 +105,12 @@ pub(crate) enum Command {
         prefix: String,
         reply: oneshot::Sender<Result<Vec<(String, String)>, StoreError>>,
     },
+    /// Make every commit so far durable (answered `Done` after a synced
+    /// commit): the durability hook of receipts whose pushes were
+    /// committed without waiting for the disk.
+    Sync {
+        reply: Option<ReplyTx>,
+    },
     /// Render notifications with this policy from now on (a reload).
     SetPolicy(Box<Policy>),
     /// Wake up to load waiting outbox entries into sinks with room.
@@ -123,6 +129,19 @@ pub(crate) enum Command {
 impl Command {
     /// Not store data: handled after the batch (or, for a policy, in
     /// order), also when the transaction fails.
+    /// Whether a transaction holding this command may commit without
+    /// waiting for the disk: pushes whose adapter waits for their outcomes
+    /// (their answer comes after Apple's, or after a [`Command::Sync`]),
+    /// and commands that answer nobody (the sinks' outcomes they bring
+    /// along are only sent again if lost). See `writer::durability`.
+    pub(crate) fn may_defer_sync(&self) -> bool {
+        match self {
+            Command::Push { pushes, .. } => pushes.iter().all(|p| p.track),
+            Command::Tick | Command::Wake | Command::OutboxStats { .. } => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn is_control(&self) -> bool {
         matches!(
             self,
@@ -205,7 +224,8 @@ pub(crate) fn fail_command(cmd: Command, msg: &str) {
         | Command::Push { reply, .. }
         | Command::Setting { reply, .. }
         | Command::ShowSettings { reply, .. }
-        | Command::ListDevices { reply, .. } => {
+        | Command::ListDevices { reply, .. }
+        | Command::Sync { reply } => {
             if let Some(tx) = reply {
                 let _ = tx.send(event_err());
             }

@@ -108,6 +108,10 @@ pub struct NewNotification<'a> {
 /// An open database.
 pub struct Db {
     conn: Connection,
+    /// `[store] synchronous`, as configured.
+    synchronous: Synchronous,
+    /// Whether commits skip the fsync now ([`Db::defer_sync`]).
+    deferred: bool,
 }
 
 pub fn now_ms() -> i64 {
@@ -145,7 +149,11 @@ impl Db {
             Synchronous::Normal => "PRAGMA synchronous=NORMAL;",
         })?;
         conn.execute_batch("PRAGMA foreign_keys=ON;")?;
-        let mut db = Self { conn };
+        let mut db = Self {
+            conn,
+            synchronous: sync,
+            deferred: false,
+        };
         db.migrate().map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             message: format!("migration failed: {e}"),
@@ -178,6 +186,29 @@ impl Db {
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Whether a commit waits for the disk (`synchronous = "full"`).
+    pub fn syncs_commits(&self) -> bool {
+        self.synchronous == Synchronous::Full
+    }
+
+    /// With `defer`, the next commits skip the fsync (SQLite WAL with
+    /// `synchronous=NORMAL`: they survive a crash of the process, and the
+    /// next synced commit makes them durable, as the WAL is synced as a
+    /// whole); without, commits are as configured again. Call between
+    /// transactions. A no-op under `synchronous = "normal"`.
+    pub fn defer_sync(&mut self, defer: bool) -> Result<(), StoreError> {
+        let defer = defer && self.syncs_commits();
+        if defer != self.deferred {
+            self.conn.execute_batch(if defer {
+                "PRAGMA synchronous=NORMAL;"
+            } else {
+                "PRAGMA synchronous=FULL;"
+            })?;
+            self.deferred = defer;
+        }
+        Ok(())
     }
 
     pub fn begin(&self) -> Result<(), StoreError> {

@@ -65,6 +65,8 @@ pub struct OpenStore {
     completions: CompletionReceiver,
     checkpointer: db::Checkpointer,
     metrics: Arc<StoreMetrics>,
+    /// For receipts' durability hooks ([`writer`]'s `durability`).
+    sync_tx: mpsc::WeakSender<Command>,
 }
 
 /// The running store thread.
@@ -86,6 +88,7 @@ impl Store {
         let checkpointer = db::Checkpointer::start(&config.path, CHECKPOINT_EVERY)?;
         let (tx, rx) = mpsc::channel(STORE_QUEUE);
         let wake_tx = tx.clone().downgrade();
+        let sync_tx = tx.downgrade();
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(tx) = wake_tx.upgrade() {
                 // Full: the thread is busy and drains completions anyway.
@@ -100,6 +103,7 @@ impl Store {
             completions,
             checkpointer,
             metrics: metrics.clone(),
+            sync_tx,
         };
         Ok((StoreHandle { tx, metrics }, completion_tx, open))
     }
@@ -108,7 +112,8 @@ impl Store {
 impl OpenStore {
     /// Start the store thread, feeding `feed` with what `policy` renders.
     pub fn start(self, feed: Feed, policy: Policy, counters: Arc<Counters>) -> std::io::Result<StoreThread> {
-        let writer = writer::Writer::new(self.db, feed, policy, counters, self.completions, self.metrics);
+        let writer = writer::Writer::new(self.db, feed, policy, counters, self.completions, self.metrics)
+            .with_durability(self.sync_tx);
         let rx = self.rx;
         let thread = std::thread::Builder::new()
             .name("pushbridge-store".into())

@@ -36,6 +36,7 @@ use crate::policy::Policy;
 /// inject their own).
 pub(crate) type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+mod durability;
 mod push;
 
 /// Completions waiting to be recorded beyond which no new notification is
@@ -64,6 +65,13 @@ pub(crate) struct Writer {
     /// The earliest end of a coalescing window (Unix ms); `None`: nothing
     /// waits.
     pub(super) next_due: Option<i64>,
+    /// The store's own command channel, for receipts' durability hooks;
+    /// `None`: every commit waits for the disk (see [`durability`]).
+    durability: Option<mpsc::WeakSender<Command>>,
+    /// The current transaction commits without waiting for the disk.
+    deferring: bool,
+    /// The last commit did not wait for the disk.
+    unsynced: bool,
 }
 
 /// A device removed in the current transaction: app, token, reason.
@@ -99,6 +107,9 @@ impl Writer {
             settings: SettingsCache::default(),
             clock: Arc::new(now_ms),
             next_due: None,
+            durability: None,
+            deferring: false,
+            unsynced: false,
         }
         .load_settings()
     }
@@ -242,7 +253,8 @@ impl Writer {
         let mut completed = done.is_empty();
         let mut size = done.len();
         let started = std::time::Instant::now();
-        let result = self.db.begin().and_then(|_| {
+        let result = self.prepare_durability(batch).and_then(|mark| {
+            self.db.begin()?;
             if !completed {
                 match done.iter().try_for_each(|c| self.complete(c, &mut removed)) {
                     Ok(()) => completed = true,
@@ -274,10 +286,14 @@ impl Writer {
                     }
                 }
             }
+            if mark {
+                self.write_mark()?;
+            }
             self.db.commit()
         });
         match result {
             Ok(()) => {
+                self.committed_durability();
                 self.metrics.committed(started.elapsed(), size);
                 for (app, token, reason) in removed {
                     events::DeviceRemoved { app, token, reason }.emit(&self.counters.app(app));
@@ -477,6 +493,7 @@ impl Writer {
                 let r = self.push(pushes, out);
                 hold(pending, reply, r, done(), Pending::Event)
             }
+            Command::Sync { reply } => hold(pending, reply, Ok(done()), done(), Pending::Event),
             Command::StateGet { ns, key, reply } => {
                 let r = self.db.state_get(&ns, &key);
                 hold(pending, reply, r, None, Pending::Get)

@@ -11,12 +11,23 @@
 //! core keeps only a weak reference per id, and forgets the ids when the
 //! last clone of the receipts is dropped (after the adapter's deadline, or
 //! when the requester went away); a resolved id is forgotten at once.
+//!
+//! Durability: notifications queued for tracking may be committed without
+//! waiting for the disk (the answer waits for Apple anyway, and a requester
+//! that got no answer retries). [`Receipts::wait`] therefore makes the ones
+//! still pending at the deadline durable (through the hook the core set
+//! with [`Receipts::set_durability`]) before it returns them: what an
+//! adapter acknowledges as queued is on disk.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::EventError;
 
 /// What became of one notification, as far as the gateway knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,12 +60,18 @@ impl Delivery {
 /// Called with the ids when the last clone of the receipts goes.
 type Forget = Box<dyn FnOnce(&[i64]) + Send>;
 
+/// Makes every notification committed so far durable (the core's store:
+/// one synced commit); `Err` when the store cannot.
+pub type DurabilityHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), EventError>> + Send>> + Send + Sync>;
+
 struct Shared {
     ids: Vec<i64>,
     state: Mutex<Vec<Delivery>>,
     /// How many are still pending (waiters watch it reach 0).
     open: watch::Sender<usize>,
     forget: Mutex<Option<Forget>>,
+    /// `None`: committed durably already (or nothing was deferred).
+    durability: Mutex<Option<DurabilityHook>>,
 }
 
 impl Drop for Shared {
@@ -81,6 +98,7 @@ impl Receipts {
             ids,
             open: watch::Sender::new(n),
             forget: Mutex::new(None),
+            durability: Mutex::new(None),
         }))
     }
 
@@ -107,13 +125,36 @@ impl Receipts {
 
     /// Wait until every notification has a final outcome or `timeout`
     /// passes, whichever is first; then [`Receipts::deliveries`]. A zero
-    /// `timeout` does not wait.
-    pub async fn wait(&self, timeout: Duration) -> Vec<Delivery> {
+    /// `timeout` does not wait. When some are still pending, they are made
+    /// durable first (see the module docs), so the caller may acknowledge
+    /// them as queued.
+    ///
+    /// # Errors
+    /// [`EventError::Unavailable`] (or another store error) when pending
+    /// notifications could not be made durable: the caller must not
+    /// acknowledge them (they are still queued and will be sent, so a retry
+    /// by the requester can only duplicate them).
+    pub async fn wait(&self, timeout: Duration) -> Result<Vec<Delivery>, EventError> {
         if !timeout.is_zero() {
             let mut rx = self.0.open.subscribe();
             let _ = tokio::time::timeout(timeout, rx.wait_for(|open| *open == 0)).await;
         }
-        self.deliveries()
+        let deliveries = self.deliveries();
+        if deliveries.iter().any(|d| !d.is_final()) {
+            let hook = self.0.durability.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(sync) = hook {
+                sync().await?;
+                *self.0.durability.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// The notifications were committed without waiting for the disk:
+    /// `hook` makes them durable ([`Receipts::wait`] calls it when some are
+    /// still pending at its deadline). Set by the core.
+    pub fn set_durability(&self, hook: DurabilityHook) {
+        *self.0.durability.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Record the delivery of notification `id` (the core's tracker).
@@ -211,7 +252,7 @@ mod tests {
         assert!(!r.is_empty());
         assert!(r.resolve(8, refused()));
         let started = tokio::time::Instant::now();
-        let got = waiter.await.unwrap();
+        let got = waiter.await.unwrap().unwrap();
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(got, vec![Delivery::Delivered, refused()]);
         assert!(got[1].device_gone() && !got[0].device_gone());
@@ -222,7 +263,7 @@ mod tests {
         let r = Receipts::new(vec![1, 2]);
         r.resolve(1, Delivery::Delivered);
         let started = tokio::time::Instant::now();
-        let got = r.wait(Duration::from_secs(10)).await;
+        let got = r.wait(Duration::from_secs(10)).await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert_eq!(got, vec![Delivery::Delivered, Delivery::Pending]);
         assert!(!r.resolve(2, Delivery::Pending), "pending is not an outcome");
@@ -231,9 +272,53 @@ mod tests {
     #[tokio::test]
     async fn zero_timeout_and_empty_receipts_do_not_wait() {
         let r = Receipts::new(vec![1]);
-        assert_eq!(r.wait(Duration::ZERO).await, vec![Delivery::Pending]);
+        assert_eq!(r.wait(Duration::ZERO).await.unwrap(), vec![Delivery::Pending]);
         let none = Receipts::new(Vec::new());
-        assert!(none.wait(Duration::from_secs(3600)).await.is_empty());
+        assert!(none.wait(Duration::from_secs(3600)).await.unwrap().is_empty());
+    }
+
+    /// A hook counting its calls, failing while `fail` is set.
+    fn hook(calls: &Arc<AtomicUsize>, fail: &Arc<std::sync::atomic::AtomicBool>) -> DurabilityHook {
+        let (calls, fail) = (calls.clone(), fail.clone());
+        Arc::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let failed = fail.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if failed {
+                    Err(EventError::Unavailable("disk full".into()))
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_notifications_are_made_durable_before_wait_returns_them() {
+        let (calls, fail) = (Arc::new(AtomicUsize::new(0)), Arc::new(Default::default()));
+        // All final: nothing to make durable.
+        let r = Receipts::new(vec![1]);
+        r.set_durability(hook(&calls, &fail));
+        r.resolve(1, Delivery::Delivered);
+        assert_eq!(r.wait(Duration::from_secs(1)).await.unwrap(), vec![Delivery::Delivered]);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        // Pending at the deadline: synced first, once.
+        let r = Receipts::new(vec![2]);
+        r.set_durability(hook(&calls, &fail));
+        assert_eq!(r.wait(Duration::from_secs(1)).await.unwrap(), vec![Delivery::Pending]);
+        assert_eq!(r.wait(Duration::ZERO).await.unwrap(), vec![Delivery::Pending]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "durable once is durable");
+        // The store cannot sync: the caller must not acknowledge them.
+        fail.store(true, Ordering::SeqCst);
+        let r = Receipts::new(vec![3]);
+        r.set_durability(hook(&calls, &fail));
+        assert_eq!(
+            r.wait(Duration::ZERO).await,
+            Err(EventError::Unavailable("disk full".into()))
+        );
+        fail.store(false, Ordering::SeqCst);
+        assert!(r.wait(Duration::ZERO).await.is_ok(), "tried again on the next wait");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[test]

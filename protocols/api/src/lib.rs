@@ -34,7 +34,7 @@ pub mod status;
 pub mod types;
 
 pub use context::{Adapter, AdapterError, ConfigError, Context, Envelope, StateError, StateStore};
-pub use delivery::{Delivery, Receipts, WeakReceipts};
+pub use delivery::{Delivery, DurabilityHook, Receipts, WeakReceipts};
 pub use event::{Device, Event, EventError, Message, Reply};
 pub use push::{Priority, Push, PushAlert, PushBody};
 pub use status::{AdapterStatus, ConnectionGuard};

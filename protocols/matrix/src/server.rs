@@ -150,7 +150,14 @@ async fn handle(ctx: &Context<MatrixConfig>, notify: &Notify) -> Result<Vec<Stri
             return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", e.to_string()));
         }
     };
-    let deliveries = receipts.wait(timeout).await;
+    let deliveries = match receipts.wait(timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            // Still queued, but not known to be on disk: not acknowledged.
+            tracing::warn!(adapter = ctx.name(), error = %e, "notify not acknowledged: its pushes could not be made durable; the homeserver will retry");
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", e.to_string()));
+        }
+    };
     for ((delivery, key), id) in deliveries.iter().zip(&keys).zip(receipts.ids()) {
         if delivery.device_gone() {
             tracing::info!(
@@ -389,6 +396,29 @@ mod tests {
         let (s, v) = call(&app, Method::POST, NOTIFY_PATH, body(&devices)).await;
         assert_eq!((s, v), (StatusCode::OK, json!({"rejected": []})));
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_pushes_that_cannot_be_made_durable_are_503() {
+        let core: Core = |p| {
+            let r = Receipts::new((1..=p.len() as i64).collect());
+            r.set_durability(Arc::new(|| {
+                Box::pin(async { Err(EventError::Unavailable("store: disk full".into())) })
+            }));
+            Ok(Reply::Pushed(r))
+        };
+        // Apple answers in time: nothing to make durable, answered 200.
+        let (app, _) = gateway(10, core, vec![Delivery::Delivered]);
+        let one = body(&device("com.example.chat.ios", ALICE_B64));
+        let (s, _) = call(&app, Method::POST, NOTIFY_PATH, one.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+        // Pending at the deadline and not durable: not acknowledged.
+        let (app, _) = gateway(10, core, vec![]);
+        let (s, v) = call(&app, Method::POST, NOTIFY_PATH, one).await;
+        assert_eq!(
+            (s, v["errcode"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("M_UNKNOWN"))
+        );
     }
 
     #[tokio::test]

@@ -65,6 +65,11 @@ impl Writer {
         // Before the commit and the feed: no outcome can come first. A
         // rolled-back batch drops the receipts, which forgets them.
         self.completions.tracker().track(&receipts, &tracked);
+        if !tracked.is_empty() {
+            if let Some(hook) = self.durability_hook() {
+                receipts.set_durability(hook);
+            }
+        }
         Ok(Ok(Reply::Pushed(receipts)))
     }
 }
@@ -94,8 +99,12 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(Synchronous::Normal, None)
+    }
+
+    fn fixture_with(sync: Synchronous, durability: Option<mpsc::WeakSender<Command>>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let db = Db::open(&dir.path().join("t.db"), sync).unwrap();
         let counters = Arc::new(Counters::default());
         let (tx, sink) = mpsc::channel(64);
         let mut feed = Feed::new();
@@ -103,6 +112,9 @@ mod tests {
         let (completions, rx) = CompletionSender::new(None);
         let policy = Policy::new(PolicyConfig::default());
         let mut writer = Writer::new(db, feed, policy, counters.clone(), rx, Default::default());
+        if let Some(tx) = durability {
+            writer = writer.with_durability(tx);
+        }
         writer.refill_for_test();
         Fixture {
             writer,
@@ -208,5 +220,91 @@ mod tests {
         assert!(matches!(apply(&mut f, vec![p]), Ok(Reply::Pushed(_))));
         assert!(f.writer.completions.tracker().is_empty());
         assert_eq!(Event::Push(Vec::new()).kind(), "push");
+    }
+
+    /// The connection's `PRAGMA synchronous` (1 NORMAL, 2 FULL).
+    fn synchronous(f: &Fixture) -> i64 {
+        f.writer
+            .db_for_test()
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn mark(f: &Fixture) -> Option<String> {
+        f.writer
+            .db_for_test()
+            .state_get("pushbridge/store", "synced-at-ms")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn tracked_pushes_skip_the_fsync_until_a_waiter_acknowledges_them_pending() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut f = fixture_with(Synchronous::Full, Some(tx.downgrade()));
+        let Ok(Reply::Pushed(receipts)) = apply(&mut f, vec![push(1, APP)]) else {
+            panic!("pushed");
+        };
+        assert_eq!(synchronous(&f), 1, "committed without waiting for the disk");
+        // Apple has not answered at the deadline: made durable first.
+        let waiter = tokio::spawn(async move { receipts.wait(std::time::Duration::ZERO).await });
+        let sync = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the hook asks the store to sync")
+            .expect("the channel is open");
+        assert!(matches!(sync, Command::Sync { .. }), "{sync:?}");
+        assert!(!waiter.is_finished(), "not acknowledged before the sync");
+        f.writer.apply_batch(&mut vec![sync], &mut Vec::new());
+        assert_eq!(synchronous(&f), 2, "the sync's commit waits for the disk");
+        assert!(mark(&f).is_some(), "an otherwise empty sync writes its marker");
+        assert_eq!(waiter.await.unwrap(), Ok(vec![Delivery::Pending]));
+        // Nothing unsynced now: a sync writes nothing.
+        f.writer
+            .db_for_test()
+            .execute_for_test("DELETE FROM adapter_state")
+            .unwrap();
+        f.writer
+            .apply_batch(&mut vec![Command::Sync { reply: None }], &mut Vec::new());
+        assert_eq!(mark(&f), None);
+    }
+
+    #[tokio::test]
+    async fn other_commands_and_untracked_pushes_keep_every_commit_synced() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut f = fixture_with(Synchronous::Full, Some(tx.downgrade()));
+        let mut untracked = push(1, APP);
+        untracked.track = false;
+        let Ok(Reply::Pushed(r)) = apply(&mut f, vec![untracked, push(2, APP)]) else {
+            panic!("pushed");
+        };
+        assert_eq!(synchronous(&f), 2);
+        assert_eq!(r.wait(std::time::Duration::ZERO).await.unwrap().len(), 2);
+        // A tracked push beside a registration: the registration's answer
+        // promises durability, so the whole transaction is synced.
+        let (p, _answer) = command(vec![push(3, APP)]);
+        let register = Command::Register {
+            user: pushbridge_api::UserId::parse("line:alice").unwrap(),
+            token: DeviceToken::parse(&format!("{:064x}", 9)).unwrap(),
+            topic: None,
+            environment: None,
+            reply: None,
+        };
+        f.writer.apply_batch(&mut vec![p, register], &mut Vec::new());
+        assert_eq!(synchronous(&f), 2);
+        assert!(rx.try_recv().is_err(), "no sync was ever needed");
+        // The sinks' outcomes alone answer nobody: not waited for.
+        f.writer.apply_batch(&mut vec![Command::Wake], &mut Vec::new());
+        assert_eq!(synchronous(&f), 1);
+        // Configured `synchronous = "normal"`: nothing is deferred (and
+        // nothing synced: the operator chose so).
+        let mut f = fixture_with(Synchronous::Normal, Some(tx.downgrade()));
+        let Ok(Reply::Pushed(r)) = apply(&mut f, vec![push(4, APP)]) else {
+            panic!("pushed");
+        };
+        assert_eq!(
+            r.wait(std::time::Duration::ZERO).await.unwrap(),
+            vec![Delivery::Pending]
+        );
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -1,0 +1,92 @@
+//! Commits that do not wait for the disk, for pushes whose adapter waits
+//! for Apple's answer anyway ([`pushbridge_api::Receipts::wait`]).
+//!
+//! Under `synchronous = "full"` every commit is fsynced before anyone is
+//! answered. A Matrix homeserver, though, gets its answer only after Apple
+//! answered (or the adapter's deadline passed), and retries a request it
+//! got no answer to; so a transaction holding such tracked pushes and
+//! nothing else but the sinks' outcomes commits without the fsync, which takes the disk's
+//! latency out of every request. What the adapter acknowledges while
+//! Apple has not answered yet is made durable first: the receipts carry a
+//! hook that sends [`Command::Sync`], answered after a synced commit. In
+//! WAL mode the WAL is synced as a whole, so one synced commit makes every
+//! earlier one durable; if nothing else is written, a marker row is (an
+//! empty transaction would not sync).
+//!
+//! The same holds for transactions of outcomes alone ("delivered, remove
+//! it"): an outcome lost only sends its notification again, which
+//! at-least-once delivery allows, so they do not wait for the disk either.
+//!
+//! What this costs: a machine crash (not a process crash) can lose the
+//! rows of unsynced commits, at most the last `CHECKPOINT_EVERY` (the
+//! checkpointer syncs the WAL before each checkpoint, and any synced commit
+//! syncs it whole): unacknowledged pushes, which the requester sends again,
+//! and outcomes, whose notifications are sent again. Their pushes were either answered by Apple
+//! already (then a lost outbox row only means nothing to send) or not yet
+//! acknowledged to the requester, which sends them again.
+
+use pushbridge_api::{DurabilityHook, EventError, Reply};
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::command::Command;
+use super::super::db::StoreError;
+use super::Writer;
+
+/// Adapter-state namespace and key of the marker row (adapters' namespaces
+/// are their instance names; none of ours writes this key).
+const MARK_NS: &str = "pushbridge/store";
+const MARK_KEY: &str = "synced-at-ms";
+
+impl Writer {
+    /// Let transactions of tracked pushes skip the fsync, made durable on
+    /// demand through `tx` (the store's own command channel; weak, so it
+    /// does not keep the store open).
+    pub(crate) fn with_durability(mut self, tx: mpsc::WeakSender<Command>) -> Self {
+        self.durability = Some(tx);
+        self
+    }
+
+    /// Before a transaction: choose whether its commit waits for the disk.
+    /// `Ok(true)`: it answers a [`Command::Sync`] while earlier commits
+    /// are not synced, so it must write (the marker) to sync.
+    pub(super) fn prepare_durability(&mut self, batch: &[Command]) -> Result<bool, StoreError> {
+        self.deferring =
+            self.durability.is_some() && self.db.syncs_commits() && batch.iter().all(Command::may_defer_sync);
+        self.db.defer_sync(self.deferring)?;
+        Ok(self.unsynced && batch.iter().any(|c| matches!(c, Command::Sync { .. })))
+    }
+
+    /// Inside the transaction: the marker a sync writes.
+    pub(super) fn write_mark(&self) -> Result<(), StoreError> {
+        self.db.state_put(MARK_NS, MARK_KEY, &(self.clock)().to_string())
+    }
+
+    /// The transaction committed.
+    pub(super) fn committed_durability(&mut self) {
+        self.unsynced = self.deferring;
+    }
+
+    /// The hook for receipts of pushes committed in this transaction;
+    /// `None` when the commit waits for the disk.
+    pub(super) fn durability_hook(&self) -> Option<DurabilityHook> {
+        let weak = self.durability.clone().filter(|_| self.deferring)?;
+        Some(std::sync::Arc::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let tx = weak.upgrade().ok_or(EventError::ShuttingDown)?;
+                let (reply, rx) = oneshot::channel();
+                tx.send(Command::Sync { reply: Some(reply) })
+                    .await
+                    .map_err(|_| EventError::ShuttingDown)?;
+                match rx.await {
+                    Ok(Ok(Reply::Done)) => Ok(()),
+                    Ok(Ok(other)) => Err(EventError::Unavailable(format!(
+                        "unexpected answer to a sync: {other:?}"
+                    ))),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(EventError::ShuttingDown),
+                }
+            })
+        }))
+    }
+}
