@@ -190,17 +190,39 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// `check`'s schema line: the store's schema version and how many
+/// migrations a start would apply (the store is only read).
+fn schema_line(store: &pushbridge::config::StoreConfig) -> String {
+    match pushbridge::store::schema_status(store) {
+        Ok(s) if s.pending() == 0 => format!("schema: version {} (up to date)", s.version),
+        Ok(s) => format!(
+            "schema: version {}, {} migration(s) pending (applied at the next start)",
+            s.version,
+            s.pending()
+        ),
+        Err(e) => format!("schema: unknown ({e})"),
+    }
+}
+
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     println!("{}: OK", path.display());
     for w in config.credential_warnings() {
         println!("WARNING: {w}");
     }
-    println!(
-        "store: {} (synchronous = {:?})",
-        config.store.path.display(),
-        config.store.synchronous
-    );
+    match &config.store.url {
+        None => println!(
+            "store: {} (synchronous = {:?})",
+            config.store.path.display(),
+            config.store.synchronous
+        ),
+        Some(_) => println!(
+            "store: {} (PostgreSQL, lease = {} s)",
+            config.store.describe(),
+            config.store.lease.as_secs()
+        ),
+    }
+    println!("{}", schema_line(&config.store));
     for (i, app) in config.apps.iter().enumerate() {
         let default = if i == 0 { " (default)" } else { "" };
         use pushbridge::sink::SinkConfig;
