@@ -1,5 +1,5 @@
 //! Command-line interface: `run`, `check`, `status`, `devices`, `push`, `simulate`,
-//! `bench`, `bench-http2`, `bench-binary`.
+//! `store`, `bench`, `bench-http2`, `bench-binary`.
 
 mod bench;
 mod bench_binary;
@@ -11,6 +11,7 @@ mod push;
 mod scrape;
 mod simulate;
 mod status;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,12 @@ enum Cmd {
         #[command(subcommand)]
         action: devices::Action,
     },
+    /// Store maintenance: `store copy --from PATH_OR_URL --to PATH_OR_URL`
+    /// moves every row between SQLite and PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        action: store::Action,
+    },
     /// Load generator: pipelines MSG commands over line-protocol connections
     /// into a gateway it starts in-process (outbox on, log sink to a file),
     /// and prints accepted messages/s and latency percentiles.
@@ -111,6 +118,7 @@ pub fn main() -> ExitCode {
         Cmd::Run { config } => run(config, level),
         Cmd::Check { config } => check(config),
         Cmd::Devices { config, action } => devices::run(&config, action),
+        Cmd::Store { action } => store::run(action),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Push(args) => push::run(args),
         Cmd::Status(args) => status::run(args),

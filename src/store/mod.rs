@@ -4,7 +4,8 @@
 //! - [`backend`]: [`Db`], the one face of both backends; [`db`]: the
 //!   SQLite backend's schema, migrations, statements (synchronous);
 //!   [`settings`] and [`coalesce`] add the statements of their tables and
-//!   columns; [`pg`]: the PostgreSQL backend (set-based per batch).
+//!   columns; [`pg`]: the PostgreSQL backend (set-based per batch);
+//!   [`copy`]: every row of one store into another (`store copy`).
 //! - [`command`]: what the store thread is asked to do.
 //! - [`writer`]: the store thread. Every change goes through it; it applies
 //!   commands and completions in batches, one transaction per batch (group
@@ -21,6 +22,7 @@
 pub mod backend;
 pub mod coalesce;
 pub mod command;
+pub mod copy;
 pub mod db;
 pub mod messages;
 pub mod pg;

@@ -24,6 +24,7 @@
 //! [`batch`].
 
 mod batch;
+mod copy;
 mod ops;
 pub mod schema;
 
