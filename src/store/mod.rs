@@ -119,7 +119,7 @@ impl Store {
     /// Returns the handle, where sinks' completions go, and the store to
     /// [`OpenStore::start`] once the sinks are built.
     pub fn open(config: &StoreConfig) -> Result<(StoreHandle, CompletionSender, OpenStore), StoreError> {
-        let db = Db::open_config(config)?;
+        let db = Db::open_gateway(config)?;
         let checkpointer = match &db {
             Db::Sqlite(sqlite) => {
                 sqlite.disable_autocheckpoint()?;
