@@ -54,6 +54,7 @@ on_both_backends!(
     two_hundred_clients_fifty_messages_each,
     a_tiny_sink_queue_spills_to_the_outbox_and_loses_nothing,
     undelivered_notifications_survive_a_kill_and_are_sent_on_restart,
+    mixed_commands_in_one_pipelined_burst_apply_in_order,
 );
 
 fn alert(p: &Value) -> (&str, &str, u64) {
@@ -314,6 +315,51 @@ async fn undelivered_notifications_survive_a_kill_and_are_sent_on_restart(b: &Ba
     let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(gw.pushes().len(), 300, "re-sent after delivery");
+}
+
+/// Registrations, presence and messages of one user written at once land in
+/// one store batch: each must see the ones before it (the PostgreSQL store
+/// reads a batch's devices and counters up front).
+async fn mixed_commands_in_one_pipelined_burst_apply_in_order(b: &Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
+    let mut c = gw.client().await;
+    let (t1, t2) = (token(0x71), token(0x72));
+    let script = [
+        (format!("REGISTER alice {t1}"), "OK"),
+        ("MSG bob alice one".to_owned(), "OK 1"),
+        ("MSG bob alice two".to_owned(), "OK 1"),
+        ("PRESENCE alice online".to_owned(), "OK"),
+        ("PRESENCE alice offline".to_owned(), "OK"),
+        ("MSG bob alice three".to_owned(), "OK 1"),
+        (format!("UNREGISTER alice {t1}"), "OK"),
+        ("MSG bob alice four".to_owned(), "OK 0"),
+        (format!("REGISTER alice {t2}"), "OK"),
+        ("MSG bob alice five".to_owned(), "OK 1"),
+    ];
+    let burst: String = script.iter().map(|(l, _)| format!("{l}\n")).collect();
+    c.send_raw(burst.as_bytes()).await;
+    for (line, want) in &script {
+        assert_eq!(c.line().await.as_deref(), Some(*want), "{line}");
+    }
+    let p = gw.wait_pushes(4);
+    let got: Vec<(&str, u64, &str)> = p
+        .iter()
+        .map(|p| {
+            let (_, body, badge) = alert(p);
+            (body, badge, p["device_token"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("one", 1, t1.as_str()),
+            ("two", 2, t1.as_str()),
+            ("three", 1, t1.as_str()),
+            ("five", 2, t2.as_str())
+        ]
+    );
+    gw.assert_pushes_stay(4);
 }
 
 #[test]
