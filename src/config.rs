@@ -133,18 +133,80 @@ impl LogConfig {
     }
 }
 
-/// `[store]`
+/// `[store]`: SQLite (`path`, the default) or PostgreSQL (`url`), exactly
+/// one of them.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawStoreConfig")]
 pub struct StoreConfig {
     /// SQLite file, created if missing. Relative paths are relative to the
-    /// working directory.
-    #[serde(default = "default_store_path")]
+    /// working directory. Unused when `url` is set.
     pub path: PathBuf,
     /// `full` (default): every commit is fsynced (group commit amortizes
     /// it); `normal`: survives a process crash but not a power cut.
-    #[serde(default)]
+    /// (SQLite only: PostgreSQL's durability is the server's.)
     pub synchronous: Synchronous,
+    /// `postgres://user[:password]@host[:port]/dbname[?sslmode=…]`: the
+    /// PostgreSQL store instead of SQLite (see [`crate::store::pg`]).
+    pub url: Option<String>,
+    /// File holding the PostgreSQL password (first line), instead of one in
+    /// the URL.
+    pub password_file: Option<PathBuf>,
+    /// A gateway whose heartbeat is older than this is dead (PostgreSQL;
+    /// default 30 s).
+    pub lease: Duration,
+}
+
+/// `[store]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStoreConfig {
+    path: Option<PathBuf>,
+    #[serde(default)]
+    synchronous: Synchronous,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    /// Seconds.
+    #[serde(default = "default_lease")]
+    lease: u64,
+}
+
+fn default_lease() -> u64 {
+    30
+}
+
+impl TryFrom<RawStoreConfig> for StoreConfig {
+    type Error = String;
+    fn try_from(raw: RawStoreConfig) -> Result<Self, String> {
+        if raw.path.is_some() && raw.url.is_some() {
+            return Err("set exactly one of `path` (SQLite) and `url` (PostgreSQL), not both".into());
+        }
+        if let Some(url) = &raw.url {
+            crate::store::pg::parse_url(url).map_err(|e| format!("url: {e}"))?;
+        } else if raw.password_file.is_some() {
+            return Err("`password_file` needs `url` (it is PostgreSQL's password)".into());
+        }
+        if raw.lease == 0 {
+            return Err("`lease` must be at least 1 second".into());
+        }
+        Ok(Self {
+            path: raw.path.unwrap_or_else(default_store_path),
+            synchronous: raw.synchronous,
+            url: raw.url,
+            password_file: raw.password_file,
+            lease: Duration::from_secs(raw.lease),
+        })
+    }
+}
+
+impl StoreConfig {
+    /// Where the store is, for logs and messages: the SQLite path, or the
+    /// PostgreSQL URL without its password.
+    pub fn describe(&self) -> String {
+        match &self.url {
+            Some(url) => crate::store::pg::redact_url(url),
+            None => self.path.display().to_string(),
+        }
+    }
 }
 
 fn default_store_path() -> PathBuf {
@@ -156,6 +218,9 @@ impl Default for StoreConfig {
         Self {
             path: default_store_path(),
             synchronous: Synchronous::default(),
+            url: None,
+            password_file: None,
+            lease: Duration::from_secs(default_lease()),
         }
     }
 }
@@ -396,6 +461,31 @@ mod tests {
     }
 
     const MINIMAL: &str = "[[apps]]\ntopic = \"com.example.chat\"\nprotocol = \"log\"\n";
+
+    #[test]
+    fn store_is_sqlite_or_postgres_never_both() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!((c.store.url.as_deref(), c.store.lease), (None, Duration::from_secs(30)));
+        let url = "postgres://push:pw@db.example:5433/pb?sslmode=require";
+        let c = parse(&format!("{MINIMAL}\n[store]\nurl = \"{url}\"\nlease = 10\n")).unwrap();
+        assert_eq!(c.store.url.as_deref(), Some(url));
+        assert_eq!(c.store.lease, Duration::from_secs(10));
+        assert_eq!(
+            c.store.describe(),
+            "postgres://push:***@db.example:5433/pb?sslmode=require"
+        );
+        for (store, keys) in [
+            ("path = \"x.db\"\nurl = \"postgres://db/pb\"", &["`path`", "`url`"][..]),
+            ("url = \"postgres://db/pb?sslmode=sometimes\"", &["url", "sslmode"][..]),
+            ("password_file = \"pw\"", &["password_file", "url"][..]),
+            ("url = \"postgres://db/pb\"\nlease = 0", &["lease"][..]),
+        ] {
+            let err = parse(&format!("{MINIMAL}\n[store]\n{store}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(keys.iter().all(|k| err.contains(k)), "{store}: {err}");
+        }
+    }
 
     #[test]
     fn minimal_config_has_defaults() {

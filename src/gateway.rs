@@ -71,7 +71,7 @@ pub async fn run_with_reload(
     };
     let counters = Arc::new(Counters::default());
     let (store, completions, open) = Store::open(&config.store)?;
-    tracing::info!(path = %config.store.path.display(), "store open");
+    tracing::info!(store = %config.store.describe(), "store open");
     let (feed, sinks, reloads) = start_sinks(&config, &counters, completions)?;
     let store_thread = open
         .start(feed, Policy::new(config.policy.clone()), counters.clone())

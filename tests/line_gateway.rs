@@ -1,13 +1,61 @@
-//! End to end over the line protocol: the real binary, real TCP, a real
-//! SQLite file, the `log` sink.
+//! End to end over the line protocol: the real binary, real TCP, the `log`
+//! sink, and each test against both stores: a real SQLite file and a real
+//! PostgreSQL cluster (`sqlite::…` and `postgres::…`).
 
 mod harness;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use harness::{config_text, token, Client, Gateway, TOPIC};
+use harness::postgres::Backend;
+use harness::{token, Client, Gateway, TOPIC};
 use serde_json::Value;
+
+/// Each async test body runs against SQLite and PostgreSQL; a missing
+/// PostgreSQL fails under `CI=true` and is skipped (saying so) elsewhere.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::Backend::Sqlite).await
+                }
+            )*
+            #[test]
+            fn devices_cli_manages_the_registry() {
+                super::devices_cli_manages_the_registry(&super::Backend::Sqlite)
+            }
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(b) = super::Backend::postgres() {
+                        super::$name(&b).await
+                    }
+                }
+            )*
+            #[test]
+            fn devices_cli_manages_the_registry() {
+                if let Some(b) = super::Backend::postgres() {
+                    super::devices_cli_manages_the_registry(&b)
+                }
+            }
+        }
+    };
+}
+
+on_both_backends!(
+    badges_presence_unregister_and_restart,
+    auth_is_required_when_a_secret_is_set,
+    every_error_code_and_the_connection_survives,
+    a_stalled_client_does_not_block_others,
+    two_hundred_clients_fifty_messages_each,
+    a_tiny_sink_queue_spills_to_the_outbox_and_loses_nothing,
+    undelivered_notifications_survive_a_kill_and_are_sent_on_restart,
+    mixed_commands_in_one_pipelined_burst_apply_in_order,
+);
 
 fn alert(p: &Value) -> (&str, &str, u64) {
     let aps = &p["payload"]["aps"];
@@ -18,10 +66,9 @@ fn alert(p: &Value) -> (&str, &str, u64) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn badges_presence_unregister_and_restart() {
+async fn badges_presence_unregister_and_restart(b: &Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), "", "");
+    let text = b.config(dir.path(), "", "");
     let gw = Gateway::start(dir.path(), &text);
     let mut c = gw.client().await;
     let (alice, carol) = (token(0xa11ce), token(0xca201));
@@ -79,10 +126,9 @@ async fn badges_presence_unregister_and_restart() {
     assert!(gw.stop().success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_is_required_when_a_secret_is_set() {
+async fn auth_is_required_when_a_secret_is_set(b: &Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config_text(dir.path(), "secret = \"s3cret pass\"", ""));
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "secret = \"s3cret pass\"", ""));
     assert!(!gw.logs().contains("s3cret"), "secret leaked into logs");
 
     let mut c = gw.client().await;
@@ -101,10 +147,9 @@ async fn auth_is_required_when_a_secret_is_set() {
     assert!(!gw.logs().contains(&token(1)), "full device token in logs");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_error_code_and_the_connection_survives() {
+async fn every_error_code_and_the_connection_survives(b: &Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config_text(dir.path(), "", ""));
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
     let mut c = gw.client().await;
     let t = token(7);
     let cases = [
@@ -144,10 +189,9 @@ async fn every_error_code_and_the_connection_survives() {
     assert_eq!(c.cmd("PING").await, "PONG");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_client_does_not_block_others() {
+async fn a_stalled_client_does_not_block_others(b: &Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config_text(dir.path(), "", ""));
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
     let mut staller = gw.client().await;
     assert_eq!(staller.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
     staller.send_raw(b"MSG bob alice half a li").await;
@@ -165,10 +209,9 @@ async fn a_stalled_client_does_not_block_others() {
     assert_eq!(p[20]["payload"]["aps"]["alert"]["body"], "half a line");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_clients_fifty_messages_each() {
+async fn two_hundred_clients_fifty_messages_each(b: &Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config_text(dir.path(), "", ""));
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
     let mut setup = gw.client().await;
     for u in 0..20 {
         assert_eq!(setup.cmd(&format!("REGISTER user{u} {}", token(1000 + u))).await, "OK");
@@ -217,10 +260,9 @@ async fn two_hundred_clients_fifty_messages_each() {
     gw.assert_pushes_stay(10_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tiny_sink_queue_spills_to_the_outbox_and_loses_nothing() {
+async fn a_tiny_sink_queue_spills_to_the_outbox_and_loses_nothing(b: &Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &config_text(dir.path(), "", "queue = 3"));
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", "queue = 3"));
     let mut c = gw.client().await;
     assert_eq!(c.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
     let mut script = String::new();
@@ -241,14 +283,13 @@ async fn a_tiny_sink_queue_spills_to_the_outbox_and_loses_nothing() {
     gw.assert_pushes_stay(2000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undelivered_notifications_survive_a_kill_and_are_sent_on_restart() {
+async fn undelivered_notifications_survive_a_kill_and_are_sent_on_restart(b: &Backend) {
     let dir = tempfile::tempdir().unwrap();
     // The log sink cannot open its output (a directory), so nothing is
     // delivered; every accepted notification waits in the outbox.
     let blocked = dir.path().join("blocked");
     std::fs::create_dir(&blocked).unwrap();
-    let text = config_text(dir.path(), "", "").replace(
+    let text = b.config(dir.path(), "", "").replace(
         &format!("output = {:?}", dir.path().join("pushes.jsonl").display().to_string()),
         &format!("output = {:?}", blocked.display().to_string()),
     );
@@ -261,7 +302,7 @@ async fn undelivered_notifications_survive_a_kill_and_are_sent_on_restart() {
     gw.kill();
 
     // Restart with a working output: all 300 arrive, each once.
-    let gw = Gateway::start(dir.path(), &config_text(dir.path(), "", ""));
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
     let p = gw.wait_pushes(300);
     let bodies: HashSet<String> = p
         .iter()
@@ -271,9 +312,54 @@ async fn undelivered_notifications_survive_a_kill_and_are_sent_on_restart() {
     gw.assert_pushes_stay(300);
     // Delivered entries left the outbox: another restart sends nothing again.
     assert!(gw.stop().success());
-    let gw = Gateway::start(dir.path(), &config_text(dir.path(), "", ""));
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(gw.pushes().len(), 300, "re-sent after delivery");
+}
+
+/// Registrations, presence and messages of one user written at once land in
+/// one store batch: each must see the ones before it (the PostgreSQL store
+/// reads a batch's devices and counters up front).
+async fn mixed_commands_in_one_pipelined_burst_apply_in_order(b: &Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
+    let mut c = gw.client().await;
+    let (t1, t2) = (token(0x71), token(0x72));
+    let script = [
+        (format!("REGISTER alice {t1}"), "OK"),
+        ("MSG bob alice one".to_owned(), "OK 1"),
+        ("MSG bob alice two".to_owned(), "OK 1"),
+        ("PRESENCE alice online".to_owned(), "OK"),
+        ("PRESENCE alice offline".to_owned(), "OK"),
+        ("MSG bob alice three".to_owned(), "OK 1"),
+        (format!("UNREGISTER alice {t1}"), "OK"),
+        ("MSG bob alice four".to_owned(), "OK 0"),
+        (format!("REGISTER alice {t2}"), "OK"),
+        ("MSG bob alice five".to_owned(), "OK 1"),
+    ];
+    let burst: String = script.iter().map(|(l, _)| format!("{l}\n")).collect();
+    c.send_raw(burst.as_bytes()).await;
+    for (line, want) in &script {
+        assert_eq!(c.line().await.as_deref(), Some(*want), "{line}");
+    }
+    let p = gw.wait_pushes(4);
+    let got: Vec<(&str, u64, &str)> = p
+        .iter()
+        .map(|p| {
+            let (_, body, badge) = alert(p);
+            (body, badge, p["device_token"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("one", 1, t1.as_str()),
+            ("two", 2, t1.as_str()),
+            ("three", 1, t1.as_str()),
+            ("five", 2, t2.as_str())
+        ]
+    );
+    gw.assert_pushes_stay(4);
 }
 
 #[test]
@@ -316,12 +402,11 @@ fn check_names_bad_keys_and_accepts_the_example() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
 }
 
-#[test]
-fn devices_cli_manages_the_registry() {
+fn devices_cli_manages_the_registry(b: &Backend) {
     let bin = env!("CARGO_BIN_EXE_pushbridge");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, config_text(dir.path(), "", "")).unwrap();
+    std::fs::write(&config, b.config(dir.path(), "", "")).unwrap();
     let run = |args: &[&str]| {
         let out = std::process::Command::new(bin)
             .args(["devices", "--config"])

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Args as ClapArgs;
 use hdrhistogram::Histogram;
-use pushbridge::config::{Config, Synchronous};
+use pushbridge::config::Config;
 use pushbridge::outcome::Snapshot;
 use pushbridge::store::Db;
 use pushbridge_api::{DeviceToken, Environment, UserId};
@@ -57,6 +57,10 @@ pub struct Args {
     /// sender within this window become one push.
     #[arg(long, default_value_t = 0)]
     coalesce: u64,
+    /// PostgreSQL store (`postgres://…`, `[store] url`) instead of a fresh
+    /// SQLite file; the database must hold no devices and no outbox yet.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -133,11 +137,9 @@ fn setup(args: &Args) -> anyhow::Result<Setup> {
     if args.connections == 0 || args.messages == 0 || args.users == 0 || args.pipeline == 0 {
         bail!("--connections, --messages, --users and --pipeline must be at least 1");
     }
-    let sync = match args.synchronous.as_str() {
-        "full" => Synchronous::Full,
-        "normal" => Synchronous::Normal,
-        other => bail!("--synchronous must be full or normal, got {other:?}"),
-    };
+    if !matches!(args.synchronous.as_str(), "full" | "normal") {
+        bail!("--synchronous must be full or normal, got {:?}", args.synchronous);
+    }
     let tmp = tempfile::Builder::new().prefix("pushbridge-bench").tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
@@ -169,8 +171,16 @@ fn setup(args: &Args) -> anyhow::Result<Setup> {
         0 => text,
         n => format!("{text}\n[policy]\ncoalesce = {n}\n"),
     };
+    let text = match &args.store {
+        None => text,
+        Some(url) => text.replacen(
+            &format!("path = {:?}\n", db_path.display().to_string()),
+            &format!("url = {url:?}\n"),
+            1,
+        ),
+    };
     let config = Config::parse(&text, std::path::Path::new("<bench>"))?;
-    register_users(&db_path, sync, args.users)?;
+    register_users(&config.store, args.users)?;
     Ok(Setup {
         _tmp: tmp,
         out_path,
@@ -198,10 +208,16 @@ fn coalesced_messages(path: &Path) -> anyhow::Result<usize> {
     Ok(total)
 }
 
-/// Register one device for each of `users` users (`line:u0`…) in the store
-/// at `db_path`, in one transaction.
-fn register_users(db_path: &Path, sync: Synchronous, users: usize) -> anyhow::Result<()> {
-    let db = Db::open(db_path, sync)?;
+/// Register one device for each of `users` users (`line:u0`…) in the
+/// (empty) store, in one transaction.
+fn register_users(store: &pushbridge::config::StoreConfig, users: usize) -> anyhow::Result<()> {
+    let db = Db::open_config(store)?;
+    if !db.all_devices(None)?.is_empty() || !db.outbox_counts()?.is_empty() {
+        bail!(
+            "the store {} is not empty (the bench needs a fresh one)",
+            store.describe()
+        );
+    }
     db.begin()?;
     for u in 0..users {
         let user = UserId::parse(&format!("line:u{u}")).map_err(|e| anyhow::anyhow!(e))?;

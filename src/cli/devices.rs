@@ -41,8 +41,7 @@ pub enum Action {
 
 pub fn run(config_path: &Path, action: Action) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let db = Db::open(&config.store.path, config.store.synchronous)
-        .with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let db = Db::open_config(&config.store).with_context(|| format!("opening store {}", config.store.describe()))?;
     match action {
         Action::List { user } => {
             let rows = db.all_devices(user.as_deref())?;

@@ -1,5 +1,5 @@
 //! Command-line interface: `run`, `check`, `status`, `devices`, `push`, `simulate`,
-//! `bench`, `bench-http2`, `bench-binary`.
+//! `store`, `bench`, `bench-http2`, `bench-binary`.
 
 mod bench;
 mod bench_binary;
@@ -11,6 +11,7 @@ mod push;
 mod scrape;
 mod simulate;
 mod status;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,12 @@ enum Cmd {
         #[command(subcommand)]
         action: devices::Action,
     },
+    /// Store maintenance: `store copy --from PATH_OR_URL --to PATH_OR_URL`
+    /// moves every row between SQLite and PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        action: store::Action,
+    },
     /// Load generator: pipelines MSG commands over line-protocol connections
     /// into a gateway it starts in-process (outbox on, log sink to a file),
     /// and prints accepted messages/s and latency percentiles.
@@ -111,6 +118,7 @@ pub fn main() -> ExitCode {
         Cmd::Run { config } => run(config, level),
         Cmd::Check { config } => check(config),
         Cmd::Devices { config, action } => devices::run(&config, action),
+        Cmd::Store { action } => store::run(action),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Push(args) => push::run(args),
         Cmd::Status(args) => status::run(args),
@@ -190,17 +198,39 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// `check`'s schema line: the store's schema version and how many
+/// migrations a start would apply (the store is only read).
+fn schema_line(store: &pushbridge::config::StoreConfig) -> String {
+    match pushbridge::store::schema_status(store) {
+        Ok(s) if s.pending() == 0 => format!("schema: version {} (up to date)", s.version),
+        Ok(s) => format!(
+            "schema: version {}, {} migration(s) pending (applied at the next start)",
+            s.version,
+            s.pending()
+        ),
+        Err(e) => format!("schema: unknown ({e})"),
+    }
+}
+
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     println!("{}: OK", path.display());
     for w in config.credential_warnings() {
         println!("WARNING: {w}");
     }
-    println!(
-        "store: {} (synchronous = {:?})",
-        config.store.path.display(),
-        config.store.synchronous
-    );
+    match &config.store.url {
+        None => println!(
+            "store: {} (synchronous = {:?})",
+            config.store.path.display(),
+            config.store.synchronous
+        ),
+        Some(_) => println!(
+            "store: {} (PostgreSQL, lease = {} s)",
+            config.store.describe(),
+            config.store.lease.as_secs()
+        ),
+    }
+    println!("{}", schema_line(&config.store));
     for (i, app) in config.apps.iter().enumerate() {
         let default = if i == 0 { " (default)" } else { "" };
         use pushbridge::sink::SinkConfig;

@@ -21,7 +21,7 @@ use pushbridge_api::{DeviceToken, Environment, UserId};
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::db::{Db, NewNotification, StoreError};
+use super::db::{Db, NewNotification, SqliteDb, StoreError};
 use super::settings::SettingsCache;
 use crate::feed::Feed;
 use crate::outcome::Notification;
@@ -81,13 +81,13 @@ impl Parts {
 /// A waiting row whose window ended.
 #[derive(Debug)]
 pub(crate) struct Waiting {
-    id: i64,
-    topic: String,
-    token: DeviceToken,
-    environment: Environment,
-    user: UserId,
-    created_ms: i64,
-    parts: Parts,
+    pub(crate) id: i64,
+    pub(crate) topic: String,
+    pub(crate) token: DeviceToken,
+    pub(crate) environment: Environment,
+    pub(crate) user: UserId,
+    pub(crate) created_ms: i64,
+    pub(crate) parts: Parts,
 }
 
 /// A message's row for one device, to be merged or to start a window.
@@ -102,11 +102,11 @@ pub(crate) struct NewWaiting<'a> {
     pub due_ms: i64,
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("waiting outbox row: {e}"))
 }
 
-impl Db {
+impl SqliteDb {
     /// Merge `parts` into the waiting row of the same user, conversation,
     /// device and app, or start a window with a new waiting row. Returns
     /// the window's end when a new one started.
@@ -158,7 +158,7 @@ impl Db {
     }
 
     /// Waiting rows whose window ended by `now_ms`, earliest first.
-    fn due_waiting(&self, now_ms: i64) -> Result<Vec<Waiting>, StoreError> {
+    pub(crate) fn due_waiting(&self, now_ms: i64) -> Result<Vec<Waiting>, StoreError> {
         let mut stmt = self.conn().prepare_cached(
             "SELECT id, topic, token, environment, user, created_ms, parts FROM outbox
              WHERE not_before_ms > 0 AND not_before_ms <= ?1 ORDER BY not_before_ms, id",

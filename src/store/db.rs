@@ -1,6 +1,6 @@
-//! The SQLite database: schema, migrations and every statement. Synchronous;
-//! the gateway drives it from its own thread (see `writer`), the CLI
-//! directly.
+//! The SQLite backend ([`SqliteDb`]): schema, migrations and every
+//! statement. Synchronous; the gateway drives it from its own thread (see
+//! `writer`), the CLI directly. [`Db`] (in `backend`) is what both use.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +22,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store is closed")]
     Closed,
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// PostgreSQL could not be reached (at start, or again after it went
+    /// away).
+    #[error("cannot reach PostgreSQL at {host}:{port}: {message}")]
+    Connect { host: String, port: u16, message: String },
+    /// PostgreSQL went away; the store reconnects (with backoff).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the
@@ -105,12 +114,14 @@ pub struct NewNotification<'a> {
     pub created_ms: i64,
 }
 
-/// An open database.
-pub struct Db {
+pub use super::backend::Db;
+
+/// An open SQLite database (one of [`Db`]'s backends).
+pub struct SqliteDb {
     conn: Connection,
     /// `[store] synchronous`, as configured.
     synchronous: Synchronous,
-    /// Whether commits skip the fsync now ([`Db::defer_sync`]).
+    /// Whether commits skip the fsync now ([`SqliteDb::defer_sync`]).
     deferred: bool,
 }
 
@@ -121,7 +132,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-impl Db {
+impl SqliteDb {
     /// Open (creating if missing) and migrate. The database file is
     /// created owner-only (mode 0600) before SQLite opens it, which gives
     /// its `-wal` and `-shm` files the same mode; existing ones that
@@ -182,6 +193,19 @@ impl Db {
     /// [`super::coalesce`].
     pub(super) fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Migrations this pushbridge has.
+    pub const MIGRATIONS: i64 = MIGRATIONS.len() as i64;
+
+    /// The schema version of the file at `path`, read only (0 when it does
+    /// not exist yet).
+    pub fn schema_version_at(path: &Path) -> Result<i64, StoreError> {
+        if !path.exists() {
+            return Ok(0);
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {

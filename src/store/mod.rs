@@ -1,8 +1,11 @@
 //! The persistent store: device registry, unread counters, the outbox and
-//! adapters' key-value state, in one SQLite file.
+//! adapters' key-value state, in one SQLite file or a PostgreSQL database.
 //!
-//! - [`db`]: schema, migrations, statements (synchronous); [`settings`]
-//!   and [`coalesce`] add the statements of their tables and columns.
+//! - [`backend`]: [`Db`], the one face of both backends; [`db`]: the
+//!   SQLite backend's schema, migrations, statements (synchronous);
+//!   [`settings`] and [`coalesce`] add the statements of their tables and
+//!   columns; [`pg`]: the PostgreSQL backend (set-based per batch);
+//!   [`copy`]: every row of one store into another (`store copy`).
 //! - [`command`]: what the store thread is asked to do.
 //! - [`writer`]: the store thread. Every change goes through it; it applies
 //!   commands and completions in batches, one transaction per batch (group
@@ -16,10 +19,13 @@
 //! - [`StoreHandle`]: the async face the router and adapters' state use;
 //!   [`Store::open`] + [`OpenStore::start`]: how the gateway starts it.
 
+pub mod backend;
 pub mod coalesce;
 pub mod command;
+pub mod copy;
 pub mod db;
 pub mod messages;
+pub mod pg;
 pub mod settings;
 pub mod stats;
 pub mod writer;
@@ -63,7 +69,7 @@ pub struct OpenStore {
     db: Db,
     rx: mpsc::Receiver<Command>,
     completions: CompletionReceiver,
-    checkpointer: db::Checkpointer,
+    checkpointer: Option<db::Checkpointer>,
     metrics: Arc<StoreMetrics>,
     /// For receipts' durability hooks ([`writer`]'s `durability`).
     sync_tx: mpsc::WeakSender<Command>,
@@ -72,20 +78,57 @@ pub struct OpenStore {
 /// The running store thread.
 pub struct StoreThread {
     thread: std::thread::JoinHandle<()>,
-    _checkpointer: db::Checkpointer,
+    _checkpointer: Option<db::Checkpointer>,
 }
 
 /// Opening the store.
 pub struct Store;
 
+/// A store's schema: migrations applied and migrations this pushbridge
+/// knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// Migrations applied (0: a new store).
+    pub version: i64,
+    /// Migrations this pushbridge has.
+    pub latest: i64,
+}
+
+impl SchemaStatus {
+    /// Migrations the next start applies.
+    pub fn pending(&self) -> i64 {
+        (self.latest - self.version).max(0)
+    }
+}
+
+/// The schema of the store `config` names, read without changing it (a
+/// missing SQLite file is version 0). Blocking (PostgreSQL is asked).
+pub fn schema_status(config: &StoreConfig) -> Result<SchemaStatus, StoreError> {
+    Ok(match &config.url {
+        None => SchemaStatus {
+            version: db::SqliteDb::schema_version_at(&config.path)?,
+            latest: db::SqliteDb::MIGRATIONS,
+        },
+        Some(_) => SchemaStatus {
+            version: pg::PgDb::schema_version_of(config)?,
+            latest: pg::schema::MIGRATIONS.len() as i64,
+        },
+    })
+}
+
 impl Store {
-    /// Open (and migrate) the SQLite file. Returns the handle, where sinks'
-    /// completions go, and the store to [`OpenStore::start`] once the sinks
-    /// are built.
+    /// Open (and migrate) the SQLite file or the PostgreSQL database.
+    /// Returns the handle, where sinks' completions go, and the store to
+    /// [`OpenStore::start`] once the sinks are built.
     pub fn open(config: &StoreConfig) -> Result<(StoreHandle, CompletionSender, OpenStore), StoreError> {
-        let db = Db::open(&config.path, config.synchronous)?;
-        db.disable_autocheckpoint()?;
-        let checkpointer = db::Checkpointer::start(&config.path, CHECKPOINT_EVERY)?;
+        let db = Db::open_gateway(config)?;
+        let checkpointer = match &db {
+            Db::Sqlite(sqlite) => {
+                sqlite.disable_autocheckpoint()?;
+                Some(db::Checkpointer::start(&config.path, CHECKPOINT_EVERY)?)
+            }
+            Db::Postgres(_) => None,
+        };
         let (tx, rx) = mpsc::channel(STORE_QUEUE);
         let wake_tx = tx.clone().downgrade();
         let sync_tx = tx.downgrade();
@@ -112,12 +155,17 @@ impl Store {
 impl OpenStore {
     /// Start the store thread, feeding `feed` with what `policy` renders.
     pub fn start(self, feed: Feed, policy: Policy, counters: Arc<Counters>) -> std::io::Result<StoreThread> {
-        let writer = writer::Writer::new(self.db, feed, policy, counters, self.completions, self.metrics)
-            .with_durability(self.sync_tx);
-        let rx = self.rx;
+        let (db, completions, metrics, rx) = (self.db, self.completions, self.metrics, self.rx);
+        let sync_tx = self.sync_tx;
+        // Built on its thread: the writer reads the settings when made,
+        // and PostgreSQL's blocking client must not run on the runtime.
         let thread = std::thread::Builder::new()
             .name("pushbridge-store".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                writer::Writer::new(db, feed, policy, counters, completions, metrics)
+                    .with_durability(sync_tx)
+                    .run(rx)
+            })?;
         Ok(StoreThread {
             thread,
             _checkpointer: self.checkpointer,

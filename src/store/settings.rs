@@ -11,9 +11,9 @@ use pushbridge_api::settings::{Muted, QuietHours, Settings};
 use pushbridge_api::UserId;
 use rusqlite::params;
 
-use super::db::{Db, StoreError};
+use super::db::{SqliteDb, StoreError};
 
-impl Db {
+impl SqliteDb {
     /// Mute `conversation` for `user` until `until_ms` (Unix ms; `None`:
     /// until unmuted), replacing an earlier mute of it.
     pub fn set_mute(&self, user: &UserId, conversation: &str, until_ms: Option<i64>) -> Result<(), StoreError> {
@@ -142,7 +142,7 @@ impl SettingsCache {
         }
     }
 
-    /// Forget mutes that ended before `now_ms` (as [`Db::expire_mutes`]).
+    /// Forget mutes that ended before `now_ms` (as [`super::Db::expire_mutes`]).
     pub(crate) fn expire_mutes(&mut self, now_ms: i64) {
         for m in self.mutes.values_mut() {
             m.retain(|_, until| until.is_none_or(|u| now_ms < u));
@@ -182,6 +182,7 @@ impl SettingsCache {
 mod tests {
     use super::*;
     use crate::config::Synchronous;
+    use crate::store::Db;
 
     #[test]
     fn settings_persist_and_mutes_expire() {

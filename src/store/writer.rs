@@ -268,6 +268,7 @@ impl Writer {
             }
             // After the completions: their retry above rolls back.
             self.release_due(&mut out)?;
+            self.db.prefetch(batch)?;
             let mut cmds = batch.drain(..);
             while let Some(cmd) = cmds.next() {
                 match cmd {

@@ -32,6 +32,7 @@
 //! | `accepted`, `delivered`, `rejected`, `expired`, `retried`, `lost`, `connects`, `devices_removed` | counters since start (of all apps, or of one app on its "sink stopped" line), on the minutely `counters` line and the "sink stopped" line; the matching `pushbridge_*_total` metrics count the same (`lost` is `pushbridge_notifications_unanswered_total`) | `412` |
 //! | `snapshot` | every counter at shutdown (Debug of the gateway's snapshot) | `Snapshot { accepted: 3, .. }` |
 //! | `path` | a file the gateway reads or writes | `pushbridge.db` |
+//! | `store` | the store: the SQLite path, or the PostgreSQL URL with its password as `***` | `postgres://push@db:5432/pushbridge` |
 //! | `mode` | a file's permission bits, octal (as found, on the warning that tightens them) | `0644` |
 //! | `listen` | the address a listener is bound to (line adapter, admin listener) | `127.0.0.1:9464` |
 //! | `auth` | whether a line listener requires `AUTH` | `true` |

@@ -224,11 +224,10 @@ mod tests {
 
     /// The connection's `PRAGMA synchronous` (1 NORMAL, 2 FULL).
     fn synchronous(f: &Fixture) -> i64 {
-        f.writer
-            .db_for_test()
-            .conn()
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap()
+        let Db::Sqlite(db) = f.writer.db_for_test() else {
+            panic!("SQLite")
+        };
+        db.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
     }
 
     fn mark(f: &Fixture) -> Option<String> {

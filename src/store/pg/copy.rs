@@ -1,0 +1,120 @@
+//! PostgreSQL's side of [`crate::store::copy`]: rows read as a stream,
+//! written with one `unnest` insert per chunk.
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
+
+use super::PgDb;
+use crate::store::copy::{Cell, Kind, Table};
+use crate::store::db::StoreError;
+
+/// A column's name here (`user` is reserved in PostgreSQL).
+fn col(name: &str) -> &str {
+    if name == "user" {
+        "user_id"
+    } else {
+        name
+    }
+}
+
+fn cols(t: &Table) -> String {
+    t.cols.iter().map(|(c, _)| col(c)).collect::<Vec<_>>().join(", ")
+}
+
+impl PgDb {
+    pub(crate) fn count_rows(&self, t: &Table) -> Result<i64, StoreError> {
+        let mut c = self.conn();
+        let r = c.client()?.query_one(&format!("SELECT count(*) FROM {}", t.name), &[]);
+        Ok(c.check(r)?.get(0))
+    }
+
+    pub(crate) fn clear_rows(&self, t: &Table) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let r = c.client()?.batch_execute(&format!("DELETE FROM {}", t.name));
+        c.check(r)
+    }
+
+    pub(crate) fn read_rows(
+        &self,
+        t: &Table,
+        f: &mut dyn FnMut(Vec<Cell>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let order: Vec<&str> = t.order.split(", ").map(col).collect();
+        let sql = format!("SELECT {} FROM {} ORDER BY {}", cols(t), t.name, order.join(", "));
+        let mut c = self.conn();
+        let result = (|| {
+            let mut rows = c.client()?.query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())?;
+            while let Some(row) = rows.next()? {
+                let cells = t
+                    .cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, kind))| match kind {
+                        Kind::Int => Cell::Int(row.get(i)),
+                        Kind::Text => Cell::Text(row.get(i)),
+                    })
+                    .collect();
+                f(cells)?;
+            }
+            Ok(())
+        })();
+        if let Err(StoreError::Postgres(e)) = &result {
+            if e.as_db_error().is_none() {
+                c.lost();
+            }
+        }
+        result
+    }
+
+    pub(crate) fn write_rows(&self, t: &Table, rows: &[Vec<Cell>]) -> Result<(), StoreError> {
+        let mut params: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(t.cols.len());
+        let mut casts = Vec::with_capacity(t.cols.len());
+        for (i, (_, kind)) in t.cols.iter().enumerate() {
+            let cell = |r: &Vec<Cell>| r.get(i).cloned();
+            match kind {
+                Kind::Int => {
+                    let v: Vec<Option<i64>> = rows
+                        .iter()
+                        .map(|r| match cell(r) {
+                            Some(Cell::Int(n)) => n,
+                            _ => None,
+                        })
+                        .collect();
+                    params.push(Box::new(v));
+                    casts.push(format!("${}::BIGINT[]", i + 1));
+                }
+                Kind::Text => {
+                    let v: Vec<Option<String>> = rows
+                        .iter()
+                        .map(|r| match cell(r) {
+                            Some(Cell::Text(s)) => s,
+                            _ => None,
+                        })
+                        .collect();
+                    params.push(Box::new(v));
+                    casts.push(format!("${}::TEXT[]", i + 1));
+                }
+            }
+        }
+        let sql = format!(
+            "INSERT INTO {} ({}) SELECT * FROM unnest({})",
+            t.name,
+            cols(t),
+            casts.join(", ")
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
+        let mut c = self.conn();
+        let r = c.client()?.execute(&sql, &refs);
+        c.check(r).map(|_| ())
+    }
+
+    /// New outbox ids continue above the copied ones.
+    pub(crate) fn copied(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        c.ids.clear();
+        let r = c
+            .client()?
+            .batch_execute("SELECT setval('outbox_id_seq', GREATEST((SELECT max(id) FROM outbox), 1))");
+        c.check(r)
+    }
+}

@@ -1,0 +1,401 @@
+//! The PostgreSQL backend ([`PgDb`]): `[store] url = "postgres://…"`.
+//!
+//! Same promises as SQLite: the writer loop drives it (one transaction per
+//! batch, answers only after COMMIT), but a round trip to a server costs
+//! what an in-process call does not, so a batch never pays one per message:
+//! - [`PgDb::prefetch`] loads the devices and unread counters of every user
+//!   the batch's messages go to in two set-based statements (the counters
+//!   by one `INSERT … ON CONFLICT DO UPDATE … RETURNING`, which also locks
+//!   them for the transaction, so counters stay exact with several
+//!   gateways); messages then read and increment them in memory;
+//! - outbox ids come from the table's sequence in blocks ([`ID_BLOCK`]),
+//!   so an insert needs no answer; outbox inserts and deletes are buffered
+//!   and written at COMMIT with one `unnest` statement each, with the
+//!   changed counters;
+//! - every other statement (registration, settings, state, coalescing)
+//!   first writes the buffer, then runs directly, so it sees the
+//!   transaction's effects in order.
+//!
+//! Statements are prepared once per connection. When the server goes away,
+//! the transaction fails (its commands get `ERR unavailable`; nothing
+//! accepted is lost: answers come after COMMIT), and the next transaction
+//! reconnects, with doubling backoff ([`MIN_BACKOFF`]…[`MAX_BACKOFF`]).
+//! Schema: [`schema`]; statements: [`ops`]; the transaction's buffer:
+//! [`batch`].
+
+mod batch;
+mod copy;
+mod ops;
+pub mod schema;
+
+use std::cell::{RefCell, RefMut};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use postgres::config::Host;
+use postgres::{Client, Statement};
+
+use super::db::StoreError;
+use crate::config::StoreConfig;
+
+/// Outbox ids taken from the sequence at a time.
+const ID_BLOCK: i32 = 4096;
+/// First wait before reconnecting after the server went away.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The session advisory lock a gateway holds on its database (`"pbgw"`):
+/// until several gateways can share one (claims of the outbox), a second
+/// gateway is refused instead of sending the first one's notifications.
+pub const GATEWAY_LOCK: i64 = 0x7062_6777;
+/// How long a starting gateway waits for [`GATEWAY_LOCK`].
+const GATEWAY_LOCK_WAIT: Duration = Duration::from_secs(3);
+/// How long connecting may take before the server counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parse a `postgres://` URL (or key=value string) as the client does;
+/// the error says what is wrong. At least one host is required.
+pub fn parse_url(url: &str) -> Result<postgres::Config, String> {
+    let config: postgres::Config = url.parse().map_err(|e: postgres::Error| connect_reason(&e))?;
+    if config.get_hosts().is_empty() {
+        return Err("no host (postgres://user@host:port/dbname)".into());
+    }
+    Ok(config)
+}
+
+/// `url` with any password replaced by `***` (for logs and messages).
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Where a connection goes, for errors: the first host and port.
+fn target(config: &postgres::Config) -> (String, u16) {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// The connection and the current transaction's state.
+pub(super) struct Conn {
+    config: postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    host: String,
+    port: u16,
+    client: Option<Client>,
+    /// Prepared statements of `client`, by their SQL.
+    stmts: HashMap<&'static str, Statement>,
+    /// Earliest next reconnection attempt, and the wait after that one.
+    next_try: Instant,
+    backoff: Duration,
+    /// Outbox ids taken from the sequence, not used yet.
+    ids: VecDeque<i64>,
+    /// The open transaction's buffer and caches.
+    tx: batch::Tx,
+    /// This connection is a gateway's: it holds [`GATEWAY_LOCK`] (taken
+    /// again on every reconnection).
+    gateway: bool,
+    /// Transactions commit without waiting for the WAL flush
+    /// ([`PgDb::defer_sync`]).
+    pub(super) deferred: bool,
+}
+
+/// An open PostgreSQL store (one connection, used by the writer thread or
+/// the CLI).
+pub struct PgDb {
+    conn: RefCell<Conn>,
+}
+
+impl PgDb {
+    /// Connect to `config.url` (password from the URL or
+    /// `password_file`) and apply pending migrations under an advisory
+    /// lock. An unreachable server is [`StoreError::Connect`], naming the
+    /// host and port.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let mut conn = Conn::new(config)?;
+        let client = conn.connect()?;
+        conn.client = Some(client);
+        schema::migrate(&mut conn)?;
+        Ok(Self {
+            conn: RefCell::new(conn),
+        })
+    }
+
+    /// The schema version of the database `config` names, without
+    /// migrating it (`pushbridge check`): 0 before the first start.
+    pub fn schema_version_of(config: &StoreConfig) -> Result<i64, StoreError> {
+        let mut conn = Conn::new(config)?;
+        let client = conn.connect()?;
+        conn.client = Some(client);
+        let r = conn
+            .client()?
+            .query_one("SELECT to_regclass('pushbridge_schema') IS NOT NULL", &[]);
+        if !conn.check(r)?.get::<_, bool>(0) {
+            return Ok(0);
+        }
+        schema::current(&mut conn)
+    }
+}
+
+impl Conn {
+    /// A connection to `config.url`, not made yet (password from the URL
+    /// or `password_file`).
+    fn new(config: &StoreConfig) -> Result<Self, StoreError> {
+        let url = config.url.as_deref().unwrap_or_default();
+        let mut pg = parse_url(url).map_err(|message| StoreError::Open {
+            path: redact_url(url),
+            message,
+        })?;
+        if let Some(file) = &config.password_file {
+            let text = std::fs::read_to_string(file).map_err(|e| StoreError::Open {
+                path: file.display().to_string(),
+                message: format!("cannot read the password file: {e}"),
+            })?;
+            pg.password(text.lines().next().unwrap_or_default());
+        }
+        pg.connect_timeout(CONNECT_TIMEOUT);
+        pg.application_name("pushbridge");
+        let tls = pushbridge_kit::tls::client_config(None, None, &[]).map_err(|e| StoreError::Open {
+            path: redact_url(url),
+            message: format!("TLS: {e}"),
+        })?;
+        let (host, port) = target(&pg);
+        Ok(Conn {
+            config: pg,
+            tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+            host,
+            port,
+            client: None,
+            stmts: HashMap::new(),
+            next_try: Instant::now(),
+            backoff: MIN_BACKOFF,
+            ids: VecDeque::new(),
+            tx: batch::Tx::default(),
+            gateway: false,
+            deferred: false,
+        })
+    }
+}
+
+impl PgDb {
+    /// Take [`GATEWAY_LOCK`] for a gateway's store (kept, and taken again
+    /// after a reconnection); another gateway holding it is an error.
+    /// Tried for [`GATEWAY_LOCK_WAIT`]: the session of a gateway killed a
+    /// moment ago may not have ended yet.
+    pub fn lock_for_gateway(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        c.gateway = true;
+        let deadline = Instant::now() + GATEWAY_LOCK_WAIT;
+        loop {
+            match c.take_gateway_lock() {
+                Err(StoreError::Open { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    pub(super) fn conn(&self) -> RefMut<'_, Conn> {
+        self.conn.borrow_mut()
+    }
+
+    /// Run raw SQL (tests).
+    #[cfg(test)]
+    pub(crate) fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let r = c.client()?.batch_execute(sql);
+        c.check(r)
+    }
+}
+
+impl Conn {
+    /// `host:port` (the `host` log field).
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        self.config.connect(self.tls.clone()).map_err(|e| StoreError::Connect {
+            host: self.host.clone(),
+            port: self.port,
+            message: connect_reason(&e),
+        })
+    }
+
+    /// The connection; reconnects when it was lost and the backoff allows.
+    pub(super) fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.lost();
+        }
+        if self.client.is_none() {
+            let now = Instant::now();
+            if now < self.next_try {
+                return Err(StoreError::Unavailable(format!(
+                    "PostgreSQL at {}:{} went away; reconnecting",
+                    self.host, self.port
+                )));
+            }
+            match self.connect() {
+                Ok(c) => {
+                    tracing::info!(host = %self.addr(), "reconnected to PostgreSQL");
+                    self.client = Some(c);
+                    self.backoff = MIN_BACKOFF;
+                    if self.gateway {
+                        if let Err(e) = self.take_gateway_lock() {
+                            self.client = None;
+                            self.next_try = now + MAX_BACKOFF;
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.next_try = now + self.backoff;
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    return Err(e);
+                }
+            }
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("no PostgreSQL connection".into()))
+    }
+
+    /// `pg_try_advisory_lock(GATEWAY_LOCK)` on this connection.
+    fn take_gateway_lock(&mut self) -> Result<(), StoreError> {
+        let r = self
+            .client()?
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&GATEWAY_LOCK]);
+        if self.check(r)?.get::<_, bool>(0) {
+            return Ok(());
+        }
+        Err(StoreError::Open {
+            path: format!("PostgreSQL at {}", self.addr()),
+            message: "another gateway uses this database (gateways cannot share one yet: run one per database)".into(),
+        })
+    }
+
+    /// The connection is gone: forget it and its statements.
+    fn lost(&mut self) {
+        if self.client.take().is_some() {
+            tracing::warn!(host = %self.addr(), "PostgreSQL connection lost; reconnecting");
+        }
+        self.stmts.clear();
+        self.next_try = Instant::now();
+    }
+
+    /// Turn a client error into a [`StoreError`]; an error that is not the
+    /// server's answer (a closed socket, a timeout) drops the connection.
+    pub(super) fn check<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, StoreError> {
+        r.map_err(|e| {
+            if e.as_db_error().is_none() {
+                self.lost();
+            }
+            StoreError::Postgres(e)
+        })
+    }
+
+    /// `sql` prepared on this connection (once).
+    pub(super) fn prep(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let r = self.client()?.prepare(sql);
+        let stmt = self.check(r)?;
+        self.stmts.insert(sql, stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Run a prepared statement; its rows.
+    pub(super) fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let stmt = self.prep(sql)?;
+        let r = self.client()?.query(&stmt, params);
+        self.check(r)
+    }
+
+    /// Run a prepared statement; how many rows it changed.
+    pub(super) fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let stmt = self.prep(sql)?;
+        let r = self.client()?.execute(&stmt, params);
+        self.check(r)
+    }
+
+    /// A fresh outbox id (from the block taken from the sequence).
+    pub(super) fn next_id(&mut self) -> Result<i64, StoreError> {
+        if self.ids.is_empty() {
+            let rows = self.query(
+                "SELECT nextval('outbox_id_seq') FROM generate_series(1, $1)",
+                &[&ID_BLOCK],
+            )?;
+            self.ids.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+        }
+        self.ids
+            .pop_front()
+            .ok_or_else(|| StoreError::Corrupt("the outbox id sequence gave no id".into()))
+    }
+}
+
+impl Drop for Conn {
+    /// The blocking client closes its connection on drop, which must not
+    /// happen on an async runtime's thread (a gateway that fails to start
+    /// drops its store there): then it is closed on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("pushbridge-pg-close".into())
+                    .spawn(move || drop(client));
+            }
+        }
+    }
+}
+
+/// Why connecting failed, in words (the client's error plus its cause).
+fn connect_reason(e: &postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_and_urls_checked() {
+        assert_eq!(
+            redact_url("postgres://push:s3cret@db.example:5433/pb?sslmode=require"),
+            "postgres://push:***@db.example:5433/pb?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://push@db/pb"), "postgres://push@db/pb");
+        let c = parse_url("postgres://push@db.example:5433/pb?sslmode=require").unwrap();
+        assert_eq!(target(&c), ("db.example".to_owned(), 5433));
+        assert_eq!(target(&parse_url("postgres://db/pb").unwrap()).1, 5432);
+        assert!(parse_url("postgres://db/pb?sslmode=sometimes").is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! The PostgreSQL store against a real PostgreSQL cluster and the real
+//! binary: migrations (two gateways starting together, a second start that
+//! does nothing, `check`), the config's choice of store, an unreachable
+//! server at start, and a server that goes away while running.
+
+mod harness;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harness::postgres::Backend;
+use harness::{config_text, token, Gateway};
+
+fn pushbridge(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn migrations_run_once_under_the_lock_and_check_reports_them() {
+    let Some(b) = Backend::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &b.config(dir.path(), "", ""));
+    // Before any start: nothing applied, one migration pending.
+    let (ok, out, err) = pushbridge(&["check", "--config", &config]);
+    assert!(ok, "{err}");
+    assert!(out.contains("schema: version 0, 1 migration(s) pending"), "{out}");
+    assert!(out.contains("(PostgreSQL"), "{out}");
+
+    // Four CLI processes open (and migrate) the store at the same time:
+    // the advisory lock serializes them, exactly one migrates, none fails.
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+                .args(["devices", "--config", &config, "list"])
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut migrated = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        migrated += err.matches("PostgreSQL schema migrated").count();
+    }
+    assert_eq!(migrated, 1, "one process applies the one migration");
+    let (ok, out, _) = pushbridge(&["check", "--config", &config]);
+    assert!(ok);
+    assert!(out.contains("schema: version 1 (up to date)"), "{out}");
+    // A gateway starting on the migrated database does nothing to it.
+    let gw = Gateway::start(dir.path(), &std::fs::read_to_string(&config).unwrap());
+    let (status, logs) = gw.stop_with_logs();
+    assert!(status.success(), "{logs}");
+    assert!(!logs.contains("schema migrated"), "{logs}");
+}
+
+#[test]
+fn a_store_with_both_path_and_url_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), "", "").replace(
+        "[store]\n",
+        "[store]\nurl = \"postgres://pushbridge@127.0.0.1:5432/pushbridge\"\n",
+    );
+    let config = write_config(dir.path(), &text);
+    let (ok, _, err) = pushbridge(&["check", "--config", &config]);
+    assert!(!ok);
+    assert!(err.contains("`path`") && err.contains("`url`"), "{err}");
+    let text = config_text(dir.path(), "", "").replace("[store]\n", "[store]\npassword_file = \"pw\"\n");
+    let (ok, _, err) = pushbridge(&["check", "--config", &write_config(dir.path(), &text)]);
+    assert!(!ok && err.contains("password_file"), "{err}");
+}
+
+#[test]
+fn an_unreachable_database_at_start_names_host_and_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let text = config_text(dir.path(), "", "").replace(
+        &format!("path = {:?}\n", dir.path().join("pushbridge.db").display().to_string()),
+        &format!("url = \"postgres://pushbridge:hunter2@127.0.0.1:{port}/pushbridge\"\n"),
+    );
+    let config = write_config(dir.path(), &text);
+    let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+        .args(["run", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "password in the output: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_going_away_answers_unavailable_and_recovers() {
+    let Some(b) = Backend::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
+    let Backend::Postgres(pg) = &b else { unreachable!() };
+    let mut c = gw.client().await;
+    assert_eq!(c.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
+    for i in 0..5 {
+        assert_eq!(c.cmd(&format!("MSG bob alice before {i}")).await, "OK 1");
+    }
+    gw.wait_pushes(5);
+
+    pg.stop_now();
+    let reply = c.cmd("MSG bob alice during").await;
+    assert!(reply.starts_with("ERR unavailable"), "{reply}");
+
+    pg.restart();
+    // Reconnects within the backoff (at most 5 s between attempts).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        let reply = c.cmd(&format!("MSG bob alice after {n}")).await;
+        if reply == "OK 1" {
+            break;
+        }
+        assert!(reply.starts_with("ERR unavailable"), "{reply}");
+        assert!(Instant::now() < deadline, "no recovery:\n{}", gw.logs());
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = gw.wait_pushes(6);
+    let bodies: Vec<&str> = p
+        .iter()
+        .map(|p| p["payload"]["aps"]["alert"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &bodies[..5],
+        ["before 0", "before 1", "before 2", "before 3", "before 4"]
+    );
+    assert_eq!(bodies[5], format!("after {n}"));
+    // The badge went on from the committed counter: 5 before, the refused
+    // one not counted.
+    assert_eq!(p[5]["payload"]["aps"]["badge"], 6);
+    gw.assert_pushes_stay(6);
+    pg.wait_for("SELECT count(*) FROM outbox", "0");
+    assert!(gw.logs().contains("reconnected to PostgreSQL"), "{}", gw.logs());
+}
+
+#[test]
+fn a_second_gateway_on_the_same_database_is_refused_until_they_can_share() {
+    let Some(b) = Backend::postgres() else { return };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(dir_a.path(), &b.config(dir_a.path(), "", ""));
+    let config = write_config(dir_b.path(), &b.config(dir_b.path(), "", ""));
+    let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+        .args(["run", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another gateway uses this database"), "{err}");
+    // The CLI still works beside the running gateway.
+    let (ok, _, err) = pushbridge(&["devices", "--config", &config, "list"]);
+    assert!(ok, "{err}");
+    // Once the first stops, the database is free.
+    assert!(a.stop().success());
+    let b_gw = Gateway::start(dir_b.path(), &std::fs::read_to_string(&config).unwrap());
+    assert!(b_gw.stop().success());
+}
