@@ -57,9 +57,17 @@ pub struct Args {
     /// sender within this window become one push.
     #[arg(long, default_value_t = 0)]
     coalesce: u64,
+    /// Load a gateway already running elsewhere (its line adapter's
+    /// `host:port`, its users registered as `line:u0`… e.g. by
+    /// `bench-fill`) instead of starting one in this process.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["dir", "metrics", "coalesce"])]
+    target: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(target) = &args.target {
+        return run_external(&args, target);
+    }
     let Setup {
         _tmp,
         out_path,
@@ -109,6 +117,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if merged != sent {
             bail!("{sent} messages accepted but {merged} written as notifications");
         }
+        Ok(())
+    })
+}
+
+/// Load the gateway at `target` and print what `run` prints of the load.
+fn run_external(args: &Args, target: &str) -> anyhow::Result<()> {
+    if args.connections == 0 || args.messages == 0 || args.users == 0 || args.pipeline == 0 {
+        bail!("--connections, --messages, --users and --pipeline must be at least 1");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        wait_listening(target).await?;
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let (sent, elapsed) = load(args, target, &hist).await?;
+        let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
+        print_load(args, sent, elapsed, &h);
         Ok(())
     })
 }
@@ -257,6 +281,12 @@ async fn load(args: &Args, addr: &str, hist: &Arc<Mutex<Histogram<u64>>>) -> any
 /// The report: settings, accepted messages/s, write→OK latency percentiles,
 /// what the log sink wrote and the gateway's counters.
 fn print_summary(args: &Args, sent: usize, elapsed: Duration, h: &Histogram<u64>, lines: usize, snapshot: &Snapshot) {
+    print_load(args, sent, elapsed, h);
+    println!("log sink wrote {lines} notifications; gateway counters: {snapshot:?}");
+}
+
+/// Settings, accepted messages/s and write→OK latency percentiles.
+fn print_load(args: &Args, sent: usize, elapsed: Duration, h: &Histogram<u64>) {
     println!(
         "connections={} pipeline={} users={} rate={} synchronous={}",
         args.connections,
@@ -281,7 +311,6 @@ fn print_summary(args: &Args, sent: usize, elapsed: Duration, h: &Histogram<u64>
         h.value_at_quantile(0.999) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
-    println!("log sink wrote {lines} notifications; gateway counters: {snapshot:?}");
 }
 
 /// One connection: writes `n` MSG commands (paced when `rate` > 0) and reads
