@@ -484,14 +484,19 @@ async fn send_notifications(
                 _ = closed.cancelled() => return Some(n),
             }
         }
-        // Wait for a free stream slot (h2 honours SETTINGS_MAX_CONCURRENT_STREAMS).
+        // Wait for a free stream slot: h2 marks the last request it could
+        // not open yet (SETTINGS_MAX_CONCURRENT_STREAMS reached) on this
+        // handle, and `poll_ready` waits until it opens. (A clone of the
+        // handle carries no such mark and is always ready: the streams
+        // beyond the server's limit then queue inside h2, thousands of
+        // them, each costing time in its queues and an answer timeout.)
         let ready = tokio::select! {
-            r = send.clone().ready() => r,
+            r = std::future::poll_fn(|cx| send.poll_ready(cx)) => r,
             _ = closed.cancelled() => return Some(n),
             x = streams.settle() => match x {},
         };
-        send = match ready {
-            Ok(s) => s,
+        match ready {
+            Ok(()) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "connection refuses new streams (GOAWAY or closed)");
                 return Some(n);
