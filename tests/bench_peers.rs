@@ -14,8 +14,8 @@ use std::process::Command;
 
 /// Whether `program` is on the PATH; under `CI=true` a missing one fails.
 fn require(program: &str, package: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()));
+    let found =
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()));
     if !found {
         let why = format!("{program} is not installed (Debian package {package}; .ci/setup installs it)");
         if std::env::var("CI").as_deref() == Ok("true") {
@@ -48,7 +48,10 @@ fn the_side_by_side_benchmark_runs_every_row() {
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench/peers/run failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "bench/peers/run failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     for label in [
         "| h2load, 1 connection, 100 streams |",
         "| h2load, 1 connection, 1000 streams |",

@@ -63,7 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for i in written..end {
             let (user, device) = (i / args.devices_per_user, i % args.devices_per_user);
             let user = UserId::parse(&format!("line:u{user}")).map_err(|e| anyhow::anyhow!(e))?;
-            let token = DeviceToken::parse(&token_of(i / args.devices_per_user, device)).map_err(|e| anyhow::anyhow!(e))?;
+            let token =
+                DeviceToken::parse(&token_of(i / args.devices_per_user, device)).map_err(|e| anyhow::anyhow!(e))?;
             db.register(&user, &token, &args.topic, Environment::Production, 0)?;
         }
         db.commit()?;
@@ -164,7 +165,11 @@ mod tests {
         assert_eq!(db.all_devices(Some("line:u2")).unwrap().len(), 2);
         assert_eq!(db.outbox_counts().unwrap(), vec![("com.example.bench".to_owned(), 7)]);
         let rows = db.load_outbox(&"com.example.bench".into(), 0, 100).unwrap();
-        assert_eq!(rows[6].token.as_str(), token_of(0, 0), "round-robin: the 7th goes to the first device again");
+        assert_eq!(
+            rows[6].token.as_str(),
+            token_of(0, 0),
+            "round-robin: the 7th goes to the first device again"
+        );
         assert!(serde_json::from_str::<serde_json::Value>(&rows[0].payload).is_ok());
         assert_eq!(std::fs::read_dir(docroot.join("3/device")).unwrap().count(), 6);
     }
