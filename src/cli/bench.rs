@@ -6,6 +6,8 @@
 //! that pipeline `MSG` commands (at most `--pipeline` unanswered each) and
 //! measures, per command, the time from writing it to reading its `OK 1`.
 //! With `--rate` the load is paced (open loop) instead of as fast as possible.
+//! With `--target` it loads a gateway running elsewhere instead (its users
+//! registered as `line:u0`…, e.g. by `bench-fill`).
 //! With `--coalesce N` the gateway coalesces (`[policy] coalesce = N`): the
 //! bench waits for the last windows to end and reports how many pushes the
 //! messages became (their titles' counts must add up to the messages).
@@ -61,9 +63,17 @@ pub struct Args {
     /// SQLite file; the database must hold no devices and no outbox yet.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Load a gateway already running elsewhere (its line adapter's
+    /// `host:port`, its users registered as `line:u0`… e.g. by
+    /// `bench-fill`) instead of starting one in this process.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["dir", "metrics", "coalesce", "store"])]
+    target: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(target) = &args.target {
+        return run_external(&args, target);
+    }
     let Setup {
         _tmp,
         out_path,
@@ -113,6 +123,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if merged != sent {
             bail!("{sent} messages accepted but {merged} written as notifications");
         }
+        Ok(())
+    })
+}
+
+/// Load the gateway at `target` and print what `run` prints of the load.
+fn run_external(args: &Args, target: &str) -> anyhow::Result<()> {
+    if args.connections == 0 || args.messages == 0 || args.users == 0 || args.pipeline == 0 {
+        bail!("--connections, --messages, --users and --pipeline must be at least 1");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        wait_listening(target).await?;
+        let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let (sent, elapsed) = load(args, target, &hist).await?;
+        let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
+        print_load(args, sent, elapsed, &h);
         Ok(())
     })
 }
@@ -273,6 +299,12 @@ async fn load(args: &Args, addr: &str, hist: &Arc<Mutex<Histogram<u64>>>) -> any
 /// The report: settings, accepted messages/s, write→OK latency percentiles,
 /// what the log sink wrote and the gateway's counters.
 fn print_summary(args: &Args, sent: usize, elapsed: Duration, h: &Histogram<u64>, lines: usize, snapshot: &Snapshot) {
+    print_load(args, sent, elapsed, h);
+    println!("log sink wrote {lines} notifications; gateway counters: {snapshot:?}");
+}
+
+/// Settings, accepted messages/s and write→OK latency percentiles.
+fn print_load(args: &Args, sent: usize, elapsed: Duration, h: &Histogram<u64>) {
     println!(
         "connections={} pipeline={} users={} rate={} synchronous={}",
         args.connections,
@@ -297,7 +329,6 @@ fn print_summary(args: &Args, sent: usize, elapsed: Duration, h: &Histogram<u64>
         h.value_at_quantile(0.999) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
-    println!("log sink wrote {lines} notifications; gateway counters: {snapshot:?}");
 }
 
 /// One connection: writes `n` MSG commands (paced when `rate` > 0) and reads
@@ -317,29 +348,7 @@ async fn connection(
     let window = Arc::new(Semaphore::new(pipeline));
     let sent_at: Arc<Mutex<VecDeque<Instant>>> = Arc::new(Mutex::new(VecDeque::with_capacity(pipeline)));
 
-    let reader = {
-        let window = window.clone();
-        let sent_at = sent_at.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(read).lines();
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            for _ in 0..n {
-                let line = lines.next_line().await?.context("gateway closed the connection")?;
-                let t0 = sent_at
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("lock"))?
-                    .pop_front()
-                    .context("reply without a command")?;
-                if line != "OK 1" {
-                    bail!("unexpected reply {line:?}");
-                }
-                local.saturating_record(t0.elapsed().as_micros().max(1) as u64);
-                window.add_permits(1);
-            }
-            hist.lock().map_err(|_| anyhow::anyhow!("lock"))?.add(&local)?;
-            anyhow::Ok(n)
-        })
-    };
+    let reader = spawn_reader(read, n, window.clone(), sent_at.clone(), hist);
 
     let started = Instant::now();
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -355,7 +364,9 @@ async fn connection(
             tokio::time::sleep(Duration::from_micros(200)).await;
             continue;
         }
-        let permit = window.acquire().await?;
+        let Ok(permit) = window.acquire().await else {
+            break; // the reader failed: its error is returned below
+        };
         permit.forget();
         let mut batch = 1;
         while batch < due - i && window.try_acquire().map(|p| p.forget()).is_ok() {
@@ -377,4 +388,49 @@ async fn connection(
     let got = reader.await.context("reader panicked")??;
     write.write_all(b"QUIT\n").await?;
     Ok(got)
+}
+
+/// The replies of one connection: `n` of them, each `OK n` (n ≥ 1),
+/// their write→OK latencies recorded in `hist`. A failure closes `window`
+/// (the writer stops waiting for replies) and is the task's result.
+fn spawn_reader(
+    read: tokio::net::tcp::OwnedReadHalf,
+    n: usize,
+    window: Arc<Semaphore>,
+    sent_at: Arc<Mutex<VecDeque<Instant>>>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+) -> tokio::task::JoinHandle<anyhow::Result<usize>> {
+    let closer = window.clone();
+    let read_all = async move {
+        let mut lines = BufReader::new(read).lines();
+        let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for _ in 0..n {
+            let line = lines.next_line().await?.context("gateway closed the connection")?;
+            let t0 = sent_at
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lock"))?
+                .pop_front()
+                .context("reply without a command")?;
+            // `OK n`: queued for the user's n devices (bench-fill may
+            // register several per user).
+            if line
+                .strip_prefix("OK ")
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_none_or(|n| n == 0)
+            {
+                bail!("unexpected reply {line:?}");
+            }
+            local.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+            window.add_permits(1);
+        }
+        hist.lock().map_err(|_| anyhow::anyhow!("lock"))?.add(&local)?;
+        anyhow::Ok(n)
+    };
+    tokio::spawn(async move {
+        let r = read_all.await;
+        if r.is_err() {
+            closer.close(); // the writer stops waiting for replies
+        }
+        r
+    })
 }

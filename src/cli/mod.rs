@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_binary;
+mod bench_fill;
 mod bench_http2;
 mod bench_sink;
 mod devices;
@@ -100,6 +101,10 @@ enum Cmd {
     /// process; prints notifications/s and peak memory.
     #[command(name = "bench-binary")]
     BenchBinary(bench_binary::Args),
+    /// Prepare a store for bench/peers/run: register devices and queue
+    /// notifications straight through the store (no line protocol).
+    #[command(name = "bench-fill", hide = true)]
+    BenchFill(bench_fill::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -125,6 +130,7 @@ pub fn main() -> ExitCode {
         Cmd::Simulate(args) => simulate::run(*args),
         Cmd::BenchHttp2(args) => bench_http2::run(args),
         Cmd::BenchBinary(args) => bench_binary::run(args),
+        Cmd::BenchFill(args) => bench_fill::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,6 +91,13 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
 ];
 
+/// One user's devices, for the CLI (through the `devices_by_user` index).
+const ONE_USERS_DEVICES: &str = "SELECT user, token, topic, environment, added_ms FROM devices
+     WHERE user = ?1 ORDER BY added_ms, token";
+/// Every device, for the CLI (`?1` is NULL).
+const EVERY_DEVICE: &str = "SELECT user, token, topic, environment, added_ms FROM devices
+     WHERE ?1 IS NULL ORDER BY user, added_ms, token";
+
 /// A registered device as listed by the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRow {
@@ -305,12 +312,14 @@ impl SqliteDb {
         Ok(out)
     }
 
-    /// Every device, optionally of one user (the CLI).
+    /// Every device, optionally of one user (the CLI). One user's are
+    /// read through the `devices_by_user` index (a query that also served
+    /// "every user" would scan the whole registry).
     pub fn all_devices(&self, user: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT user, token, topic, environment, added_ms FROM devices
-             WHERE ?1 IS NULL OR user = ?1 ORDER BY user, added_ms, token",
-        )?;
+        let mut stmt = self.conn.prepare(match user {
+            Some(_) => ONE_USERS_DEVICES,
+            None => EVERY_DEVICE,
+        })?;
         let rows = stmt.query_map([user], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -585,6 +594,38 @@ mod tests {
 
     fn token(c: char) -> DeviceToken {
         DeviceToken::parse(&c.to_string().repeat(64)).unwrap()
+    }
+
+    #[test]
+    fn one_users_devices_are_read_through_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let plan: Vec<String> = db
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {ONE_USERS_DEVICES}"))
+            .unwrap()
+            .query_map(["line:alice"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.starts_with("SEARCH devices USING INDEX devices_by_user")),
+            "a scan of every device (in index order is still every device): {plan:?}"
+        );
+        let alice = UserId::parse("line:alice").unwrap();
+        db.register(&alice, &token('a'), "t", Environment::Production, 1)
+            .unwrap();
+        db.register(
+            &UserId::parse("line:bob").unwrap(),
+            &token('b'),
+            "t",
+            Environment::Production,
+            1,
+        )
+        .unwrap();
+        assert_eq!(db.all_devices(Some("line:alice")).unwrap().len(), 1);
+        assert_eq!(db.all_devices(None).unwrap().len(), 2);
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod jwt;
 pub mod request;
 mod stream;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -433,6 +434,16 @@ impl Streams {
     }
 }
 
+/// Wait until the connection can open one more stream. h2 marks the last
+/// request it could not open yet (`SETTINGS_MAX_CONCURRENT_STREAMS`
+/// reached) on this handle, and `poll_ready` waits until it opens; a clone
+/// of the handle carries no mark and is always ready, so the streams beyond
+/// the server's limit would queue inside h2 (up to [`MAX_IN_FLIGHT`], each
+/// costing time in its queues and an answer timeout running).
+fn stream_slot(send: &mut h2::client::SendRequest<bytes::Bytes>) -> impl Future<Output = Result<(), h2::Error>> + '_ {
+    std::future::poll_fn(move |cx| send.poll_ready(cx))
+}
+
 /// Open a stream per notification on one connection until the queue
 /// closes (`None`), the connection stops taking streams, or new
 /// credentials replace those it was made with (the notification it held
@@ -484,19 +495,15 @@ async fn send_notifications(
                 _ = closed.cancelled() => return Some(n),
             }
         }
-        // Wait for a free stream slot (h2 honours SETTINGS_MAX_CONCURRENT_STREAMS).
         let ready = tokio::select! {
-            r = send.clone().ready() => r,
+            r = stream_slot(&mut send) => r,
             _ = closed.cancelled() => return Some(n),
             x = streams.settle() => match x {},
         };
-        send = match ready {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "connection refuses new streams (GOAWAY or closed)");
-                return Some(n);
-            }
-        };
+        if let Err(e) = ready {
+            tracing::debug!(error = %e, "connection refuses new streams (GOAWAY or closed)");
+            return Some(n);
+        }
         let Some(n) = shared.unless_expired(n, "expired before it could be sent") else {
             continue;
         };

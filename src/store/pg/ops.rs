@@ -92,11 +92,20 @@ impl PgDb {
 
     /// Every device, optionally of one user (the CLI).
     pub fn all_devices(&self, user: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
-        let rows = self.conn().direct(
-            "SELECT user_id, token, topic, environment, added_ms FROM devices
-             WHERE $1::TEXT IS NULL OR user_id = $1 ORDER BY user_id, added_ms, token",
-            &[&user],
-        )?;
+        // Two statements: a prepared `$1 IS NULL OR user_id = $1` gets a
+        // generic plan that scans every device even for one user.
+        let rows = match user {
+            Some(user) => self.conn().direct(
+                "SELECT user_id, token, topic, environment, added_ms FROM devices
+                 WHERE user_id = $1 ORDER BY added_ms, token",
+                &[&user],
+            )?,
+            None => self.conn().direct(
+                "SELECT user_id, token, topic, environment, added_ms FROM devices
+                 ORDER BY user_id, added_ms, token",
+                &[],
+            )?,
+        };
         rows.iter()
             .map(|r| {
                 Ok(DeviceRow {
