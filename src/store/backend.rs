@@ -31,27 +31,27 @@ pub enum Db {
 }
 
 impl Db {
-    /// Whether a commit waits for the disk (SQLite `synchronous = "full"`;
-    /// PostgreSQL: always, `synchronous_commit` is on by default).
-    pub fn syncs_commits(&self) -> bool {
+    /// Whether transactions may commit without waiting for the disk
+    /// ([`Db::defer_sync`]): SQLite under `synchronous = "full"` only.
+    /// Not PostgreSQL: an asynchronous commit there is lost when the
+    /// database server (not only the machine) crashes, and the outcomes it
+    /// recorded would then linger in the shared outbox until a restart.
+    pub fn can_defer_sync(&self) -> bool {
         match self {
             Db::Sqlite(d) => d.syncs_commits(),
-            Db::Postgres(_) => true,
+            Db::Postgres(_) => false,
         }
     }
 
     /// With `defer`, the next transactions commit without waiting for the
-    /// disk; a later waiting commit makes them durable too (SQLite: WAL with
-    /// `synchronous=NORMAL`; PostgreSQL: `SET LOCAL synchronous_commit TO
-    /// OFF`, as the WAL is flushed in order). See `writer::durability`.
-    /// Call between transactions.
+    /// disk (SQLite WAL with `synchronous=NORMAL`); a later waiting commit
+    /// makes them durable too, as the WAL is synced as a whole. See
+    /// `writer::durability`. Call between transactions; a no-op where
+    /// [`Db::can_defer_sync`] is false.
     pub fn defer_sync(&mut self, defer: bool) -> Result<(), StoreError> {
         match self {
             Db::Sqlite(d) => d.defer_sync(defer),
-            Db::Postgres(d) => {
-                d.defer_sync(defer);
-                Ok(())
-            }
+            Db::Postgres(_) => Ok(()),
         }
     }
 }

@@ -172,23 +172,10 @@ impl PgDb {
     pub fn begin(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         c.tx.clear();
-        let begin = if c.deferred {
-            // Durable with the next synchronous commit (the WAL is flushed
-            // in order); see `writer::durability`.
-            "BEGIN; SET LOCAL synchronous_commit TO OFF"
-        } else {
-            "BEGIN"
-        };
-        let r = c.client()?.batch_execute(begin);
+        let r = c.client()?.batch_execute("BEGIN");
         c.check(r)?;
         c.tx.open = true;
         Ok(())
-    }
-
-    /// Commit the next transactions without waiting for the WAL flush
-    /// (`true`) or waiting (`false`, the default).
-    pub fn defer_sync(&self, defer: bool) {
-        self.conn().deferred = defer;
     }
 
     /// Write the buffer and the counters, then COMMIT.

@@ -111,9 +111,6 @@ pub(super) struct Conn {
     /// This connection is a gateway's: it holds [`GATEWAY_LOCK`] (taken
     /// again on every reconnection).
     gateway: bool,
-    /// Transactions commit without waiting for the WAL flush
-    /// ([`PgDb::defer_sync`]).
-    pub(super) deferred: bool,
 }
 
 /// An open PostgreSQL store (one connection, used by the writer thread or
@@ -188,7 +185,6 @@ impl Conn {
             ids: VecDeque::new(),
             tx: batch::Tx::default(),
             gateway: false,
-            deferred: false,
         })
     }
 }

@@ -51,7 +51,7 @@ impl Writer {
     /// are not synced, so it must write (the marker) to sync.
     pub(super) fn prepare_durability(&mut self, batch: &[Command]) -> Result<bool, StoreError> {
         self.deferring =
-            self.durability.is_some() && self.db.syncs_commits() && batch.iter().all(Command::may_defer_sync);
+            self.durability.is_some() && self.db.can_defer_sync() && batch.iter().all(Command::may_defer_sync);
         self.db.defer_sync(self.deferring)?;
         Ok(self.unsynced && batch.iter().any(|c| matches!(c, Command::Sync { .. })))
     }
