@@ -403,22 +403,12 @@ fn check_names_bad_keys_and_accepts_the_example() {
 }
 
 fn devices_cli_manages_the_registry(b: &Backend) {
-    let bin = env!("CARGO_BIN_EXE_pushbridge");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, b.config(dir.path(), "", "")).unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .args(["devices", "--config"])
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let config = config.to_str().unwrap();
+        harness::pushbridge(&[&["devices", "--config", config], args].concat())
     };
     let t = token(42);
     assert!(run(&["add", "line:alice", &t]).0);

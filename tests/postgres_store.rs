@@ -9,19 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::postgres::Backend;
-use harness::{config_text, token, Gateway};
-
-fn pushbridge(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use harness::{config_text, pushbridge, token, Gateway};
 
 fn write_config(dir: &std::path::Path, text: &str) -> String {
     let path = dir.join("config.toml");
@@ -96,12 +84,8 @@ fn an_unreachable_database_at_start_names_host_and_port() {
         &format!("url = \"postgres://pushbridge:hunter2@127.0.0.1:{port}/pushbridge\"\n"),
     );
     let config = write_config(dir.path(), &text);
-    let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
-        .args(["run", "--config", &config])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = pushbridge(&["run", "--config", &config]);
+    assert!(!ok);
     assert!(
         err.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}")),
         "{err}"
@@ -164,12 +148,8 @@ fn a_second_gateway_on_the_same_database_is_refused_until_they_can_share() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Gateway::start(dir_a.path(), &b.config(dir_a.path(), "", ""));
     let config = write_config(dir_b.path(), &b.config(dir_b.path(), "", ""));
-    let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
-        .args(["run", "--config", &config])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = pushbridge(&["run", "--config", &config]);
+    assert!(!ok);
     assert!(err.contains("another gateway uses this database"), "{err}");
     // The CLI still works beside the running gateway.
     let (ok, _, err) = pushbridge(&["devices", "--config", &config, "list"]);

@@ -5,26 +5,13 @@
 mod harness;
 
 use std::path::Path;
-use std::process::Command;
 
 use harness::postgres::Backend;
-use harness::{config_text, token};
+use harness::{config_text, pushbridge, token};
 
 /// Outbox rows in the populated store (more than one chunk, and enough for
 /// the progress bar).
 const OUTBOX_ROWS: i64 = 25_000;
-
-fn pushbridge(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A SQLite store at `dir/pushbridge.db` created (and migrated) by
 /// pushbridge, then filled with rows of every table, NULLs and non-ASCII

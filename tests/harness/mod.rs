@@ -313,6 +313,20 @@ pub async fn wait_outbox_empty(dir: &Path, gw: &Gateway) {
 
 /// A loopback port that was free a moment ago (for servers we cannot hand a
 /// bound socket).
+/// Run the `pushbridge` command with `args` to its end: (exit success,
+/// stdout, stderr).
+pub fn pushbridge(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pushbridge"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
