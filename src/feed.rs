@@ -98,9 +98,16 @@ impl Feed {
     /// Hand freshly committed notifications (in id order) to their sinks;
     /// what does not fit waits in the outbox.
     pub fn dispatch(&mut self, committed: Vec<(usize, Notification)>) {
+        self.hand(committed, true);
+    }
+
+    /// [`Feed::dispatch`]; `accepted`: count them as accepted.
+    fn hand(&mut self, committed: Vec<(usize, Notification)>, accepted: bool) {
         for (i, n) in committed {
             let Some(app) = self.apps.get_mut(i) else { continue };
-            events::NotificationsAccepted { count: 1 }.emit(&app.counters);
+            if accepted {
+                events::NotificationsAccepted { count: 1 }.emit(&app.counters);
+            }
             if app.pending_from.is_some() {
                 continue; // older ones are waiting; refill takes this one in order
             }
@@ -114,6 +121,23 @@ impl Feed {
                 Err(TrySendError::Full(n)) | Err(TrySendError::Closed(n)) => app.pending_from = Some(n.id),
             }
         }
+    }
+
+    /// Hand outbox entries this gateway took over from a dead one (see
+    /// `store::pg::claims`; renumbered after everything it holds, so in id
+    /// order) to their sinks like [`Feed::dispatch`], without counting
+    /// them as accepted again: their gateway counted them.
+    pub fn take_over(&mut self, taken: Vec<(usize, Notification)>) {
+        self.hand(taken, false);
+    }
+
+    /// Every app's topic that still has a sink to feed.
+    pub fn topics(&self) -> Vec<String> {
+        self.apps
+            .iter()
+            .filter(|a| a.sender.is_some())
+            .map(|a| a.app.to_string())
+            .collect()
     }
 
     /// Like [`Feed::dispatch`], but hand nothing to the sinks: the

@@ -1,7 +1,11 @@
 //! The router: takes every adapter's events in order, keeps presence, and
-//! decides what goes to the store thread. Presence lives here, in memory: a
-//! user never seen is offline. Users' settings (mutes, quiet hours) live
-//! in the store, which applies them to each message.
+//! decides what goes to the store thread. With SQLite presence lives here,
+//! in memory: a user never seen is offline. With PostgreSQL several
+//! gateways share it in the store ([`StoreHandle::shares_presence`]): the
+//! router hands reports on, and the store decides whether a message
+//! becomes a push in the transaction that queues it. Users' settings
+//! (mutes, quiet hours) live in the store, which applies them to each
+//! message.
 
 use std::collections::HashMap;
 
@@ -60,6 +64,10 @@ async fn route(
         Event::ListDevices { user } => store.list_devices(user, reply).await,
         // Decided by the IM server: presence is not consulted.
         Event::Push(p) => store.push(p, reply).await,
+        Event::Presence { user, presence: p } if store.shares_presence() => {
+            tracing::debug!(user = %user, presence = ?p, "presence");
+            store.set_presence(user, p, reply).await
+        }
         Event::Presence { user, presence: p } => {
             let previous = presence.set(user.clone(), p);
             tracing::debug!(user = %user, presence = ?p, "presence");
@@ -71,7 +79,8 @@ async fn route(
             }
         }
         Event::Message(m) => {
-            if m.respect_presence && !presence.get(&m.to).wants_push() {
+            let shared = store.shares_presence();
+            if m.respect_presence && !shared && !presence.get(&m.to).wants_push() {
                 answer(reply, Ok(Reply::Queued(0)));
                 return Ok(());
             }
@@ -83,6 +92,7 @@ async fn route(
                 thread: m.thread,
                 device: m.device,
                 badge: m.badge,
+                respect_presence: m.respect_presence && shared,
             };
             store.enqueue(job, reply).await
         }

@@ -11,11 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pushbridge_api::settings::QuietHours;
-use pushbridge_api::{DeviceToken, Environment, UserId};
+use pushbridge_api::{DeviceToken, Environment, Presence, UserId};
 
 use super::coalesce::{NewWaiting, Parts, Waiting};
 use super::command::Command;
 use super::db::{DeviceRow, NewNotification, SqliteDb, StoreError};
+use super::pg::claims::Taken;
 use super::pg::PgDb;
 use super::settings::SettingsCache;
 use super::stats::AppOutbox;
@@ -168,8 +169,8 @@ impl Db {
         Self::open_with(config, false)
     }
 
-    /// [`Db::open_config`] for a gateway: PostgreSQL's is refused while
-    /// another gateway uses the database ([`super::pg::GATEWAY_LOCK`]).
+    /// [`Db::open_config`] for a gateway: on PostgreSQL it registers as
+    /// one of the gateways sharing the database (see [`super::pg::claims`]).
     pub fn open_gateway(config: &StoreConfig) -> Result<Self, StoreError> {
         Self::open_with(config, true)
     }
@@ -182,7 +183,7 @@ impl Db {
                 std::thread::spawn(move || {
                     let db = PgDb::open(&config)?;
                     if gateway {
-                        db.lock_for_gateway()?;
+                        db.register_gateway()?;
                     }
                     Ok(db)
                 })
@@ -201,6 +202,65 @@ impl Db {
         match self {
             Db::Sqlite(_) => Ok(()),
             Db::Postgres(d) => d.prefetch(batch),
+        }
+    }
+
+    /// Whether presence lives in the store, shared by several gateways
+    /// (PostgreSQL), rather than in the router's memory (SQLite).
+    pub fn shares_presence(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
+    /// `user`'s presence in the shared store (PostgreSQL; a report of a
+    /// dead gateway reads as offline); `None` on SQLite, where the router
+    /// keeps presence.
+    pub fn presence_of(&self, user: &UserId) -> Result<Option<Presence>, StoreError> {
+        match self {
+            Db::Sqlite(_) => Ok(None),
+            Db::Postgres(d) => d.presence_of(user).map(Some),
+        }
+    }
+
+    /// Record a presence report in the shared store (PostgreSQL; a no-op
+    /// on SQLite).
+    pub fn set_presence(&self, user: &UserId, presence: Presence) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(d) => d.set_presence(user, presence),
+        }
+    }
+
+    /// How often the store thread heartbeats and takes over dead
+    /// gateways' claims; `None`: a store of one gateway (SQLite).
+    pub fn maintenance_every(&self) -> Option<std::time::Duration> {
+        match self {
+            Db::Sqlite(_) => None,
+            Db::Postgres(d) => Some(d.maintenance_every()),
+        }
+    }
+
+    /// Heartbeat this gateway (PostgreSQL).
+    pub fn heartbeat(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(d) => d.heartbeat(),
+        }
+    }
+
+    /// Take over up to `limit` unclaimed or dead gateways' outbox rows of
+    /// `topics` (PostgreSQL; see [`super::pg::claims`]).
+    pub fn take_over(&self, topics: &[String], limit: i64) -> Result<Vec<Taken>, StoreError> {
+        match self {
+            Db::Sqlite(_) => Ok(Vec::new()),
+            Db::Postgres(d) => d.take_over(topics, limit),
+        }
+    }
+
+    /// Clean shutdown of a gateway: release its claims (PostgreSQL).
+    pub fn release_claims(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(_) => Ok(()),
+            Db::Postgres(d) => d.release_claims(),
         }
     }
 

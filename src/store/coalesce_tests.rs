@@ -87,6 +87,7 @@ impl Fixture {
             thread: None,
             device: None,
             badge: None,
+            respect_presence: false,
         };
         self.run(|reply| Command::Enqueue { job, reply })
     }

@@ -28,6 +28,11 @@ pub struct MessageJob {
     pub device: Option<DeviceToken>,
     /// Badge given by the IM server; `None`: increment the unread counter.
     pub badge: Option<u32>,
+    /// The store decides from the shared presence table whether the user
+    /// wants a push (PostgreSQL, several gateways: read in the transaction
+    /// that queues the notifications). `false`: the router decided already
+    /// (SQLite: its in-memory presence), or the message ignores presence.
+    pub respect_presence: bool,
 }
 
 /// A change of a user's settings.
@@ -62,6 +67,13 @@ pub(crate) enum Command {
     /// The user came online: reset the badge, cancel waiting pushes.
     ResetUnread {
         user: UserId,
+        reply: Option<ReplyTx>,
+    },
+    /// A presence report kept in the shared store (PostgreSQL); coming
+    /// online resets the badge as [`Command::ResetUnread`] does.
+    Presence {
+        user: UserId,
+        presence: pushbridge_api::Presence,
         reply: Option<ReplyTx>,
     },
     Enqueue {
@@ -220,6 +232,7 @@ pub(crate) fn fail_command(cmd: Command, msg: &str) {
         Command::Register { reply, .. }
         | Command::Unregister { reply, .. }
         | Command::ResetUnread { reply, .. }
+        | Command::Presence { reply, .. }
         | Command::Enqueue { reply, .. }
         | Command::Push { reply, .. }
         | Command::Setting { reply, .. }

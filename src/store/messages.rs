@@ -9,7 +9,7 @@
 //! when the message arrives, quiet hours when its push is rendered, both
 //! with the store's clock.
 
-use pushbridge_api::{DeviceToken, Environment, EventError, Reply, UserId};
+use pushbridge_api::{DeviceToken, Environment, EventError, Presence, Reply, UserId};
 
 use super::coalesce::{self, NewWaiting, Parts};
 use super::command::{MessageJob, SettingChange};
@@ -31,6 +31,9 @@ impl Writer {
         job: MessageJob,
         out: &mut Vec<(usize, Notification)>,
     ) -> Result<Result<Reply, EventError>, StoreError> {
+        if job.respect_presence && !self.db.presence_of(&job.to)?.unwrap_or_default().wants_push() {
+            return Ok(Ok(Reply::Queued(0)));
+        }
         let devices = self.db.devices_of(&job.to)?;
         let targets: Vec<(DeviceToken, usize, Environment)> = devices
             .into_iter()
@@ -156,6 +159,18 @@ impl Writer {
             if n > 0 {
                 tracing::debug!(user = %user, count = n, "coalesced pushes cancelled: the user came online");
             }
+        }
+        Ok(())
+    }
+
+    /// A presence report kept in the shared store (PostgreSQL): recorded,
+    /// and coming online resets the badge as on SQLite (where the router
+    /// decides that from its memory).
+    pub(super) fn record_presence(&mut self, user: &UserId, presence: Presence) -> Result<(), StoreError> {
+        let previous = self.db.presence_of(user)?.unwrap_or_default();
+        self.db.set_presence(user, presence)?;
+        if presence == Presence::Online && previous != Presence::Online {
+            self.came_online(user)?;
         }
         Ok(())
     }

@@ -62,6 +62,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
     metrics: Arc<StoreMetrics>,
+    /// Presence lives in the store, shared by several gateways
+    /// (PostgreSQL): the router hands it reports and leaves it the
+    /// decision whether a message becomes a push.
+    shared_presence: bool,
 }
 
 /// The store, opened, before its thread starts.
@@ -140,6 +144,7 @@ impl Store {
         });
         let (completion_tx, completions) = CompletionSender::new(Some(wake));
         let metrics = Arc::new(StoreMetrics::default());
+        let shared_presence = db.shares_presence();
         let open = OpenStore {
             db,
             rx,
@@ -148,7 +153,12 @@ impl Store {
             metrics: metrics.clone(),
             sync_tx,
         };
-        Ok((StoreHandle { tx, metrics }, completion_tx, open))
+        let handle = StoreHandle {
+            tx,
+            metrics,
+            shared_presence,
+        };
+        Ok((handle, completion_tx, open))
     }
 }
 
@@ -244,6 +254,23 @@ impl StoreHandle {
     /// still waiting in a coalescing window (they came online).
     pub async fn reset_unread(&self, user: UserId, reply: Option<ReplyTx>) -> Result<(), StoreError> {
         self.send(Command::ResetUnread { user, reply }).await
+    }
+
+    /// Whether presence lives in the store (PostgreSQL, shared by the
+    /// gateways of one database) instead of the router's memory.
+    pub fn shares_presence(&self) -> bool {
+        self.shared_presence
+    }
+
+    /// Record a presence report in the shared store (PostgreSQL); coming
+    /// online resets the badge there. Answered `Done` after the commit.
+    pub async fn set_presence(
+        &self,
+        user: UserId,
+        presence: pushbridge_api::Presence,
+        reply: Option<ReplyTx>,
+    ) -> Result<(), StoreError> {
+        self.send(Command::Presence { user, presence, reply }).await
     }
 
     /// Queue a message's notifications; `reply` gets

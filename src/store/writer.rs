@@ -36,6 +36,7 @@ use crate::policy::Policy;
 /// inject their own).
 pub(crate) type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+mod claims;
 mod durability;
 mod push;
 
@@ -72,6 +73,9 @@ pub(crate) struct Writer {
     deferring: bool,
     /// The last commit did not wait for the disk.
     unsynced: bool,
+    /// When this gateway last heartbeat and looked for rows to take over
+    /// (PostgreSQL; see [`claims`]); `None`: at the next chance.
+    maintained_at: Option<std::time::Instant>,
 }
 
 /// A device removed in the current transaction: app, token, reason.
@@ -110,6 +114,7 @@ impl Writer {
             durability: None,
             deferring: false,
             unsynced: false,
+            maintained_at: None,
         }
         .load_settings()
     }
@@ -162,6 +167,7 @@ impl Writer {
     /// sender is gone, then checkpoint and close.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         self.warn_orphans();
+        self.maintain(false);
         self.feed.refill(&mut Outbox(&self.db));
         match self.db.next_due() {
             Ok(due) => self.next_due = due,
@@ -188,6 +194,7 @@ impl Writer {
             }
             self.completions.drain(&mut done);
             self.apply_batch(&mut batch, &mut done);
+            self.maintain(self.holding_sinks(&done));
             if !self.holding_sinks(&done) {
                 self.feed.refill(&mut Outbox(&self.db));
             }
@@ -210,6 +217,7 @@ impl Writer {
                 "store closing with outcomes it could not record; those notifications are sent again on the next start"
             );
         }
+        self.release();
         self.db.checkpoint();
         tracing::debug!("store closed");
     }
@@ -472,6 +480,10 @@ impl Writer {
             }
             Command::ResetUnread { user, reply } => {
                 let r = self.came_online(&user).map(|_| Ok(Reply::Done));
+                hold(pending, reply, r, done(), Pending::Event)
+            }
+            Command::Presence { user, presence, reply } => {
+                let r = self.record_presence(&user, presence).map(|_| Ok(Reply::Done));
                 hold(pending, reply, r, done(), Pending::Event)
             }
             Command::Setting { user, change, reply } => {

@@ -83,6 +83,7 @@ fn message(to: &str, text: &str) -> (Command, oneshot::Receiver<Result<Reply, Ev
         thread: None,
         device: None,
         badge: None,
+        respect_presence: false,
     };
     (Command::Enqueue { job, reply: Some(tx) }, rx)
 }

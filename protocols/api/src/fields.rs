@@ -43,6 +43,8 @@
 //! | `iat` | issued-at of a minted provider token (JWT), Unix seconds | `1717000000` |
 //! | `key_id` | the provider-token key id (`[[apps]] key_id`; not a secret) | `ABC123DEFG` |
 //! | `quiet` | whether a user has quiet hours set (on the line that sets or clears them) | `true` |
+//! | `gateway` | a gateway's id in a shared PostgreSQL store (its row in `gateways`, new on every start) | `3` |
+//! | `lease` | `[store] lease`: how old a gateway's heartbeat may get before it counts as dead (Debug of a `Duration`) | `30s` |
 //! | `command` | binary sink: the provider API command used (`binary_command`); IRC: the bot command a user sent | `2`, `REGISTER` |
 //!
 //! Adapters add fields of their own protocol where none of the above fits:

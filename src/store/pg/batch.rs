@@ -1,5 +1,6 @@
-//! A PostgreSQL transaction's buffer: the devices and unread counters the
-//! batch's messages need (loaded by [`PgDb::prefetch`] in two statements),
+//! A PostgreSQL transaction's buffer: the devices, unread counters and
+//! presence the batch's messages need (loaded by [`PgDb::prefetch`] in
+//! three statements),
 //! and the outbox rows to insert and delete, written at COMMIT (or before
 //! any other statement) with one `unnest` statement each.
 //!
@@ -9,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use pushbridge_api::{DeviceToken, Environment, UserId};
+use pushbridge_api::{DeviceToken, Environment, Presence, UserId};
 
 use super::{Conn, PgDb};
 use crate::store::command::Command;
@@ -48,6 +49,11 @@ pub(super) struct Tx {
     pub devices: HashMap<String, Vec<CachedDevice>>,
     /// Prefetched (and locked) users' counters: value, changed.
     pub unread: HashMap<String, (i64, bool)>,
+    /// Prefetched users' presence as the transaction sees it (reports of
+    /// dead gateways read as offline; see [`super::presence`]).
+    pub presence: HashMap<String, Presence>,
+    /// Presence reports to write at COMMIT, the last per user.
+    pub presence_writes: HashMap<String, Presence>,
 }
 
 impl Tx {
@@ -57,6 +63,8 @@ impl Tx {
         self.deletes.clear();
         self.devices.clear();
         self.unread.clear();
+        self.presence.clear();
+        self.presence_writes.clear();
     }
 }
 
@@ -74,11 +82,14 @@ impl Conn {
             let prios: Vec<i64> = inserts.iter().map(|r| r.priority).collect();
             let collapse: Vec<Option<&str>> = inserts.iter().map(|r| r.collapse_id.as_deref()).collect();
             let created: Vec<i64> = inserts.iter().map(|r| r.created_ms).collect();
+            // Claimed by this gateway in the transaction that queues them.
+            let claim = self.gateway;
             self.execute(
-                "INSERT INTO outbox (id, topic, token, environment, payload, expiration, priority, collapse_id, created_ms)
-                 SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                "INSERT INTO outbox (id, topic, token, environment, payload, expiration, priority, collapse_id, created_ms,
+                                     claimed_by)
+                 SELECT *, $10::BIGINT FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
                                       $6::BIGINT[], $7::BIGINT[], $8::TEXT[], $9::BIGINT[])",
-                &[&ids, &topics, &tokens, &envs, &payloads, &exps, &prios, &collapse, &created],
+                &[&ids, &topics, &tokens, &envs, &payloads, &exps, &prios, &collapse, &created, &claim],
             )?;
         }
         let deletes = std::mem::take(&mut self.tx.deletes);
@@ -183,6 +194,7 @@ impl PgDb {
         let mut c = self.conn();
         c.flush()?;
         c.flush_unread()?;
+        c.flush_presence()?;
         let r = c.client()?.batch_execute("COMMIT");
         c.tx.clear();
         c.check(r)
@@ -210,6 +222,7 @@ impl PgDb {
                 }
             }
         }
+        self.prefetch_presence(batch)?;
         if users.is_empty() {
             return Ok(());
         }

@@ -171,11 +171,24 @@ impl PgDb {
     /// first; never one waiting in a coalescing window.
     pub fn load_outbox(&self, topic: &Arc<str>, from_id: i64, limit: usize) -> Result<Vec<Notification>, StoreError> {
         let limit = limit.min(i64::MAX as usize) as i64;
-        let rows = self.conn().direct(
-            "SELECT id, token, environment, payload, expiration, priority, collapse_id, created_ms
-             FROM outbox WHERE topic = $1 AND id >= $2 AND not_before_ms = 0 ORDER BY id LIMIT $3",
-            &[&&**topic, &from_id, &limit],
-        )?;
+        let mut c = self.conn();
+        // This gateway's claims only (the CLI's: the unclaimed rows); two
+        // statements, as `IS NOT DISTINCT FROM` cannot use the index.
+        let rows = match c.gateway {
+            Some(me) => c.direct(
+                "SELECT id, token, environment, payload, expiration, priority, collapse_id, created_ms
+                 FROM outbox WHERE claimed_by = $4 AND topic = $1 AND id >= $2 AND not_before_ms = 0
+                 ORDER BY id LIMIT $3",
+                &[&&**topic, &from_id, &limit, &me],
+            )?,
+            None => c.direct(
+                "SELECT id, token, environment, payload, expiration, priority, collapse_id, created_ms
+                 FROM outbox WHERE claimed_by IS NULL AND topic = $1 AND id >= $2 AND not_before_ms = 0
+                 ORDER BY id LIMIT $3",
+                &[&&**topic, &from_id, &limit],
+            )?,
+        };
+        drop(c);
         rows.iter()
             .map(|r| {
                 Ok(Notification {
@@ -313,10 +326,14 @@ impl PgDb {
 
     pub(crate) fn coalesce(&self, w: &NewWaiting<'_>, parts: &Parts) -> Result<Option<i64>, StoreError> {
         let mut c = self.conn();
+        // Into this gateway's own window only: another's may be released
+        // (and deleted) by it while this transaction merges.
+        let claim = c.gateway;
         let found = c.direct(
             "SELECT id, parts FROM outbox WHERE not_before_ms > 0
-             AND user_id = $1 AND conversation = $2 AND token = $3 AND topic = $4",
-            &[&w.user.as_str(), &w.conversation, &w.token.as_str(), &w.topic],
+             AND user_id = $1 AND conversation = $2 AND token = $3 AND topic = $4
+             AND claimed_by IS NOT DISTINCT FROM $5",
+            &[&w.user.as_str(), &w.conversation, &w.token.as_str(), &w.topic, &claim],
         )?;
         if let Some(row) = found.first() {
             let mut merged: Parts = serde_json::from_str(row.get(1)).map_err(corrupt)?;
@@ -331,8 +348,8 @@ impl PgDb {
         let due = w.due_ms.max(1);
         c.execute(
             "INSERT INTO outbox (topic, token, environment, payload, expiration, priority, collapse_id,
-                created_ms, user_id, conversation, parts, not_before_ms)
-             VALUES ($1, $2, $3, '', 0, 10, NULL, $4, $5, $6, $7, $8)",
+                created_ms, user_id, conversation, parts, not_before_ms, claimed_by)
+             VALUES ($1, $2, $3, '', 0, 10, NULL, $4, $5, $6, $7, $8, $9)",
             &[
                 &w.topic,
                 &w.token.as_str(),
@@ -342,24 +359,32 @@ impl PgDb {
                 &w.conversation,
                 &serde_json::to_string(parts).map_err(corrupt)?,
                 &due,
+                &claim,
             ],
         )?;
         Ok(Some(due))
     }
 
     pub(crate) fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        let rows = self
-            .conn()
-            .direct("SELECT min(not_before_ms) FROM outbox WHERE not_before_ms > 0", &[])?;
+        let mut c = self.conn();
+        let claim = c.gateway;
+        let rows = c.direct(
+            "SELECT min(not_before_ms) FROM outbox WHERE not_before_ms > 0 AND claimed_by IS NOT DISTINCT FROM $1",
+            &[&claim],
+        )?;
         Ok(rows.first().and_then(|r| r.get(0)))
     }
 
     pub(crate) fn due_waiting(&self, now_ms: i64) -> Result<Vec<Waiting>, StoreError> {
-        let rows = self.conn().direct(
+        let mut c = self.conn();
+        let claim = c.gateway;
+        let rows = c.direct(
             "SELECT id, topic, token, environment, user_id, created_ms, parts FROM outbox
-             WHERE not_before_ms > 0 AND not_before_ms <= $1 ORDER BY not_before_ms, id",
-            &[&now_ms],
+             WHERE not_before_ms > 0 AND not_before_ms <= $1 AND claimed_by IS NOT DISTINCT FROM $2
+             ORDER BY not_before_ms, id",
+            &[&now_ms, &claim],
         )?;
+        drop(c);
         rows.iter()
             .map(|r| {
                 Ok(Waiting {

@@ -4,7 +4,8 @@
 //! do. Each migration runs in its own transaction with its version row.
 //!
 //! The tables mirror SQLite's (a `user` column is `user_id` here: `user`
-//! is reserved); integers are `BIGINT`.
+//! is reserved); integers are `BIGINT`. Migration 2 adds what only a
+//! shared database needs: `gateways`, `outbox.claimed_by`, `presence`.
 
 use super::Conn;
 use crate::store::db::{now_ms, StoreError};
@@ -63,6 +64,24 @@ pub const MIGRATIONS: &[&str] = &[
         start_min BIGINT NOT NULL,
         end_min   BIGINT NOT NULL,
         zone      TEXT NOT NULL
+     );",
+    // 2: several gateways on one database (see `super::claims`): the
+    // gateways and their heartbeats (the server's clock), the outbox
+    // entries each one claimed, and presence tagged by the reporting
+    // gateway. Loads go by claim (`outbox_claims` replaces
+    // `outbox_by_topic`).
+    "CREATE TABLE gateways (
+        id        BIGSERIAL PRIMARY KEY,
+        started   TIMESTAMPTZ NOT NULL,
+        heartbeat TIMESTAMPTZ NOT NULL
+     );
+     ALTER TABLE outbox ADD COLUMN claimed_by BIGINT;
+     CREATE INDEX outbox_claims ON outbox(claimed_by, topic, id);
+     DROP INDEX outbox_by_topic;
+     CREATE TABLE presence (
+        user_id  TEXT PRIMARY KEY,
+        presence TEXT NOT NULL,
+        gateway  BIGINT NOT NULL
      );",
 ];
 

@@ -1,0 +1,213 @@
+//! Several gateways on one PostgreSQL database.
+//!
+//! - **Registration.** A gateway process inserts a fresh row into
+//!   `gateways` when it opens the store ([`PgDb::register_gateway`]): its
+//!   id is new on every start. A restarted gateway therefore never mistakes
+//!   the claims of its previous run (perhaps still sending, if that process
+//!   hangs rather than died) for its own; they are taken over like any dead
+//!   gateway's, once its lease ran out.
+//! - **Heartbeat.** The store thread stamps its row with the server's clock
+//!   ([`PgDb::heartbeat`], every [`PgDb::maintenance_every`]); one clock
+//!   decides, so gateways on machines whose clocks differ agree on who is
+//!   dead. A gateway whose heartbeat is older than `[store] lease` is dead.
+//! - **Claims.** Every outbox row a gateway writes carries `claimed_by` =
+//!   its id, in the transaction that queues it; its feed loads only its
+//!   own claims.
+//! - **Takeover.** [`PgDb::take_over`] moves rows that nobody holds
+//!   (unclaimed: released by a clean shutdown, copied by `store copy`) or
+//!   that a dead gateway held to this gateway, `FOR UPDATE SKIP LOCKED`
+//!   so two live gateways never take the same row, and renumbers them with
+//!   ids from this gateway's block: the feed hands out each gateway's rows
+//!   in id order, and the taken rows then come after everything it already
+//!   holds. A takeover runs only right after a successful heartbeat: a
+//!   gateway cut off from the database takes nothing.
+//! - **Release.** A clean shutdown unclaims what is left
+//!   ([`PgDb::release_claims`]) and deletes its row: others take it at
+//!   once. A `kill -9`ed gateway's rows wait for its lease.
+//!
+//! At-least-once: a row is deleted only by an outcome. A gateway that lost
+//! its claims (its heartbeat stalled past the lease) still sends what its
+//! sinks hold, and the new holder sends it too: a repeat, never a loss.
+
+use std::time::Duration;
+
+use super::{Conn, PgDb};
+use crate::outcome::Notification;
+use crate::store::db::StoreError;
+
+/// Rows of dead gateways and unclaimed rows a gateway takes over at most
+/// per round (it takes the next round at once while there are more).
+pub const TAKEOVER_BATCH: i64 = 4096;
+/// Rows of a gateway dead this many leases, that holds no claims any more,
+/// are deleted (with the presence it reported).
+const FORGET_AFTER_LEASES: i64 = 10;
+
+/// An outbox row taken over from a dead gateway (or unclaimed).
+#[derive(Debug)]
+pub struct Taken {
+    /// The row, renumbered for this gateway.
+    pub notification: Notification,
+    /// The end of its coalescing window (Unix ms), 0 when it is ready.
+    pub not_before_ms: i64,
+}
+
+impl Conn {
+    /// `[store] lease` in milliseconds.
+    pub(super) fn lease_ms(&self) -> i64 {
+        self.lease.as_millis().min(i64::MAX as u128) as i64
+    }
+
+    /// Run `f` in a transaction of its own (outside the writer's batches).
+    fn in_tx<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let r = self.client()?.batch_execute("BEGIN");
+        self.check(r)?;
+        let result = f(self).and_then(|v| {
+            let r = self.client()?.batch_execute("COMMIT");
+            self.check(r).map(|_| v)
+        });
+        if result.is_err() {
+            if let Some(client) = self.client.as_mut().filter(|c| !c.is_closed()) {
+                let _ = client.batch_execute("ROLLBACK");
+            }
+        }
+        result
+    }
+}
+
+impl PgDb {
+    /// Register this process as a gateway (a fresh id): from now on the
+    /// rows it writes are claimed by it. Returns the id.
+    pub fn register_gateway(&self) -> Result<i64, StoreError> {
+        let mut c = self.conn();
+        let rows = c.query(
+            "INSERT INTO gateways (started, heartbeat) VALUES (clock_timestamp(), clock_timestamp()) RETURNING id",
+            &[],
+        )?;
+        let id: i64 = rows
+            .first()
+            .map(|r| r.get(0))
+            .ok_or_else(|| StoreError::Corrupt("no gateway id returned".into()))?;
+        c.gateway = Some(id);
+        tracing::info!(gateway = id, lease = ?c.lease, "gateway registered");
+        Ok(id)
+    }
+
+    /// This gateway's id, once registered.
+    pub fn gateway_id(&self) -> Option<i64> {
+        self.conn().gateway
+    }
+
+    /// How often the store thread heartbeats and looks for rows to take
+    /// over: a third of the lease, at most every second.
+    pub fn maintenance_every(&self) -> Duration {
+        (self.conn().lease / 3).min(Duration::from_secs(1))
+    }
+
+    /// Stamp this gateway's row with the server's clock (recreating it if
+    /// it was deleted meanwhile), then forget gateways dead for long that
+    /// hold nothing.
+    pub fn heartbeat(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let Some(id) = c.gateway else { return Ok(()) };
+        c.execute(
+            "INSERT INTO gateways (id, started, heartbeat) VALUES ($1, clock_timestamp(), clock_timestamp())
+             ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat",
+            &[&id],
+        )?;
+        let forget_ms = c.lease_ms().saturating_mul(FORGET_AFTER_LEASES);
+        let gone = c.execute(
+            "DELETE FROM gateways g WHERE g.heartbeat < clock_timestamp() - $1::BIGINT * interval '1 millisecond'
+             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.claimed_by = g.id)",
+            &[&forget_ms],
+        )?;
+        if gone > 0 {
+            c.execute(
+                "DELETE FROM presence p WHERE NOT EXISTS (SELECT 1 FROM gateways g WHERE g.id = p.gateway)",
+                &[],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Take over up to `limit` rows of `topics` that are unclaimed or held
+    /// by a dead gateway, oldest first, renumbered for this gateway (see
+    /// the module's doc). Nothing for the CLI.
+    pub fn take_over(&self, topics: &[String], limit: i64) -> Result<Vec<Taken>, StoreError> {
+        let mut c = self.conn();
+        let Some(me) = c.gateway else { return Ok(Vec::new()) };
+        let lease_ms = c.lease_ms();
+        let mut taken = c.in_tx(|c| {
+            let dead: Vec<i64> = c
+                .query(
+                    "SELECT id FROM gateways WHERE id <> $1
+                     AND heartbeat < clock_timestamp() - $2::BIGINT * interval '1 millisecond'",
+                    &[&me, &lease_ms],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let old: Vec<i64> = c
+                .query(
+                    "SELECT id FROM outbox WHERE (claimed_by IS NULL OR claimed_by = ANY($1))
+                     AND topic = ANY($2) ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                    &[&dead, &topics, &limit],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if old.is_empty() {
+                return Ok(Vec::new());
+            }
+            let new = old.iter().map(|_| c.next_id()).collect::<Result<Vec<i64>, _>>()?;
+            let rows = c.query(
+                "UPDATE outbox o SET id = v.new, claimed_by = $3
+                 FROM unnest($1::BIGINT[], $2::BIGINT[]) AS v(old, new) WHERE o.id = v.old
+                 RETURNING o.id, o.topic, o.token, o.environment, o.payload, o.expiration, o.priority,
+                    o.collapse_id, o.created_ms, o.not_before_ms",
+                &[&old, &new, &me],
+            )?;
+            rows.iter().map(taken_row).collect::<Result<Vec<_>, _>>()
+        })?;
+        taken.sort_by_key(|t| t.notification.id);
+        if !taken.is_empty() {
+            tracing::info!(gateway = me, count = taken.len(), "took over outbox entries of dead gateways or unclaimed");
+        }
+        Ok(taken)
+    }
+
+    /// Clean shutdown: unclaim what this gateway still holds and delete its
+    /// row (its presence reports then count as offline), so other gateways
+    /// take its rows at once.
+    pub fn release_claims(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let Some(me) = c.gateway else { return Ok(()) };
+        let released = c.in_tx(|c| {
+            let n = c.execute("UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1", &[&me])?;
+            c.execute("DELETE FROM gateways WHERE id = $1", &[&me])?;
+            Ok(n)
+        })?;
+        tracing::info!(gateway = me, count = released, "gateway unregistered; its outbox entries released");
+        Ok(())
+    }
+}
+
+/// A row of [`PgDb::take_over`]'s `RETURNING`.
+fn taken_row(r: &postgres::Row) -> Result<Taken, StoreError> {
+    let topic: String = r.get(1);
+    Ok(Taken {
+        notification: Notification {
+            id: r.get(0),
+            app: topic.into(),
+            token: super::ops::parse_token(r.get(2))?,
+            environment: super::ops::parse_env(r.get(3))?,
+            payload: r.get::<_, String>(4).into(),
+            expiration: r.get::<_, i64>(5).max(0) as u64,
+            priority: r.get::<_, i64>(6).clamp(0, 255) as u8,
+            collapse_id: r.get(7),
+            created_ms: r.get(8),
+            attempts: 0,
+            redelivery: false,
+        },
+        not_before_ms: r.get(9),
+    })
+}

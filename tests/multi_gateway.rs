@@ -1,0 +1,241 @@
+//! Several gateways (the real binary) sharing one real PostgreSQL database,
+//! each sending to the same APNS simulator over real TLS: presence reported
+//! to one gateway is honoured by another, a device removed by one is gone
+//! for all, and a gateway `kill -9`ed while 10,000 messages stream through
+//! both loses nothing: the survivor takes over its claims after the lease.
+
+mod harness;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::apns::{http2_config, Creds};
+use harness::postgres::PgCluster;
+use harness::{token, Client, Gateway};
+use pushbridge::simulator::http2::{Options, Simulator};
+use tokio::io::AsyncWriteExt;
+
+/// `[store] lease` of the tests' gateways, seconds: short, so a killed
+/// gateway's claims are taken over within seconds.
+const LEASE: u64 = 2;
+/// The sink queue of each gateway's app (`[[apps]] queue`).
+const QUEUE: usize = 256;
+/// Streams the simulator lets a connection have in flight.
+const STREAMS: u32 = 100;
+
+/// A gateway's config: the http2 app against `sim`, the store on `pg`.
+fn config(dir: &Path, creds: &Creds, sim: &Simulator, pg: &PgCluster) -> String {
+    let text = http2_config(
+        dir,
+        &creds.token_app(&sim.addr().to_string()),
+        &format!("queue = {QUEUE}\n"),
+    );
+    let path_line = format!("path = {:?}\n", dir.join("pushbridge.db").display().to_string());
+    assert!(text.contains(&path_line));
+    text.replace(&path_line, &format!("url = {:?}\nlease = {LEASE}\n", pg.url()))
+}
+
+/// The alert bodies the simulator accepted, with how often.
+fn bodies(sim: &Simulator) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in sim.state().recorder.records() {
+        let body = r.payload["aps"]["alert"]["body"].as_str().unwrap_or_default().to_owned();
+        *m.entry(body).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Send `MSG bob TO TEXT`; the reply (`OK n`: n pushes queued).
+async fn msg(c: &mut Client, to: &str, text: &str) -> String {
+    c.cmd(&format!("MSG bob {to} {text}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_share_presence_and_device_removals() {
+    let Some(pg) = PgCluster::start() else { return };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let creds = Creds::new(dir_a.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    let a = Gateway::start(dir_a.path(), &config(dir_a.path(), &creds, &sim, &pg));
+    let b = Gateway::start(dir_b.path(), &config(dir_b.path(), &creds, &sim, &pg));
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+
+    // Presence reported to A decides what B does with a message.
+    assert_eq!(ca.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
+    assert_eq!(ca.cmd("PRESENCE alice online").await, "OK");
+    assert_eq!(msg(&mut cb, "alice", "while online").await, "OK 0");
+    assert_eq!(ca.cmd("PRESENCE alice away").await, "OK");
+    assert_eq!(msg(&mut cb, "alice", "while away").await, "OK 1");
+    assert_eq!(ca.cmd("PRESENCE alice offline").await, "OK");
+    assert_eq!(msg(&mut cb, "alice", "while offline").await, "OK 1");
+    assert!(sim.state().recorder.wait_for(2, Duration::from_secs(20)).await);
+    // Coming online on A resets the badge B's messages counted.
+    assert_eq!(ca.cmd("PRESENCE alice online").await, "OK");
+    assert_eq!(ca.cmd("PRESENCE alice away").await, "OK");
+    assert_eq!(msg(&mut cb, "alice", "badge again").await, "OK 1");
+    assert!(sim.state().recorder.wait_for(3, Duration::from_secs(20)).await);
+    let records = sim.state().recorder.records();
+    let badge_of = |body: &str| {
+        records
+            .iter()
+            .find(|r| r.payload["aps"]["alert"]["body"] == body)
+            .map(|r| r.payload["aps"]["badge"].clone())
+    };
+    assert_eq!(badge_of("while away"), Some(1.into()));
+    assert_eq!(badge_of("while offline"), Some(2.into()));
+    assert_eq!(badge_of("badge again"), Some(1.into()), "reset by coming online on A");
+    assert!(badge_of("while online").is_none());
+
+    // A token Apple answers 410 for, seen by B's sink: gone for A too.
+    let gone = token(2);
+    sim.state().reject(&gone, 410, "Unregistered");
+    assert_eq!(ca.cmd(&format!("REGISTER carol {gone}")).await, "OK");
+    assert_eq!(msg(&mut cb, "carol", "to a dead phone").await, "OK 1");
+    pg.wait_for(&format!("SELECT count(*) FROM devices WHERE token = '{gone}'"), "0");
+    assert_eq!(msg(&mut ca, "carol", "nobody left").await, "OK 0");
+    assert!(b.logs().contains("device removed"), "{}", b.logs());
+
+    // Presence reported by a gateway that died reads as offline.
+    assert_eq!(ca.cmd("PRESENCE alice online").await, "OK");
+    assert_eq!(msg(&mut cb, "alice", "A still alive").await, "OK 0");
+    a.kill();
+    let killed = Instant::now();
+    loop {
+        let reply = msg(&mut cb, "alice", "A is dead").await;
+        if reply == "OK 1" {
+            break;
+        }
+        assert_eq!(reply, "OK 0");
+        assert!(killed.elapsed() < Duration::from_secs(LEASE * 5), "A's presence outlived its lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        killed.elapsed() >= Duration::from_secs(LEASE) - Duration::from_millis(500),
+        "A's report counted until its heartbeat was a lease old: {:?}",
+        killed.elapsed()
+    );
+    assert!(b.stop().success());
+}
+
+/// Pipeline `lines` to the line listener at `addr` (200 at a time) until
+/// done or the connection ends; the replies received, in order. `ok`
+/// counts the `OK 1`s as they come.
+async fn stream(addr: String, lines: Vec<String>, ok: Arc<AtomicUsize>) -> Vec<String> {
+    let mut c = Client::connect(&addr).await;
+    let mut replies = Vec::with_capacity(lines.len());
+    for chunk in lines.chunks(200) {
+        let mut buf = String::new();
+        for l in chunk {
+            buf.push_str(l);
+            buf.push('\n');
+        }
+        if c.writer.write_all(buf.as_bytes()).await.is_err() {
+            return replies;
+        }
+        for _ in chunk {
+            match tokio::time::timeout(Duration::from_secs(30), c.reader.next_line()).await {
+                Ok(Ok(Some(reply))) => {
+                    if reply == "OK 1" {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    replies.push(reply);
+                }
+                _ => return replies,
+            }
+        }
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_loses_nothing_and_the_survivor_sends_its_claims() {
+    const USERS: usize = 100;
+    const EACH: usize = 5000;
+    let Some(pg) = PgCluster::start() else { return };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let creds = Creds::new(dir_a.path());
+    // A distant APNS (20 ms per answer): notifications are in flight, and
+    // queued behind the sink, when A is killed.
+    let options = Options {
+        max_concurrent_streams: STREAMS,
+        response_delay: Some(Duration::from_millis(20)),
+        ..creds.options(false)
+    };
+    let sim = creds.simulator("127.0.0.1:0", options).await;
+    let a = Gateway::start(dir_a.path(), &config(dir_a.path(), &creds, &sim, &pg));
+    let b = Gateway::start(dir_b.path(), &config(dir_b.path(), &creds, &sim, &pg));
+    let mut ca = a.client().await;
+    let registers: Vec<String> = (0..USERS)
+        .map(|u| format!("REGISTER u{u} {}", token(1000 + u as u64)))
+        .collect();
+    ca.pipeline(&registers, "OK").await;
+
+    let lines = |gw: &str| -> Vec<String> { (0..EACH).map(|i| format!("MSG bob u{} {gw}{i}", i % USERS)).collect() };
+    let (ok_a, ok_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let to_a = tokio::spawn(stream(a.addr.clone(), lines("a"), ok_a.clone()));
+    let to_b = tokio::spawn(stream(b.addr.clone(), lines("b"), ok_b.clone()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ok_a.load(Ordering::Relaxed) < EACH * 3 / 10 {
+        assert!(Instant::now() < deadline, "A accepted too little:\n{}", a.logs());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill();
+    let killed = Instant::now();
+    let (replies_a, replies_b) = (to_a.await.unwrap(), to_b.await.unwrap());
+    assert_eq!(replies_b.len(), EACH, "B answered every message");
+    assert!(replies_b.iter().all(|r| r == "OK 1"), "B refused some");
+    assert!(replies_a.len() < EACH, "A was killed while messages streamed");
+    let mut accepted: Vec<String> = (0..replies_b.len()).map(|i| format!("b{i}")).collect();
+    for (i, r) in replies_a.iter().enumerate() {
+        assert_eq!(r, "OK 1", "A's reply {i}");
+        accepted.push(format!("a{i}"));
+    }
+
+    // Every OK is delivered: B's own, and A's after B took them over.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = bodies(&sim);
+        let missing: Vec<&String> = accepted.iter().filter(|m| !seen.contains_key(*m)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} accepted messages never delivered (e.g. {:?}):\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing is left: what A committed without answering went too.
+    pg.wait_for("SELECT count(*) FROM outbox", "0");
+    let took_over = b.logs().contains("took over outbox entries");
+    assert!(took_over, "B took over A's claims:\n{}", b.logs());
+    assert!(killed.elapsed() >= Duration::from_secs(LEASE) - Duration::from_millis(500));
+
+    let seen = bodies(&sim);
+    let records: usize = seen.values().sum();
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let repeated: HashSet<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(b, _)| b).collect();
+    println!(
+        "multi_gateway: {} accepted (A {}, B {}), {records} pushes, {duplicates} duplicates (A's: {})",
+        accepted.len(),
+        replies_a.len(),
+        replies_b.len(),
+        repeated.iter().filter(|b| b.starts_with('a')).count()
+    );
+    // Only what A held in memory at the kill may repeat: its sink queue,
+    // the streams in flight, and outcomes not committed yet (at most
+    // 200 ms of answers at STREAMS per 20 ms = 1,000).
+    let bound = QUEUE + STREAMS as usize + 1000;
+    assert!(duplicates <= bound, "{duplicates} duplicates > {bound}");
+    assert!(
+        repeated.iter().all(|b| b.starts_with('a')),
+        "only A's entries repeat: {repeated:?}"
+    );
+    assert!(b.stop().success());
+}
