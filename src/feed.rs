@@ -206,3 +206,54 @@ impl Default for Feed {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pushbridge_api::DeviceToken;
+
+    use super::*;
+
+    const APP: &str = "com.example.chat";
+
+    fn n(id: i64) -> Notification {
+        let token = DeviceToken::parse(&format!("{id:064x}")).unwrap();
+        Notification::new(id, Arc::from(APP), token, Environment::Sandbox, "{}")
+    }
+
+    /// An outbox of `rows` (loads by id, as the store does).
+    struct Rows(Vec<i64>);
+
+    impl OutboxReader for Rows {
+        type Error = String;
+        fn load(&mut self, _: &Arc<str>, from: i64, limit: usize) -> Result<Vec<Notification>, String> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|id| **id >= from)
+                .take(limit)
+                .map(|id| n(*id))
+                .collect())
+        }
+    }
+
+    #[test]
+    fn taken_over_rows_go_to_the_sink_in_order_and_are_not_counted_again() {
+        let counters = Counters::default();
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut feed = Feed::new();
+        feed.add(APP, Environment::Sandbox, 4096, tx, &counters);
+        feed.refill(&mut Rows(Vec::new()));
+        assert_eq!(feed.topics(), vec![APP.to_owned()]);
+        feed.dispatch(vec![(0, n(1))]);
+        feed.take_over(vec![(0, n(7)), (0, n(8))]);
+        assert_eq!(counters.app(APP).accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(rx.try_recv().unwrap().id, 1);
+        assert_eq!(rx.try_recv().unwrap().id, 7);
+        // 8 did not fit: it waits in the outbox and is loaded after 7.
+        assert!(rx.try_recv().is_err());
+        feed.refill(&mut Rows(vec![8]));
+        assert_eq!(rx.try_recv().unwrap().id, 8);
+        feed.close();
+        assert!(feed.topics().is_empty(), "no sink to feed after shutdown");
+    }
+}

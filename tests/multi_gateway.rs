@@ -42,7 +42,10 @@ fn config(dir: &Path, creds: &Creds, sim: &Simulator, pg: &PgCluster) -> String 
 fn bodies(sim: &Simulator) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for r in sim.state().recorder.records() {
-        let body = r.payload["aps"]["alert"]["body"].as_str().unwrap_or_default().to_owned();
+        let body = r.payload["aps"]["alert"]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         *m.entry(body).or_insert(0) += 1;
     }
     m
@@ -109,7 +112,10 @@ async fn gateways_share_presence_and_device_removals() {
             break;
         }
         assert_eq!(reply, "OK 0");
-        assert!(killed.elapsed() < Duration::from_secs(LEASE * 5), "A's presence outlived its lease");
+        assert!(
+            killed.elapsed() < Duration::from_secs(LEASE * 5),
+            "A's presence outlived its lease"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(

@@ -170,7 +170,11 @@ impl PgDb {
         })?;
         taken.sort_by_key(|t| t.notification.id);
         if !taken.is_empty() {
-            tracing::info!(gateway = me, count = taken.len(), "took over outbox entries of dead gateways or unclaimed");
+            tracing::info!(
+                gateway = me,
+                count = taken.len(),
+                "took over outbox entries of dead gateways or unclaimed"
+            );
         }
         Ok(taken)
     }
@@ -186,7 +190,11 @@ impl PgDb {
             c.execute("DELETE FROM gateways WHERE id = $1", &[&me])?;
             Ok(n)
         })?;
-        tracing::info!(gateway = me, count = released, "gateway unregistered; its outbox entries released");
+        tracing::info!(
+            gateway = me,
+            count = released,
+            "gateway unregistered; its outbox entries released"
+        );
         Ok(())
     }
 }

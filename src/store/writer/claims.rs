@@ -15,7 +15,9 @@ impl Writer {
     /// may be the one others think dead) or while `holding` (outcomes wait
     /// to be recorded: new rows wait in the outbox).
     pub(super) fn maintain(&mut self, holding: bool) {
-        let Some(every) = self.db.maintenance_every() else { return };
+        let Some(every) = self.db.maintenance_every() else {
+            return;
+        };
         let now = Instant::now();
         if self.maintained_at.is_some_and(|t| now.duration_since(t) < every) {
             return;
