@@ -10,7 +10,8 @@
 //!    closes.
 //!
 //! Whatever is still undelivered when the grace runs out stays in the
-//! outbox and is sent on the next start.
+//! outbox and is sent on the next start; on a PostgreSQL store shared by
+//! several gateways it is released to them at once (`store::pg::claims`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -73,6 +74,7 @@ pub async fn run_with_reload(
     let (store, completions, open) = Store::open(&config.store)?;
     tracing::info!(store = %config.store.describe(), "store open");
     let (feed, sinks, reloads) = start_sinks(&config, &counters, completions)?;
+    let gateway_id = open.gateway_id();
     let store_thread = open
         .start(feed, Policy::new(config.policy.clone()), counters.clone())
         .map_err(GatewayError::Thread)?;
@@ -133,6 +135,9 @@ pub async fn run_with_reload(
             ?snapshot,
             "shutdown grace ran out; undelivered notifications stay in the outbox for the next start"
         );
+        if let Some(id) = gateway_id {
+            release_claims(&config, id).await;
+        }
     }
     Ok(snapshot)
 }
@@ -222,6 +227,21 @@ async fn refill_ticker(store: StoreHandle, stop: CancellationToken) {
             _ = tick.tick() => if store.tick().await.is_err() { return },
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// The grace ran out with notifications in the sinks: hand this gateway's
+/// claims to the other gateways sharing the PostgreSQL store now rather
+/// than after the lease (see `store::pg::claims`).
+async fn release_claims(config: &Config, gateway: i64) {
+    let store = config.store.clone();
+    let released = tokio::task::spawn_blocking(move || crate::store::release_claims_of(&store, gateway)).await;
+    match released {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot release this gateway's outbox entries; others take them over once its lease ran out")
+        }
+        Err(e) => tracing::warn!(error = %e, "the release of this gateway's outbox entries failed"),
     }
 }
 

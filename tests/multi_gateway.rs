@@ -254,3 +254,44 @@ async fn a_killed_gateway_loses_nothing_and_the_survivor_sends_its_claims() {
     );
     assert!(b.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_hands_its_claims_over_at_once() {
+    let Some(pg) = PgCluster::start() else { return };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let creds = Creds::new(dir_a.path());
+    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+    // A long lease: only the release can hand A's rows over in time.
+    let long = |text: String| text.replace(&format!("lease = {LEASE}\n"), "lease = 300\n");
+    let b = Gateway::start(dir_b.path(), &long(config(dir_b.path(), &creds, &sim, &pg)));
+    // A's APNS is unreachable: what it accepts stays in the outbox.
+    let nowhere = format!("127.0.0.1:{}", harness::free_port());
+    let text_a = config(dir_a.path(), &creds, &sim, &pg).replace(&sim.addr().to_string(), &nowhere);
+    let a = Gateway::start(dir_a.path(), &long(text_a));
+    let mut ca = a.client().await;
+    assert_eq!(ca.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
+    for i in 0..20 {
+        assert_eq!(msg(&mut ca, "alice", &format!("held {i}")).await, "OK 1");
+    }
+    pg.wait_for("SELECT count(*) FROM outbox WHERE claimed_by IS NOT NULL", "20");
+    assert_eq!(sim.state().recorder.count(), 0, "A holds them");
+    drop(ca);
+    let (status, logs) = a.stop_with_logs();
+    assert!(status.success(), "{logs}");
+    assert!(logs.contains("outbox entries released"), "{logs}");
+    let stopped = Instant::now();
+    assert!(
+        sim.state().recorder.wait_for(20, Duration::from_secs(20)).await,
+        "B did not send A's released entries:\n{}",
+        b.logs()
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "long before A's lease (300 s)"
+    );
+    let seen = bodies(&sim);
+    assert!((0..20).all(|i| seen.get(&format!("held {i}")) == Some(&1)), "{seen:?}");
+    pg.wait_for("SELECT count(*) FROM outbox", "0");
+    assert_eq!(pg.psql("SELECT count(*) FROM gateways"), "1", "A's row went with it");
+    assert!(b.stop().success());
+}

@@ -163,6 +163,15 @@ impl Store {
 }
 
 impl OpenStore {
+    /// This gateway's id in a shared PostgreSQL store (see
+    /// [`pg::claims`]); `None` on SQLite.
+    pub fn gateway_id(&self) -> Option<i64> {
+        match &self.db {
+            Db::Postgres(d) => d.gateway_id(),
+            Db::Sqlite(_) => None,
+        }
+    }
+
     /// Start the store thread, feeding `feed` with what `policy` renders.
     pub fn start(self, feed: Feed, policy: Policy, counters: Arc<Counters>) -> std::io::Result<StoreThread> {
         let (db, completions, metrics, rx) = (self.db, self.completions, self.metrics, self.rx);
@@ -181,6 +190,22 @@ impl OpenStore {
             _checkpointer: self.checkpointer,
         })
     }
+}
+
+/// Release the claims of gateway `gateway` on the PostgreSQL store
+/// `config` names, over a connection of its own: a shutdown whose grace ran
+/// out (the store thread still waits for the sinks) hands its notifications
+/// to the other gateways at once instead of after the lease. What its sinks
+/// still send may then be sent twice (at-least-once). Blocking.
+pub fn release_claims_of(config: &StoreConfig, gateway: i64) -> Result<(), StoreError> {
+    let config = config.clone();
+    std::thread::spawn(move || {
+        let db = pg::PgDb::open(&config)?;
+        db.act_for(gateway);
+        db.release_claims()
+    })
+    .join()
+    .map_err(|_| StoreError::Unavailable("the PostgreSQL release thread panicked".into()))?
 }
 
 impl StoreThread {

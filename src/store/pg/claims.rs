@@ -23,7 +23,10 @@
 //!   gateway cut off from the database takes nothing.
 //! - **Release.** A clean shutdown unclaims what is left
 //!   ([`PgDb::release_claims`]) and deletes its row: others take it at
-//!   once. A `kill -9`ed gateway's rows wait for its lease.
+//!   once; also when its grace ran out while its sinks still held
+//!   notifications (then over a connection of its own, see
+//!   [`crate::store::release_claims_of`]). A `kill -9`ed gateway's rows
+//!   wait for its lease.
 //!
 //! At-least-once: a row is deleted only by an outcome. A gateway that lost
 //! its claims (its heartbeat stalled past the lease) still sends what its
@@ -90,6 +93,12 @@ impl PgDb {
         c.gateway = Some(id);
         tracing::info!(gateway = id, lease = ?c.lease, "gateway registered");
         Ok(id)
+    }
+
+    /// Act for gateway `id` (registered by another connection): release
+    /// its claims after a shutdown whose grace ran out.
+    pub fn act_for(&self, id: i64) {
+        self.conn().gateway = Some(id);
     }
 
     /// This gateway's id, once registered.
