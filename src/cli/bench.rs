@@ -7,7 +7,8 @@
 //! measures, per command, the time from writing it to reading its `OK 1`.
 //! With `--rate` the load is paced (open loop) instead of as fast as possible.
 //! With `--target` it loads a gateway running elsewhere instead (its users
-//! registered as `line:u0`…, e.g. by `bench-fill`).
+//! registered as `line:u0`…, e.g. by `bench-fill`), or several sharing one
+//! PostgreSQL store (`--target A,B`: connections spread over them).
 //! With `--coalesce N` the gateway coalesces (`[policy] coalesce = N`): the
 //! bench waits for the last windows to end and reports how many pushes the
 //! messages became (their titles' counts must add up to the messages).
@@ -65,8 +66,10 @@ pub struct Args {
     store: Option<String>,
     /// Load a gateway already running elsewhere (its line adapter's
     /// `host:port`, its users registered as `line:u0`… e.g. by
-    /// `bench-fill`) instead of starting one in this process.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["dir", "metrics", "coalesce", "store"])]
+    /// `bench-fill`) instead of starting one in this process; several
+    /// gateways sharing one PostgreSQL store as `HOST:PORT,HOST:PORT…`
+    /// (connection i goes to gateway i mod their number).
+    #[arg(long, value_name = "HOST:PORT[,…]", conflicts_with_all = ["dir", "metrics", "coalesce", "store"])]
     target: Option<String>,
 }
 
@@ -91,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         wait_listening(&addr).await?;
         let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
         let scraper = admin.map(|a| super::scrape::Scraper::start(format!("http://127.0.0.1:{a}")));
-        let (sent, elapsed) = load(&args, &addr, &hist).await?;
+        let (sent, elapsed) = load(&args, std::slice::from_ref(&addr), &hist).await?;
         if let Some(s) = scraper {
             println!(
                 "metrics: admin listener on, /metrics scraped {} time(s), every second",
@@ -133,10 +136,13 @@ fn run_external(args: &Args, target: &str) -> anyhow::Result<()> {
         bail!("--connections, --messages, --users and --pipeline must be at least 1");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let targets: Vec<String> = target.split(',').map(|t| t.trim().to_owned()).collect();
     rt.block_on(async move {
-        wait_listening(target).await?;
+        for t in &targets {
+            wait_listening(t).await?;
+        }
         let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
-        let (sent, elapsed) = load(args, target, &hist).await?;
+        let (sent, elapsed) = load(args, &targets, &hist).await?;
         let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram lock"))?;
         print_load(args, sent, elapsed, &h);
         Ok(())
@@ -267,9 +273,10 @@ async fn wait_listening(addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run the `--connections` connections to `addr`, sharing `--messages` and
-/// `--rate` between them; the messages accepted and how long it took.
-async fn load(args: &Args, addr: &str, hist: &Arc<Mutex<Histogram<u64>>>) -> anyhow::Result<(usize, Duration)> {
+/// Run the `--connections` connections to `addrs` (connection i to
+/// `addrs[i % len]`), sharing `--messages` and `--rate` between them; the
+/// messages accepted and how long it took.
+async fn load(args: &Args, addrs: &[String], hist: &Arc<Mutex<Histogram<u64>>>) -> anyhow::Result<(usize, Duration)> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.connections {
@@ -280,7 +287,7 @@ async fn load(args: &Args, addr: &str, hist: &Arc<Mutex<Histogram<u64>>>) -> any
             args.rate as f64 / args.connections as f64
         };
         tasks.push(tokio::spawn(connection(
-            addr.to_owned(),
+            addrs[c % addrs.len()].clone(),
             c,
             n,
             args.users,
