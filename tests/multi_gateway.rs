@@ -106,6 +106,8 @@ async fn gateways_share_presence_and_device_removals() {
     assert_eq!(msg(&mut cb, "alice", "A still alive").await, "OK 0");
     a.kill();
     let killed = Instant::now();
+    // Its last heartbeat is less than a lease old: its report still counts.
+    assert_eq!(msg(&mut cb, "alice", "A just killed").await, "OK 0");
     loop {
         let reply = msg(&mut cb, "alice", "A is dead").await;
         if reply == "OK 1" {
@@ -118,11 +120,6 @@ async fn gateways_share_presence_and_device_removals() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        killed.elapsed() >= Duration::from_secs(LEASE) - Duration::from_millis(500),
-        "A's report counted until its heartbeat was a lease old: {:?}",
-        killed.elapsed()
-    );
     assert!(b.stop().success());
 }
 

@@ -57,7 +57,9 @@ impl Conn {
         if self.tx.presence_writes.is_empty() {
             return Ok(());
         }
-        let writes = std::mem::take(&mut self.tx.presence_writes);
+        let mut writes: Vec<(String, Presence)> = self.tx.presence_writes.drain().collect();
+        // Sorted: two gateways lock the rows in the same order.
+        writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let (mut users, mut states, mut gone) = (Vec::new(), Vec::new(), Vec::new());
         for (user, p) in writes {
             match p {
