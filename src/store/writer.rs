@@ -76,6 +76,8 @@ pub(crate) struct Writer {
     /// When this gateway last heartbeat and looked for rows to take over
     /// (PostgreSQL; see [`claims`]); `None`: at the next chance.
     maintained_at: Option<std::time::Instant>,
+    /// The last heartbeat failed (logged once, until one works again).
+    heartbeat_failed: bool,
 }
 
 /// A device removed in the current transaction: app, token, reason.
@@ -115,6 +117,7 @@ impl Writer {
             deferring: false,
             unsynced: false,
             maintained_at: None,
+            heartbeat_failed: false,
         }
         .load_settings()
     }

@@ -24,8 +24,13 @@ impl Writer {
         }
         self.maintained_at = Some(now);
         if let Err(e) = self.db.heartbeat() {
-            tracing::error!(error = %e, "cannot heartbeat; taking over nothing until it works again");
+            if !std::mem::replace(&mut self.heartbeat_failed, true) {
+                tracing::error!(error = %e, "cannot heartbeat; taking over nothing until it works again");
+            }
             return;
+        }
+        if std::mem::replace(&mut self.heartbeat_failed, false) {
+            tracing::info!("heartbeat works again");
         }
         if holding {
             return;
