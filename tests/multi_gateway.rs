@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 /// `[store] lease` of the tests' gateways, seconds: short, so a killed
 /// gateway's claims are taken over within seconds.
-const LEASE: u64 = 2;
+const LEASE: u64 = harness::postgres::TEST_LEASE;
 /// The sink queue of each gateway's app (`[[apps]] queue`).
 const QUEUE: usize = 256;
 /// Streams the simulator lets a connection have in flight.

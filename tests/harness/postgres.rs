@@ -186,6 +186,9 @@ impl Drop for PgCluster {
     }
 }
 
+/// `[store] lease` (seconds) of the tests' PostgreSQL gateways.
+pub const TEST_LEASE: u64 = 2;
+
 /// Which store a test's gateways use.
 pub enum Backend {
     Sqlite,
@@ -199,14 +202,17 @@ impl Backend {
         PgCluster::start().map(Backend::Postgres)
     }
 
-    /// [`super::config_text`] with this backend's `[store]`.
+    /// [`super::config_text`] with this backend's `[store]`. PostgreSQL's
+    /// has `lease = 2` ([`TEST_LEASE`]): a gateway restarted after a
+    /// `kill -9` is a new gateway, and takes over its predecessor's
+    /// notifications once that one's heartbeat is a lease old.
     pub fn config(&self, dir: &Path, extra_line: &str, extra_app: &str) -> String {
         let text = super::config_text(dir, extra_line, extra_app);
         match self {
             Backend::Sqlite => text,
             Backend::Postgres(pg) => {
                 let path_line = format!("path = {:?}\n", dir.join("pushbridge.db").display().to_string());
-                text.replace(&path_line, &format!("url = {:?}\n", pg.url()))
+                text.replace(&path_line, &format!("url = {:?}\nlease = {TEST_LEASE}\n", pg.url()))
             }
         }
     }
