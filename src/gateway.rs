@@ -135,9 +135,7 @@ pub async fn run_with_reload(
             ?snapshot,
             "shutdown grace ran out; undelivered notifications stay in the outbox for the next start"
         );
-        if let Some(id) = gateway_id {
-            release_claims(&config, id).await;
-        }
+        release_claims(&config, gateway_id).await;
     }
     Ok(snapshot)
 }
@@ -231,9 +229,11 @@ async fn refill_ticker(store: StoreHandle, stop: CancellationToken) {
 }
 
 /// The grace ran out with notifications in the sinks: hand this gateway's
-/// claims to the other gateways sharing the PostgreSQL store now rather
-/// than after the lease (see `store::pg::claims`).
-async fn release_claims(config: &Config, gateway: i64) {
+/// claims (`gateway`: its id on a PostgreSQL store, else nothing to do) to
+/// the other gateways sharing the store now rather than after the lease
+/// (see `store::pg::claims`).
+async fn release_claims(config: &Config, gateway: Option<i64>) {
+    let Some(gateway) = gateway else { return };
     let store = config.store.clone();
     let released = tokio::task::spawn_blocking(move || crate::store::release_claims_of(&store, gateway)).await;
     match released {

@@ -162,6 +162,27 @@ async fn stream(addr: String, fallback: String, lines: Vec<String>, ok: Arc<Atom
     (replies, resent)
 }
 
+/// Wait (up to 120 s) until the simulator accepted every message of
+/// `accepted` (alert bodies).
+async fn wait_delivered(sim: &Simulator, accepted: &[String], survivor: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = bodies(sim);
+        let missing: Vec<&String> = accepted.iter().filter(|m| !seen.contains_key(*m)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} accepted messages never delivered (e.g. {:?}):\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            survivor.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_loses_nothing_and_the_survivor_sends_its_claims() {
     const USERS: usize = 100;
@@ -209,22 +230,7 @@ async fn a_killed_gateway_loses_nothing_and_the_survivor_sends_its_claims() {
     }
 
     // Every OK is delivered: B's own, and A's after B took them over.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let seen = bodies(&sim);
-        let missing: Vec<&String> = accepted.iter().filter(|m| !seen.contains_key(*m)).collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} accepted messages never delivered (e.g. {:?}):\n{}",
-            missing.len(),
-            &missing[..missing.len().min(5)],
-            b.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered(&sim, &accepted, &b).await;
     // Nothing is left: what A committed without answering went too.
     pg.wait_for("SELECT count(*) FROM outbox", "0");
     let took_over = b.logs().contains("took over outbox entries");
