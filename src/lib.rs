@@ -9,9 +9,11 @@
 //! - [`adapters`]: the one list of known adapters (a macro generates the
 //!   config section, start, check and listing); [`supervisor`] runs each
 //!   instance and restarts failed ones with backoff.
-//! - [`router`]: presence (in memory) and the decision who gets a push.
-//! - [`store`]: the SQLite registry, unread counters and outbox behind one
-//!   thread with group commit; the rest talks to it through its handle.
+//! - [`router`]: presence (in memory; on PostgreSQL in the shared store)
+//!   and the decision who gets a push.
+//! - [`store`]: the SQLite (or PostgreSQL, shared by several gateways)
+//!   registry, unread counters and outbox behind one thread with group
+//!   commit; the rest talks to it through its handle.
 //! - [`policy`]: what a push says (the APNS payload, cut to the limit at
 //!   grapheme boundaries; header-safe conversation digests).
 //! - [`feed`]: hands committed notifications to the sinks in outbox
