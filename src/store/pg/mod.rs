@@ -3,11 +3,12 @@
 //! Same promises as SQLite: the writer loop drives it (one transaction per
 //! batch, answers only after COMMIT), but a round trip to a server costs
 //! what an in-process call does not, so a batch never pays one per message:
-//! - [`PgDb::prefetch`] loads the devices and unread counters of every user
-//!   the batch's messages go to in two set-based statements (the counters
-//!   by one `INSERT … ON CONFLICT DO UPDATE … RETURNING`, which also locks
-//!   them for the transaction, so counters stay exact with several
-//!   gateways); messages then read and increment them in memory;
+//! - [`PgDb::prefetch`] loads the devices, unread counters and presence
+//!   of every user the batch's messages go to in three set-based
+//!   statements (the counters by one `INSERT … ON CONFLICT DO UPDATE …
+//!   RETURNING`, which also locks them for the transaction, so counters
+//!   stay exact with several gateways); messages then read and increment
+//!   them in memory;
 //! - outbox ids come from the table's sequence in blocks ([`ID_BLOCK`]),
 //!   so an insert needs no answer; outbox inserts and deletes are buffered
 //!   and written at COMMIT with one `unnest` statement each, with the
