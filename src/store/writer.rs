@@ -26,6 +26,7 @@ use super::command::{fail_command, hold, Pending};
 use super::db::{now_ms, Db, StoreError};
 use super::settings::SettingsCache;
 use super::stats::{self, StoreMetrics};
+use super::streak::{Report, Streak};
 use crate::feed::{Feed, OutboxReader};
 use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
@@ -56,6 +57,10 @@ pub(crate) struct Writer {
     completions: CompletionReceiver,
     /// Batches in a row whose completions could not be recorded.
     completion_failures: u32,
+    /// Recording completions fails (logged once a streak, see [`Streak`]).
+    outcome_errors: Streak,
+    /// Transactions fail (the database is away, the disk is full).
+    transaction_errors: Streak,
     /// Commit latency, batch sizes, the last failure.
     metrics: Arc<StoreMetrics>,
     /// Every user's mutes and quiet hours (the tables' copy).
@@ -103,6 +108,8 @@ impl Writer {
             counters,
             completions,
             completion_failures: 0,
+            outcome_errors: Streak::default(),
+            transaction_errors: Streak::default(),
             metrics,
             settings: SettingsCache::default(),
             clock: Arc::new(now_ms),
@@ -259,7 +266,17 @@ impl Writer {
                 match done.iter().try_for_each(|c| self.complete(c, &mut removed)) {
                     Ok(()) => completed = true,
                     Err(e) => {
-                        tracing::error!(error = %e, completions = done.len(), "cannot record outcomes; trying again with the next batch");
+                        match self.outcome_errors.failed(std::time::Instant::now()) {
+                            Report::Error { repeats } => tracing::error!(
+                                error = %e,
+                                completions = done.len(),
+                                repeats,
+                                "cannot record outcomes; they are kept and tried again with every batch"
+                            ),
+                            Report::Quiet => {
+                                tracing::debug!(error = %e, completions = done.len(), "cannot record outcomes")
+                            }
+                        }
                         removed.clear();
                         self.db.rollback();
                         self.db.begin()?;
@@ -294,12 +311,17 @@ impl Writer {
         });
         match result {
             Ok(()) => {
+                let failures = self.transaction_errors.succeeded();
+                if failures > 0 {
+                    tracing::info!(failures, "store transactions commit again");
+                }
                 self.committed_durability();
                 self.metrics.committed(started.elapsed(), size);
                 for (app, token, reason) in removed {
                     events::DeviceRemoved { app, token, reason }.emit(&self.counters.app(app));
                 }
                 if completed {
+                    self.outcome_errors.succeeded();
                     if self.completion_failures > 0 {
                         tracing::info!(
                             completions = done.len(),
@@ -310,7 +332,7 @@ impl Writer {
                     done.clear();
                     self.completion_failures = 0;
                 } else {
-                    self.completion_failed(done);
+                    self.completion_failures += 1;
                 }
                 for p in pending {
                     p.send();
@@ -355,7 +377,18 @@ impl Writer {
         };
         self.metrics.failed(e);
         let msg = format!("store: {e}");
-        tracing::error!(error = %e, commands = pending.len() + batch.len(), completions, "store transaction failed; nothing in it was accepted");
+        let commands = pending.len() + batch.len();
+        // Every batch fails while the database is away: one error a streak.
+        match self.transaction_errors.failed(std::time::Instant::now()) {
+            Report::Error { repeats } => tracing::error!(
+                error = %e,
+                commands,
+                completions,
+                repeats,
+                "store transaction failed; nothing in it was accepted"
+            ),
+            Report::Quiet => tracing::debug!(error = %e, commands, completions, "store transaction failed"),
+        }
         for p in pending {
             p.fail(&msg);
         }
@@ -391,21 +424,6 @@ impl Writer {
     /// recorded.
     fn holding_sinks(&self, done: &[Completion]) -> bool {
         done.len() >= MAX_PENDING_COMPLETIONS
-    }
-
-    /// Completions that failed again: kept, and tried again with every
-    /// batch until the store can write them (never given up: a completion
-    /// lost would send a delivered notification again). Logged when the
-    /// failures start and every 1,000 batches after.
-    fn completion_failed(&mut self, done: &[Completion]) {
-        self.completion_failures += 1;
-        if self.completion_failures % 1000 == 1 {
-            tracing::error!(
-                completions = done.len(),
-                tries = self.completion_failures,
-                "cannot record outcomes; they are kept and tried again with every batch"
-            );
-        }
     }
 
     /// Record one completion: the outbox row goes; a device APNS says is
