@@ -99,7 +99,9 @@ fn render(s: &Status) -> String {
     }
     for ad in &s.adapters {
         let state = match (&ad.problem, ad.outbound) {
+            _ if ad.standby.is_some() => ad.standby.clone().unwrap_or_default(),
             (Some(p), _) => format!("NOT CONNECTED: {p}"),
+            (None, true) if ad.singleton => "connected (singleton: runs on this gateway)".to_owned(),
             (None, true) => "connected".to_owned(),
             (None, false) => format!("{} connection(s)", ad.connections),
         };
