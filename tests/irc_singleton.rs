@@ -230,6 +230,17 @@ impl Scene {
         );
         assert_eq!(standby_gauge(&a).await, Some(0.0));
         assert_eq!(standby_gauge(&b).await, Some(1.0));
+        // The README's query names the holder: a's process.
+        let Backend::Postgres(pg) = &self.backend else {
+            unreachable!()
+        };
+        let holders = pg.psql(
+            "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN \
+             pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND l.granted \
+             AND a.application_name LIKE 'pushbridge singleton %';",
+        );
+        assert_eq!(holders.lines().count(), 1, "{holders}");
+        assert!(holders.contains(&format!(":{}|127.0.0.1", a.child.id())), "{holders}");
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(self.seen.lock().unwrap().changes.len(), 1);
         assert!(!b.logs().contains("registered on the IRC network"), "{}", b.logs());
