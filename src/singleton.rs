@@ -165,7 +165,11 @@ impl SingletonLocks {
         let mut session: Option<Session> = None;
         let mut said = String::new();
         loop {
-            let why = match self.try_lock(&mut session, key).await {
+            let tried = tokio::select! {
+                r = self.try_lock(&mut session, key) => r,
+                _ = shutdown.cancelled() => return None,
+            };
+            let why = match tried {
                 Ok(true) => {
                     if let Some(s) = session.take() {
                         return Some(Held::start(s, name, key));
@@ -217,11 +221,13 @@ impl SingletonLocks {
     /// A new lock session, with [`SERVER_KEEPALIVE`] set.
     async fn connect(&self) -> Result<Session, String> {
         let unreachable = |e: &dyn std::fmt::Display| format!("cannot reach PostgreSQL at {}: {e}", self.host);
-        let (client, connection) = self
-            .config
-            .connect(self.tls.clone())
-            .await
-            .map_err(|e| unreachable(&e))?;
+        // The whole connect (TCP, TLS, startup) is bounded: a server that
+        // accepts and never answers must not keep us from trying again.
+        let connecting = self.config.connect(self.tls.clone());
+        let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(r) => r.map_err(|e| unreachable(&e))?,
+            Err(_) => return Err(unreachable(&format!("no answer within {CONNECT_TIMEOUT:?}"))),
+        };
         let closed = CancellationToken::new();
         let why = Arc::new(Mutex::new(None));
         let (on_close, slot) = (closed.clone(), why.clone());

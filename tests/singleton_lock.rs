@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use harness::postgres::PgCluster;
 use pushbridge::config::StoreConfig;
-use pushbridge::singleton::SingletonLocks;
+use pushbridge::singleton::{SingletonLocks, RETRY};
 use pushbridge::supervisor::{spawn_all, AdapterDeps, AdapterStatuses, STOP_GRACE};
 use pushbridge_api::context::MemoryState;
 use pushbridge_api::{Adapter, AdapterError, AdapterStatus, Context};
@@ -231,4 +231,41 @@ async fn a_lost_lock_session_stops_the_adapter_even_a_stuck_one() {
     pg.restart();
     wait(Duration::from_secs(10), "runs again", || runs("t2/plain").starts == 2).await;
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_database_keeps_it_standing_by_and_shutdown_is_prompt() {
+    // A "server" that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let store = StoreConfig {
+        url: Some(format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable")),
+        ..StoreConfig::default()
+    };
+    let (events, _) = mpsc::channel(1);
+    let deps = AdapterDeps {
+        events,
+        shutdown: CancellationToken::new(),
+        state: Arc::new(MemoryState::default()),
+        tracker: TaskTracker::new(),
+        statuses: AdapterStatuses::default(),
+        singletons: SingletonLocks::new(&store, "t3/a").expect("locks"),
+    };
+    spawn_all::<Probe>(&[("t3/a".to_owned(), false)], &deps);
+    deps.tracker.close();
+    let status = deps.statuses.all().remove(0);
+    let want = format!("standing by: cannot reach PostgreSQL at 127.0.0.1:{port}: no answer within");
+    wait(Duration::from_secs(8), "stands by", || {
+        status.standby().is_some_and(|w| w.starts_with(&want))
+    })
+    .await;
+    assert_eq!(runs("t3/a").starts, 0);
+    // Shutdown while the next connection attempt hangs (after the retry
+    // delay): the supervisor ends now.
+    tokio::time::sleep(RETRY + Duration::from_millis(500)).await;
+    deps.shutdown.cancel();
+    tokio::time::timeout(Duration::from_millis(500), deps.tracker.wait())
+        .await
+        .expect("prompt shutdown while connecting");
+    drop(silent);
 }
