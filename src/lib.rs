@@ -8,7 +8,9 @@
 //!   `pushbridge-kit` crate, which the core uses too.
 //! - [`adapters`]: the one list of known adapters (a macro generates the
 //!   config section, start, check and listing); [`supervisor`] runs each
-//!   instance and restarts failed ones with backoff.
+//!   instance and restarts failed ones with backoff; [`singleton`]: on a
+//!   shared PostgreSQL store, a singleton instance (IRC bot, XMPP
+//!   component) runs only on the gateway holding its advisory lock.
 //! - [`router`]: presence (in memory) and the decision who gets a push.
 //! - [`store`]: the SQLite registry, unread counters and outbox behind one
 //!   thread with group commit; the rest talks to it through its handle.
@@ -48,6 +50,7 @@ pub mod private_file;
 pub mod reload;
 pub mod router;
 pub mod simulator;
+pub mod singleton;
 pub mod sink;
 pub mod store;
 pub mod supervisor;

@@ -150,21 +150,3 @@ async fn the_database_going_away_answers_unavailable_and_recovers() {
     }
     assert_eq!(logs.matches("store transactions commit again").count(), 1, "{logs}");
 }
-
-#[test]
-fn a_second_gateway_on_the_same_database_is_refused_until_they_can_share() {
-    let Some(b) = Backend::postgres() else { return };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Gateway::start(dir_a.path(), &b.config(dir_a.path(), "", ""));
-    let config = write_config(dir_b.path(), &b.config(dir_b.path(), "", ""));
-    let (ok, _, err) = pushbridge(&["run", "--config", &config]);
-    assert!(!ok);
-    assert!(err.contains("another gateway uses this database"), "{err}");
-    // The CLI still works beside the running gateway.
-    let (ok, _, err) = pushbridge(&["devices", "--config", &config, "list"]);
-    assert!(ok, "{err}");
-    // Once the first stops, the database is free.
-    assert!(a.stop().success());
-    let b_gw = Gateway::start(dir_b.path(), &std::fs::read_to_string(&config).unwrap());
-    assert!(b_gw.stop().success());
-}

@@ -165,30 +165,24 @@ impl Db {
     /// not run inside an async runtime, so it is opened on a thread of its
     /// own.
     pub fn open_config(config: &StoreConfig) -> Result<Self, StoreError> {
-        Self::open_with(config, false)
+        Self::open_with(config)
     }
 
-    /// [`Db::open_config`] for a gateway: PostgreSQL's is refused while
-    /// another gateway uses the database ([`super::pg::GATEWAY_LOCK`]).
+    /// [`Db::open_config`] for a gateway (several gateways may share one
+    /// PostgreSQL database).
     pub fn open_gateway(config: &StoreConfig) -> Result<Self, StoreError> {
-        Self::open_with(config, true)
+        Self::open_with(config)
     }
 
-    fn open_with(config: &StoreConfig, gateway: bool) -> Result<Self, StoreError> {
+    fn open_with(config: &StoreConfig) -> Result<Self, StoreError> {
         match &config.url {
             None => Self::open(&config.path, config.synchronous),
             Some(_) => {
                 let config = config.clone();
-                std::thread::spawn(move || {
-                    let db = PgDb::open(&config)?;
-                    if gateway {
-                        db.lock_for_gateway()?;
-                    }
-                    Ok(db)
-                })
-                .join()
-                .map_err(|_| StoreError::Unavailable("the PostgreSQL connect thread panicked".into()))?
-                .map(|d| Db::Postgres(Box::new(d)))
+                std::thread::spawn(move || PgDb::open(&config))
+                    .join()
+                    .map_err(|_| StoreError::Unavailable("the PostgreSQL connect thread panicked".into()))?
+                    .map(|d| Db::Postgres(Box::new(d)))
             }
         }
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod admin;
 pub mod apns;
+pub mod irc;
 pub mod postgres;
 pub mod sink;
 

@@ -44,6 +44,7 @@
 //! | `iat` | issued-at of a minted provider token (JWT), Unix seconds | `1717000000` |
 //! | `key_id` | the provider-token key id (`[[apps]] key_id`; not a secret) | `ABC123DEFG` |
 //! | `quiet` | whether a user has quiet hours set (on the line that sets or clears them) | `true` |
+//! | `lock` | a singleton adapter instance's PostgreSQL advisory lock key (`pushbridge::singleton::lock_key`) | `3609935198981043796` |
 //! | `command` | binary sink: the provider API command used (`binary_command`); IRC: the bot command a user sent | `2`, `REGISTER` |
 //!
 //! Adapters add fields of their own protocol where none of the above fits:

@@ -44,12 +44,6 @@ const ID_BLOCK: i32 = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// The session advisory lock a gateway holds on its database (`"pbgw"`):
-/// until several gateways can share one (claims of the outbox), a second
-/// gateway is refused instead of sending the first one's notifications.
-pub const GATEWAY_LOCK: i64 = 0x7062_6777;
-/// How long a starting gateway waits for [`GATEWAY_LOCK`].
-const GATEWAY_LOCK_WAIT: Duration = Duration::from_secs(3);
 /// How long connecting may take before the server counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -108,9 +102,6 @@ pub(super) struct Conn {
     ids: VecDeque<i64>,
     /// The open transaction's buffer and caches.
     tx: batch::Tx,
-    /// This connection is a gateway's: it holds [`GATEWAY_LOCK`] (taken
-    /// again on every reconnection).
-    gateway: bool,
 }
 
 /// An open PostgreSQL store (one connection, used by the writer thread or
@@ -184,30 +175,11 @@ impl Conn {
             backoff: MIN_BACKOFF,
             ids: VecDeque::new(),
             tx: batch::Tx::default(),
-            gateway: false,
         })
     }
 }
 
 impl PgDb {
-    /// Take [`GATEWAY_LOCK`] for a gateway's store (kept, and taken again
-    /// after a reconnection); another gateway holding it is an error.
-    /// Tried for [`GATEWAY_LOCK_WAIT`]: the session of a gateway killed a
-    /// moment ago may not have ended yet.
-    pub fn lock_for_gateway(&self) -> Result<(), StoreError> {
-        let mut c = self.conn();
-        c.gateway = true;
-        let deadline = Instant::now() + GATEWAY_LOCK_WAIT;
-        loop {
-            match c.take_gateway_lock() {
-                Err(StoreError::Open { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                r => return r,
-            }
-        }
-    }
-
     pub(super) fn conn(&self) -> RefMut<'_, Conn> {
         self.conn.borrow_mut()
     }
@@ -253,13 +225,6 @@ impl Conn {
                     tracing::info!(host = %self.addr(), "reconnected to PostgreSQL");
                     self.client = Some(c);
                     self.backoff = MIN_BACKOFF;
-                    if self.gateway {
-                        if let Err(e) = self.take_gateway_lock() {
-                            self.client = None;
-                            self.next_try = now + MAX_BACKOFF;
-                            return Err(e);
-                        }
-                    }
                 }
                 Err(e) => {
                     self.next_try = now + self.backoff;
@@ -271,20 +236,6 @@ impl Conn {
         self.client
             .as_mut()
             .ok_or_else(|| StoreError::Unavailable("no PostgreSQL connection".into()))
-    }
-
-    /// `pg_try_advisory_lock(GATEWAY_LOCK)` on this connection.
-    fn take_gateway_lock(&mut self) -> Result<(), StoreError> {
-        let r = self
-            .client()?
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&GATEWAY_LOCK]);
-        if self.check(r)?.get::<_, bool>(0) {
-            return Ok(());
-        }
-        Err(StoreError::Open {
-            path: format!("PostgreSQL at {}", self.addr()),
-            message: "another gateway uses this database (gateways cannot share one yet: run one per database)".into(),
-        })
     }
 
     /// The connection is gone: forget it and its statements.
