@@ -91,21 +91,27 @@ struct Gw {
     status: Arc<AdapterStatus>,
 }
 
+/// What the supervisor needs to run instances on `store`, this gateway
+/// labelled `label`.
+fn deps(store: &StoreConfig, label: &str) -> AdapterDeps {
+    let (events, _) = mpsc::channel(1);
+    AdapterDeps {
+        events,
+        shutdown: CancellationToken::new(),
+        state: Arc::new(MemoryState::default()),
+        tracker: TaskTracker::new(),
+        statuses: AdapterStatuses::default(),
+        singletons: SingletonLocks::new(store, label).expect("locks"),
+    }
+}
+
 impl Gw {
     fn start(pg: &PgCluster, label: &str, stuck: bool) -> Gw {
         let store = StoreConfig {
             url: Some(pg.url()),
             ..StoreConfig::default()
         };
-        let (events, _) = mpsc::channel(1);
-        let deps = AdapterDeps {
-            events,
-            shutdown: CancellationToken::new(),
-            state: Arc::new(MemoryState::default()),
-            tracker: TaskTracker::new(),
-            statuses: AdapterStatuses::default(),
-            singletons: SingletonLocks::new(&store, label).expect("locks"),
-        };
+        let deps = deps(&store, label);
         assert!(deps.singletons.is_some(), "PostgreSQL has singleton locks");
         spawn_all::<Probe>(&[(label.to_owned(), stuck)], &deps);
         deps.tracker.close();
@@ -242,15 +248,7 @@ async fn a_silent_database_keeps_it_standing_by_and_shutdown_is_prompt() {
         url: Some(format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable")),
         ..StoreConfig::default()
     };
-    let (events, _) = mpsc::channel(1);
-    let deps = AdapterDeps {
-        events,
-        shutdown: CancellationToken::new(),
-        state: Arc::new(MemoryState::default()),
-        tracker: TaskTracker::new(),
-        statuses: AdapterStatuses::default(),
-        singletons: SingletonLocks::new(&store, "t3/a").expect("locks"),
-    };
+    let deps = deps(&store, "t3/a");
     spawn_all::<Probe>(&[("t3/a".to_owned(), false)], &deps);
     deps.tracker.close();
     let status = deps.statuses.all().remove(0);
