@@ -70,20 +70,12 @@ const HOLDER: &str = "SELECT a.application_name, a.pid, coalesce(host(a.client_a
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
      AND l.classid::int8 = (($1::int8 >> 32) & 4294967295) AND l.objid::int8 = ($1::int8 & 4294967295)";
 
-/// Why the singleton locks cannot be set up (the store's own checks
-/// normally catch these first).
+/// Why the singleton locks cannot be set up: the `[store]` settings the
+/// store's own connection uses ([`crate::store::pg::Endpoint::of`]; the
+/// store's own checks normally catch these first).
 #[derive(Debug, thiserror::Error)]
-pub enum SingletonError {
-    /// `[store] url` does not parse.
-    #[error("[store] url: {0}")]
-    Url(String),
-    /// `[store] password_file` cannot be read.
-    #[error("[store] password_file {path}: {source}")]
-    PasswordFile { path: String, source: std::io::Error },
-    /// The TLS client cannot be built.
-    #[error("TLS for PostgreSQL: {0}")]
-    Tls(String),
-}
+#[error(transparent)]
+pub struct SingletonError(#[from] crate::store::StoreError);
 
 /// The advisory lock key of instance `name` of adapter kind `kind` (see
 /// the module doc).
@@ -122,33 +114,14 @@ impl SingletonLocks {
     /// Lock sessions on the PostgreSQL store `store` names, labelled
     /// `gateway` (see [`gateway_label`]); `None` with SQLite.
     pub fn new(store: &StoreConfig, gateway: &str) -> Result<Option<Arc<Self>>, SingletonError> {
-        let Some(url) = &store.url else { return Ok(None) };
-        let redacted = crate::store::pg::redact_url(url);
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| SingletonError::Url(format!("{redacted}: {e}")))?;
-        if let Some(file) = &store.password_file {
-            let text = std::fs::read_to_string(file).map_err(|source| SingletonError::PasswordFile {
-                path: file.display().to_string(),
-                source,
-            })?;
-            config.password(text.lines().next().unwrap_or_default());
+        if store.url.is_none() {
+            return Ok(None);
         }
-        config.connect_timeout(CONNECT_TIMEOUT);
-        config.application_name(format!("pushbridge singleton {gateway}"));
-        let tls =
-            pushbridge_kit::tls::client_config(None, None, &[]).map_err(|e| SingletonError::Tls(e.to_string()))?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let ep = crate::store::pg::Endpoint::of(store, &format!("pushbridge singleton {gateway}"))?;
         Ok(Some(Arc::new(Self {
-            config,
-            tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-            host: format!("{host}:{port}"),
+            config: ep.config,
+            tls: ep.tls,
+            host: format!("{}:{}", ep.host, ep.port),
         })))
     }
 
