@@ -13,6 +13,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::outcome::counters::AppCounters;
 use crate::outcome::{events, Counters, Notification};
+use crate::store::streak::{Report, Streak};
 
 /// One configured app as the feed sees it.
 pub struct AppSlot {
@@ -27,6 +28,8 @@ pub struct AppSlot {
     /// everything is in the sink's hands.
     pending_from: Option<i64>,
     counters: Arc<AppCounters>,
+    /// Loading this app's outbox entries fails (the database is away).
+    load_errors: Streak,
 }
 
 impl AppSlot {
@@ -80,6 +83,7 @@ impl Feed {
             sender: Some(sender),
             pending_from: Some(0),
             counters: counters.app(app),
+            load_errors: Streak::default(),
         };
         self.by_app.insert(slot.app.clone(), self.apps.len());
         self.apps.push(slot);
@@ -167,9 +171,22 @@ impl Feed {
                 continue;
             }
             let rows = match outbox.load(&app.app, from, room) {
-                Ok(rows) => rows,
+                Ok(rows) => {
+                    let failures = app.load_errors.succeeded();
+                    if failures > 0 {
+                        tracing::info!(app = %app.app, failures, "outbox entries load again");
+                    }
+                    rows
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, app = %app.app, "cannot load the outbox");
+                    // Tried after every batch: while the database is away
+                    // only the first failure (and one a minute) is an error.
+                    match app.load_errors.failed(std::time::Instant::now()) {
+                        Report::Error { repeats } => {
+                            tracing::error!(error = %e, app = %app.app, repeats, "cannot load the outbox")
+                        }
+                        Report::Quiet => tracing::debug!(error = %e, app = %app.app, "cannot load the outbox"),
+                    }
                     continue;
                 }
             };

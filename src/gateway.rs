@@ -44,6 +44,8 @@ pub enum GatewayError {
     Thread(std::io::Error),
     #[error("{0}")]
     Admin(std::io::Error),
+    #[error("singleton adapters: {0}")]
+    Singleton(#[from] crate::singleton::SingletonError),
 }
 
 /// Queue between adapters and the router.
@@ -72,6 +74,7 @@ pub async fn run_with_reload(
     };
     let counters = Arc::new(Counters::default());
     let (store, completions, open) = Store::open(&config.store)?;
+    let singletons = crate::singleton::SingletonLocks::new(&config.store, &crate::singleton::gateway_label())?;
     tracing::info!(store = %config.store.describe(), "store open");
     let (feed, sinks, reloads) = start_sinks(&config, &counters, completions)?;
     let gateway_id = open.gateway_id();
@@ -98,7 +101,7 @@ pub async fn run_with_reload(
         tokio::spawn(crate::reload::follow(r, config.clone(), targets))
     });
 
-    let (router_task, adapters_shutdown, adapters) = start_adapters(&config, &store, statuses);
+    let (router_task, adapters_shutdown, adapters) = start_adapters(&config, &store, statuses, singletons);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "pushbridge running");
 
     shutdown.await;
@@ -140,12 +143,14 @@ pub async fn run_with_reload(
     Ok(snapshot)
 }
 
-/// Start the router and every configured adapter instance; returns the
-/// router's task, the adapters' shutdown token and their tracker.
+/// Start the router and every configured adapter instance (singletons
+/// under `singletons` when the store is shared); returns the router's
+/// task, the adapters' shutdown token and their tracker.
 fn start_adapters(
     config: &Config,
     store: &StoreHandle,
     statuses: crate::supervisor::AdapterStatuses,
+    singletons: Option<Arc<crate::singleton::SingletonLocks>>,
 ) -> (tokio::task::JoinHandle<()>, CancellationToken, TaskTracker) {
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let router_task = tokio::spawn(router::run(event_rx, store.clone()));
@@ -156,6 +161,7 @@ fn start_adapters(
         state: Arc::new(store.clone()),
         tracker: TaskTracker::new(),
         statuses,
+        singletons,
     };
     config.adapters.spawn_all(&deps);
     deps.tracker.close();

@@ -8,9 +8,11 @@
 //!   `pushbridge-kit` crate, which the core uses too.
 //! - [`adapters`]: the one list of known adapters (a macro generates the
 //!   config section, start, check and listing); [`supervisor`] runs each
-//!   instance and restarts failed ones with backoff.
-//! - [`router`]: presence (in memory; on PostgreSQL in the shared store)
-//!   and the decision who gets a push.
+//!   instance and restarts failed ones with backoff; [`singleton`]: on a
+//!   shared PostgreSQL store, a singleton instance (IRC bot, XMPP
+//!   component) runs only on the gateway holding its advisory lock.
+//! - [`router`]: presence (in memory, or in the shared store on
+//!   PostgreSQL) and the decision who gets a push.
 //! - [`store`]: the SQLite (or PostgreSQL, shared by several gateways)
 //!   registry, unread counters and outbox behind one thread with group
 //!   commit; the rest talks to it through its handle.
@@ -50,6 +52,7 @@ pub mod private_file;
 pub mod reload;
 pub mod router;
 pub mod simulator;
+pub mod singleton;
 pub mod sink;
 pub mod store;
 pub mod supervisor;

@@ -144,3 +144,27 @@ fn a_failure_that_is_not_the_configs_exits_1() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("not-a-directory"), "{stderr}");
 }
+
+#[test]
+fn check_fails_with_1_when_the_store_cannot_be_reached() {
+    // A valid config whose PostgreSQL server is not there (a port nobody
+    // listens on): `run` would fail at start, so `check` does too, after
+    // printing its whole summary, with 1 (systemd may retry: the server
+    // can come back) and the host and port in the message.
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        "[store]\nurl = \"postgres://pushbridge@127.0.0.1:{port}/pushbridge\"\n\n[[apps]]\ntopic = \"com.example.chat\"\nprotocol = \"log\"\noutput = {out:?}\n",
+        out = dir.path().join("pushes.jsonl"),
+    );
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, text).unwrap();
+    let (code, stderr) = exit_code("check", &config);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("schema: unknown"), "{stderr}");
+}

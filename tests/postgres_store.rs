@@ -142,5 +142,14 @@ async fn the_database_going_away_answers_unavailable_and_recovers() {
     assert_eq!(p[5]["payload"]["aps"]["badge"], 6);
     gw.assert_pushes_stay(6);
     pg.wait_for("SELECT count(*) FROM outbox", "0");
-    assert!(gw.logs().contains("reconnected to PostgreSQL"), "{}", gw.logs());
+    let logs = gw.logs();
+    assert!(logs.contains("reconnected to PostgreSQL"), "{logs}");
+    // Every refused batch and every refill met the same error, but the
+    // outage is one ERROR per place (each logs again only after a minute),
+    // and its end one line.
+    for what in ["store transaction failed", "cannot load the outbox"] {
+        let errors = logs.lines().filter(|l| l.contains("ERROR") && l.contains(what)).count();
+        assert!(errors <= 1, "{what}: {errors} errors:\n{logs}");
+    }
+    assert_eq!(logs.matches("store transactions commit again").count(), 1, "{logs}");
 }

@@ -4,7 +4,9 @@
 //!   connection attempt succeeded; APNS does not refuse its credential; its
 //!   client certificate has not expired
 //!   ([`crate::outcome::AppCounters::readiness`]);
-//! - every outbound adapter (XMPP, IRC) is connected to its server.
+//! - every outbound adapter (XMPP, IRC) is connected to its server, unless
+//!   it is a singleton standing by while another gateway runs it (that is
+//!   how a shared store is meant to work, not a fault).
 //!
 //! Otherwise 503 with one [`Problem`] per part that is not ready.
 
@@ -86,6 +88,9 @@ pub async fn check(s: &AdminState) -> Readiness {
         }
     }
     for ad in s.sources.adapters.all() {
+        if ad.standby().is_some() {
+            continue;
+        }
         if let Err(e) = ad.connection() {
             problems.push(Problem::adapter(ad.name(), e));
         }

@@ -1,7 +1,8 @@
 //! `GET /status`: the JSON summary `pushbridge status` prints. Per app:
 //! ready or why not, connections open, outbox depth and oldest entry,
 //! delivered and rejected in the last minute and in total; per adapter:
-//! connected or why not, connections, events. "Last minute" comes from a
+//! connected or why not (or standing by while another gateway runs a
+//! singleton), connections, events. "Last minute" comes from a
 //! [`History`] of totals sampled every [`SAMPLE_EVERY`].
 
 use std::collections::{BTreeMap, VecDeque};
@@ -118,8 +119,17 @@ pub struct AdapterStatus {
     /// Whether it connects out to a server (XMPP, IRC) rather than
     /// accepting connections (line protocol).
     pub outbound: bool,
-    /// `None` when connected (or inbound); else why not.
+    /// `None` when connected (or inbound, or standing by); else why not.
     pub problem: Option<String>,
+    /// Whether it runs under a singleton lock (shared PostgreSQL store:
+    /// one gateway at a time runs it).
+    #[serde(default)]
+    pub singleton: bool,
+    /// `Some(why)` while a singleton stands by on this gateway (e.g.
+    /// `standing by: held by pushbridge singleton HOST:PID (…)`); `None`
+    /// when it runs here (or is no singleton).
+    #[serde(default)]
+    pub standby: Option<String>,
     /// Inbound connections open now.
     pub connections: i64,
     /// Events it submitted to the core since start, every kind.
@@ -168,7 +178,9 @@ pub async fn collect(s: &AdminState) -> Status {
             adapter: ad.name().to_owned(),
             kind: ad.kind().to_owned(),
             outbound: ad.is_outbound(),
-            problem: ad.connection().err(),
+            problem: ad.standby().map_or_else(|| ad.connection().err(), |_| None),
+            singleton: ad.is_singleton(),
+            standby: ad.standby(),
             connections: ad.connections(),
             events_total: ad.events().map(|e| e.1).sum(),
         })

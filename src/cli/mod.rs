@@ -205,16 +205,19 @@ pub(crate) async fn shutdown_signal() {
 }
 
 /// `check`'s schema line: the store's schema version and how many
-/// migrations a start would apply (the store is only read).
-fn schema_line(store: &pushbridge::config::StoreConfig) -> String {
+/// migrations a start would apply (the store is only read). `Err` holds
+/// the line too when the store cannot be read (a PostgreSQL server that
+/// cannot be reached, a SQLite file that cannot be opened): `run` would
+/// fail on it as well, so `check` must not pass.
+fn schema_line(store: &pushbridge::config::StoreConfig) -> Result<String, String> {
     match pushbridge::store::schema_status(store) {
-        Ok(s) if s.pending() == 0 => format!("schema: version {} (up to date)", s.version),
-        Ok(s) => format!(
+        Ok(s) if s.pending() == 0 => Ok(format!("schema: version {} (up to date)", s.version)),
+        Ok(s) => Ok(format!(
             "schema: version {}, {} migration(s) pending (applied at the next start)",
             s.version,
             s.pending()
-        ),
-        Err(e) => format!("schema: unknown ({e})"),
+        )),
+        Err(e) => Err(format!("schema: unknown ({e})")),
     }
 }
 
@@ -236,7 +239,8 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             config.store.lease.as_secs()
         ),
     }
-    println!("{}", schema_line(&config.store));
+    let schema = schema_line(&config.store);
+    println!("{}", schema.as_ref().unwrap_or_else(|line| line));
     for (i, app) in config.apps.iter().enumerate() {
         let default = if i == 0 { " (default)" } else { "" };
         use pushbridge::sink::SinkConfig;
@@ -269,6 +273,10 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     }
     if config.adapters.instances().is_empty() {
         println!("adapter: none configured (nothing will feed the gateway)");
+    }
+    // The summary is printed whole first, so one run shows everything.
+    if let Err(line) = schema {
+        anyhow::bail!("the store cannot be read: {line}");
     }
     Ok(())
 }

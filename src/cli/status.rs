@@ -99,7 +99,9 @@ fn render(s: &Status) -> String {
     }
     for ad in &s.adapters {
         let state = match (&ad.problem, ad.outbound) {
+            _ if ad.standby.is_some() => ad.standby.clone().unwrap_or_default(),
             (Some(p), _) => format!("NOT CONNECTED: {p}"),
+            (None, true) if ad.singleton => "connected (singleton: runs on this gateway)".to_owned(),
             (None, true) => "connected".to_owned(),
             (None, false) => format!("{} connection(s)", ad.connections),
         };
@@ -139,5 +141,35 @@ mod tests {
         assert!(text.starts_with("pushbridge 0.1.0: NOT READY\n"), "{text}");
         assert!(text.contains("  com.example.chat [http2]: NOT READY: cannot reach APNS at 127.0.0.1:1: connection refused; outbox 5, oldest 12 s; delivered 0, rejected 1\n"), "{text}");
         assert!(text.contains("  line (line): 2 connection(s); 9 events\n"), "{text}");
+    }
+
+    #[test]
+    fn renders_singletons_running_here_and_standing_by() {
+        let json = serde_json::json!({
+            "version": "0.1.0",
+            "readiness": {"ready": true, "problems": []},
+            "recent_seconds": 60,
+            "apps": [],
+            "adapters": [
+                {"adapter": "irc:libera", "kind": "irc", "outbound": true, "problem": null,
+                 "singleton": true, "standby": null, "connections": 0, "events_total": 4},
+                {"adapter": "xmpp", "kind": "xmpp", "outbound": true, "problem": null, "singleton": true,
+                 "standby": "standing by: held by pushbridge singleton gw2:41 (session 7 from 10.0.0.2)",
+                 "connections": 0, "events_total": 0}
+            ]
+        });
+        let s: Status = serde_json::from_value(json).expect("status");
+        let text = render(&s);
+        assert!(text.starts_with("pushbridge 0.1.0: ready\n"), "{text}");
+        assert!(
+            text.contains("  irc:libera (irc): connected (singleton: runs on this gateway); 4 events\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  xmpp (xmpp): standing by: held by pushbridge singleton gw2:41 (session 7 from 10.0.0.2); 0 events\n"
+            ),
+            "{text}"
+        );
     }
 }

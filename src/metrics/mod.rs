@@ -305,6 +305,16 @@ fn encode_adapters(enc: &mut DescriptorEncoder, adapters: &AdapterStatuses) -> s
     )?;
     gauges(
         enc,
+        "pushbridge_adapter_standby",
+        "1 when a singleton adapter instance stands by on this gateway (another gateway holds its lock), 0 when it runs here.",
+        None,
+        all.iter().filter(|s| s.is_singleton()).map(|s| {
+            let standby = if s.standby().is_some() { 1.0 } else { 0.0 };
+            (labels([("adapter", s.name()), ("kind", s.kind())]), standby)
+        }),
+    )?;
+    gauges(
+        enc,
         "pushbridge_adapter_connections",
         "Client connections open now on an inbound adapter (the line protocol).",
         None,

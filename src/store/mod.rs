@@ -28,6 +28,7 @@ pub mod messages;
 pub mod pg;
 pub mod settings;
 pub mod stats;
+pub mod streak;
 pub mod writer;
 
 #[cfg(test)]

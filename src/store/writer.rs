@@ -26,6 +26,7 @@ use super::command::{fail_command, hold, Pending};
 use super::db::{now_ms, Db, StoreError};
 use super::settings::SettingsCache;
 use super::stats::{self, StoreMetrics};
+use super::streak::{Report, Streak};
 use crate::feed::{Feed, OutboxReader};
 use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
@@ -57,6 +58,10 @@ pub(crate) struct Writer {
     completions: CompletionReceiver,
     /// Batches in a row whose completions could not be recorded.
     completion_failures: u32,
+    /// Recording completions fails (logged once a streak, see [`Streak`]).
+    outcome_errors: Streak,
+    /// Transactions fail (the database is away, the disk is full).
+    transaction_errors: Streak,
     /// Commit latency, batch sizes, the last failure.
     metrics: Arc<StoreMetrics>,
     /// Every user's mutes and quiet hours (the tables' copy).
@@ -76,8 +81,8 @@ pub(crate) struct Writer {
     /// When this gateway last heartbeat and looked for rows to take over
     /// (PostgreSQL; see [`claims`]); `None`: at the next chance.
     maintained_at: Option<std::time::Instant>,
-    /// The last heartbeat failed (logged once, until one works again).
-    heartbeat_failed: bool,
+    /// Heartbeats fail (the database is away; see [`Streak`]).
+    heartbeat_errors: Streak,
 }
 
 /// A device removed in the current transaction: app, token, reason.
@@ -109,6 +114,8 @@ impl Writer {
             counters,
             completions,
             completion_failures: 0,
+            outcome_errors: Streak::default(),
+            transaction_errors: Streak::default(),
             metrics,
             settings: SettingsCache::default(),
             clock: Arc::new(now_ms),
@@ -117,7 +124,7 @@ impl Writer {
             deferring: false,
             unsynced: false,
             maintained_at: None,
-            heartbeat_failed: false,
+            heartbeat_errors: Streak::default(),
         }
         .load_settings()
     }
@@ -225,25 +232,6 @@ impl Writer {
         tracing::debug!("store closed");
     }
 
-    fn warn_orphans(&self) {
-        match self.db.outbox_counts() {
-            Ok(counts) => {
-                for (app, n) in counts {
-                    if self.feed.index(&app).is_some() {
-                        tracing::info!(app, pending = n, "re-queueing notifications from the outbox");
-                    } else {
-                        tracing::warn!(
-                            app,
-                            pending = n,
-                            "outbox holds notifications for an app that is not configured; they are kept until it is"
-                        );
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
-        }
-    }
-
     /// Apply `batch` and `done` in one transaction (one fsync). If it
     /// fails, every command in it is answered with the error; the
     /// completions are kept in `done` and tried again with the next batch
@@ -270,7 +258,17 @@ impl Writer {
                 match done.iter().try_for_each(|c| self.complete(c, &mut removed)) {
                     Ok(()) => completed = true,
                     Err(e) => {
-                        tracing::error!(error = %e, completions = done.len(), "cannot record outcomes; trying again with the next batch");
+                        match self.outcome_errors.failed(std::time::Instant::now()) {
+                            Report::Error { repeats } => tracing::error!(
+                                error = %e,
+                                completions = done.len(),
+                                repeats,
+                                "cannot record outcomes; they are kept and tried again with every batch"
+                            ),
+                            Report::Quiet => {
+                                tracing::debug!(error = %e, completions = done.len(), "cannot record outcomes")
+                            }
+                        }
                         removed.clear();
                         self.db.rollback();
                         self.db.begin()?;
@@ -305,12 +303,17 @@ impl Writer {
         });
         match result {
             Ok(()) => {
+                let failures = self.transaction_errors.succeeded();
+                if failures > 0 {
+                    tracing::info!(failures, "store transactions commit again");
+                }
                 self.committed_durability();
                 self.metrics.committed(started.elapsed(), size);
                 for (app, token, reason) in removed {
                     events::DeviceRemoved { app, token, reason }.emit(&self.counters.app(app));
                 }
                 if completed {
+                    self.outcome_errors.succeeded();
                     if self.completion_failures > 0 {
                         tracing::info!(
                             completions = done.len(),
@@ -321,7 +324,7 @@ impl Writer {
                     done.clear();
                     self.completion_failures = 0;
                 } else {
-                    self.completion_failed(done);
+                    self.completion_failures += 1;
                 }
                 for p in pending {
                     p.send();
@@ -366,7 +369,18 @@ impl Writer {
         };
         self.metrics.failed(e);
         let msg = format!("store: {e}");
-        tracing::error!(error = %e, commands = pending.len() + batch.len(), completions, "store transaction failed; nothing in it was accepted");
+        let commands = pending.len() + batch.len();
+        // Every batch fails while the database is away: one error a streak.
+        match self.transaction_errors.failed(std::time::Instant::now()) {
+            Report::Error { repeats } => tracing::error!(
+                error = %e,
+                commands,
+                completions,
+                repeats,
+                "store transaction failed; nothing in it was accepted"
+            ),
+            Report::Quiet => tracing::debug!(error = %e, commands, completions, "store transaction failed"),
+        }
         for p in pending {
             p.fail(&msg);
         }
@@ -402,21 +416,6 @@ impl Writer {
     /// recorded.
     fn holding_sinks(&self, done: &[Completion]) -> bool {
         done.len() >= MAX_PENDING_COMPLETIONS
-    }
-
-    /// Completions that failed again: kept, and tried again with every
-    /// batch until the store can write them (never given up: a completion
-    /// lost would send a delivered notification again). Logged when the
-    /// failures start and every 1,000 batches after.
-    fn completion_failed(&mut self, done: &[Completion]) {
-        self.completion_failures += 1;
-        if self.completion_failures % 1000 == 1 {
-            tracing::error!(
-                completions = done.len(),
-                tries = self.completion_failures,
-                "cannot record outcomes; they are kept and tried again with every batch"
-            );
-        }
     }
 
     /// Record one completion: the outbox row goes; a device APNS says is

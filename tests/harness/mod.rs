@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod admin;
 pub mod apns;
+pub mod irc;
 pub mod postgres;
 pub mod sink;
 
@@ -311,8 +312,6 @@ pub async fn wait_outbox_empty(dir: &Path, gw: &Gateway) {
     }
 }
 
-/// A loopback port that was free a moment ago (for servers we cannot hand a
-/// bound socket).
 /// Run the `pushbridge` command with `args` to its end: (exit success,
 /// stdout, stderr).
 pub fn pushbridge(args: &[&str]) -> (bool, String, String) {
@@ -327,6 +326,8 @@ pub fn pushbridge(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A loopback port that was free a moment ago (for servers we cannot hand a
+/// bound socket).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

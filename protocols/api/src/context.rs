@@ -279,6 +279,19 @@ pub trait Adapter: Send + Sync + 'static {
         Self::KIND.to_owned()
     }
 
+    /// Whether this instance must run on exactly one gateway at a time when
+    /// several gateways share one PostgreSQL store: an outbound connection
+    /// the remote end allows once (an XMPP component for one domain) or
+    /// that would double every push if made twice (an IRC bot watching one
+    /// network). A singleton runs only on the gateway holding its advisory
+    /// lock; the others stand by and take over when it goes. `false` (the
+    /// default) for listeners every gateway serves behind a load balancer
+    /// (line protocol, Matrix push gateway). With SQLite every instance
+    /// runs at once, singleton or not.
+    fn singleton(_config: &Self::Config) -> bool {
+        false
+    }
+
     /// Checks beyond deserialization (`pushbridge check` and start-up); the
     /// error names the offending key.
     fn check(_config: &Self::Config) -> Result<(), ConfigError> {

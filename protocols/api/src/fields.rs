@@ -29,6 +29,7 @@
 //! | `attempt` | a notification's transient failures so far | `3` |
 //! | `connection` | index of a connection in its pool (0-based) | `0` |
 //! | `count`, `devices`, `pending`, `unconfirmed`, `resent`, `completions`, `commands`, `connections`, `tries` | how many of what the message says | `200` |
+//! | `repeats`, `failures` | a failure that repeats (the store while its database is away): `repeats`, the same failure seen since it was last logged at ERROR (the rest at DEBUG); `failures`, how many the streak had, on the line that says it ended | `118` |
 //! | `accepted`, `delivered`, `rejected`, `expired`, `retried`, `lost`, `connects`, `devices_removed` | counters since start (of all apps, or of one app on its "sink stopped" line), on the minutely `counters` line and the "sink stopped" line; the matching `pushbridge_*_total` metrics count the same (`lost` is `pushbridge_notifications_unanswered_total`) | `412` |
 //! | `snapshot` | every counter at shutdown (Debug of the gateway's snapshot) | `Snapshot { accepted: 3, .. }` |
 //! | `path` | a file the gateway reads or writes | `pushbridge.db` |
@@ -45,6 +46,7 @@
 //! | `quiet` | whether a user has quiet hours set (on the line that sets or clears them) | `true` |
 //! | `gateway` | a gateway's id in a shared PostgreSQL store (its row in `gateways`, new on every start) | `3` |
 //! | `lease` | `[store] lease`: how old a gateway's heartbeat may get before it counts as dead (Debug of a `Duration`) | `30s` |
+//! | `lock` | a singleton adapter instance's PostgreSQL advisory lock key (`pushbridge::singleton::lock_key`) | `3609935198981043796` |
 //! | `command` | binary sink: the provider API command used (`binary_command`); IRC: the bot command a user sent | `2`, `REGISTER` |
 //!
 //! Adapters add fields of their own protocol where none of the above fits:

@@ -2,7 +2,9 @@
 //! gateway's metrics and readiness (`/metrics`, `/readyz`): whether an
 //! outbound adapter (XMPP component, IRC bot) is connected to its server
 //! and why not, how many inbound connections it holds (the line protocol),
-//! and how many events of each kind it submitted.
+//! and how many events of each kind it submitted; and, for a singleton
+//! instance on a shared PostgreSQL store, whether it stands by while
+//! another gateway runs it.
 //!
 //! One [`AdapterStatus`] lives as long as its instance's supervisor, across
 //! restarts; the adapter reaches it through
@@ -58,6 +60,12 @@ pub struct AdapterStatus {
     name: Arc<str>,
     outbound: bool,
     connected: AtomicBool,
+    /// Runs under a singleton lock (several gateways, one store): set by
+    /// the core when it supervises the instance that way.
+    singleton: AtomicBool,
+    /// A singleton instance waiting for its lock (another gateway runs it,
+    /// or the database cannot be reached); the reason is `down_reason`.
+    standby: AtomicBool,
     /// Why an outbound adapter is not connected (`None` once connected).
     down_reason: Mutex<Option<String>>,
     connections: AtomicI64,
@@ -75,6 +83,8 @@ impl AdapterStatus {
             name: name.into(),
             outbound,
             connected: AtomicBool::new(false),
+            singleton: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
             down_reason: Mutex::new(outbound.then(|| "not connected yet".to_owned())),
             connections: AtomicI64::new(0),
             slots_exhausted: AtomicU64::new(0),
@@ -107,6 +117,44 @@ impl AdapterStatus {
     pub fn set_disconnected(&self, reason: impl Into<String>) {
         self.connected.store(false, Relaxed);
         *self.lock_reason() = Some(reason.into());
+    }
+
+    /// Mark this instance as run under a singleton lock (the core does,
+    /// once, before it first waits for the lock).
+    pub fn set_singleton(&self) {
+        self.singleton.store(true, Relaxed);
+    }
+
+    /// Whether this instance runs under a singleton lock.
+    pub fn is_singleton(&self) -> bool {
+        self.singleton.load(Relaxed)
+    }
+
+    /// The instance is not running here: it waits for its singleton lock,
+    /// because of `reason` (e.g. another gateway holds it). Not a
+    /// readiness problem; reported by [`AdapterStatus::standby`].
+    pub fn set_standby(&self, reason: impl Into<String>) {
+        self.standby.store(true, Relaxed);
+        self.set_disconnected(reason);
+    }
+
+    /// The instance holds its singleton lock and is started here.
+    pub fn set_active(&self) {
+        self.standby.store(false, Relaxed);
+        if self.outbound {
+            self.set_disconnected("not connected yet");
+        } else {
+            *self.lock_reason() = None;
+        }
+    }
+
+    /// `Some(why)` while the instance stands by (see
+    /// [`AdapterStatus::set_standby`]), else `None`.
+    pub fn standby(&self) -> Option<String> {
+        if !self.standby.load(Relaxed) {
+            return None;
+        }
+        Some(self.lock_reason().clone().unwrap_or_else(|| "standing by".to_owned()))
     }
 
     /// `Ok(())` when connected (or inbound); otherwise why not.
@@ -184,6 +232,28 @@ mod tests {
         s.set_disconnected("connection refused");
         assert_eq!(s.connection(), Err("connection refused".to_owned()));
         let inbound = AdapterStatus::new("line", "line", false);
+        assert!(inbound.is_connected());
+    }
+
+    #[test]
+    fn a_standing_by_instance_reports_why_until_it_is_active() {
+        let s = AdapterStatus::new("irc", "irc:libera", true);
+        assert!(!s.is_singleton());
+        s.set_singleton();
+        assert!(s.is_singleton());
+        assert_eq!(s.standby(), None);
+        s.set_standby("held by another gateway");
+        assert_eq!(s.standby().as_deref(), Some("held by another gateway"));
+        assert!(!s.is_connected());
+        s.set_active();
+        assert_eq!(s.standby(), None);
+        assert_eq!(s.connection(), Err("not connected yet".to_owned()));
+        s.set_connected();
+        assert!(s.is_connected());
+        let inbound = AdapterStatus::new("line", "line", false);
+        inbound.set_standby("held by another gateway");
+        assert!(inbound.standby().is_some());
+        inbound.set_active();
         assert!(inbound.is_connected());
     }
 

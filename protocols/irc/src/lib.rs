@@ -49,6 +49,12 @@ impl Adapter for IrcAdapter {
         format!("irc:{}", c.network)
     }
 
+    /// Always: two bots on one network would each see every highlight and
+    /// push it twice (and fight over the nick).
+    fn singleton(_c: &IrcConfig) -> bool {
+        true
+    }
+
     fn check(c: &IrcConfig) -> Result<(), ConfigError> {
         c.check()
     }

@@ -124,6 +124,12 @@ impl Adapter for LineAdapter {
     /// Several listeners (ports, addresses) may serve one user-id scope.
     const UNIQUE_NAMES: bool = false;
 
+    /// Never: a listener; every gateway serves the line protocol (behind a
+    /// TCP load balancer) and the shared store keeps them consistent.
+    fn singleton(_config: &LineConfig) -> bool {
+        false
+    }
+
     fn instance_name(config: &LineConfig) -> String {
         config.name.clone()
     }

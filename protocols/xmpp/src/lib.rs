@@ -156,6 +156,12 @@ impl Adapter for XmppAdapter {
         config.name.clone()
     }
 
+    /// Always: the server accepts one component connection per domain
+    /// (Prosody refuses a second one), and the push nodes are the domain's.
+    fn singleton(_c: &XmppConfig) -> bool {
+        true
+    }
+
     fn check(c: &XmppConfig) -> Result<(), ConfigError> {
         pushbridge_kit::check_host_port(&c.server).map_err(|e| ConfigError::new("server", e.to_string()))?;
         if c.domain.is_empty()

@@ -53,8 +53,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Parse a `postgres://` URL (or key=value string) as the client does;
 /// the error says what is wrong. At least one host is required.
-pub fn parse_url(url: &str) -> Result<postgres::Config, String> {
-    let config: postgres::Config = url.parse().map_err(|e: postgres::Error| connect_reason(&e))?;
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e: postgres::Error| connect_reason(&e))?;
     if config.get_hosts().is_empty() {
         return Err("no host (postgres://user@host:port/dbname)".into());
     }
@@ -80,7 +80,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Where a connection goes, for errors: the first host and port.
-fn target(config: &postgres::Config) -> (String, u16) {
+fn target(config: &tokio_postgres::Config) -> (String, u16) {
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -154,6 +154,52 @@ impl Conn {
     /// A connection to `config.url`, not made yet (password from the URL
     /// or `password_file`).
     fn new(config: &StoreConfig) -> Result<Self, StoreError> {
+        let lease = config.lease;
+        let Endpoint {
+            config,
+            tls,
+            host,
+            port,
+        } = Endpoint::of(config, "pushbridge")?;
+        Ok(Conn {
+            config: config.into(),
+            tls,
+            host,
+            port,
+            client: None,
+            stmts: HashMap::new(),
+            next_try: Instant::now(),
+            backoff: MIN_BACKOFF,
+            ids: VecDeque::new(),
+            tx: batch::Tx::default(),
+            gateway: None,
+            lease,
+        })
+    }
+}
+
+/// What connecting to the `[store] url` database takes, for the store's
+/// connection and for other sessions on the same database (the singleton
+/// locks, `crate::singleton`).
+pub struct Endpoint {
+    /// The client config: the URL's, with the password from
+    /// `password_file` when set, a connect timeout of 5 s and the
+    /// `application_name` given.
+    pub config: tokio_postgres::Config,
+    /// TLS per the URL's `sslmode`, against the Mozilla roots.
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// The server's first host (a Unix socket directory as a path).
+    pub host: String,
+    /// Its port (5432 unless the URL says).
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// The endpoint of `config.url`; `application_name` is what
+    /// `pg_stat_activity` shows for the session. Errors: the URL does not
+    /// parse or names no host, `password_file` cannot be read, TLS cannot
+    /// be set up ([`StoreError::Open`], naming the redacted URL or the file).
+    pub fn of(config: &StoreConfig, application_name: &str) -> Result<Self, StoreError> {
         let url = config.url.as_deref().unwrap_or_default();
         let mut pg = parse_url(url).map_err(|message| StoreError::Open {
             path: redact_url(url),
@@ -167,25 +213,17 @@ impl Conn {
             pg.password(text.lines().next().unwrap_or_default());
         }
         pg.connect_timeout(CONNECT_TIMEOUT);
-        pg.application_name("pushbridge");
+        pg.application_name(application_name);
         let tls = pushbridge_kit::tls::client_config(None, None, &[]).map_err(|e| StoreError::Open {
             path: redact_url(url),
             message: format!("TLS: {e}"),
         })?;
         let (host, port) = target(&pg);
-        Ok(Conn {
+        Ok(Endpoint {
             config: pg,
             tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
             host,
             port,
-            client: None,
-            stmts: HashMap::new(),
-            next_try: Instant::now(),
-            backoff: MIN_BACKOFF,
-            ids: VecDeque::new(),
-            tx: batch::Tx::default(),
-            gateway: None,
-            lease: config.lease,
         })
     }
 }

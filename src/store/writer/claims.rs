@@ -1,15 +1,45 @@
-//! The store thread's side of several gateways on one PostgreSQL database
-//! (see [`crate::store::pg::claims`]): between batches it heartbeats and
-//! takes over the rows of dead gateways (and unclaimed ones) for its own
-//! sinks; at a clean end it releases what it still holds. Nothing happens
-//! on SQLite.
+//! The outbox a store thread starts with and, on PostgreSQL, shares with
+//! other gateways (see [`crate::store::pg::claims`]): at start it says what
+//! waits there; between batches it heartbeats and takes over the rows of
+//! dead gateways (and unclaimed ones) for its own sinks; at a clean end it
+//! releases what it still holds. SQLite's outbox is this gateway's alone.
 
 use std::time::Instant;
 
 use super::Writer;
 use crate::store::pg::claims::TAKEOVER_BATCH;
+use crate::store::streak::Report;
 
 impl Writer {
+    /// At start: log what waits in the outbox per app (on SQLite all of it
+    /// is this gateway's to send; on PostgreSQL it is shared, and this
+    /// gateway takes what nobody holds), and warn of apps not configured.
+    pub(super) fn warn_orphans(&self) {
+        let shared = self.db.maintenance_every().is_some();
+        match self.db.outbox_counts() {
+            Ok(counts) => {
+                for (app, n) in counts {
+                    if self.feed.index(&app).is_none() {
+                        tracing::warn!(
+                            app,
+                            pending = n,
+                            "outbox holds notifications for an app that is not configured; they are kept until it is"
+                        );
+                    } else if shared {
+                        tracing::info!(
+                            app,
+                            pending = n,
+                            "notifications in the shared outbox (of every gateway)"
+                        );
+                    } else {
+                        tracing::info!(app, pending = n, "re-queueing notifications from the outbox");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+        }
+    }
+
     /// Heartbeat and take over, when [`crate::store::Db::maintenance_every`]
     /// has passed. Nothing is taken while the heartbeat fails (this gateway
     /// may be the one others think dead) or while `holding` (outcomes wait
@@ -24,13 +54,19 @@ impl Writer {
         }
         self.maintained_at = Some(now);
         if let Err(e) = self.db.heartbeat() {
-            if !std::mem::replace(&mut self.heartbeat_failed, true) {
-                tracing::error!(error = %e, "cannot heartbeat; taking over nothing until it works again");
+            match self.heartbeat_errors.failed(now) {
+                Report::Error { repeats } => tracing::error!(
+                    error = %e,
+                    repeats,
+                    "cannot heartbeat; taking over nothing until it works again"
+                ),
+                Report::Quiet => tracing::debug!(error = %e, "cannot heartbeat"),
             }
             return;
         }
-        if std::mem::replace(&mut self.heartbeat_failed, false) {
-            tracing::info!("heartbeat works again");
+        let failures = self.heartbeat_errors.succeeded();
+        if failures > 0 {
+            tracing::info!(failures, "heartbeats work again");
         }
         if holding {
             return;
