@@ -56,10 +56,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The server-side TCP keepalive of a lock session: how soon the server
 /// frees the lock of a holder that went silent (about 5 + 3 × 1 s). Must
 /// stay well above `KEEPALIVE + KEEPALIVE_TIMEOUT` plus the supervisor's
-/// stop grace, so the holder stops first. (Ignored on Unix sockets, where
-/// a dead peer is noticed at once.)
-pub const SERVER_KEEPALIVE: &str =
-    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3";
+/// stop grace, so the holder stops first. `tcp_user_timeout` (PostgreSQL
+/// 12 or later) bounds the same when the link dies with data unacknowledged
+/// (the kernel then retransmits instead of probing, for up to ~15 minutes).
+/// (Ignored on Unix sockets, where a dead peer is noticed at once.)
+pub const SERVER_KEEPALIVE: &str = "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; \
+     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 8000";
 
 /// Who holds a lock: the holder's session, from `pg_locks` and
 /// `pg_stat_activity` (the application name carries the gateway's
@@ -179,9 +181,8 @@ impl SingletonLocks {
         let Some(s) = session.as_ref() else {
             return Err("no lock session".to_owned());
         };
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
-        let q = s.client.query_one("SELECT pg_try_advisory_lock($1)", &params);
-        match tokio::time::timeout(KEEPALIVE_TIMEOUT, q).await {
+        let sql = "SELECT pg_try_advisory_lock($1)";
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, s.client.query_one(sql, &[&key])).await {
             Ok(Ok(row)) => row.try_get(0).map_err(|e| e.to_string()),
             Ok(Err(e)) => Err(format!("PostgreSQL at {}: {e}", self.host)),
             Err(_) => Err(format!(
@@ -229,9 +230,7 @@ impl SingletonLocks {
 /// Who holds `key`, in words (`pushbridge singleton HOST:PID (session 123
 /// from 10.0.0.2)`), or `another gateway` when that cannot be read.
 async fn holder(client: &Client, key: i64) -> String {
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
-    let q = client.query_opt(HOLDER, &params);
-    match tokio::time::timeout(KEEPALIVE_TIMEOUT, q).await {
+    match tokio::time::timeout(KEEPALIVE_TIMEOUT, client.query_opt(HOLDER, &[&key])).await {
         Ok(Ok(Some(row))) => {
             let app: Option<String> = row.try_get(0).ok().flatten();
             let pid: i32 = row.try_get(1).unwrap_or_default();
@@ -293,13 +292,20 @@ impl Held {
 
     /// Give the lock up (`pg_advisory_unlock`) and close the session.
     pub async fn release(self) {
-        self.watch.abort();
         if !self.lost.is_cancelled() {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.key];
-            let q = self.session.client.execute("SELECT pg_advisory_unlock($1)", &params);
-            let _ = tokio::time::timeout(KEEPALIVE_TIMEOUT, q).await;
+            let sql = "SELECT pg_advisory_unlock($1)";
+            let _ = tokio::time::timeout(KEEPALIVE_TIMEOUT, self.session.client.execute(sql, &[&self.key])).await;
         }
         // Dropping the client ends the session, and any lock with it.
+    }
+}
+
+impl Drop for Held {
+    /// Stop checking: the watch holds a client of the session, which would
+    /// keep the lock for the life of the process. Dropping the session's
+    /// last client then ends it, and the lock with it.
+    fn drop(&mut self) {
+        self.watch.abort();
     }
 }
 

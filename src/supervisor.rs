@@ -25,11 +25,22 @@ const RESTART_MAX: Duration = Duration::from_secs(60);
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// How long a gateway whose singleton lock session was lost waits before
 /// trying the lock again (two of the others' tries).
-const AFTER_LOSS: Duration = Duration::from_secs(2 * crate::singleton::RETRY.as_secs());
+const AFTER_LOSS: Duration = crate::singleton::RETRY.saturating_mul(2);
 /// How long a singleton instance whose lock session was lost may take to
 /// stop after its cancellation before its task is aborted (which drops its
 /// connections).
 pub const STOP_GRACE: Duration = Duration::from_secs(1);
+/// How long a gateway that has just taken a singleton lock waits before it
+/// starts the instance: the longest a previous holder may still run after
+/// the server freed the lock without it noticing at once (a session
+/// terminated by an administrator, a crashed backend, a failover to a
+/// replica, which does not carry advisory locks): its next check
+/// ([`crate::singleton::KEEPALIVE`]) and that check's timeout, then
+/// [`STOP_GRACE`], plus a margin.
+pub const TAKEOVER_FENCE: Duration = crate::singleton::KEEPALIVE
+    .saturating_add(crate::singleton::KEEPALIVE_TIMEOUT)
+    .saturating_add(STOP_GRACE)
+    .saturating_add(Duration::from_millis(500));
 
 /// What every adapter instance is wired to.
 #[derive(Clone)]
@@ -104,19 +115,38 @@ impl<A: Adapter> Instance<A> {
     /// Order, so that two gateways never run it at once: the lock is taken
     /// before the adapter starts; when the lock session is lost, the
     /// adapter is cancelled at once and aborted after [`STOP_GRACE`]
-    /// *before* this gateway tries the lock again. Another gateway can only
-    /// get the lock once the server has noticed the session is gone, which
-    /// (the socket still open) takes longer than our own detection plus
-    /// `STOP_GRACE` (see [`crate::singleton`]). At shutdown the adapter
-    /// stops first and the lock is given up after it.
+    /// *before* this gateway tries the lock again. When the server frees
+    /// the lock on its own (the session terminated, a crash, a failover),
+    /// the previous holder may notice only at its next check: a gateway
+    /// that takes the lock waits [`TAKEOVER_FENCE`] (the previous holder's
+    /// detection plus `STOP_GRACE`) before it starts the instance. When the
+    /// holder's link goes silent instead, the server frees the lock only
+    /// after its TCP keepalive (see [`crate::singleton`]), later still. At
+    /// shutdown the adapter stops first and the lock is given up after it.
     async fn run_singleton(&self, locks: &SingletonLocks) {
         let name = self.name.as_str();
         self.status.set_singleton();
+        self.status.set_standby("standing by: trying the lock");
         let key = lock_key(A::KIND, name);
         loop {
             let Some(held) = locks.acquire(name, key, &self.status, &self.deps.shutdown).await else {
                 return;
             };
+            self.status.set_standby(format!(
+                "taking over: waiting {TAKEOVER_FENCE:?} for a previous holder to stop"
+            ));
+            let fenced = tokio::select! {
+                _ = tokio::time::sleep(TAKEOVER_FENCE) => true,
+                _ = held.lost().cancelled() => false,
+                _ = self.deps.shutdown.cancelled() => false,
+            };
+            if !fenced {
+                held.release().await;
+                if self.deps.shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
             self.status.set_active();
             let scope = self.deps.shutdown.child_token();
             let (lost, stop) = (held.lost().clone(), scope.clone());
@@ -152,6 +182,11 @@ impl<A: Adapter> Instance<A> {
         let (name, status) = (self.name.as_str(), &self.status);
         let mut backoff = Backoff::new(RESTART_BASE, RESTART_MAX);
         loop {
+            // A lost lock reaches `scope` through a relay task: never start
+            // the adapter again once it is lost, even before the relay ran.
+            if scope.is_cancelled() || lost.is_some_and(CancellationToken::is_cancelled) {
+                return;
+            }
             let ctx = Context::new(
                 name,
                 self.config.clone(),
@@ -189,9 +224,16 @@ impl<A: Adapter> Instance<A> {
                 }
                 Err(e) => tracing::error!(adapter = %name, error = %e, retry_in = ?delay, "adapter failed; restarting"),
             }
+            let lost_now = async {
+                match lost {
+                    Some(l) => l.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = scope.cancelled() => return,
+                _ = lost_now => return,
             }
         }
     }

@@ -134,11 +134,12 @@ async fn wait_push(gw: &Gateway, body: &str, deadline: Instant) {
     }
 }
 
-fn wait_log(gw: &Gateway, what: &str) {
+/// Wait (up to 30 s) until `gw` has logged `what`.
+async fn wait_log(gw: &Gateway, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !gw.logs().contains(what) {
         assert!(Instant::now() < deadline, "waiting for {what:?}:\n{}", gw.logs());
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -217,10 +218,10 @@ impl Scene {
     /// keeps standing by.
     async fn a_holds_b_stands_by(&self) -> (Gateway, Gateway) {
         let a = self.gateway("a");
-        wait_log(&a, "singleton lock taken");
+        wait_log(&a, "singleton lock taken").await;
         wait_changes(&self.seen, 1, Duration::from_secs(20)).await;
         let b = self.gateway("b");
-        wait_log(&b, "singleton standing by");
+        wait_log(&b, "singleton standing by").await;
         let (code, body) = get(&format!("{}/readyz", b.admin_url())).await;
         assert_eq!(code, 200, "standing by is not a readiness problem: {body}");
         let (_, status) = get(&format!("{}/status", b.admin_url())).await;
@@ -255,7 +256,7 @@ impl Scene {
         let answer = alice.ask("pushbot", &format!("REGISTER {alice_token}")).await;
         assert!(answer.contains("registered for account alice"), "{answer}");
         alice.quit().await;
-        wait_log(a, "user=irc:test:alice presence=Offline");
+        wait_log(a, "user=irc:test:alice presence=Offline").await;
         let mut bob = Irc::connect(port, "bob", Some(("bob", "bob-pass"))).await;
         bob.join(CHANNEL).await;
         bob.send("PRIVMSG #chat :alice: before the failover").await;
@@ -309,7 +310,7 @@ async fn one_bot_on_the_network_and_failover_within_seconds() {
     // A gateway started again stands by; b stops gracefully: it takes
     // over within a few seconds.
     let a2 = s.gateway("a2");
-    wait_log(&a2, "singleton standing by");
+    wait_log(&a2, "singleton standing by").await;
     let stopped = Instant::now();
     assert!(b.stop().success());
     wait_changes(&s.seen, 5, Duration::from_secs(10)).await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use harness::postgres::PgCluster;
 use pushbridge::config::StoreConfig;
 use pushbridge::singleton::{SingletonLocks, RETRY};
-use pushbridge::supervisor::{spawn_all, AdapterDeps, AdapterStatuses, STOP_GRACE};
+use pushbridge::supervisor::{spawn_all, AdapterDeps, AdapterStatuses, STOP_GRACE, TAKEOVER_FENCE};
 use pushbridge_api::context::MemoryState;
 use pushbridge_api::{Adapter, AdapterError, AdapterStatus, Context};
 use tokio::sync::mpsc;
@@ -164,18 +164,25 @@ async fn one_gateway_runs_it_the_other_stands_by_and_takes_over() {
     assert_eq!(a.status.standby(), None);
     assert!(a.status.is_singleton());
     let b = Gw::start(&pg, "t1/b", false);
-    wait(Duration::from_secs(10), "b stands by", || b.status.standby().is_some()).await;
+    wait(Duration::from_secs(10), "b stands by", || {
+        b.status.standby().is_some_and(|w| w.contains("held by"))
+    })
+    .await;
     let why = b.status.standby().unwrap_or_default();
     assert!(why.contains("held by pushbridge singleton t1/a"), "{why}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(runs("t1/b").starts, 0, "b never ran while a held the lock");
 
     // A graceful stop of the holder: the other takes over within a few
-    // seconds (its next try), and never while a still runs.
+    // seconds (its next try, then the fence), and never while a still runs.
     a.stop().await;
     assert_eq!(runs("t1/a").stops, 1);
-    let took = wait(Duration::from_secs(3), "b takes over", || runs("t1/b").running).await;
-    assert!(took <= Duration::from_secs(2), "{took:?}");
+    let took = wait(TAKEOVER_FENCE + Duration::from_secs(3), "b takes over", || {
+        runs("t1/b").running
+    })
+    .await;
+    assert!(took >= TAKEOVER_FENCE, "{took:?}: started before the fence");
+    assert!(took <= TAKEOVER_FENCE + Duration::from_secs(2), "{took:?}");
     assert_eq!(b.status.standby(), None);
 
     // The holder's session closes (server side): its adapter stops at once;
@@ -188,7 +195,10 @@ async fn one_gateway_runs_it_the_other_stands_by_and_takes_over() {
     b.terminate_session(&pg);
     wait(Duration::from_secs(1), "b's adapter stops", || !runs("t1/b").running).await;
     assert_eq!(runs("t1/b").stops, 1);
-    wait(Duration::from_secs(3), "a2 takes over", || runs("t1/a2").running).await;
+    wait(TAKEOVER_FENCE + Duration::from_secs(3), "a2 takes over", || {
+        runs("t1/a2").running
+    })
+    .await;
     wait(Duration::from_secs(3), "b stands by again", || {
         b.status
             .standby()
@@ -197,7 +207,10 @@ async fn one_gateway_runs_it_the_other_stands_by_and_takes_over() {
     .await;
     assert_eq!(runs("t1/b").starts, 1, "b stands by, it does not run");
     a2.stop().await;
-    wait(Duration::from_secs(3), "b runs again", || runs("t1/b").running).await;
+    wait(TAKEOVER_FENCE + Duration::from_secs(3), "b runs again", || {
+        runs("t1/b").running
+    })
+    .await;
     b.stop().await;
     assert!(OVERLAPS.lock().unwrap().iter().all(|l| !l.starts_with("t1/")));
 }
@@ -216,7 +229,10 @@ async fn a_lost_lock_session_stops_the_adapter_even_a_stuck_one() {
     let stopped = wait(STOP_GRACE * 3, "aborted", || !runs("t2/stuck").running).await;
     assert!(stopped >= STOP_GRACE - Duration::from_millis(100), "{stopped:?}");
     // Nobody else holds the lock: it is taken again and the instance runs.
-    wait(Duration::from_secs(5), "runs again", || runs("t2/stuck").starts == 2).await;
+    wait(TAKEOVER_FENCE + Duration::from_secs(5), "runs again", || {
+        runs("t2/stuck").starts == 2
+    })
+    .await;
     assert_eq!(gw.status.standby(), None);
     // Shutdown waits for the stuck adapter; a lost session ends it.
     gw.shutdown.cancel();
@@ -235,7 +251,10 @@ async fn a_lost_lock_session_stops_the_adapter_even_a_stuck_one() {
     .await;
     wait(Duration::from_secs(5), "stands by", || gw.status.standby().is_some()).await;
     pg.restart();
-    wait(Duration::from_secs(10), "runs again", || runs("t2/plain").starts == 2).await;
+    wait(TAKEOVER_FENCE + Duration::from_secs(10), "runs again", || {
+        runs("t2/plain").starts == 2
+    })
+    .await;
     gw.stop().await;
 }
 
@@ -266,4 +285,31 @@ async fn a_silent_database_keeps_it_standing_by_and_shutdown_is_prompt() {
         .await
         .expect("prompt shutdown while connecting");
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_the_server_frees_at_once_is_fenced_while_the_old_holder_stops() {
+    // The server frees the holder's lock the moment its session is
+    // terminated (as on a crash of the backend, or a failover), while the
+    // holder's adapter is stuck and stops only when aborted after the
+    // grace: the gateway standing by takes the lock within a second, but
+    // starts the instance only after the fence, so the two never overlap.
+    let Some(pg) = PgCluster::start() else { return };
+    let a = Gw::start(&pg, "t4/a", true);
+    wait(Duration::from_secs(10), "a runs", || runs("t4/a").running).await;
+    let b = Gw::start(&pg, "t4/b", false);
+    wait(Duration::from_secs(10), "b stands by", || b.status.standby().is_some()).await;
+    a.terminate_session(&pg);
+    wait(STOP_GRACE * 3, "a aborted", || !runs("t4/a").running).await;
+    wait(TAKEOVER_FENCE + Duration::from_secs(5), "b takes over", || {
+        runs("t4/b").running
+    })
+    .await;
+    assert!(
+        OVERLAPS.lock().unwrap().iter().all(|l| !l.starts_with("t4/")),
+        "two instances ran at once: {:?}",
+        OVERLAPS.lock().unwrap()
+    );
+    b.stop().await;
+    a.stop().await;
 }

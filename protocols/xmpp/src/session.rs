@@ -12,7 +12,7 @@ use pushbridge_api::{AdapterError, Context};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::component::{protocol, stream_error, stream_error_parts, Link, NS_STREAM_ERRORS};
 use crate::redact::redact_stanza;
@@ -82,16 +82,19 @@ pub async fn run(ctx: &Context<XmppConfig>, link: Link) -> End {
             }
         }
     };
-    reader_task.abort();
+    drop(reader_task);
     let _ = s.writer.shutdown().await;
     result
 }
 
 /// Read stanzas in a task of their own, so the session loop can select
-/// freely; the channel ends after the first error.
+/// freely; the channel ends after the first error. The task (and the read
+/// half of the socket with it) ends when the handle is dropped, also when
+/// the session's future is dropped unfinished (the supervisor aborting a
+/// singleton whose lock was lost).
 fn spawn_reader(
     mut reader: StreamReader<OwnedReadHalf>,
-) -> (mpsc::Receiver<Result<Element, ReadError>>, JoinHandle<()>) {
+) -> (mpsc::Receiver<Result<Element, ReadError>>, AbortOnDropHandle<()>) {
     let (stanza_tx, stanzas) = mpsc::channel::<Result<Element, ReadError>>(READ_QUEUE);
     let task = tokio::spawn(async move {
         loop {
@@ -102,7 +105,7 @@ fn spawn_reader(
             }
         }
     });
-    (stanzas, task)
+    (stanzas, AbortOnDropHandle::new(task))
 }
 
 /// The connected state of [`run`].
