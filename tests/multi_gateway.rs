@@ -42,6 +42,41 @@ fn config(dir: &Path, creds: &Creds, sim: &Simulator, pg: &PgCluster) -> String 
     text.replace(&path_line, &format!("url = {:?}\nlease = {LEASE}\n", pg.url()))
 }
 
+/// Two gateways, A and B, on one database, sending to one simulator.
+/// Fields drop in order: the gateways stop before their dirs go.
+struct Two {
+    a: Gateway,
+    b: Gateway,
+    sim: Simulator,
+    _creds: Creds,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// Start [`Two`] on `pg`; the simulator answers at once, or with `delay`
+/// on each of [`STREAMS`] streams per connection (a distant APNS).
+async fn two_gateways(pg: &PgCluster, delay: Option<Duration>) -> Two {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let creds = Creds::new(dir_a.path());
+    let options = match delay {
+        None => creds.options(false),
+        Some(d) => Options {
+            max_concurrent_streams: STREAMS,
+            response_delay: Some(d),
+            ..creds.options(false)
+        },
+    };
+    let sim = creds.simulator("127.0.0.1:0", options).await;
+    let a = Gateway::start(dir_a.path(), &config(dir_a.path(), &creds, &sim, pg));
+    let b = Gateway::start(dir_b.path(), &config(dir_b.path(), &creds, &sim, pg));
+    Two {
+        a,
+        b,
+        sim,
+        _creds: creds,
+        _dirs: (dir_a, dir_b),
+    }
+}
+
 /// The alert bodies the simulator accepted, with how often.
 fn bodies(sim: &Simulator) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -63,11 +98,8 @@ async fn msg(c: &mut Client, to: &str, text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_share_presence_and_device_removals() {
     let Some(pg) = PgCluster::start() else { return };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let creds = Creds::new(dir_a.path());
-    let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
-    let a = Gateway::start(dir_a.path(), &config(dir_a.path(), &creds, &sim, &pg));
-    let b = Gateway::start(dir_b.path(), &config(dir_b.path(), &creds, &sim, &pg));
+    let two = two_gateways(&pg, None).await;
+    let Two { a, b, sim, .. } = two;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
 
     // Presence reported to A decides what B does with a message.
@@ -192,18 +224,10 @@ async fn a_killed_gateway_loses_nothing_and_the_survivor_sends_its_claims() {
     const USERS: usize = 100;
     const EACH: usize = 5000;
     let Some(pg) = PgCluster::start() else { return };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let creds = Creds::new(dir_a.path());
     // A distant APNS (20 ms per answer): notifications are in flight, and
     // queued behind the sink, when A is killed.
-    let options = Options {
-        max_concurrent_streams: STREAMS,
-        response_delay: Some(Duration::from_millis(20)),
-        ..creds.options(false)
-    };
-    let sim = creds.simulator("127.0.0.1:0", options).await;
-    let a = Gateway::start(dir_a.path(), &config(dir_a.path(), &creds, &sim, &pg));
-    let b = Gateway::start(dir_b.path(), &config(dir_b.path(), &creds, &sim, &pg));
+    let two = two_gateways(&pg, Some(Duration::from_millis(20))).await;
+    let Two { a, b, sim, .. } = two;
     let mut ca = a.client().await;
     let registers: Vec<String> = (0..USERS)
         .map(|u| format!("REGISTER u{u} {}", token(1000 + u as u64)))
@@ -317,18 +341,10 @@ fn signal(gw: &Gateway, sig: &str) {
 async fn a_stalled_gateway_loses_its_claims_and_resumes_without_losing_any() {
     const N: usize = 2000;
     let Some(pg) = PgCluster::start() else { return };
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let creds = Creds::new(dir_a.path());
     // STREAMS streams answered after 100 ms: about 1,000 pushes/s, so A
     // still holds most of what it accepted when it stalls.
-    let options = Options {
-        max_concurrent_streams: STREAMS,
-        response_delay: Some(Duration::from_millis(100)),
-        ..creds.options(false)
-    };
-    let sim = creds.simulator("127.0.0.1:0", options).await;
-    let a = Gateway::start(dir_a.path(), &config(dir_a.path(), &creds, &sim, &pg));
-    let b = Gateway::start(dir_b.path(), &config(dir_b.path(), &creds, &sim, &pg));
+    let two = two_gateways(&pg, Some(Duration::from_millis(100))).await;
+    let Two { a, b, sim, .. } = two;
     let mut ca = a.client().await;
     let registers: Vec<String> = (0..10).map(|u| format!("REGISTER u{u} {}", token(100 + u))).collect();
     ca.pipeline(&registers, "OK").await;

@@ -212,19 +212,7 @@ impl PgDb {
 fn taken_row(r: &postgres::Row) -> Result<Taken, StoreError> {
     let topic: String = r.get(1);
     Ok(Taken {
-        notification: Notification {
-            id: r.get(0),
-            app: topic.into(),
-            token: super::ops::parse_token(r.get(2))?,
-            environment: super::ops::parse_env(r.get(3))?,
-            payload: r.get::<_, String>(4).into(),
-            expiration: r.get::<_, i64>(5).max(0) as u64,
-            priority: r.get::<_, i64>(6).clamp(0, 255) as u8,
-            collapse_id: r.get(7),
-            created_ms: r.get(8),
-            attempts: 0,
-            redelivery: false,
-        },
+        notification: super::ops::notification_from(r, 2, topic.into())?,
         not_before_ms: r.get(9),
     })
 }

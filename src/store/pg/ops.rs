@@ -23,6 +23,26 @@ pub(super) fn parse_env(s: &str) -> Result<Environment, StoreError> {
     s.parse().map_err(StoreError::Corrupt)
 }
 
+/// The notification of an outbox row of app `app`: `id` in column 0, and
+/// `token, environment, payload, expiration, priority, collapse_id,
+/// created_ms` in the columns from `first` on (as the outbox table has
+/// them). Errors: a token or environment the table should not hold.
+pub(super) fn notification_from(r: &postgres::Row, first: usize, app: Arc<str>) -> Result<Notification, StoreError> {
+    Ok(Notification {
+        id: r.get(0),
+        app,
+        token: parse_token(r.get(first))?,
+        environment: parse_env(r.get(first + 1))?,
+        payload: r.get::<_, String>(first + 2).into(),
+        expiration: r.get::<_, i64>(first + 3).max(0) as u64,
+        priority: r.get::<_, i64>(first + 4).clamp(0, 255) as u8,
+        collapse_id: r.get(first + 5),
+        created_ms: r.get(first + 6),
+        attempts: 0,
+        redelivery: false,
+    })
+}
+
 fn clamp_u32(n: i64) -> u32 {
     n.clamp(0, i64::from(u32::MAX)) as u32
 }
@@ -189,23 +209,7 @@ impl PgDb {
             )?,
         };
         drop(c);
-        rows.iter()
-            .map(|r| {
-                Ok(Notification {
-                    id: r.get(0),
-                    app: topic.clone(),
-                    token: parse_token(r.get(1))?,
-                    environment: parse_env(r.get(2))?,
-                    payload: r.get::<_, String>(3).into(),
-                    expiration: r.get::<_, i64>(4).max(0) as u64,
-                    priority: r.get::<_, i64>(5).clamp(0, 255) as u8,
-                    collapse_id: r.get(6),
-                    created_ms: r.get(7),
-                    attempts: 0,
-                    redelivery: false,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| notification_from(r, 1, topic.clone())).collect()
     }
 
     /// Pending outbox entries per topic.
