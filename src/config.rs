@@ -170,6 +170,11 @@ struct RawStoreConfig {
     lease: u64,
 }
 
+/// The longest `[store] lease`, seconds: a day (a dead gateway's
+/// notifications would wait that long; beyond, the server's interval
+/// arithmetic on it could overflow).
+const MAX_LEASE: u64 = 86_400;
+
 fn default_lease() -> u64 {
     30
 }
@@ -185,8 +190,11 @@ impl TryFrom<RawStoreConfig> for StoreConfig {
         } else if raw.password_file.is_some() {
             return Err("`password_file` needs `url` (it is PostgreSQL's password)".into());
         }
-        if raw.lease == 0 {
-            return Err("`lease` must be at least 1 second".into());
+        if !(1..=MAX_LEASE).contains(&raw.lease) {
+            return Err(format!(
+                "`lease` must be 1 to {MAX_LEASE} seconds (a day), not {}",
+                raw.lease
+            ));
         }
         Ok(Self {
             path: raw.path.unwrap_or_else(default_store_path),
@@ -479,6 +487,7 @@ mod tests {
             ("url = \"postgres://db/pb?sslmode=sometimes\"", &["url", "sslmode"][..]),
             ("password_file = \"pw\"", &["password_file", "url"][..]),
             ("url = \"postgres://db/pb\"\nlease = 0", &["lease"][..]),
+            ("url = \"postgres://db/pb\"\nlease = 86401", &["lease", "86400"][..]),
         ] {
             let err = parse(&format!("{MINIMAL}\n[store]\n{store}\n"))
                 .unwrap_err()

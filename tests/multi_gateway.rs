@@ -52,9 +52,10 @@ struct Two {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
-/// Start [`Two`] on `pg`; the simulator answers at once, or with `delay`
-/// on each of [`STREAMS`] streams per connection (a distant APNS).
-async fn two_gateways(pg: &PgCluster, delay: Option<Duration>) -> Two {
+/// Start [`Two`] on `pg` with `lease` seconds; the simulator answers at
+/// once, or with `delay` on each of [`STREAMS`] streams per connection (a
+/// distant APNS).
+async fn two_gateways(pg: &PgCluster, lease: u64, delay: Option<Duration>) -> Two {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let creds = Creds::new(dir_a.path());
     let options = match delay {
@@ -66,8 +67,11 @@ async fn two_gateways(pg: &PgCluster, delay: Option<Duration>) -> Two {
         },
     };
     let sim = creds.simulator("127.0.0.1:0", options).await;
-    let a = Gateway::start(dir_a.path(), &config(dir_a.path(), &creds, &sim, pg));
-    let b = Gateway::start(dir_b.path(), &config(dir_b.path(), &creds, &sim, pg));
+    let config = |dir: &Path| {
+        config(dir, &creds, &sim, pg).replace(&format!("lease = {LEASE}\n"), &format!("lease = {lease}\n"))
+    };
+    let a = Gateway::start(dir_a.path(), &config(dir_a.path()));
+    let b = Gateway::start(dir_b.path(), &config(dir_b.path()));
     Two {
         a,
         b,
@@ -98,7 +102,10 @@ async fn msg(c: &mut Client, to: &str, text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_share_presence_and_device_removals() {
     let Some(pg) = PgCluster::start() else { return };
-    let two = two_gateways(&pg, None).await;
+    // A lease long enough that a gateway killed a moment ago is surely
+    // still alive when the next message reads its presence.
+    const PRESENCE_LEASE: u64 = 5;
+    let two = two_gateways(&pg, PRESENCE_LEASE, None).await;
     let Two { a, b, sim, .. } = two;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
 
@@ -151,7 +158,7 @@ async fn gateways_share_presence_and_device_removals() {
         }
         assert_eq!(reply, "OK 0");
         assert!(
-            killed.elapsed() < Duration::from_secs(LEASE * 5),
+            killed.elapsed() < Duration::from_secs(PRESENCE_LEASE * 5),
             "A's presence outlived its lease"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -226,7 +233,7 @@ async fn a_killed_gateway_loses_nothing_and_the_survivor_sends_its_claims() {
     let Some(pg) = PgCluster::start() else { return };
     // A distant APNS (20 ms per answer): notifications are in flight, and
     // queued behind the sink, when A is killed.
-    let two = two_gateways(&pg, Some(Duration::from_millis(20))).await;
+    let two = two_gateways(&pg, LEASE, Some(Duration::from_millis(20))).await;
     let Two { a, b, sim, .. } = two;
     let mut ca = a.client().await;
     let registers: Vec<String> = (0..USERS)
@@ -343,7 +350,7 @@ async fn a_stalled_gateway_loses_its_claims_and_resumes_without_losing_any() {
     let Some(pg) = PgCluster::start() else { return };
     // STREAMS streams answered after 100 ms: about 1,000 pushes/s, so A
     // still holds most of what it accepted when it stalls.
-    let two = two_gateways(&pg, Some(Duration::from_millis(100))).await;
+    let two = two_gateways(&pg, LEASE, Some(Duration::from_millis(100))).await;
     let Two { a, b, sim, .. } = two;
     let mut ca = a.client().await;
     let registers: Vec<String> = (0..10).map(|u| format!("REGISTER u{u} {}", token(100 + u))).collect();

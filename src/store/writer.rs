@@ -83,6 +83,8 @@ pub(crate) struct Writer {
     maintained_at: Option<std::time::Instant>,
     /// Heartbeats fail (the database is away; see [`Streak`]).
     heartbeat_errors: Streak,
+    /// Taking over dead gateways' rows fails.
+    takeover_errors: Streak,
 }
 
 /// A device removed in the current transaction: app, token, reason.
@@ -125,6 +127,7 @@ impl Writer {
             unsynced: false,
             maintained_at: None,
             heartbeat_errors: Streak::default(),
+            takeover_errors: Streak::default(),
         }
         .load_settings()
     }
@@ -203,8 +206,11 @@ impl Writer {
                 }
             }
             self.completions.drain(&mut done);
-            self.apply_batch(&mut batch, &mut done);
+            // Heartbeat (and take over) before the batch: after a stall
+            // longer than the lease, this gateway is alive again before it
+            // commits what it accepts, so others leave those rows alone.
             self.maintain(self.holding_sinks(&done));
+            self.apply_batch(&mut batch, &mut done);
             if !self.holding_sinks(&done) {
                 self.feed.refill(&mut Outbox(&self.db));
             }

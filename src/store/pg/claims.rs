@@ -22,8 +22,10 @@
 //!   holds. A takeover runs only right after a successful heartbeat: a
 //!   gateway cut off from the database takes nothing.
 //! - **Release.** A clean shutdown unclaims what is left
-//!   ([`PgDb::release_claims`]) and deletes its row: others take it at
-//!   once; also when its grace ran out while its sinks still held
+//!   ([`PgDb::release_claims`]) and marks itself dead (heartbeat
+//!   `-infinity`; the row goes with the clean-up of long-dead gateways
+//!   holding nothing): others take what it held, and anything it still
+//!   commits after, at once; also when its grace ran out while its sinks still held
 //!   notifications (then over a connection of its own, see
 //!   [`crate::store::release_claims_of`]). A `kill -9`ed gateway's rows
 //!   wait for its lease.
@@ -188,15 +190,20 @@ impl PgDb {
         Ok(taken)
     }
 
-    /// Clean shutdown: unclaim what this gateway still holds and delete its
-    /// row (its presence reports then count as offline), so other gateways
+    /// Clean shutdown: unclaim what this gateway still holds and mark it
+    /// dead (its presence reports then count as offline), so other gateways
     /// take its rows at once.
     pub fn release_claims(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         let Some(me) = c.gateway else { return Ok(()) };
         let released = c.in_tx(|c| {
             let n = c.execute("UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1", &[&me])?;
-            c.execute("DELETE FROM gateways WHERE id = $1", &[&me])?;
+            // Dead at once, not deleted: a row this gateway's store thread
+            // still commits after this transaction's snapshot (a shutdown
+            // whose grace ran out) stays claimed by a gateway the others
+            // know is dead, and is taken over; the row goes once it holds
+            // nothing (the heartbeats' clean-up).
+            c.execute("UPDATE gateways SET heartbeat = '-infinity' WHERE id = $1", &[&me])?;
             Ok(n)
         })?;
         tracing::info!(

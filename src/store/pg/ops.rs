@@ -331,23 +331,28 @@ impl PgDb {
     pub(crate) fn coalesce(&self, w: &NewWaiting<'_>, parts: &Parts) -> Result<Option<i64>, StoreError> {
         let mut c = self.conn();
         // Into this gateway's own window only: another's may be released
-        // (and deleted) by it while this transaction merges.
+        // (and deleted) by it while this transaction merges. Locked: a
+        // gateway taking this one's rows over (it thinks this one dead)
+        // skips a locked window; one it renumbered first is no longer this
+        // gateway's, so the part goes into a new window.
         let claim = c.gateway;
         let found = c.direct(
             "SELECT id, parts FROM outbox WHERE not_before_ms > 0
              AND user_id = $1 AND conversation = $2 AND token = $3 AND topic = $4
-             AND claimed_by IS NOT DISTINCT FROM $5",
+             AND claimed_by IS NOT DISTINCT FROM $5 FOR UPDATE",
             &[&w.user.as_str(), &w.conversation, &w.token.as_str(), &w.topic, &claim],
         )?;
         if let Some(row) = found.first() {
             let mut merged: Parts = serde_json::from_str(row.get(1)).map_err(corrupt)?;
             merged.merge(parts.clone());
             let json = serde_json::to_string(&merged).map_err(corrupt)?;
-            c.execute(
-                "UPDATE outbox SET parts = $2 WHERE id = $1",
-                &[&row.get::<_, i64>(0), &json],
+            let updated = c.execute(
+                "UPDATE outbox SET parts = $2 WHERE id = $1 AND claimed_by IS NOT DISTINCT FROM $3",
+                &[&row.get::<_, i64>(0), &json, &claim],
             )?;
-            return Ok(None);
+            if updated == 1 {
+                return Ok(None);
+            }
         }
         let due = w.due_ms.max(1);
         c.execute(

@@ -72,9 +72,20 @@ impl Writer {
             return;
         }
         let taken = match self.db.take_over(&self.feed.topics(), TAKEOVER_BATCH) {
-            Ok(t) => t,
+            Ok(t) => {
+                self.takeover_errors.succeeded();
+                t
+            }
             Err(e) => {
-                tracing::error!(error = %e, "cannot take over the outbox entries of dead gateways");
+                // Tried every second while it fails: one error a streak.
+                match self.takeover_errors.failed(Instant::now()) {
+                    Report::Error { repeats } => tracing::error!(
+                        error = %e,
+                        repeats,
+                        "cannot take over the outbox entries of dead gateways"
+                    ),
+                    Report::Quiet => tracing::debug!(error = %e, "cannot take over"),
+                }
                 return;
             }
         };
