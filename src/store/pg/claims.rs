@@ -22,9 +22,9 @@
 //!   holds. A takeover runs only right after a successful heartbeat: a
 //!   gateway cut off from the database takes nothing.
 //! - **Release.** A clean shutdown unclaims what is left
-//!   ([`PgDb::release_claims`]) and marks itself dead (heartbeat
-//!   `-infinity`; the row goes with the clean-up of long-dead gateways
-//!   holding nothing): others take what it held, and anything it still
+//!   ([`PgDb::release_claims`]) and marks itself dead (its heartbeat
+//!   set a lease back; the row goes with the clean-up of long-dead
+//!   gateways holding nothing): others take what it held, and anything it still
 //!   commits after, at once; also when its grace ran out while its sinks still held
 //!   notifications (then over a connection of its own, see
 //!   [`crate::store::release_claims_of`]). A `kill -9`ed gateway's rows
@@ -196,14 +196,20 @@ impl PgDb {
     pub fn release_claims(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         let Some(me) = c.gateway else { return Ok(()) };
+        let lease_ms = c.lease_ms();
         let released = c.in_tx(|c| {
             let n = c.execute("UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1", &[&me])?;
-            // Dead at once, not deleted: a row this gateway's store thread
-            // still commits after this transaction's snapshot (a shutdown
-            // whose grace ran out) stays claimed by a gateway the others
-            // know is dead, and is taken over; the row goes once it holds
-            // nothing (the heartbeats' clean-up).
-            c.execute("UPDATE gateways SET heartbeat = '-infinity' WHERE id = $1", &[&me])?;
+            // Dead at once (its heartbeat a lease old), not deleted: a row
+            // this gateway's store thread still commits after this
+            // transaction's snapshot (a shutdown whose grace ran out) stays
+            // claimed by a gateway the others know is dead, and is taken
+            // over; the row goes once it holds nothing, many leases later
+            // (the heartbeats' clean-up), long after this process ended.
+            c.execute(
+                "UPDATE gateways SET heartbeat = clock_timestamp() - ($2::BIGINT + 1) * interval '1 millisecond'
+                 WHERE id = $1",
+                &[&me, &lease_ms],
+            )?;
             Ok(n)
         })?;
         tracing::info!(
