@@ -136,7 +136,7 @@ pub async fn run_with_reload(
     } else {
         tracing::warn!(
             ?snapshot,
-            "shutdown grace ran out; undelivered notifications stay in the outbox for the next start"
+            "shutdown grace ran out; undelivered notifications stay in the outbox for the next start (or another gateway sharing the store)"
         );
         release_claims(&config, gateway_id).await;
     }

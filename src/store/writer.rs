@@ -230,7 +230,7 @@ impl Writer {
         if !done.is_empty() {
             tracing::warn!(
                 completions = done.len(),
-                "store closing with outcomes it could not record; those notifications are sent again on the next start"
+                "store closing with outcomes it could not record; those notifications are sent again on the next start (or by another gateway sharing the store)"
             );
         }
         self.release();

@@ -236,8 +236,9 @@ impl PgDb {
         }
     }
 
-    /// Load the devices and (locked) unread counters of the users the
-    /// batch's messages go to: two statements for the whole batch.
+    /// Load the presence, devices and (locked) unread counters of the
+    /// users the batch's messages go to: three set-based statements for the
+    /// whole batch (presence only on a shared store).
     pub(crate) fn prefetch(&self, batch: &[Command]) -> Result<(), StoreError> {
         let mut users = Vec::new();
         let mut counted = Vec::new();
