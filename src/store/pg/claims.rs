@@ -120,24 +120,33 @@ impl PgDb {
     pub fn heartbeat(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         let Some(id) = c.gateway else { return Ok(()) };
-        c.execute(
-            "INSERT INTO gateways (id, started, heartbeat) VALUES ($1, clock_timestamp(), clock_timestamp())
-             ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat",
-            &[&id],
-        )?;
         let forget_ms = c.lease_ms().saturating_mul(FORGET_AFTER_LEASES);
-        let gone = c.execute(
-            "DELETE FROM gateways g WHERE g.heartbeat < clock_timestamp() - $1::BIGINT * interval '1 millisecond'
-             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.claimed_by = g.id)",
-            &[&forget_ms],
-        )?;
-        if gone > 0 {
+        c.in_tx(|c| {
+            // Not worth a wait for the disk (the store thread waits for
+            // this): a heartbeat lost with a crash of the server only makes
+            // this gateway look older, and the next one comes within a
+            // second. (One synced commit a second showed in the p99 of
+            // messages at 10,000/s.)
+            let r = c.client()?.batch_execute("SET LOCAL synchronous_commit TO OFF");
+            c.check(r)?;
             c.execute(
-                "DELETE FROM presence p WHERE NOT EXISTS (SELECT 1 FROM gateways g WHERE g.id = p.gateway)",
-                &[],
+                "INSERT INTO gateways (id, started, heartbeat) VALUES ($1, clock_timestamp(), clock_timestamp())
+                 ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat",
+                &[&id],
             )?;
-        }
-        Ok(())
+            let gone = c.execute(
+                "DELETE FROM gateways g WHERE g.heartbeat < clock_timestamp() - $1::BIGINT * interval '1 millisecond'
+                 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.claimed_by = g.id)",
+                &[&forget_ms],
+            )?;
+            if gone > 0 {
+                c.execute(
+                    "DELETE FROM presence p WHERE NOT EXISTS (SELECT 1 FROM gateways g WHERE g.id = p.gateway)",
+                    &[],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Take over up to `limit` rows of `topics` that are unclaimed or held
