@@ -13,7 +13,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::outcome::counters::AppCounters;
 use crate::outcome::{events, Counters, Notification};
-use crate::store::streak::{Report, Streak};
+use crate::store::streak::{log_failure, Streak};
 
 /// One configured app as the feed sees it.
 pub struct AppSlot {
@@ -181,12 +181,7 @@ impl Feed {
                 Err(e) => {
                     // Tried after every batch: while the database is away
                     // only the first failure (and one a minute) is an error.
-                    match app.load_errors.failed(std::time::Instant::now()) {
-                        Report::Error { repeats } => {
-                            tracing::error!(error = %e, app = %app.app, repeats, "cannot load the outbox")
-                        }
-                        Report::Quiet => tracing::debug!(error = %e, app = %app.app, "cannot load the outbox"),
-                    }
+                    log_failure!(app.load_errors, error = %e, app = %app.app, "cannot load the outbox");
                     continue;
                 }
             };

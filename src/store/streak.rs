@@ -7,6 +7,22 @@
 
 use std::time::{Duration, Instant};
 
+/// Log one failure of `streak` (a [`Streak`]) now: at ERROR with
+/// `repeats` when [`Streak::failed`] says so, else at DEBUG. The fields and
+/// the message are `tracing`'s, as in `tracing::error!`:
+/// `log_failure!(self.errors, error = %e, "cannot read the outbox")`.
+macro_rules! log_failure {
+    ($streak:expr, $($fields_and_message:tt)+) => {
+        match $streak.failed(std::time::Instant::now()) {
+            $crate::store::streak::Report::Error { repeats } => {
+                tracing::error!(repeats, $($fields_and_message)+)
+            }
+            $crate::store::streak::Report::Quiet => tracing::debug!($($fields_and_message)+),
+        }
+    };
+}
+pub(crate) use log_failure;
+
 /// How often a failure that goes on is logged at ERROR again.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
 

@@ -26,7 +26,7 @@ use super::command::{fail_command, hold, Pending};
 use super::db::{now_ms, Db, StoreError};
 use super::settings::SettingsCache;
 use super::stats::{self, StoreMetrics};
-use super::streak::{Report, Streak};
+use super::streak::{log_failure, Streak};
 use crate::feed::{Feed, OutboxReader};
 use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
@@ -264,17 +264,12 @@ impl Writer {
                 match done.iter().try_for_each(|c| self.complete(c, &mut removed)) {
                     Ok(()) => completed = true,
                     Err(e) => {
-                        match self.outcome_errors.failed(std::time::Instant::now()) {
-                            Report::Error { repeats } => tracing::error!(
-                                error = %e,
-                                completions = done.len(),
-                                repeats,
-                                "cannot record outcomes; they are kept and tried again with every batch"
-                            ),
-                            Report::Quiet => {
-                                tracing::debug!(error = %e, completions = done.len(), "cannot record outcomes")
-                            }
-                        }
+                        log_failure!(
+                            self.outcome_errors,
+                            error = %e,
+                            completions = done.len(),
+                            "cannot record outcomes; they are kept and tried again with every batch"
+                        );
                         removed.clear();
                         self.db.rollback();
                         self.db.begin()?;
@@ -377,16 +372,13 @@ impl Writer {
         let msg = format!("store: {e}");
         let commands = pending.len() + batch.len();
         // Every batch fails while the database is away: one error a streak.
-        match self.transaction_errors.failed(std::time::Instant::now()) {
-            Report::Error { repeats } => tracing::error!(
-                error = %e,
-                commands,
-                completions,
-                repeats,
-                "store transaction failed; nothing in it was accepted"
-            ),
-            Report::Quiet => tracing::debug!(error = %e, commands, completions, "store transaction failed"),
-        }
+        log_failure!(
+            self.transaction_errors,
+            error = %e,
+            commands,
+            completions,
+            "store transaction failed; nothing in it was accepted"
+        );
         for p in pending {
             p.fail(&msg);
         }

@@ -70,31 +70,25 @@ impl PgDb {
         let mut params: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(t.cols.len());
         let mut casts = Vec::with_capacity(t.cols.len());
         for (i, (_, kind)) in t.cols.iter().enumerate() {
-            let cell = |r: &Vec<Cell>| r.get(i).cloned();
-            match kind {
-                Kind::Int => {
-                    let v: Vec<Option<i64>> = rows
-                        .iter()
-                        .map(|r| match cell(r) {
-                            Some(Cell::Int(n)) => n,
-                            _ => None,
-                        })
-                        .collect();
-                    params.push(Box::new(v));
-                    casts.push(format!("${}::BIGINT[]", i + 1));
-                }
-                Kind::Text => {
-                    let v: Vec<Option<String>> = rows
-                        .iter()
-                        .map(|r| match cell(r) {
-                            Some(Cell::Text(s)) => s,
-                            _ => None,
-                        })
-                        .collect();
-                    params.push(Box::new(v));
-                    casts.push(format!("${}::TEXT[]", i + 1));
-                }
-            }
+            // Column i as one array (NULL where a cell is NULL or missing).
+            let (array, cast): (Box<dyn ToSql + Sync>, _) = match kind {
+                Kind::Int => (
+                    Box::new(column(rows, i, |c| match c {
+                        Cell::Int(n) => *n,
+                        Cell::Text(_) => None,
+                    })),
+                    "BIGINT",
+                ),
+                Kind::Text => (
+                    Box::new(column(rows, i, |c| match c {
+                        Cell::Text(s) => s.clone(),
+                        Cell::Int(_) => None,
+                    })),
+                    "TEXT",
+                ),
+            };
+            params.push(array);
+            casts.push(format!("${}::{cast}[]", i + 1));
         }
         let sql = format!(
             "INSERT INTO {} ({}) SELECT * FROM unnest({})",
@@ -117,4 +111,9 @@ impl PgDb {
             .batch_execute("SELECT setval('outbox_id_seq', GREATEST((SELECT max(id) FROM outbox), 1))");
         c.check(r)
     }
+}
+
+/// Cell `i` of every row, through `pick` (`None` for a row without it).
+fn column<T>(rows: &[Vec<Cell>], i: usize, pick: impl Fn(&Cell) -> Option<T>) -> Vec<Option<T>> {
+    rows.iter().map(|r| r.get(i).and_then(&pick)).collect()
 }

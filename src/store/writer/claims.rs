@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::Writer;
 use crate::store::pg::claims::TAKEOVER_BATCH;
-use crate::store::streak::Report;
+use crate::store::streak::log_failure;
 
 impl Writer {
     /// At start: log what waits in the outbox per app (on SQLite all of it
@@ -54,14 +54,11 @@ impl Writer {
         }
         self.maintained_at = Some(now);
         if let Err(e) = self.db.heartbeat() {
-            match self.heartbeat_errors.failed(now) {
-                Report::Error { repeats } => tracing::error!(
-                    error = %e,
-                    repeats,
-                    "cannot heartbeat; taking over nothing until it works again"
-                ),
-                Report::Quiet => tracing::debug!(error = %e, "cannot heartbeat"),
-            }
+            log_failure!(
+                self.heartbeat_errors,
+                error = %e,
+                "cannot heartbeat; taking over nothing until it works again"
+            );
             return;
         }
         let failures = self.heartbeat_errors.succeeded();
@@ -78,14 +75,11 @@ impl Writer {
             }
             Err(e) => {
                 // Tried every second while it fails: one error a streak.
-                match self.takeover_errors.failed(Instant::now()) {
-                    Report::Error { repeats } => tracing::error!(
-                        error = %e,
-                        repeats,
-                        "cannot take over the outbox entries of dead gateways"
-                    ),
-                    Report::Quiet => tracing::debug!(error = %e, "cannot take over"),
-                }
+                log_failure!(
+                    self.takeover_errors,
+                    error = %e,
+                    "cannot take over the outbox entries of dead gateways"
+                );
                 return;
             }
         };
