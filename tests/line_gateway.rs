@@ -360,6 +360,9 @@ async fn mixed_commands_in_one_pipelined_burst_apply_in_order(b: &Backend) {
         ]
     );
     gw.assert_pushes_stay(4);
+    // The counter the burst left is the one stored ("four" counted nothing).
+    assert_eq!(c.cmd("MSG bob alice six").await, "OK 1");
+    assert_eq!(alert(&gw.wait_pushes(5)[4]), ("bob", "six", 3));
 }
 
 #[test]

@@ -153,3 +153,44 @@ async fn the_database_going_away_answers_unavailable_and_recovers() {
     assert!(errors("cannot load the outbox") <= 1, "{logs}");
     assert_eq!(logs.matches("store transactions commit again").count(), 1, "{logs}");
 }
+
+/// The statements a batch writes at COMMIT go out in one pipeline; when
+/// one of them fails, the pipelined COMMIT only rolls back (it answers
+/// `ROLLBACK`, not an error). The message must then be refused, not
+/// answered `OK` for a notification that was never committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_failing_in_the_commit_pipeline_refuses_the_batch() {
+    let Some(b) = Backend::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
+    let Backend::Postgres(pg) = &b else { unreachable!() };
+    let mut c = gw.client().await;
+    assert_eq!(c.cmd(&format!("REGISTER doomed {}", token(1))).await, "OK");
+    assert_eq!(c.cmd(&format!("REGISTER alice {}", token(2))).await, "OK");
+    // Fails the outbox insert of COMMIT's pipeline for one device (the
+    // counter was already incremented by the prefetch's pipeline).
+    pg.psql(&format!(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW
+            WHEN (NEW.token = '{}') EXECUTE FUNCTION refuse()",
+        token(1)
+    ));
+    let reply = c.cmd("MSG bob doomed lost").await;
+    assert!(reply.starts_with("ERR"), "{reply}");
+    assert_eq!(pg.outbox_len(), 0, "a refused message left a row");
+    assert_eq!(pg.psql("SELECT count(*) FROM unread WHERE count > 0"), "0");
+    // Another user's message in a later batch commits.
+    assert_eq!(c.cmd("MSG bob alice fine").await, "OK 1");
+
+    pg.psql("DROP TRIGGER refuse ON outbox");
+    assert_eq!(c.cmd("MSG bob doomed again").await, "OK 1");
+    let p = gw.wait_pushes(2);
+    let bodies: Vec<&str> = p
+        .iter()
+        .map(|p| p["payload"]["aps"]["alert"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["fine", "again"]);
+    // The refused message did not count.
+    assert_eq!(p[1]["payload"]["aps"]["badge"], 1);
+    gw.assert_pushes_stay(2);
+}

@@ -23,7 +23,7 @@ pub enum StoreError {
     #[error("store is closed")]
     Closed,
     #[error("postgres: {0}")]
-    Postgres(#[from] postgres::Error),
+    Postgres(#[from] tokio_postgres::Error),
     /// PostgreSQL could not be reached (at start, or again after it went
     /// away).
     #[error("cannot reach PostgreSQL at {host}:{port}: {message}")]

@@ -12,8 +12,11 @@ use std::collections::HashMap;
 
 use pushbridge_api::{DeviceToken, Environment, Presence, UserId};
 
-use super::{Conn, PgDb};
-use crate::store::command::Command;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::client::{Answer, Param};
+use super::{Call, Conn, PgDb};
 use crate::store::db::{NewNotification, StoreError};
 
 /// A device as cached for the transaction.
@@ -22,6 +25,15 @@ pub(super) struct CachedDevice {
     pub token: DeviceToken,
     pub topic: String,
     pub environment: Environment,
+}
+
+/// A prefetched unread counter.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Counter {
+    /// As the transaction's messages leave it so far.
+    pub count: i64,
+    /// As the database holds it in this transaction.
+    pub stored: i64,
 }
 
 /// An outbox row waiting to be written.
@@ -43,12 +55,16 @@ pub(super) struct OutboxRow {
 pub(super) struct Tx {
     /// Inside BEGIN … COMMIT (outside, writes go at once).
     pub open: bool,
+    /// `BEGIN` is still to be sent, with the transaction's first
+    /// statements ([`Conn::run`]).
+    pub unsent_begin: bool,
     inserts: Vec<OutboxRow>,
     deletes: Vec<i64>,
     /// Prefetched users' devices, in `devices_of` order.
     pub devices: HashMap<String, Vec<CachedDevice>>,
-    /// Prefetched (and locked) users' counters: value, changed.
-    pub unread: HashMap<String, (i64, bool)>,
+    /// Prefetched (and locked) users' counters (written at COMMIT where
+    /// they end other than stored).
+    pub unread: HashMap<String, Counter>,
     /// Prefetched users' presence as the transaction sees it (reports of
     /// dead gateways read as offline; see [`super::presence`]).
     pub presence: HashMap<String, Presence>,
@@ -59,6 +75,7 @@ pub(super) struct Tx {
 impl Tx {
     fn clear(&mut self) {
         self.open = false;
+        self.unsent_begin = false;
         self.inserts.clear();
         self.deletes.clear();
         self.devices.clear();
@@ -68,63 +85,129 @@ impl Tx {
     }
 }
 
+/// The buffered outbox rows (`$1`…`$9` their columns), claimed by this
+/// gateway (`$10`) in the transaction that queues them.
+const INSERT_OUTBOX: &str =
+    "INSERT INTO outbox (id, topic, token, environment, payload, expiration, priority, collapse_id, created_ms,
+                         claimed_by)
+     SELECT *, $10::BIGINT FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
+                          $6::BIGINT[], $7::BIGINT[], $8::TEXT[], $9::BIGINT[])";
+const DELETE_OUTBOX: &str = "DELETE FROM outbox WHERE id = ANY($1)";
+/// Counters of prefetched users as the transaction leaves them (`$1`
+/// users, `$2` counts): zero removes the row (prefetching may have created
+/// it), another value is written. One statement: the two parts touch
+/// different rows.
+const WRITE_UNREAD: &str = "WITH v AS (SELECT * FROM unnest($1::TEXT[], $2::BIGINT[]) AS v(u, c)),
+     gone AS (DELETE FROM unread USING v WHERE unread.user_id = v.u AND v.c = 0)
+     UPDATE unread SET count = v.c FROM v WHERE unread.user_id = v.u AND v.c <> 0";
+
+/// A statement with parameters it owns (built from the transaction's
+/// buffer, which it empties).
+pub(super) struct Owned {
+    sql: &'static str,
+    params: Vec<Box<dyn ToSql + Sync>>,
+}
+
+impl Owned {
+    pub(super) fn new(sql: &'static str, params: Vec<Box<dyn ToSql + Sync>>) -> Self {
+        Self { sql, params }
+    }
+}
+
+/// The statement writing `rows` (claimed by `gateway`), moving their
+/// columns into arrays.
+fn insert_rows(rows: Vec<OutboxRow>, gateway: Option<i64>) -> Owned {
+    let n = rows.len();
+    let (mut ids, mut topics, mut tokens, mut envs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut payloads, mut exps, mut prios) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut collapse, mut created) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for r in rows {
+        ids.push(r.id);
+        topics.push(r.topic);
+        tokens.push(r.token);
+        envs.push(r.environment);
+        payloads.push(r.payload);
+        exps.push(r.expiration);
+        prios.push(r.priority);
+        collapse.push(r.collapse_id);
+        created.push(r.created_ms);
+    }
+    Owned::new(
+        INSERT_OUTBOX,
+        vec![
+            Box::new(ids),
+            Box::new(topics),
+            Box::new(tokens),
+            Box::new(envs),
+            Box::new(payloads),
+            Box::new(exps),
+            Box::new(prios),
+            Box::new(collapse),
+            Box::new(created),
+            Box::new(gateway),
+        ],
+    )
+}
+
 impl Conn {
-    /// Write the buffered outbox rows and deletes.
+    /// Run `calls` in one pipeline after the buffered outbox writes (so
+    /// they see them); the answers of `calls`.
+    pub(super) fn run_after_writes(&mut self, calls: &[Call<'_>]) -> Result<Vec<Answer>, StoreError> {
+        let writes = self.take_writes();
+        self.run_owned(&writes, calls)
+    }
+
+    /// Run `owned` then `calls` in one pipeline; the answers of `calls`.
+    pub(super) fn run_owned(&mut self, owned: &[Owned], calls: &[Call<'_>]) -> Result<Vec<Answer>, StoreError> {
+        let params: Vec<Vec<Param<'_>>> = owned
+            .iter()
+            .map(|o| o.params.iter().map(|p| p.as_ref() as Param<'_>).collect())
+            .collect();
+        let mut all: Vec<Call<'_>> = owned.iter().zip(&params).map(|(o, p)| Call::exec(o.sql, p)).collect();
+        all.extend_from_slice(calls);
+        let mut answers = self.run(&all)?;
+        Ok(answers.split_off(owned.len()))
+    }
+
+    /// Write the buffered outbox rows and deletes now.
     pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        self.run_after_writes(&[]).map(drop)
+    }
+
+    /// The buffered outbox rows and deletes as statements (at most one
+    /// each), taken from the buffer.
+    fn take_writes(&mut self) -> Vec<Owned> {
+        let mut writes = Vec::new();
         let inserts = std::mem::take(&mut self.tx.inserts);
         if !inserts.is_empty() {
-            let ids: Vec<i64> = inserts.iter().map(|r| r.id).collect();
-            let topics: Vec<&str> = inserts.iter().map(|r| r.topic.as_str()).collect();
-            let tokens: Vec<&str> = inserts.iter().map(|r| r.token.as_str()).collect();
-            let envs: Vec<&str> = inserts.iter().map(|r| r.environment).collect();
-            let payloads: Vec<&str> = inserts.iter().map(|r| r.payload.as_str()).collect();
-            let exps: Vec<i64> = inserts.iter().map(|r| r.expiration).collect();
-            let prios: Vec<i64> = inserts.iter().map(|r| r.priority).collect();
-            let collapse: Vec<Option<&str>> = inserts.iter().map(|r| r.collapse_id.as_deref()).collect();
-            let created: Vec<i64> = inserts.iter().map(|r| r.created_ms).collect();
-            // Claimed by this gateway in the transaction that queues them.
-            let claim = self.gateway;
-            self.execute(
-                "INSERT INTO outbox (id, topic, token, environment, payload, expiration, priority, collapse_id, created_ms,
-                                     claimed_by)
-                 SELECT *, $10::BIGINT FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
-                                      $6::BIGINT[], $7::BIGINT[], $8::TEXT[], $9::BIGINT[])",
-                &[&ids, &topics, &tokens, &envs, &payloads, &exps, &prios, &collapse, &created, &claim],
-            )?;
+            writes.push(insert_rows(inserts, self.gateway));
         }
         let deletes = std::mem::take(&mut self.tx.deletes);
         if !deletes.is_empty() {
-            self.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&deletes])?;
+            writes.push(Owned::new(DELETE_OUTBOX, vec![Box::new(deletes)]));
         }
-        Ok(())
+        writes
     }
 
-    /// Write the changed counters; drop the rows of prefetched users whose
-    /// counter is zero (prefetching created them).
-    fn flush_unread(&mut self) -> Result<(), StoreError> {
-        if self.tx.unread.is_empty() {
-            return Ok(());
+    /// The prefetched counters the transaction leaves other than stored,
+    /// and the zero ones (removed).
+    fn unread_write(&mut self) -> Option<Owned> {
+        let (users, counts): (Vec<String>, Vec<i64>) = self
+            .tx
+            .unread
+            .drain()
+            .filter(|(_, c)| c.count != c.stored || c.count == 0)
+            .map(|(user, c)| (user, c.count))
+            .unzip();
+        if users.is_empty() {
+            return None;
         }
-        let (mut users, mut counts, mut all) = (Vec::new(), Vec::new(), Vec::new());
-        for (user, (count, changed)) in &self.tx.unread {
-            all.push(user.clone());
-            if *changed {
-                users.push(user.clone());
-                counts.push(*count);
-            }
-        }
-        if !users.is_empty() {
-            self.execute(
-                "UPDATE unread SET count = v.c FROM unnest($1::TEXT[], $2::BIGINT[]) AS v(u, c)
-                 WHERE unread.user_id = v.u",
-                &[&users, &counts],
-            )?;
-        }
-        self.execute(
-            "DELETE FROM unread USING unnest($1::TEXT[]) AS u(id) WHERE unread.user_id = u.id AND unread.count = 0",
-            &[&all],
-        )?;
-        Ok(())
+        Some(Owned::new(WRITE_UNREAD, vec![Box::new(users), Box::new(counts)]))
     }
 
     /// Buffer an outbox row; its id.
@@ -157,138 +240,57 @@ impl Conn {
     }
 
     /// Write the buffer, then run `sql` (a statement that must see the
-    /// transaction's effects so far).
-    pub(super) fn direct(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<postgres::Row>, StoreError> {
-        self.flush()?;
-        self.query(sql, params)
+    /// transaction's effects so far): one pipeline. Its rows.
+    pub(super) fn direct(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
+        let mut answers = self.run_after_writes(&[Call::rows(sql, params)])?;
+        Ok(answers.pop().map(|a| a.rows).unwrap_or_default())
     }
 
     /// [`Conn::direct`], returning the rows changed.
-    pub(super) fn direct_exec(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        self.flush()?;
-        self.execute(sql, params)
-    }
-}
-
-impl Conn {
-    /// Load the devices of `users` (sorted, distinct) into the
-    /// transaction's cache: one statement.
-    fn prefetch_devices(&mut self, users: Vec<String>) -> Result<(), StoreError> {
-        let rows = self.query(
-            // A join, not `user_id = ANY($1)`: a scan comparing every row
-            // with the whole array cost ~20 ms a batch at 1,000 users.
-            "SELECT d.user_id, d.token, d.topic, d.environment
-             FROM unnest($1::TEXT[]) AS u(id) JOIN devices d ON d.user_id = u.id
-             ORDER BY d.added_ms, d.token",
-            &[&users],
-        )?;
-        let mut devices: HashMap<String, Vec<CachedDevice>> = users.into_iter().map(|u| (u, Vec::new())).collect();
-        for row in rows {
-            let user: String = row.get(0);
-            let d = CachedDevice {
-                token: super::ops::parse_token(row.get(1))?,
-                topic: row.get(2),
-                environment: super::ops::parse_env(row.get(3))?,
-            };
-            devices.entry(user).or_default().push(d);
-        }
-        self.tx.devices = devices;
-        Ok(())
+    pub(super) fn direct_exec(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let mut answers = self.run_after_writes(&[Call::exec(sql, params)])?;
+        Ok(answers.pop().map_or(0, |a| a.changed))
     }
 }
 
 impl PgDb {
-    /// BEGIN (reconnecting first if the connection was lost).
+    /// Start a transaction: its `BEGIN` goes out with the transaction's
+    /// first statements, in their pipeline (reconnecting first if the
+    /// connection was lost).
     pub fn begin(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         c.tx.clear();
-        let r = c.client()?.batch_execute("BEGIN");
-        c.check(r)?;
+        c.client()?;
         c.tx.open = true;
+        c.tx.unsent_begin = true;
         Ok(())
     }
 
-    /// Write the buffer and the counters, then COMMIT.
+    /// Write the buffer, the counters and the presence reports, and
+    /// COMMIT: one pipeline.
     pub fn commit(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
-        c.flush()?;
-        c.flush_unread()?;
-        c.flush_presence()?;
-        let r = c.client()?.batch_execute("COMMIT");
+        let mut writes = c.take_writes();
+        writes.extend(c.unread_write());
+        writes.extend(c.presence_writes()?);
+        if c.tx.unsent_begin && writes.is_empty() {
+            // Nothing was sent: there is nothing to commit.
+            c.tx.clear();
+            return Ok(());
+        }
+        let r = c.run_owned(&writes, &[Call::exec("COMMIT", &[])]);
         c.tx.clear();
-        c.check(r)
+        r.map(drop)
     }
 
     /// ROLLBACK; the buffer and caches are dropped.
     pub fn rollback(&self) {
         let mut c = self.conn();
+        let sent = !c.tx.unsent_begin;
         c.tx.clear();
-        if let Some(client) = c.client.as_mut().filter(|cl| !cl.is_closed()) {
+        if let Some(client) = c.client.as_mut().filter(|cl| sent && !cl.is_closed()) {
             let _ = client.batch_execute("ROLLBACK");
         }
-    }
-
-    /// Load the presence, devices and (locked) unread counters of the
-    /// users the batch's messages go to: three set-based statements for the
-    /// whole batch (presence only on a shared store).
-    pub(crate) fn prefetch(&self, batch: &[Command]) -> Result<(), StoreError> {
-        let mut users = Vec::new();
-        let mut counted = Vec::new();
-        for cmd in batch {
-            match cmd {
-                Command::Enqueue { job, .. } => {
-                    users.push(job.to.as_str().to_owned());
-                    if job.badge.is_none() {
-                        counted.push(job.to.as_str().to_owned());
-                    }
-                }
-                // Coming online resets the counter: locked here with the
-                // others, in one order, not by a statement of its own later
-                // (two gateways would then wait on each other in a cycle).
-                Command::Presence {
-                    user,
-                    presence: Presence::Online,
-                    ..
-                }
-                | Command::ResetUnread { user, .. } => counted.push(user.as_str().to_owned()),
-                _ => {}
-            }
-        }
-        self.prefetch_presence(batch)?;
-        if users.is_empty() && counted.is_empty() {
-            return Ok(());
-        }
-        users.sort_unstable();
-        users.dedup();
-        // Sorted: two gateways lock the counters in the same order.
-        counted.sort_unstable();
-        counted.dedup();
-        let mut c = self.conn();
-        c.flush()?;
-        if !users.is_empty() {
-            c.prefetch_devices(users)?;
-        }
-        if !counted.is_empty() {
-            let rows = c.query(
-                "INSERT INTO unread (user_id, count) SELECT u, 0 FROM unnest($1::TEXT[]) AS u
-                 ON CONFLICT (user_id) DO UPDATE SET count = unread.count
-                 RETURNING user_id, count",
-                &[&counted],
-            )?;
-            c.tx.unread = rows
-                .iter()
-                .map(|r| (r.get::<_, String>(0), (r.get(1), false)))
-                .collect();
-        }
-        Ok(())
     }
 
     /// The cached devices of `user`, if prefetched.

@@ -1,8 +1,7 @@
 //! PostgreSQL's side of [`crate::store::copy`]: rows read as a stream,
 //! written with one `unnest` insert per chunk.
 
-use postgres::fallible_iterator::FallibleIterator;
-use postgres::types::ToSql;
+use tokio_postgres::types::ToSql;
 
 use super::PgDb;
 use crate::store::copy::{Cell, Kind, Table};
@@ -42,9 +41,8 @@ impl PgDb {
         let order: Vec<&str> = t.order.split(", ").map(col).collect();
         let sql = format!("SELECT {} FROM {} ORDER BY {}", cols(t), t.name, order.join(", "));
         let mut c = self.conn();
-        let result = (|| {
-            let mut rows = c.client()?.query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())?;
-            while let Some(row) = rows.next()? {
+        let result = c.client().and_then(|client| {
+            client.for_each_row(&sql, |row| {
                 let cells = t
                     .cols
                     .iter()
@@ -54,10 +52,9 @@ impl PgDb {
                         Kind::Text => Cell::Text(row.get(i)),
                     })
                     .collect();
-                f(cells)?;
-            }
-            Ok(())
-        })();
+                f(cells)
+            })
+        });
         if let Err(StoreError::Postgres(e)) = &result {
             if e.as_db_error().is_none() {
                 c.lost();

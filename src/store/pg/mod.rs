@@ -27,8 +27,10 @@
 
 mod batch;
 pub mod claims;
+mod client;
 mod copy;
 mod ops;
+mod prefetch;
 mod presence;
 pub mod schema;
 
@@ -36,9 +38,10 @@ use std::cell::{RefCell, RefMut};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use postgres::config::Host;
-use postgres::{Client, Statement};
+use tokio_postgres::config::Host;
+use tokio_postgres::{Row, Statement};
 
+use self::client::{Answer, Blocking, Param, Step};
 use super::db::StoreError;
 use crate::config::StoreConfig;
 
@@ -54,7 +57,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Parse a `postgres://` URL (or key=value string) as the client does;
 /// the error says what is wrong. At least one host is required.
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e: postgres::Error| connect_reason(&e))?;
+    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| connect_reason(&e))?;
     if config.get_hosts().is_empty() {
         return Err("no host (postgres://user@host:port/dbname)".into());
     }
@@ -92,11 +95,11 @@ fn target(config: &tokio_postgres::Config) -> (String, u16) {
 
 /// The connection and the current transaction's state.
 pub(super) struct Conn {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     host: String,
     port: u16,
-    client: Option<Client>,
+    client: Option<Blocking>,
     /// Prepared statements of `client`, by their SQL.
     stmts: HashMap<&'static str, Statement>,
     /// Earliest next reconnection attempt, and the wait after that one.
@@ -162,7 +165,7 @@ impl Conn {
             port,
         } = Endpoint::of(config, "pushbridge")?;
         Ok(Conn {
-            config: config.into(),
+            config,
             tls,
             host,
             port,
@@ -248,17 +251,20 @@ impl Conn {
         format!("{}:{}", self.host, self.port)
     }
 
-    fn connect(&self) -> Result<Client, StoreError> {
-        self.config.connect(self.tls.clone()).map_err(|e| StoreError::Connect {
+    fn connect(&self) -> Result<Blocking, StoreError> {
+        Blocking::connect(&self.config, self.tls.clone()).map_err(|e| StoreError::Connect {
             host: self.host.clone(),
             port: self.port,
-            message: connect_reason(&e),
+            message: match e {
+                client::ConnectError::Postgres(e) => connect_reason(&e),
+                e => e.to_string(),
+            },
         })
     }
 
     /// The connection; reconnects when it was lost and the backoff allows.
-    pub(super) fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
+    fn client(&mut self) -> Result<&mut Blocking, StoreError> {
+        if self.client.as_ref().is_some_and(Blocking::is_closed) {
             self.lost();
         }
         if self.client.is_none() {
@@ -298,7 +304,7 @@ impl Conn {
 
     /// Turn a client error into a [`StoreError`]; an error that is not the
     /// server's answer (a closed socket, a timeout) drops the connection.
-    pub(super) fn check<T>(&mut self, r: Result<T, postgres::Error>) -> Result<T, StoreError> {
+    pub(super) fn check<T>(&mut self, r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
         r.map_err(|e| {
             if e.as_db_error().is_none() {
                 self.lost();
@@ -318,26 +324,45 @@ impl Conn {
         Ok(stmt)
     }
 
+    /// Run `calls` as one pipeline (one round trip), preceded by the
+    /// transaction's `BEGIN` when it has not been sent yet; their answers
+    /// in order, or the first error (see [`client`]).
+    fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Answer>, StoreError> {
+        let begin = self.tx.unsent_begin;
+        let mut steps = Vec::with_capacity(calls.len() + 1);
+        if begin {
+            steps.push(Step {
+                statement: self.prep("BEGIN")?,
+                params: &[],
+                rows: false,
+            });
+        }
+        for call in calls {
+            steps.push(Step {
+                statement: self.prep(call.sql)?,
+                params: call.params,
+                rows: call.rows,
+            });
+        }
+        let r = self.client()?.pipeline(&steps);
+        self.tx.unsent_begin = false;
+        let mut answers = self.check(r)?;
+        if begin {
+            answers.remove(0);
+        }
+        Ok(answers)
+    }
+
     /// Run a prepared statement; its rows.
-    pub(super) fn query(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<postgres::Row>, StoreError> {
-        let stmt = self.prep(sql)?;
-        let r = self.client()?.query(&stmt, params);
-        self.check(r)
+    pub(super) fn query(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<Vec<Row>, StoreError> {
+        let mut answers = self.run(&[Call::rows(sql, params)])?;
+        Ok(answers.pop().map(|a| a.rows).unwrap_or_default())
     }
 
     /// Run a prepared statement; how many rows it changed.
-    pub(super) fn execute(
-        &mut self,
-        sql: &'static str,
-        params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        let stmt = self.prep(sql)?;
-        let r = self.client()?.execute(&stmt, params);
-        self.check(r)
+    pub(super) fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, StoreError> {
+        let mut answers = self.run(&[Call::exec(sql, params)])?;
+        Ok(answers.pop().map_or(0, |a| a.changed))
     }
 
     /// A fresh outbox id (from the block taken from the sequence).
@@ -356,9 +381,9 @@ impl Conn {
 }
 
 impl Drop for Conn {
-    /// The blocking client closes its connection on drop, which must not
-    /// happen on an async runtime's thread (a gateway that fails to start
-    /// drops its store there): then it is closed on a thread of its own.
+    /// The client's runtime must not be dropped on an async runtime's
+    /// thread (a gateway that fails to start drops its store there): then
+    /// it is dropped, closing the connection, on a thread of its own.
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
@@ -370,8 +395,37 @@ impl Drop for Conn {
     }
 }
 
+/// A statement to run in a pipeline ([`Conn::run`]).
+#[derive(Clone, Copy)]
+pub(super) struct Call<'a> {
+    sql: &'static str,
+    params: &'a [Param<'a>],
+    /// Whether its rows are wanted (else only how many it changed).
+    rows: bool,
+}
+
+impl<'a> Call<'a> {
+    /// `sql` run for its rows.
+    pub(super) fn rows(sql: &'static str, params: &'a [Param<'a>]) -> Self {
+        Self {
+            sql,
+            params,
+            rows: true,
+        }
+    }
+
+    /// `sql` run for the number of rows it changed.
+    pub(super) fn exec(sql: &'static str, params: &'a [Param<'a>]) -> Self {
+        Self {
+            sql,
+            params,
+            rows: false,
+        }
+    }
+}
+
 /// Why connecting failed, in words (the client's error plus its cause).
-fn connect_reason(e: &postgres::Error) -> String {
+fn connect_reason(e: &tokio_postgres::Error) -> String {
     match std::error::Error::source(e) {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),

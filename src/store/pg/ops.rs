@@ -27,7 +27,11 @@ pub(super) fn parse_env(s: &str) -> Result<Environment, StoreError> {
 /// `token, environment, payload, expiration, priority, collapse_id,
 /// created_ms` in the columns from `first` on (as the outbox table has
 /// them). Errors: a token or environment the table should not hold.
-pub(super) fn notification_from(r: &postgres::Row, first: usize, app: Arc<str>) -> Result<Notification, StoreError> {
+pub(super) fn notification_from(
+    r: &tokio_postgres::Row,
+    first: usize,
+    app: Arc<str>,
+) -> Result<Notification, StoreError> {
     Ok(Notification {
         id: r.get(0),
         app,
@@ -143,10 +147,9 @@ impl PgDb {
     /// memory when prefetched: written at COMMIT).
     pub fn increment_unread(&self, user: &UserId) -> Result<u32, StoreError> {
         let mut c = self.conn();
-        if let Some((n, changed)) = c.tx.unread.get_mut(user.as_str()) {
-            *n += 1;
-            *changed = true;
-            return Ok(clamp_u32(*n));
+        if let Some(counter) = c.tx.unread.get_mut(user.as_str()) {
+            counter.count += 1;
+            return Ok(clamp_u32(counter.count));
         }
         let rows = c.direct(
             "INSERT INTO unread (user_id, count) VALUES ($1, 1)
@@ -159,8 +162,8 @@ impl PgDb {
     /// A user's unread counter.
     pub fn unread(&self, user: &UserId) -> Result<u32, StoreError> {
         let mut c = self.conn();
-        if let Some((n, _)) = c.tx.unread.get(user.as_str()) {
-            return Ok(clamp_u32(*n));
+        if let Some(counter) = c.tx.unread.get(user.as_str()) {
+            return Ok(clamp_u32(counter.count));
         }
         let rows = c.direct("SELECT count FROM unread WHERE user_id = $1", &[&user.as_str()])?;
         Ok(rows.first().map_or(0, |r| clamp_u32(r.get(0))))
@@ -169,8 +172,8 @@ impl PgDb {
     /// Reset a user's unread counter.
     pub fn reset_unread(&self, user: &UserId) -> Result<(), StoreError> {
         let mut c = self.conn();
-        if let Some(entry) = c.tx.unread.get_mut(user.as_str()) {
-            *entry = (0, true);
+        if let Some(counter) = c.tx.unread.get_mut(user.as_str()) {
+            counter.count = 0;
             return Ok(());
         }
         c.direct_exec("DELETE FROM unread WHERE user_id = $1", &[&user.as_str()])?;

@@ -11,16 +11,20 @@
 //! Set-based like the rest of the batch: [`PgDb::prefetch`] reads the
 //! presence of every user the batch's messages and reports concern in one
 //! statement; reports are written at COMMIT with one statement per kind
-//! (online/away rows upserted, offline rows deleted).
+//! (online/away rows upserted, offline rows deleted), in the COMMIT's
+//! pipeline.
 
 use pushbridge_api::{Presence, UserId};
+use tokio_postgres::Row;
 
+use super::batch::Owned;
 use super::{Conn, PgDb};
 use crate::store::command::Command;
 use crate::store::db::StoreError;
 
-/// Presence rows of `$1`'s users whose reporting gateway is alive.
-const LIVE_PRESENCE: &str = "SELECT p.user_id, p.presence FROM unnest($1::TEXT[]) AS u(id)
+/// Presence rows of `$1`'s users whose reporting gateway is alive (`$2`
+/// the lease in milliseconds).
+pub(super) const LIVE_PRESENCE: &str = "SELECT p.user_id, p.presence FROM unnest($1::TEXT[]) AS u(id)
      JOIN presence p ON p.user_id = u.id
      JOIN gateways g ON g.id = p.gateway
         AND g.heartbeat >= clock_timestamp() - $2::BIGINT * interval '1 millisecond'";
@@ -37,12 +41,31 @@ fn as_str(p: Presence) -> &'static str {
     }
 }
 
+const UPSERT_PRESENCE: &str = "INSERT INTO presence (user_id, presence, gateway)
+     SELECT u, p, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS v(u, p)
+     ON CONFLICT (user_id) DO UPDATE SET presence = excluded.presence, gateway = excluded.gateway";
+const DELETE_PRESENCE: &str = "DELETE FROM presence USING unnest($1::TEXT[]) AS u(id) WHERE presence.user_id = u.id";
+
+/// The users of the batch's presence reports and of its messages that
+/// respect presence: sorted, distinct.
+pub(super) fn users_of(batch: &[Command]) -> Vec<String> {
+    let mut users: Vec<String> = batch
+        .iter()
+        .filter_map(|cmd| match cmd {
+            Command::Enqueue { job, .. } if job.respect_presence => Some(job.to.as_str().to_owned()),
+            Command::Presence { user, .. } => Some(user.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
 impl Conn {
-    /// Read the presence of `users` into the transaction's cache (absent
-    /// or dead: offline).
-    fn load_presence(&mut self, users: Vec<String>) -> Result<(), StoreError> {
-        let lease_ms = self.lease_ms();
-        let rows = self.query(LIVE_PRESENCE, &[&users, &lease_ms])?;
+    /// Cache the presence of `users` from the rows of [`LIVE_PRESENCE`]
+    /// (absent or dead: offline).
+    pub(super) fn cache_presence(&mut self, users: Vec<String>, rows: Vec<Row>) -> Result<(), StoreError> {
         for u in users {
             self.tx.presence.entry(u).or_insert(Presence::Offline);
         }
@@ -52,10 +75,18 @@ impl Conn {
         Ok(())
     }
 
-    /// Write the transaction's presence reports.
-    pub(super) fn flush_presence(&mut self) -> Result<(), StoreError> {
+    /// Read the presence of `users` into the transaction's cache.
+    fn load_presence(&mut self, users: Vec<String>) -> Result<(), StoreError> {
+        let lease_ms = self.lease_ms();
+        let rows = self.query(LIVE_PRESENCE, &[&users, &lease_ms])?;
+        self.cache_presence(users, rows)
+    }
+
+    /// The transaction's presence reports as statements (taken from the
+    /// buffer). Error: reports outside a gateway (the CLI has none).
+    pub(super) fn presence_writes(&mut self) -> Result<Vec<Owned>, StoreError> {
         if self.tx.presence_writes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut writes: Vec<(String, Presence)> = self.tx.presence_writes.drain().collect();
         // Sorted: two gateways lock the rows in the same order.
@@ -73,44 +104,21 @@ impl Conn {
         let gateway = self
             .gateway
             .ok_or_else(|| StoreError::Corrupt("presence reported outside a gateway".into()))?;
+        let mut statements = Vec::new();
         if !users.is_empty() {
-            self.execute(
-                "INSERT INTO presence (user_id, presence, gateway)
-                 SELECT u, p, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS v(u, p)
-                 ON CONFLICT (user_id) DO UPDATE SET presence = excluded.presence, gateway = excluded.gateway",
-                &[&users, &states, &gateway],
-            )?;
+            statements.push(Owned::new(
+                UPSERT_PRESENCE,
+                vec![Box::new(users), Box::new(states), Box::new(gateway)],
+            ));
         }
         if !gone.is_empty() {
-            self.execute(
-                "DELETE FROM presence USING unnest($1::TEXT[]) AS u(id) WHERE presence.user_id = u.id",
-                &[&gone],
-            )?;
+            statements.push(Owned::new(DELETE_PRESENCE, vec![Box::new(gone)]));
         }
-        Ok(())
+        Ok(statements)
     }
 }
 
 impl PgDb {
-    /// Prefetch the presence of the users of the batch's presence reports
-    /// and of its messages that respect presence (one statement).
-    pub(super) fn prefetch_presence(&self, batch: &[Command]) -> Result<(), StoreError> {
-        let mut users: Vec<String> = batch
-            .iter()
-            .filter_map(|cmd| match cmd {
-                Command::Enqueue { job, .. } if job.respect_presence => Some(job.to.as_str().to_owned()),
-                Command::Presence { user, .. } => Some(user.as_str().to_owned()),
-                _ => None,
-            })
-            .collect();
-        if users.is_empty() {
-            return Ok(());
-        }
-        users.sort_unstable();
-        users.dedup();
-        self.conn().load_presence(users)
-    }
-
     /// `user`'s presence as this transaction sees it (a report of a dead
     /// gateway: offline).
     pub fn presence_of(&self, user: &UserId) -> Result<Presence, StoreError> {
@@ -133,7 +141,8 @@ impl PgDb {
         c.tx.presence.insert(user.as_str().to_owned(), presence);
         c.tx.presence_writes.insert(user.as_str().to_owned(), presence);
         if !c.tx.open {
-            c.flush_presence()?;
+            let writes = c.presence_writes()?;
+            c.run_owned(&writes, &[])?;
             c.tx.presence.clear();
         }
         Ok(())

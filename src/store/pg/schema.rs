@@ -118,15 +118,14 @@ fn apply(conn: &mut Conn) -> Result<(), StoreError> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let v = i as i64 + 1;
-        let client = conn.client()?;
-        let r = client.transaction().and_then(|mut tx| {
-            tx.batch_execute(sql)?;
-            tx.execute(
+        let now = now_ms();
+        let r = conn.client()?.transaction(&[
+            (sql, &[]),
+            (
                 "INSERT INTO pushbridge_schema (version, applied_ms) VALUES ($1, $2)",
-                &[&v, &now_ms()],
-            )?;
-            tx.commit()
-        });
+                &[&v, &now],
+            ),
+        ]);
         conn.check(r)?;
         tracing::info!(version = v, "PostgreSQL schema migrated");
     }
