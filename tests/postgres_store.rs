@@ -194,3 +194,37 @@ async fn a_statement_failing_in_the_commit_pipeline_refuses_the_batch() {
     assert_eq!(p[1]["payload"]["aps"]["badge"], 1);
     gw.assert_pushes_stay(2);
 }
+
+/// The outbox is a queue: nearly empty, yet full of dead rows until a
+/// vacuum. The store's statements reach its rows by index; a sequential
+/// scan per batch (the plan PostgreSQL caches for a small table) reads
+/// every dead row and slows each batch down as the table grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_reach_outbox_rows_by_index_not_by_scanning_the_table() {
+    let Some(b) = Backend::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
+    let Backend::Postgres(pg) = &b else { unreachable!() };
+    let mut c = gw.client().await;
+    assert_eq!(c.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
+    // Bursts: each batch's outbox delete carries many ids (the shape of a
+    // busy gateway, where PostgreSQL's cached plan was a table scan).
+    const BURSTS: usize = 40;
+    const BURST: usize = 50;
+    const N: usize = BURSTS * BURST;
+    for b in 0..BURSTS {
+        let lines: Vec<String> = (0..BURST).map(|i| format!("MSG bob alice m{b}.{i}")).collect();
+        c.pipeline(&lines, "OK 1").await;
+        gw.wait_pushes((b + 1) * BURST);
+    }
+    // Table statistics reach the view within a second or so.
+    pg.wait_for(
+        "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'outbox'",
+        &N.to_string(),
+    );
+    let scans: usize = pg
+        .psql("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'outbox'")
+        .parse()
+        .unwrap();
+    assert!(scans < 20, "{scans} sequential scans of the outbox for {BURSTS} bursts");
+}
