@@ -239,11 +239,12 @@ impl Db {
         }
     }
 
-    /// Heartbeat this gateway (PostgreSQL).
-    pub fn heartbeat(&self) -> Result<(), StoreError> {
+    /// Heartbeat this gateway (PostgreSQL); whether rows of `topics`
+    /// wait to be taken over ([`Db::take_over`]).
+    pub fn heartbeat(&self, topics: &[String]) -> Result<bool, StoreError> {
         match self {
-            Db::Sqlite(_) => Ok(()),
-            Db::Postgres(d) => d.heartbeat(),
+            Db::Sqlite(_) => Ok(false),
+            Db::Postgres(d) => d.heartbeat(topics),
         }
     }
 

@@ -122,12 +122,15 @@ impl PgDb {
 
     /// Stamp this gateway's row with the server's clock (recreating it if
     /// it was deleted meanwhile), then forget gateways dead for long that
-    /// hold nothing, with the presence they reported: one transaction, one
-    /// pipeline (one round trip: the store thread waits for it).
-    pub fn heartbeat(&self) -> Result<(), StoreError> {
+    /// hold nothing, with the presence they reported; and say whether rows
+    /// of `topics` wait to be taken over ([`PgDb::take_over`]): unclaimed,
+    /// or held by a dead gateway. One transaction and one lock-free read,
+    /// one pipeline: one round trip, which the store thread waits for.
+    pub fn heartbeat(&self, topics: &[String]) -> Result<bool, StoreError> {
         let mut c = self.conn();
-        let Some(id) = c.gateway else { return Ok(()) };
+        let Some(me) = c.gateway else { return Ok(false) };
         let forget_ms = c.lease_ms().saturating_mul(FORGET_AFTER_LEASES);
+        let lease_ms = c.lease_ms();
         let r = c.run(&[
             Call::exec("BEGIN", &[]),
             // Not worth a wait for the disk: a heartbeat lost with a crash
@@ -138,7 +141,7 @@ impl PgDb {
             Call::exec(
                 "INSERT INTO gateways (id, started, heartbeat) VALUES ($1, clock_timestamp(), clock_timestamp())
                  ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat",
-                &[&id],
+                &[&me],
             ),
             Call::exec(
                 "WITH gone AS (
@@ -150,33 +153,34 @@ impl PgDb {
                 &[&forget_ms],
             ),
             Call::exec("COMMIT", &[]),
+            Call::rows(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE claimed_by IS NULL AND topic = ANY($2))
+                    OR EXISTS (SELECT 1 FROM gateways g JOIN outbox o ON o.claimed_by = g.id
+                               WHERE g.id <> $1 AND o.topic = ANY($2)
+                               AND g.heartbeat < clock_timestamp() - $3::BIGINT * interval '1 millisecond')",
+                &[&me, &topics, &lease_ms],
+            ),
         ]);
-        if r.is_err() {
-            c.rollback_own();
+        match r {
+            Ok(answers) => Ok(answers
+                .last()
+                .and_then(|a| a.rows.first())
+                .is_some_and(|row| row.get::<_, bool>(0))),
+            Err(e) => {
+                c.rollback_own();
+                Err(e)
+            }
         }
-        r.map(drop)
     }
 
     /// Take over up to `limit` rows of `topics` that are unclaimed or held
     /// by a dead gateway, oldest first, renumbered for this gateway (see
-    /// the module's doc). Nothing for the CLI.
+    /// the module's doc); called when [`PgDb::heartbeat`] saw some. Nothing
+    /// for the CLI.
     pub fn take_over(&self, topics: &[String], limit: i64) -> Result<Vec<Taken>, StoreError> {
         let mut c = self.conn();
         let Some(me) = c.gateway else { return Ok(Vec::new()) };
         let lease_ms = c.lease_ms();
-        // Mostly there is nothing to take: then one statement, without a
-        // transaction or locks, says so (the store thread waits for it
-        // every second).
-        let anything = c.query(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE claimed_by IS NULL AND topic = ANY($2))
-                OR EXISTS (SELECT 1 FROM gateways g JOIN outbox o ON o.claimed_by = g.id
-                           WHERE g.id <> $1 AND o.topic = ANY($2)
-                           AND g.heartbeat < clock_timestamp() - $3::BIGINT * interval '1 millisecond')",
-            &[&me, &topics, &lease_ms],
-        )?;
-        if !anything.first().is_some_and(|r| r.get::<_, bool>(0)) {
-            return Ok(Vec::new());
-        }
         let mut taken = c.in_tx(|c| {
             let dead: Vec<i64> = c
                 .query(

@@ -53,22 +53,26 @@ impl Writer {
             return;
         }
         self.maintained_at = Some(now);
-        if let Err(e) = self.db.heartbeat() {
-            log_failure!(
-                self.heartbeat_errors,
-                error = %e,
-                "cannot heartbeat; taking over nothing until it works again"
-            );
-            return;
-        }
+        let topics = self.feed.topics();
+        let takeable = match self.db.heartbeat(&topics) {
+            Ok(takeable) => takeable,
+            Err(e) => {
+                log_failure!(
+                    self.heartbeat_errors,
+                    error = %e,
+                    "cannot heartbeat; taking over nothing until it works again"
+                );
+                return;
+            }
+        };
         let failures = self.heartbeat_errors.succeeded();
         if failures > 0 {
             tracing::info!(failures, "heartbeats work again");
         }
-        if holding {
+        if holding || !takeable {
             return;
         }
-        let taken = match self.db.take_over(&self.feed.topics(), TAKEOVER_BATCH) {
+        let taken = match self.db.take_over(&topics, TAKEOVER_BATCH) {
             Ok(t) => {
                 self.takeover_errors.succeeded();
                 t
