@@ -219,16 +219,15 @@ impl PgDb {
     pub fn outbox_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = self
             .conn()
-            .direct("SELECT topic, count(*) FROM outbox GROUP BY topic ORDER BY topic", &[])?;
+            .whole_table("SELECT topic, count(*) FROM outbox GROUP BY topic ORDER BY topic")?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Every app's outbox depth and oldest entry.
     pub fn outbox_stats(&self) -> Result<Vec<AppOutbox>, StoreError> {
-        let rows = self.conn().direct(
-            "SELECT topic, count(*), min(created_ms) FROM outbox GROUP BY topic ORDER BY topic",
-            &[],
-        )?;
+        let rows = self
+            .conn()
+            .whole_table("SELECT topic, count(*), min(created_ms) FROM outbox GROUP BY topic ORDER BY topic")?;
         Ok(rows
             .iter()
             .map(|r| AppOutbox {
