@@ -1,6 +1,7 @@
 //! `pushbridge store copy` against a real SQLite file and a real
 //! PostgreSQL cluster: SQLite → PostgreSQL → SQLite keeps every row of
-//! every table; a non-empty target is refused without `--force`.
+//! every table; a non-empty target is refused without `--force`; a copy
+//! that fails midway leaves the target as it was.
 
 mod harness;
 
@@ -154,4 +155,36 @@ fn sqlite_to_postgres_and_back_keeps_every_row() {
     assert_eq!(dump(&back), before);
     let (ok, _, err) = pushbridge(&["store", "copy", "--from", "/nonexistent/x.db", "--to", &url]);
     assert!(!ok && err.contains("/nonexistent/x.db"), "{err}");
+}
+
+#[test]
+fn a_copy_failing_midway_leaves_the_postgresql_target_as_it_was() {
+    let Some(b) = Backend::postgres() else { return };
+    let Backend::Postgres(pg) = &b else { unreachable!() };
+    let dir = tempfile::tempdir().unwrap();
+    let source = populate(dir.path());
+    let url = pg.url();
+    let copy = |force: bool| {
+        let mut args = vec!["store", "copy", "--from", source.to_str().unwrap(), "--to", &url];
+        if force {
+            args.push("--force");
+        }
+        pushbridge(&args)
+    };
+    let (ok, _, err) = copy(false);
+    assert!(ok, "{err}");
+    // The target now holds the copy; a forced copy whose writes fail after
+    // the devices (refused by a trigger on the outbox) must not leave it
+    // cleared or half filled.
+    pg.psql(
+        "DELETE FROM devices WHERE user_id <> 'line:usér0';
+         CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION refuse()",
+    );
+    let (ok, _, err) = copy(true);
+    assert!(!ok, "the copy should fail: {err}");
+    assert!(err.contains("refused by the test"), "{err}");
+    assert_eq!(pg.psql("SELECT count(*) FROM devices"), "1", "devices were replaced");
+    assert_eq!(pg.psql("SELECT count(*) FROM unread"), "50");
+    assert_eq!(pg.psql("SELECT count(*) FROM outbox"), OUTBOX_ROWS.to_string());
 }

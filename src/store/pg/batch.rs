@@ -58,6 +58,8 @@ pub(super) struct Tx {
     /// `BEGIN` is still to be sent, with the transaction's first
     /// statements ([`Conn::run`]).
     pub unsent_begin: bool,
+    /// The connection (its generation) the open transaction began on.
+    pub began_on: Option<u64>,
     inserts: Vec<OutboxRow>,
     deletes: Vec<i64>,
     /// Prefetched users' devices, in `devices_of` order.
@@ -76,6 +78,7 @@ impl Tx {
     fn clear(&mut self) {
         self.open = false;
         self.unsent_begin = false;
+        self.began_on = None;
         self.inserts.clear();
         self.deletes.clear();
         self.devices.clear();
@@ -103,12 +106,12 @@ const WRITE_UNREAD: &str = "WITH v AS (SELECT * FROM unnest($1::TEXT[], $2::BIGI
 
 /// A statement with parameters it owns (built from the transaction's
 /// buffer, which it empties).
-pub(super) struct Owned {
+pub(super) struct OwnedStatement {
     sql: &'static str,
     params: Vec<Box<dyn ToSql + Sync>>,
 }
 
-impl Owned {
+impl OwnedStatement {
     pub(super) fn new(sql: &'static str, params: Vec<Box<dyn ToSql + Sync>>) -> Self {
         Self { sql, params }
     }
@@ -116,7 +119,7 @@ impl Owned {
 
 /// The statement writing `rows` (claimed by `gateway`), moving their
 /// columns into arrays.
-fn insert_rows(rows: Vec<OutboxRow>, gateway: Option<i64>) -> Owned {
+fn insert_rows(rows: Vec<OutboxRow>, gateway: Option<i64>) -> OwnedStatement {
     let n = rows.len();
     let (mut ids, mut topics, mut tokens, mut envs) = (
         Vec::with_capacity(n),
@@ -137,7 +140,7 @@ fn insert_rows(rows: Vec<OutboxRow>, gateway: Option<i64>) -> Owned {
         collapse.push(r.collapse_id);
         created.push(r.created_ms);
     }
-    Owned::new(
+    OwnedStatement::new(
         INSERT_OUTBOX,
         vec![
             Box::new(ids),
@@ -163,7 +166,11 @@ impl Conn {
     }
 
     /// Run `owned` then `calls` in one pipeline; the answers of `calls`.
-    pub(super) fn run_owned(&mut self, owned: &[Owned], calls: &[Call<'_>]) -> Result<Vec<Answer>, StoreError> {
+    pub(super) fn run_owned(
+        &mut self,
+        owned: &[OwnedStatement],
+        calls: &[Call<'_>],
+    ) -> Result<Vec<Answer>, StoreError> {
         let params: Vec<Vec<Param<'_>>> = owned
             .iter()
             .map(|o| o.params.iter().map(|p| p.as_ref() as Param<'_>).collect())
@@ -181,7 +188,7 @@ impl Conn {
 
     /// The buffered outbox rows and deletes as statements (at most one
     /// each), taken from the buffer.
-    fn take_writes(&mut self) -> Vec<Owned> {
+    fn take_writes(&mut self) -> Vec<OwnedStatement> {
         let mut writes = Vec::new();
         let inserts = std::mem::take(&mut self.tx.inserts);
         if !inserts.is_empty() {
@@ -189,14 +196,14 @@ impl Conn {
         }
         let deletes = std::mem::take(&mut self.tx.deletes);
         if !deletes.is_empty() {
-            writes.push(Owned::new(DELETE_OUTBOX, vec![Box::new(deletes)]));
+            writes.push(OwnedStatement::new(DELETE_OUTBOX, vec![Box::new(deletes)]));
         }
         writes
     }
 
     /// The prefetched counters the transaction leaves other than stored,
     /// and the zero ones (removed).
-    fn unread_write(&mut self) -> Option<Owned> {
+    fn unread_write(&mut self) -> Option<OwnedStatement> {
         let (users, counts): (Vec<String>, Vec<i64>) = self
             .tx
             .unread
@@ -207,7 +214,10 @@ impl Conn {
         if users.is_empty() {
             return None;
         }
-        Some(Owned::new(WRITE_UNREAD, vec![Box::new(users), Box::new(counts)]))
+        Some(OwnedStatement::new(
+            WRITE_UNREAD,
+            vec![Box::new(users), Box::new(counts)],
+        ))
     }
 
     /// Buffer an outbox row; its id.
@@ -247,24 +257,28 @@ impl Conn {
     }
 
     /// Run `sql`, which reads a whole table, with sequential scans allowed
-    /// (the session penalises them, see [`Conn::new`]): a parallel scan
-    /// reads 200,000 outbox rows in half the time of the plan chosen
-    /// without. In a transaction of its own when none is open (the setting
-    /// lasts for it only); inside one, as [`Conn::direct`].
+    /// (the session penalises them, see [`super::SESSION`]): a parallel
+    /// scan reads 200,000 outbox rows in half the time of the plan chosen
+    /// without. In a transaction of its own (the setting lasts for it
+    /// only); inside the writer's, the setting is put back after it.
     pub(super) fn whole_table(&mut self, sql: &'static str) -> Result<Vec<Row>, StoreError> {
-        if self.tx.open {
-            return self.direct(sql, &[]);
+        const ALLOW: &str = "SET LOCAL enable_seqscan TO on";
+        const PENALISE: &str = "SET LOCAL enable_seqscan TO off";
+        let own = !self.tx.open;
+        let mut calls = Vec::with_capacity(4);
+        calls.push(Call::exec(if own { "BEGIN" } else { ALLOW }, &[]));
+        if own {
+            calls.push(Call::exec(ALLOW, &[]));
         }
-        let r = self.run_after_writes(&[
-            Call::exec("BEGIN", &[]),
-            Call::exec("SET LOCAL enable_seqscan TO on", &[]),
-            Call::rows(sql, &[]),
-            Call::exec("COMMIT", &[]),
-        ]);
-        match r {
-            Ok(answers) => Ok(answers.into_iter().nth(2).map(|a| a.rows).unwrap_or_default()),
+        calls.push(Call::rows(sql, &[]));
+        calls.push(Call::exec(if own { "COMMIT" } else { PENALISE }, &[]));
+        let rows_at = calls.len() - 2;
+        match self.run_after_writes(&calls) {
+            Ok(answers) => Ok(answers.into_iter().nth(rows_at).map(|a| a.rows).unwrap_or_default()),
             Err(e) => {
-                self.rollback_own();
+                if own {
+                    self.rollback_own();
+                }
                 Err(e)
             }
         }

@@ -19,8 +19,8 @@
 //!   so two live gateways never take the same row, and renumbers them with
 //!   ids from this gateway's block: the feed hands out each gateway's rows
 //!   in id order, and the taken rows then come after everything it already
-//!   holds. A takeover runs only right after a successful heartbeat: a
-//!   gateway cut off from the database takes nothing.
+//!   holds. A takeover runs only right after a successful heartbeat that
+//!   saw rows to take: a gateway cut off from the database takes nothing.
 //! - **Release.** A clean shutdown unclaims what is left
 //!   ([`PgDb::release_claims`]) and marks itself dead (its heartbeat
 //!   set a lease back; the row goes with the clean-up of long-dead
@@ -64,12 +64,12 @@ impl Conn {
 
     /// Run `f` in a transaction of its own (outside the writer's batches).
     fn in_tx<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let r = self.client()?.batch_execute("BEGIN");
-        self.check(r)?;
-        let result = f(self).and_then(|v| {
-            let r = self.client()?.batch_execute("COMMIT");
-            self.check(r).map(|_| v)
-        });
+        debug_assert!(!self.tx.open, "a transaction of its own inside the writer's");
+        self.run(&[Call::exec("BEGIN", &[])])?;
+        // Its statements fail rather than go on after a reconnection.
+        self.tx.began_on = Some(self.generation);
+        let result = f(self).and_then(|v| self.run(&[Call::exec("COMMIT", &[])]).map(|_| v));
+        self.tx.began_on = None;
         if result.is_err() {
             self.rollback_own();
         }
@@ -124,8 +124,8 @@ impl PgDb {
     /// it was deleted meanwhile), then forget gateways dead for long that
     /// hold nothing, with the presence they reported; and say whether rows
     /// of `topics` wait to be taken over ([`PgDb::take_over`]): unclaimed,
-    /// or held by a dead gateway. One transaction and one lock-free read,
-    /// one pipeline: one round trip, which the store thread waits for.
+    /// or held by a dead gateway (a read without locks). One transaction
+    /// in one pipeline: one round trip, which the store thread waits for.
     pub fn heartbeat(&self, topics: &[String]) -> Result<bool, StoreError> {
         let mut c = self.conn();
         let Some(me) = c.gateway else { return Ok(false) };
@@ -143,16 +143,20 @@ impl PgDb {
                  ON CONFLICT (id) DO UPDATE SET heartbeat = excluded.heartbeat",
                 &[&me],
             ),
+            // When gateways are forgotten, so is the presence of gateways
+            // that no longer exist (theirs, and any left before).
             Call::exec(
                 "WITH gone AS (
                     DELETE FROM gateways g
                     WHERE g.heartbeat < clock_timestamp() - $1::BIGINT * interval '1 millisecond'
                     AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.claimed_by = g.id)
                     RETURNING g.id)
-                 DELETE FROM presence p USING gone WHERE p.gateway = gone.id",
+                 DELETE FROM presence p WHERE EXISTS (SELECT 1 FROM gone)
+                    AND (p.gateway IN (SELECT id FROM gone)
+                         OR NOT EXISTS (SELECT 1 FROM gateways g WHERE g.id = p.gateway))",
                 &[&forget_ms],
             ),
-            Call::exec("COMMIT", &[]),
+            // Read in the transaction: one outcome for the whole heartbeat.
             Call::rows(
                 "SELECT EXISTS (SELECT 1 FROM outbox WHERE claimed_by IS NULL AND topic = ANY($2))
                     OR EXISTS (SELECT 1 FROM gateways g JOIN outbox o ON o.claimed_by = g.id
@@ -160,10 +164,11 @@ impl PgDb {
                                AND g.heartbeat < clock_timestamp() - $3::BIGINT * interval '1 millisecond')",
                 &[&me, &topics, &lease_ms],
             ),
+            Call::exec("COMMIT", &[]),
         ]);
         match r {
             Ok(answers) => Ok(answers
-                .last()
+                .get(4)
                 .and_then(|a| a.rows.first())
                 .is_some_and(|row| row.get::<_, bool>(0))),
             Err(e) => {

@@ -13,17 +13,22 @@
 //! after it in the pipeline fail too (SQLSTATE 25P02), and a pipelined
 //! `COMMIT` then answers `ROLLBACK` without an error. [`Blocking::pipeline`]
 //! therefore returns the first error of the pipeline, never a partial
-//! success.
+//! success of a transaction; and a step that fails before it is sent (its
+//! parameters cannot be encoded) stops the steps after it from being sent
+//! at all. Outside `BEGIN` … `COMMIT` each statement applies on its own.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
 
 use futures::future::{maybe_done, MaybeDone};
-use futures::StreamExt;
+use futures::{poll, StreamExt};
 use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Error, Row, Statement};
+
+/// How long [`Blocking::close`] waits for the goodbye to go out.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A parameter of a statement.
 pub(super) type Param<'a> = &'a (dyn ToSql + Sync);
@@ -47,9 +52,13 @@ pub(super) struct Answer {
 type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<Answer, Error>> + 'a>>;
 
 /// A connection with the runtime that drives it (see the module doc).
+/// Dropped, it ends without saying goodbye to the server; [`Blocking::close`]
+/// does.
 pub(super) struct Blocking {
-    rt: Runtime,
     client: Client,
+    /// The connection's task (it sends `Terminate` once `client` is gone).
+    connection: tokio::task::JoinHandle<()>,
+    rt: Runtime,
 }
 
 impl Blocking {
@@ -65,12 +74,30 @@ impl Blocking {
             .map_err(ConnectError::Runtime)?;
         let (client, connection) = rt.block_on(config.connect(tls)).map_err(ConnectError::Postgres)?;
         // Driven whenever the runtime runs, that is while a call waits.
-        rt.spawn(async move {
+        let connection = rt.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
             }
         });
-        Ok(Self { rt, client })
+        Ok(Self { client, connection, rt })
+    }
+
+    /// End the session: the server gets `Terminate` (waiting at most
+    /// [`CLOSE_WAIT`]). Not on an async runtime's thread (use
+    /// [`Blocking::abandon`] there).
+    pub fn close(self) {
+        let Blocking { client, connection, rt } = self;
+        drop(client);
+        // The timer is made inside the runtime (its timer is that runtime's).
+        let _ = rt.block_on(async move { tokio::time::timeout(CLOSE_WAIT, connection).await });
+    }
+
+    /// Drop the connection from an async runtime's thread, where waiting
+    /// (and dropping a runtime) is not allowed: the socket just closes.
+    pub fn abandon(self) {
+        let Blocking { client, rt, .. } = self;
+        drop(client);
+        rt.shutdown_background();
     }
 
     /// Whether the connection is gone (the server closed it, or an I/O
@@ -101,8 +128,9 @@ impl Blocking {
         self.rt.block_on(self.client.execute(sql, params))
     }
 
-    /// Run `statements` in one transaction of their own (simple protocol,
-    /// then `COMMIT`; `ROLLBACK` when one fails).
+    /// Run `statements` in one transaction of their own, then `COMMIT`
+    /// (`ROLLBACK` when one fails): each by the simple query protocol when
+    /// it has no parameters, else prepared.
     pub fn transaction(&mut self, statements: &[(&str, &[Param<'_>])]) -> Result<(), Error> {
         self.rt.block_on(async {
             let tx = self.client.transaction().await?;
@@ -135,8 +163,8 @@ impl Blocking {
     }
 
     /// Send every step before reading any answer (one round trip), then
-    /// wait for all of them. The answers in step order, or the first error
-    /// (in step order) when any step failed.
+    /// wait for all of them. The answers in step order (one per step), or
+    /// the first error (in step order) when any step failed.
     pub fn pipeline(&mut self, steps: &[Step<'_>]) -> Result<Vec<Answer>, Error> {
         let client = &self.client;
         let futures: Vec<StepFuture<'_>> = steps
@@ -161,23 +189,38 @@ impl Blocking {
                 }
             })
             .collect();
-        // Polled in step order every time (not `join_all`, which does not
-        // promise an order): `BEGIN` must go first and `COMMIT` last.
         let mut slots: Vec<MaybeDone<StepFuture<'_>>> = futures.into_iter().map(maybe_done).collect();
-        self.rt.block_on(poll_fn(|cx| {
-            let mut done = true;
+        self.rt.block_on(async {
+            // The first poll of a step sends it; one that is done at once
+            // failed before being sent: the steps after it are not sent.
+            let mut sent = 0;
             for slot in &mut slots {
-                done &= Pin::new(slot).poll(cx).is_ready();
+                let _ = poll!(Pin::new(&mut *slot));
+                sent += 1;
+                if matches!(slot, MaybeDone::Done(Err(_))) {
+                    break;
+                }
             }
-            if done {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }));
+            slots.truncate(sent);
+            // Then all, in step order every time (not `join_all`, which
+            // does not promise an order).
+            poll_fn(|cx| {
+                let mut done = true;
+                for slot in &mut slots {
+                    done &= Pin::new(slot).poll(cx).is_ready();
+                }
+                if done {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await
+        });
+        // Every slot is done: each gives its output once.
         slots
             .iter_mut()
-            .map(|slot| Pin::new(slot).take_output().unwrap_or_else(|| Ok(Answer::default())))
+            .filter_map(|slot| Pin::new(slot).take_output())
             .collect()
     }
 }

@@ -23,13 +23,15 @@ fn cols(t: &Table) -> String {
 impl PgDb {
     pub(crate) fn count_rows(&self, t: &Table) -> Result<i64, StoreError> {
         let mut c = self.conn();
-        let r = c.client()?.query_one(&format!("SELECT count(*) FROM {}", t.name), &[]);
+        let r = c
+            .tx_client()?
+            .query_one(&format!("SELECT count(*) FROM {}", t.name), &[]);
         Ok(c.check(r)?.get(0))
     }
 
     pub(crate) fn clear_rows(&self, t: &Table) -> Result<(), StoreError> {
         let mut c = self.conn();
-        let r = c.client()?.batch_execute(&format!("DELETE FROM {}", t.name));
+        let r = c.tx_client()?.batch_execute(&format!("DELETE FROM {}", t.name));
         c.check(r)
     }
 
@@ -41,7 +43,7 @@ impl PgDb {
         let order: Vec<&str> = t.order.split(", ").map(col).collect();
         let sql = format!("SELECT {} FROM {} ORDER BY {}", cols(t), t.name, order.join(", "));
         let mut c = self.conn();
-        let result = c.client().and_then(|client| {
+        let result = c.tx_client().and_then(|client| {
             client.for_each_row(&sql, |row| {
                 let cells = t
                     .cols
@@ -95,7 +97,7 @@ impl PgDb {
         );
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
         let mut c = self.conn();
-        let r = c.client()?.execute(&sql, &refs);
+        let r = c.tx_client()?.execute(&sql, &refs);
         c.check(r).map(|_| ())
     }
 
@@ -104,7 +106,7 @@ impl PgDb {
         let mut c = self.conn();
         c.ids.clear();
         let r = c
-            .client()?
+            .tx_client()?
             .batch_execute("SELECT setval('outbox_id_seq', GREATEST((SELECT max(id) FROM outbox), 1))");
         c.check(r)
     }

@@ -2,28 +2,37 @@
 //!
 //! Same promises as SQLite: the writer loop drives it (one transaction per
 //! batch, answers only after COMMIT), but a round trip to a server costs
-//! what an in-process call does not, so a batch never pays one per message:
+//! what an in-process call does not, so a batch never pays one per message,
+//! and its statements are pipelined ([`client`]): it waits for the server
+//! twice.
+//! - `BEGIN` is not sent on its own: it goes with the transaction's first
+//!   statements.
 //! - [`PgDb::prefetch`] loads the devices, unread counters and presence
 //!   of every user the batch's messages go to in three set-based
-//!   statements (the counters by one `INSERT … ON CONFLICT DO UPDATE …
-//!   RETURNING`, which also locks them for the transaction, so counters
+//!   statements, one pipeline ([`prefetch`]: the counters by one `INSERT …
+//!   ON CONFLICT DO UPDATE … RETURNING`, which also adds what the batch's
+//!   messages will add and locks them for the transaction, so counters
 //!   stay exact with several gateways); messages then read and increment
 //!   them in memory;
 //! - outbox ids come from the table's sequence in blocks ([`ID_BLOCK`]),
 //!   so an insert needs no answer; outbox inserts and deletes are buffered
 //!   and written at COMMIT with one `unnest` statement each, with the
-//!   changed counters;
+//!   counters that ended other than the prefetch wrote and the presence
+//!   reports, in COMMIT's pipeline;
 //! - every other statement (registration, settings, state, coalescing)
-//!   first writes the buffer, then runs directly, so it sees the
+//!   goes in one pipeline after the buffer's writes, so it sees the
 //!   transaction's effects in order.
 //!
-//! Statements are prepared once per connection. When the server goes away,
-//! the transaction fails (its commands get `ERR unavailable`; nothing
-//! accepted is lost: answers come after COMMIT), and the next transaction
-//! reconnects, with doubling backoff ([`MIN_BACKOFF`]…[`MAX_BACKOFF`]).
-//! Schema: [`schema`]; statements: [`ops`]; the transaction's buffer:
-//! [`batch`]; several gateways on one database (registration, heartbeat,
-//! claims, takeover): [`claims`]; presence shared by them: [`presence`].
+//! Statements are prepared once per connection; the session penalises
+//! sequential scans and turns JIT off ([`SESSION`]). When the server goes
+//! away, the transaction fails (its commands get `ERR unavailable`; nothing
+//! accepted is lost: answers come after COMMIT; a transaction never goes on
+//! on a new connection), and the next transaction reconnects, with doubling
+//! backoff ([`MIN_BACKOFF`]…[`MAX_BACKOFF`]). Schema: [`schema`];
+//! statements: [`ops`]; the transaction's buffer: [`batch`]; several
+//! gateways on one database (registration, heartbeat, claims, takeover):
+//! [`claims`]; presence shared by them: [`presence`]; `store copy`'s side:
+//! [`copy`].
 
 mod batch;
 pub mod claims;
@@ -53,6 +62,18 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long connecting may take before the server counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The store session's settings, sent after connecting (not as startup
+/// `options`, which connection poolers may refuse). Every statement of the
+/// store reads rows by key. The outbox is a queue: mostly near empty, yet
+/// full of dead rows between two vacuums, and the plan a prepared statement
+/// caches while it is small stays a sequential scan as it grows (seen:
+/// every batch's `DELETE … WHERE id = ANY($1)` read the whole table, slower
+/// by the minute). Penalised, sequential scans remain only where no index
+/// serves ([`Conn::whole_table`] allows them for its statement). The
+/// penalty makes such a plan look costly enough for JIT compilation, which
+/// costs far more than these statements (seen: 240 ms for the
+/// heartbeat's): off.
+const SESSION: &str = "SET enable_seqscan = off; SET jit = off";
 
 /// Parse a `postgres://` URL (or key=value string) as the client does;
 /// the error says what is wrong. At least one host is required.
@@ -100,6 +121,9 @@ pub(super) struct Conn {
     host: String,
     port: u16,
     client: Option<Blocking>,
+    /// How many connections were made: a transaction begun on one must
+    /// not go on on the next.
+    generation: u64,
     /// Prepared statements of `client`, by their SQL.
     stmts: HashMap<&'static str, Statement>,
     /// Earliest next reconnection attempt, and the wait after that one.
@@ -159,32 +183,18 @@ impl Conn {
     fn new(config: &StoreConfig) -> Result<Self, StoreError> {
         let lease = config.lease;
         let Endpoint {
-            mut config,
+            config,
             tls,
             host,
             port,
         } = Endpoint::of(config, "pushbridge")?;
-        // Every statement of the store reads rows by key. The outbox is a
-        // queue: mostly near empty, yet full of dead rows between two
-        // vacuums, and the plan a prepared statement caches while it is
-        // small stays a sequential scan as it grows (seen: every batch's
-        // `DELETE … WHERE id = ANY($1)` read the whole table, slower by
-        // the minute). Penalised, sequential scans remain only where no
-        // index serves. The penalty makes such a plan look costly enough
-        // for JIT compilation, which costs far more than these statements
-        // (seen: 240 ms for the heartbeat's): off.
-        const SESSION: &str = "-c enable_seqscan=off -c jit=off";
-        let options = match config.get_options() {
-            Some(o) => format!("{o} {SESSION}"),
-            None => SESSION.to_owned(),
-        };
-        config.options(&options);
         Ok(Conn {
             config,
             tls,
             host,
             port,
             client: None,
+            generation: 0,
             stmts: HashMap::new(),
             next_try: Instant::now(),
             backoff: MIN_BACKOFF,
@@ -267,14 +277,19 @@ impl Conn {
     }
 
     fn connect(&self) -> Result<Blocking, StoreError> {
-        Blocking::connect(&self.config, self.tls.clone()).map_err(|e| StoreError::Connect {
+        let fail = |message: String| StoreError::Connect {
             host: self.host.clone(),
             port: self.port,
-            message: match e {
+            message,
+        };
+        let mut client = Blocking::connect(&self.config, self.tls.clone()).map_err(|e| {
+            fail(match e {
                 client::ConnectError::Postgres(e) => connect_reason(&e),
                 e => e.to_string(),
-            },
-        })
+            })
+        })?;
+        client.batch_execute(SESSION).map_err(|e| fail(connect_reason(&e)))?;
+        Ok(client)
     }
 
     /// The connection; reconnects when it was lost and the backoff allows.
@@ -294,6 +309,7 @@ impl Conn {
                 Ok(c) => {
                     tracing::info!(host = %self.addr(), "reconnected to PostgreSQL");
                     self.client = Some(c);
+                    self.generation += 1;
                     self.backoff = MIN_BACKOFF;
                 }
                 Err(e) => {
@@ -310,7 +326,8 @@ impl Conn {
 
     /// The connection is gone: forget it and its statements.
     fn lost(&mut self) {
-        if self.client.take().is_some() {
+        if let Some(client) = self.client.take() {
+            client.abandon();
             tracing::warn!(host = %self.addr(), "PostgreSQL connection lost; reconnecting");
         }
         self.stmts.clear();
@@ -343,6 +360,11 @@ impl Conn {
     /// transaction's `BEGIN` when it has not been sent yet; their answers
     /// in order, or the first error (see [`client`]).
     fn run(&mut self, calls: &[Call<'_>]) -> Result<Vec<Answer>, StoreError> {
+        // Connected (or reconnected) before anything is prepared; nothing
+        // of a transaction begun on a lost connection goes to a new one.
+        self.client()?;
+        let generation = self.generation;
+        self.same_transaction()?;
         let begin = self.tx.unsent_begin;
         let mut steps = Vec::with_capacity(calls.len() + 1);
         if begin {
@@ -359,13 +381,55 @@ impl Conn {
                 rows: call.rows,
             });
         }
-        let r = self.client()?.pipeline(&steps);
-        self.tx.unsent_begin = false;
+        let client = match self.client.as_mut() {
+            Some(c) if self.generation == generation && !c.is_closed() => c,
+            _ => return Err(self.lost_midway()),
+        };
+        let r = client.pipeline(&steps);
+        if begin {
+            self.tx.unsent_begin = false;
+            self.tx.began_on = Some(generation);
+        }
         let mut answers = self.check(r)?;
+        if answers.len() != steps.len() {
+            return Err(StoreError::Unavailable(format!(
+                "PostgreSQL answered {} of {} statements",
+                answers.len(),
+                steps.len()
+            )));
+        }
         if begin {
             answers.remove(0);
         }
         Ok(answers)
+    }
+
+    /// An error unless the open transaction (if any) began on the current
+    /// connection.
+    fn same_transaction(&self) -> Result<(), StoreError> {
+        match self.tx.began_on {
+            Some(g) if g != self.generation => Err(self.lost_midway()),
+            _ => Ok(()),
+        }
+    }
+
+    fn lost_midway(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "the connection to PostgreSQL at {} was lost during the transaction",
+            self.addr()
+        ))
+    }
+
+    /// The connection, inside the open transaction, its pending `BEGIN`
+    /// sent first: for statements that go to the client directly
+    /// (`store copy`'s, whose SQL is built at run time).
+    fn tx_client(&mut self) -> Result<&mut Blocking, StoreError> {
+        if self.tx.unsent_begin {
+            self.run(&[])?;
+        }
+        self.client()?;
+        self.same_transaction()?;
+        self.client()
     }
 
     /// Run a prepared statement; its rows.
@@ -396,15 +460,15 @@ impl Conn {
 }
 
 impl Drop for Conn {
-    /// The client's runtime must not be dropped on an async runtime's
-    /// thread (a gateway that fails to start drops its store there): then
-    /// it is dropped, closing the connection, on a thread of its own.
+    /// The session ends with a goodbye to the server, except on an async
+    /// runtime's thread (a gateway that fails to start drops its store
+    /// there), where waiting is not allowed: there the socket just closes.
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
-                let _ = std::thread::Builder::new()
-                    .name("pushbridge-pg-close".into())
-                    .spawn(move || drop(client));
+                client.abandon();
+            } else {
+                client.close();
             }
         }
     }

@@ -43,7 +43,7 @@ const LOCK_UNREAD: &str =
 /// The users whose devices the batch reads (sorted, distinct), and those
 /// whose counters it changes with the number of their messages that
 /// count (sorted by user, distinct).
-fn users_of(batch: &[Command]) -> (Vec<String>, Vec<(String, i64)>) {
+fn message_users(batch: &[Command]) -> (Vec<String>, Vec<(String, i64)>) {
     let mut users = Vec::new();
     let mut counted = Vec::new();
     for cmd in batch {
@@ -90,8 +90,8 @@ impl PgDb {
     /// needs into the transaction's caches: at most three statements, in
     /// one pipeline.
     pub(crate) fn prefetch(&self, batch: &[Command]) -> Result<(), StoreError> {
-        let present = super::presence::users_of(batch);
-        let (users, counted) = users_of(batch);
+        let present = super::presence::reported_users(batch);
+        let (users, counted) = message_users(batch);
         if present.is_empty() && users.is_empty() && counted.is_empty() {
             return Ok(());
         }

@@ -17,7 +17,7 @@
 use pushbridge_api::{Presence, UserId};
 use tokio_postgres::Row;
 
-use super::batch::Owned;
+use super::batch::OwnedStatement;
 use super::{Conn, PgDb};
 use crate::store::command::Command;
 use crate::store::db::StoreError;
@@ -48,7 +48,7 @@ const DELETE_PRESENCE: &str = "DELETE FROM presence USING unnest($1::TEXT[]) AS 
 
 /// The users of the batch's presence reports and of its messages that
 /// respect presence: sorted, distinct.
-pub(super) fn users_of(batch: &[Command]) -> Vec<String> {
+pub(super) fn reported_users(batch: &[Command]) -> Vec<String> {
     let mut users: Vec<String> = batch
         .iter()
         .filter_map(|cmd| match cmd {
@@ -84,7 +84,7 @@ impl Conn {
 
     /// The transaction's presence reports as statements (taken from the
     /// buffer). Error: reports outside a gateway (the CLI has none).
-    pub(super) fn presence_writes(&mut self) -> Result<Vec<Owned>, StoreError> {
+    pub(super) fn presence_writes(&mut self) -> Result<Vec<OwnedStatement>, StoreError> {
         if self.tx.presence_writes.is_empty() {
             return Ok(Vec::new());
         }
@@ -106,13 +106,13 @@ impl Conn {
             .ok_or_else(|| StoreError::Corrupt("presence reported outside a gateway".into()))?;
         let mut statements = Vec::new();
         if !users.is_empty() {
-            statements.push(Owned::new(
+            statements.push(OwnedStatement::new(
                 UPSERT_PRESENCE,
                 vec![Box::new(users), Box::new(states), Box::new(gateway)],
             ));
         }
         if !gone.is_empty() {
-            statements.push(Owned::new(DELETE_PRESENCE, vec![Box::new(gone)]));
+            statements.push(OwnedStatement::new(DELETE_PRESENCE, vec![Box::new(gone)]));
         }
         Ok(statements)
     }
