@@ -52,8 +52,9 @@ pub(super) struct Answer {
 type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<Answer, Error>> + 'a>>;
 
 /// A connection with the runtime that drives it (see the module doc).
-/// Dropped, it ends without saying goodbye to the server; [`Blocking::close`]
-/// does.
+/// Dropped, it ends without a goodbye to the server, and must not be
+/// dropped on an async runtime's thread (its runtime would panic there):
+/// [`Blocking::close`] says goodbye, [`Blocking::abandon`] works anywhere.
 pub(super) struct Blocking {
     client: Client,
     /// The connection's task (it sends `Terminate` once `client` is gone).
