@@ -3,6 +3,8 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
 /// jemalloc (the default `jemalloc` feature): fewer CPU cycles per
 /// notification than the system allocator; its settings are compiled in
 /// (`.cargo/config.toml`) and can be overridden at run time with
@@ -10,8 +12,6 @@ mod cli;
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-use std::process::ExitCode;
 
 fn main() -> ExitCode {
     cli::main()

@@ -27,15 +27,6 @@ pub(super) struct CachedDevice {
     pub environment: Environment,
 }
 
-/// A prefetched unread counter.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Counter {
-    /// As the transaction's messages leave it so far.
-    pub count: i64,
-    /// As the database holds it in this transaction.
-    pub stored: i64,
-}
-
 /// An outbox row waiting to be written.
 #[derive(Debug)]
 pub(super) struct OutboxRow {
@@ -66,7 +57,7 @@ pub(super) struct Tx {
     pub devices: HashMap<String, Vec<CachedDevice>>,
     /// Prefetched (and locked) users' counters (written at COMMIT where
     /// they end other than stored).
-    pub unread: HashMap<String, Counter>,
+    pub unread: HashMap<String, super::unread::Counter>,
     /// Prefetched users' presence as the transaction sees it (reports of
     /// dead gateways read as offline; see [`super::presence`]).
     pub presence: HashMap<String, Presence>,
@@ -96,14 +87,6 @@ const INSERT_OUTBOX: &str =
      SELECT *, $10::BIGINT FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[],
                           $6::BIGINT[], $7::BIGINT[], $8::TEXT[], $9::BIGINT[])";
 const DELETE_OUTBOX: &str = "DELETE FROM outbox WHERE id = ANY($1)";
-/// Counters of prefetched users as the transaction leaves them (`$1`
-/// users, `$2` counts): zero removes the row (prefetching may have created
-/// it), another value is written. One statement: the two parts touch
-/// different rows.
-const WRITE_UNREAD: &str = "WITH v AS (SELECT * FROM unnest($1::TEXT[], $2::BIGINT[]) AS v(u, c)),
-     gone AS (DELETE FROM unread USING v WHERE unread.user_id = v.u AND v.c = 0)
-     UPDATE unread SET count = v.c FROM v WHERE unread.user_id = v.u AND v.c <> 0";
-
 /// A statement with parameters it owns (built from the transaction's
 /// buffer, which it empties).
 pub(super) struct OwnedStatement {
@@ -199,25 +182,6 @@ impl Conn {
             writes.push(OwnedStatement::new(DELETE_OUTBOX, vec![Box::new(deletes)]));
         }
         writes
-    }
-
-    /// The prefetched counters the transaction leaves other than stored,
-    /// and the zero ones (removed).
-    fn unread_write(&mut self) -> Option<OwnedStatement> {
-        let (users, counts): (Vec<String>, Vec<i64>) = self
-            .tx
-            .unread
-            .drain()
-            .filter(|(_, c)| c.count != c.stored || c.count == 0)
-            .map(|(user, c)| (user, c.count))
-            .unzip();
-        if users.is_empty() {
-            return None;
-        }
-        Some(OwnedStatement::new(
-            WRITE_UNREAD,
-            vec![Box::new(users), Box::new(counts)],
-        ))
     }
 
     /// Buffer an outbox row; its id.

@@ -42,6 +42,7 @@ mod ops;
 mod prefetch;
 mod presence;
 pub mod schema;
+mod unread;
 
 use std::cell::{RefCell, RefMut};
 use std::collections::{HashMap, VecDeque};

@@ -47,10 +47,6 @@ pub(super) fn notification_from(
     })
 }
 
-fn clamp_u32(n: i64) -> u32 {
-    n.clamp(0, i64::from(u32::MAX)) as u32
-}
-
 impl PgDb {
     /// The number of migrations applied.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
@@ -141,43 +137,6 @@ impl PgDb {
                 })
             })
             .collect()
-    }
-
-    /// Add one to a user's unread counter and return the new value (in
-    /// memory when prefetched: written at COMMIT).
-    pub fn increment_unread(&self, user: &UserId) -> Result<u32, StoreError> {
-        let mut c = self.conn();
-        if let Some(counter) = c.tx.unread.get_mut(user.as_str()) {
-            counter.count += 1;
-            return Ok(clamp_u32(counter.count));
-        }
-        let rows = c.direct(
-            "INSERT INTO unread (user_id, count) VALUES ($1, 1)
-             ON CONFLICT (user_id) DO UPDATE SET count = unread.count + 1 RETURNING count",
-            &[&user.as_str()],
-        )?;
-        Ok(rows.first().map_or(0, |r| clamp_u32(r.get(0))))
-    }
-
-    /// A user's unread counter.
-    pub fn unread(&self, user: &UserId) -> Result<u32, StoreError> {
-        let mut c = self.conn();
-        if let Some(counter) = c.tx.unread.get(user.as_str()) {
-            return Ok(clamp_u32(counter.count));
-        }
-        let rows = c.direct("SELECT count FROM unread WHERE user_id = $1", &[&user.as_str()])?;
-        Ok(rows.first().map_or(0, |r| clamp_u32(r.get(0))))
-    }
-
-    /// Reset a user's unread counter.
-    pub fn reset_unread(&self, user: &UserId) -> Result<(), StoreError> {
-        let mut c = self.conn();
-        if let Some(counter) = c.tx.unread.get_mut(user.as_str()) {
-            counter.count = 0;
-            return Ok(());
-        }
-        c.direct_exec("DELETE FROM unread WHERE user_id = $1", &[&user.as_str()])?;
-        Ok(())
     }
 
     /// Write a notification to the outbox (buffered until COMMIT); its id.

@@ -19,9 +19,10 @@ use std::collections::HashMap;
 use pushbridge_api::Presence;
 use tokio_postgres::Row;
 
-use super::batch::{CachedDevice, Counter};
+use super::batch::CachedDevice;
 use super::client::Param;
 use super::ops::{parse_env, parse_token};
+use super::unread::{counters, sum_by_user, LOCK_UNREAD};
 use super::{Call, PgDb};
 use crate::store::command::Command;
 use crate::store::db::StoreError;
@@ -32,13 +33,6 @@ use crate::store::db::StoreError;
 const DEVICES_OF: &str = "SELECT d.user_id, d.token, d.topic, d.environment
      FROM unnest($1::TEXT[]) AS u(id) JOIN devices d ON d.user_id = u.id
      ORDER BY d.added_ms, d.token";
-
-/// The counters of `$1`'s users (sorted), each plus `$2`'s number
-/// (created when missing), locked until COMMIT.
-const LOCK_UNREAD: &str =
-    "INSERT INTO unread (user_id, count) SELECT u, n FROM unnest($1::TEXT[], $2::BIGINT[]) AS v(u, n)
-     ON CONFLICT (user_id) DO UPDATE SET count = unread.count + excluded.count
-     RETURNING user_id, count";
 
 /// The users whose devices the batch reads (sorted, distinct), and those
 /// whose counters it changes with the number of their messages that
@@ -69,20 +63,6 @@ fn message_users(batch: &[Command]) -> (Vec<String>, Vec<(String, i64)>) {
     users.sort_unstable();
     users.dedup();
     (users, sum_by_user(counted))
-}
-
-/// `counted` sorted by user, one entry per user with the sum of its
-/// numbers.
-fn sum_by_user(mut counted: Vec<(String, i64)>) -> Vec<(String, i64)> {
-    counted.sort_unstable();
-    counted.dedup_by(|next, kept| {
-        let same = next.0 == kept.0;
-        if same {
-            kept.1 += next.1;
-        }
-        same
-    });
-    counted
 }
 
 impl PgDb {
@@ -126,30 +106,6 @@ impl PgDb {
     }
 }
 
-/// The counters from the rows of [`LOCK_UNREAD`]: as stored, and as the
-/// batch starts (before what `adds` added for the users `counted`).
-fn counters(counted: &[String], adds: &[i64], rows: &[Row]) -> HashMap<String, Counter> {
-    rows.iter()
-        .map(|r| {
-            let user: String = r.get(0);
-            let stored: i64 = r.get(1);
-            let added = counted
-                .binary_search(&user)
-                .ok()
-                .and_then(|i| adds.get(i))
-                .copied()
-                .unwrap_or(0);
-            (
-                user,
-                Counter {
-                    count: stored - added,
-                    stored,
-                },
-            )
-        })
-        .collect()
-}
-
 /// The devices of `users` from the rows of [`DEVICES_OF`] (users without
 /// any get an empty list, so they are not looked up again).
 fn devices(users: Vec<String>, rows: Vec<Row>) -> Result<HashMap<String, Vec<CachedDevice>>, StoreError> {
@@ -164,23 +120,4 @@ fn devices(users: Vec<String>, rows: Vec<Row>) -> Result<HashMap<String, Vec<Cac
         devices.entry(user).or_default().push(d);
     }
     Ok(devices)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counted_users_are_sorted_with_their_messages_summed() {
-        let counted = ["line:b", "line:a", "line:b", "line:c", "line:b"]
-            .into_iter()
-            .zip([1, 1, 0, 0, 1])
-            .map(|(u, n)| (u.to_owned(), n))
-            .collect();
-        let want: Vec<(String, i64)> = [("line:a", 1), ("line:b", 2), ("line:c", 0)]
-            .into_iter()
-            .map(|(u, n)| (u.to_owned(), n))
-            .collect();
-        assert_eq!(sum_by_user(counted), want);
-    }
 }
