@@ -1,8 +1,9 @@
 //! A PostgreSQL transaction's buffer: the devices, unread counters and
 //! presence the batch's messages need (loaded by [`PgDb::prefetch`] in
 //! three statements),
-//! and the outbox rows to insert and delete, written at COMMIT (or before
-//! any other statement) with one `unnest` statement each.
+//! and the outbox rows to insert and delete, written with one `unnest`
+//! statement each in COMMIT's pipeline (or first in the pipeline of any
+//! other statement, which must see them).
 //!
 //! Inserts and deletes never touch the same row in one transaction (a
 //! delete settles a committed row, or a waiting row written directly), so
@@ -223,29 +224,15 @@ impl Conn {
     /// Run `sql`, which reads a whole table, with sequential scans allowed
     /// (the session penalises them, see [`super::SESSION`]): a parallel
     /// scan reads 200,000 outbox rows in half the time of the plan chosen
-    /// without. In a transaction of its own (the setting lasts for it
-    /// only); inside the writer's, the setting is put back after it.
+    /// without. The setting is put back after it in the same pipeline;
+    /// inside a transaction that fails, its rollback puts it back.
     pub(super) fn whole_table(&mut self, sql: &'static str) -> Result<Vec<Row>, StoreError> {
-        const ALLOW: &str = "SET LOCAL enable_seqscan TO on";
-        const PENALISE: &str = "SET LOCAL enable_seqscan TO off";
-        let own = !self.tx.open;
-        let mut calls = Vec::with_capacity(4);
-        calls.push(Call::exec(if own { "BEGIN" } else { ALLOW }, &[]));
-        if own {
-            calls.push(Call::exec(ALLOW, &[]));
-        }
-        calls.push(Call::rows(sql, &[]));
-        calls.push(Call::exec(if own { "COMMIT" } else { PENALISE }, &[]));
-        let rows_at = calls.len() - 2;
-        match self.run_after_writes(&calls) {
-            Ok(answers) => Ok(answers.into_iter().nth(rows_at).map(|a| a.rows).unwrap_or_default()),
-            Err(e) => {
-                if own {
-                    self.rollback_own();
-                }
-                Err(e)
-            }
-        }
+        let answers = self.run_after_writes(&[
+            Call::exec("SET enable_seqscan TO on", &[]),
+            Call::rows(sql, &[]),
+            Call::exec("SET enable_seqscan TO off", &[]),
+        ])?;
+        Ok(answers.into_iter().nth(1).map(|a| a.rows).unwrap_or_default())
     }
 
     /// [`Conn::direct`], returning the rows changed.

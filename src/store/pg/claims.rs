@@ -78,7 +78,7 @@ impl Conn {
 
     /// End a failed transaction of its own (best effort: a lost
     /// connection ended it already).
-    pub(super) fn rollback_own(&mut self) {
+    fn rollback_own(&mut self) {
         if let Some(client) = self.client.as_mut().filter(|c| !c.is_closed()) {
             let _ = client.batch_execute("ROLLBACK");
         }
