@@ -30,14 +30,20 @@ pub struct AppSlot {
     counters: Arc<AppCounters>,
     /// Loading this app's outbox entries fails (the database is away).
     load_errors: Streak,
+    /// The sink ended on its own (not at shutdown).
+    stopped: bool,
 }
 
 impl AppSlot {
     /// The sink ended on its own (a failed log file, a panic): feed it no
     /// more; its notifications wait in the outbox for the next start.
     fn sink_stopped(&mut self, from: i64) {
-        tracing::error!(app = %self.app, "sink stopped; its notifications wait in the outbox until the next start");
+        tracing::error!(
+            app = %self.app,
+            "sink stopped; its notifications wait in the outbox for the next start (or for another gateway sharing the store)"
+        );
         self.sender = None;
+        self.stopped = true;
         self.pending_from = Some(self.pending_from.map_or(from, |p| p.min(from)));
     }
 }
@@ -84,6 +90,7 @@ impl Feed {
             pending_from: Some(0),
             counters: counters.app(app),
             load_errors: Streak::default(),
+            stopped: false,
         };
         self.by_app.insert(slot.app.clone(), self.apps.len());
         self.apps.push(slot);
@@ -140,6 +147,16 @@ impl Feed {
         self.apps
             .iter()
             .filter(|a| a.sender.is_some())
+            .map(|a| a.app.to_string())
+            .collect()
+    }
+
+    /// Every app's topic whose sink ended on its own: this gateway sends
+    /// its notifications no more until it restarts.
+    pub fn stopped_topics(&self) -> Vec<String> {
+        self.apps
+            .iter()
+            .filter(|a| a.stopped)
             .map(|a| a.app.to_string())
             .collect()
     }

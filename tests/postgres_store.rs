@@ -200,6 +200,49 @@ async fn a_statement_failing_in_the_commit_pipeline_refuses_the_batch() {
     gw.assert_pushes_stay(2);
 }
 
+/// A gateway whose sink stopped (here: its log output cannot be opened)
+/// sends nothing more for that app until it restarts, while it stays alive
+/// and keeps accepting messages: it hands those notifications to the other
+/// gateways sharing the store, which send them (a live gateway's claims
+/// are otherwise never taken over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_sink_stopped_hands_its_notifications_to_another() {
+    let Some(b) = Backend::postgres() else { return };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A long lease: A stays alive (heartbeating) throughout.
+    let long = |text: String| text.replace("lease = 2\n", "lease = 300\n");
+    let gw_b = Gateway::start(dir_b.path(), &long(b.config(dir_b.path(), "", "")));
+    let output = dir_a.path().join("pushes.jsonl").display().to_string();
+    let text_a = long(b.config(dir_a.path(), "", "")).replace(&output, "/nonexistent/pushbridge/pushes.jsonl");
+    assert!(
+        text_a.contains("lease = 300") && text_a.contains("/nonexistent/"),
+        "{text_a}"
+    );
+    let gw_a = Gateway::start(dir_a.path(), &text_a);
+    let mut ca = gw_a.client().await;
+    assert_eq!(ca.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
+    for i in 0..10 {
+        assert_eq!(ca.cmd(&format!("MSG bob alice held{i}")).await, "OK 1");
+    }
+    let pushes = gw_b.wait_pushes(10);
+    let mut bodies: Vec<&str> = pushes
+        .iter()
+        .map(|p| p["payload"]["aps"]["alert"]["body"].as_str().unwrap())
+        .collect();
+    bodies.sort();
+    let want: Vec<String> = (0..10).map(|i| format!("held{i}")).collect();
+    assert_eq!(bodies, want);
+    gw_b.assert_pushes_stay(10);
+    let Backend::Postgres(pg) = &b else { unreachable!() };
+    pg.wait_for("SELECT count(*) FROM outbox", "0");
+    let (status, logs) = gw_a.stop_with_logs();
+    assert!(status.success(), "{logs}");
+    assert!(
+        logs.contains("sink stopped") && logs.contains("released to the other gateways"),
+        "{logs}"
+    );
+}
+
 /// The outbox is a queue: nearly empty, yet full of dead rows until a
 /// vacuum. The store's statements reach its rows by index; a sequential
 /// scan per batch (the plan PostgreSQL caches for a small table) reads

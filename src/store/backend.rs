@@ -257,6 +257,16 @@ impl Db {
         }
     }
 
+    /// Release this gateway's claims on the outbox entries of `topics`
+    /// (apps whose sink stopped), so that another gateway sharing the
+    /// store takes them over (PostgreSQL); how many. SQLite: none.
+    pub fn release_topics(&self, topics: &[String]) -> Result<u64, StoreError> {
+        match self {
+            Db::Sqlite(_) => Ok(0),
+            Db::Postgres(d) => d.release_topics(topics),
+        }
+    }
+
     /// Clean shutdown of a gateway: release its claims (PostgreSQL).
     pub fn release_claims(&self) -> Result<(), StoreError> {
         match self {

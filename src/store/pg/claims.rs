@@ -229,6 +229,19 @@ impl PgDb {
         Ok(taken)
     }
 
+    /// Unclaim this gateway's outbox entries of `topics` (apps whose sink
+    /// stopped: this gateway sends them no more, and a live gateway's
+    /// claims are not taken over), so that the other gateways' next
+    /// heartbeat finds them; how many.
+    pub fn release_topics(&self, topics: &[String]) -> Result<u64, StoreError> {
+        let mut c = self.conn();
+        let Some(me) = c.gateway else { return Ok(0) };
+        c.execute(
+            "UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1 AND topic = ANY($2)",
+            &[&me, &topics],
+        )
+    }
+
     /// Clean shutdown: unclaim what this gateway still holds and mark it
     /// dead (its presence reports then count as offline), so other gateways
     /// take its rows at once.

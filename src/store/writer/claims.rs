@@ -69,6 +69,7 @@ impl Writer {
         if failures > 0 {
             tracing::info!(failures, "heartbeats work again");
         }
+        self.release_stopped();
         if holding || !takeable {
             return;
         }
@@ -100,6 +101,26 @@ impl Writer {
             }
         }
         self.feed.take_over(ready);
+    }
+
+    /// Hand the outbox entries of apps whose sink stopped to the other
+    /// gateways sharing the store: a live gateway's claims are never taken
+    /// over, and this one sends them no more. Each heartbeat, as this
+    /// gateway still accepts messages for those apps.
+    fn release_stopped(&mut self) {
+        let stopped = self.feed.stopped_topics();
+        if stopped.is_empty() {
+            return;
+        }
+        match self.db.release_topics(&stopped) {
+            Ok(0) => {}
+            Ok(released) => tracing::warn!(
+                released,
+                apps = ?stopped,
+                "outbox entries of stopped sinks released to the other gateways sharing the store"
+            ),
+            Err(e) => tracing::warn!(error = %e, apps = ?stopped, "cannot release the outbox entries of stopped sinks"),
+        }
     }
 
     /// Clean end of the store thread: release this gateway's claims so
