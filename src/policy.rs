@@ -203,21 +203,52 @@ impl Policy {
     }
 
     fn render(&self, title: &str, body: &str, alert: &Alert<'_>) -> String {
-        let mut aps = json!({
-            "alert": {"title": title, "body": body},
-            "badge": alert.badge,
-            "thread-id": thread_id(alert.thread),
-        });
-        if let Some(subtitle) = alert.subtitle.filter(|s| !s.is_empty()) {
-            aps["alert"]["subtitle"] = json!(subtitle);
-        }
-        if alert.quiet {
-            aps["interruption-level"] = json!("passive");
-        } else if !self.config.sound.is_empty() {
-            aps["sound"] = json!(self.config.sound);
-        }
-        json!({ "aps": aps }).to_string()
+        let thread_id = thread_id(alert.thread);
+        let payload = MessagePayload {
+            aps: MessageAps {
+                alert: MessageAlert {
+                    body,
+                    subtitle: alert.subtitle.filter(|s| !s.is_empty()),
+                    title,
+                },
+                badge: alert.badge,
+                interruption_level: alert.quiet.then_some("passive"),
+                sound: Some(self.config.sound.as_str()).filter(|s| !alert.quiet && !s.is_empty()),
+                thread_id: &thread_id,
+            },
+        };
+        serde_json::to_string(&payload)
+            .unwrap_or_else(|e| unreachable!("a payload of strings and numbers serializes: {e}"))
     }
+}
+
+/// A message's payload as serialized, borrowed from its parts (not built
+/// as a tree); keys in sorted order, as a `serde_json` map holds them.
+#[derive(serde::Serialize)]
+struct MessagePayload<'a> {
+    aps: MessageAps<'a>,
+}
+
+/// `aps` of a message (quiet hours: `interruption-level` instead of `sound`).
+#[derive(serde::Serialize)]
+struct MessageAps<'a> {
+    alert: MessageAlert<'a>,
+    badge: u32,
+    #[serde(rename = "interruption-level", skip_serializing_if = "Option::is_none")]
+    interruption_level: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(rename = "thread-id")]
+    thread_id: &'a str,
+}
+
+/// `aps.alert` of a message.
+#[derive(serde::Serialize)]
+struct MessageAlert<'a> {
+    body: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subtitle: Option<&'a str>,
+    title: &'a str,
 }
 
 #[cfg(test)]
@@ -251,6 +282,36 @@ mod tests {
         assert_eq!(p["aps"]["badge"], 3);
         assert_eq!(p["aps"]["sound"], "default");
         assert_eq!(p["aps"]["thread-id"], "alice");
+    }
+
+    /// Serialized from borrowed parts, the payload is still what a JSON
+    /// tree of it would print: keys in sorted order, quoting and escapes
+    /// alike, for every combination of subtitle, quiet hours and sound.
+    #[test]
+    fn payload_reads_as_its_json_tree_prints() {
+        for (subtitle, quiet, sound) in [
+            (None, false, "default"),
+            (Some("in #chat"), false, "default"),
+            (Some(""), true, "default"),
+            (Some("in \"#chat\"\n"), true, ""),
+            (None, false, ""),
+        ] {
+            let p = Policy::new(PolicyConfig {
+                sound: sound.into(),
+                ..PolicyConfig::default()
+            });
+            let mut a = alert("ali\u{e9}\"ce\\", "line\none \u{1F600} </tag> \u{1}");
+            a.subtitle = subtitle;
+            a.quiet = quiet;
+            let payload = p.payload(&a, 4096);
+            assert_eq!(payload, parse(&payload).to_string(), "{subtitle:?} {quiet} {sound:?}");
+            let v = parse(&payload);
+            assert_eq!(v["aps"]["interruption-level"].as_str(), quiet.then_some("passive"));
+            let want_sound = (!quiet && !sound.is_empty()).then_some(sound);
+            assert_eq!(v["aps"]["sound"].as_str(), want_sound);
+            let want_subtitle = subtitle.filter(|s| !s.is_empty());
+            assert_eq!(v["aps"]["alert"]["subtitle"].as_str(), want_subtitle);
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use pushbridge_api::{Push, PushBody};
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::{thread_id, truncate, Policy};
 
@@ -23,31 +25,74 @@ pub struct RenderedPush {
     pub expiration: u64,
     /// `apns-priority`: 10 or 5, as the push says.
     pub priority: u8,
-    /// `aps` without the alert.
-    aps: Map<String, Value>,
-    /// Top-level keys beside `aps`.
+    /// `aps.badge`.
+    badge: Option<u32>,
+    /// `aps.sound` (never empty).
+    sound: Option<String>,
+    /// `aps.thread-id` ([`thread_id`] of the push's thread).
+    thread_id: Option<String>,
+    /// `aps.mutable-content: 1`.
+    mutable_content: bool,
+    /// Top-level keys beside `aps` (never `aps` itself).
     custom: Map<String, Value>,
     /// `None`: no alert (a silent badge update).
     alert: Option<(Option<String>, String)>,
     payloads: Vec<(usize, Arc<str>)>,
 }
 
+/// The payload as serialized: the push's custom keys with `aps` among
+/// them, all in sorted order (as a `serde_json` map would hold them),
+/// borrowed from the [`RenderedPush`] rather than built as a tree.
+struct Payload<'a> {
+    custom: &'a Map<String, Value>,
+    aps: Aps<'a>,
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.custom.len() + 1))?;
+        let mut aps = Some(&self.aps);
+        for (key, value) in self.custom {
+            if key.as_str() > "aps" {
+                if let Some(aps) = aps.take() {
+                    map.serialize_entry("aps", aps)?;
+                }
+            }
+            map.serialize_entry(key, value)?;
+        }
+        if let Some(aps) = aps {
+            map.serialize_entry("aps", aps)?;
+        }
+        map.end()
+    }
+}
+
+/// `aps`, its keys in sorted order.
+#[derive(Serialize)]
+struct Aps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alert: Option<PushAlertView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<u32>,
+    #[serde(rename = "mutable-content", skip_serializing_if = "Option::is_none")]
+    mutable_content: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(rename = "thread-id", skip_serializing_if = "Option::is_none")]
+    thread_id: Option<&'a str>,
+}
+
+/// `aps.alert`, its keys in sorted order.
+#[derive(Serialize)]
+struct PushAlertView<'a> {
+    body: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+}
+
 impl Policy {
     /// Render `push` at unix second `now`.
     pub fn push(&self, push: &Push, now: u64) -> RenderedPush {
-        let mut aps = Map::new();
-        if let Some(b) = push.badge {
-            aps.insert("badge".into(), json!(b));
-        }
-        if let Some(s) = push.sound.as_deref().filter(|s| !s.is_empty()) {
-            aps.insert("sound".into(), json!(s));
-        }
-        if let Some(t) = &push.thread {
-            aps.insert("thread-id".into(), json!(thread_id(t)));
-        }
-        if push.mutable_content {
-            aps.insert("mutable-content".into(), json!(1));
-        }
         let mut custom = push.custom.clone();
         custom.remove("aps");
         let alert = push.alert.as_ref().map(|a| {
@@ -61,7 +106,10 @@ impl Policy {
         RenderedPush {
             expiration: now + self.config.ttl,
             priority: push.priority.apns(),
-            aps,
+            badge: push.badge,
+            sound: push.sound.clone().filter(|s| !s.is_empty()),
+            thread_id: push.thread.as_deref().map(thread_id),
+            mutable_content: push.mutable_content,
             custom,
             alert,
             payloads: Vec::new(),
@@ -103,24 +151,25 @@ impl RenderedPush {
 
     /// The JSON for this title and body (no alert at all without one).
     fn render(&self, title: Option<&str>, body: &str) -> String {
-        let mut aps = self.aps.clone();
-        if self.alert.is_some() {
-            let mut alert = Map::new();
-            if let Some(t) = title {
-                alert.insert("title".into(), json!(t));
-            }
-            alert.insert("body".into(), json!(body));
-            aps.insert("alert".into(), Value::Object(alert));
-        }
-        let mut top = self.custom.clone();
-        top.insert("aps".into(), Value::Object(aps));
-        Value::Object(top).to_string()
+        let payload = Payload {
+            custom: &self.custom,
+            aps: Aps {
+                alert: self.alert.as_ref().map(|_| PushAlertView { body, title }),
+                badge: self.badge,
+                mutable_content: self.mutable_content.then_some(1),
+                sound: self.sound.as_deref(),
+                thread_id: self.thread_id.as_deref(),
+            },
+        };
+        serde_json::to_string(&payload)
+            .unwrap_or_else(|e| unreachable!("a payload of strings, numbers and JSON values serializes: {e}"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use pushbridge_api::{DeviceToken, Priority, PushAlert};
+    use serde_json::json;
 
     use super::*;
     use crate::config::PolicyConfig;
@@ -142,6 +191,33 @@ mod tests {
 
     fn parse(s: &str) -> Value {
         serde_json::from_str(s).expect("payload is JSON")
+    }
+
+    /// Serialized from borrowed parts, the payload is still what a JSON
+    /// tree of it would print: `aps` among the custom keys in sorted order
+    /// (keys before and after it, one equal to its prefix), escapes alike.
+    #[test]
+    fn payload_reads_as_its_json_tree_prints() {
+        let policy = Policy::new(PolicyConfig::default());
+        let keys: [&[&str]; 4] = [&[], &["a", "apr", "aps2", "b"], &["Z", "_x", "ap"], &["z\u{e9}", "\""]];
+        for keys in keys {
+            for alert in [true, false] {
+                let mut p = push(PushBody::Text("hi \"there\"\n\u{1F600}".into()));
+                p.custom.clear();
+                for (i, k) in keys.iter().enumerate() {
+                    p.custom.insert((*k).to_owned(), json!({"n": i, "s": "v\u{2028}"}));
+                }
+                if !alert {
+                    p.alert = None;
+                    p.sound = None;
+                }
+                p.mutable_content = alert;
+                let payload = policy.push(&p, 0).payload(4096);
+                let tree: Value = serde_json::from_str(&payload).unwrap();
+                assert_eq!(*payload, tree.to_string(), "{keys:?}");
+                assert_eq!(tree.as_object().unwrap().len(), keys.len() + 1);
+            }
+        }
     }
 
     #[test]
