@@ -91,13 +91,6 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
 ];
 
-/// One user's devices, for the CLI (through the `devices_by_user` index).
-const ONE_USERS_DEVICES: &str = "SELECT user, token, topic, environment, added_ms FROM devices
-     WHERE user = ?1 ORDER BY added_ms, token";
-/// Every device, for the CLI (`?1` is NULL).
-const EVERY_DEVICE: &str = "SELECT user, token, topic, environment, added_ms FROM devices
-     WHERE ?1 IS NULL ORDER BY user, added_ms, token";
-
 /// A registered device as listed by the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRow {
@@ -130,6 +123,8 @@ pub struct SqliteDb {
     synchronous: Synchronous,
     /// Whether commits skip the fsync now ([`SqliteDb::defer_sync`]).
     deferred: bool,
+    /// Users' devices as last read ([`super::sqlite_devices`]).
+    pub(super) devices: std::cell::RefCell<super::sqlite_devices::DeviceCache>,
 }
 
 pub fn now_ms() -> i64 {
@@ -171,6 +166,7 @@ impl SqliteDb {
             conn,
             synchronous: sync,
             deferred: false,
+            devices: Default::default(),
         };
         db.migrate().map_err(|e| StoreError::Open {
             path: path.display().to_string(),
@@ -244,7 +240,7 @@ impl SqliteDb {
 
     pub fn begin(&self) -> Result<(), StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(())
+        self.forget_devices_changed_elsewhere()
     }
     pub fn commit(&self) -> Result<(), StoreError> {
         self.conn.execute_batch("COMMIT")?;
@@ -252,95 +248,8 @@ impl SqliteDb {
     }
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
-    }
-
-    /// Add a device, or move it (token + topic are unique) to `user`.
-    pub fn register(
-        &self,
-        user: &UserId,
-        token: &DeviceToken,
-        topic: &str,
-        env: Environment,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO devices (token, topic, user, environment, added_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (token, topic) DO UPDATE SET
-                   user = excluded.user, environment = excluded.environment,
-                   added_ms = excluded.added_ms",
-            )?
-            .execute(params![token.as_str(), topic, user.as_str(), env.as_str(), now_ms])?;
-        Ok(())
-    }
-
-    /// Remove a user's device (every topic). Returns how many rows went.
-    pub fn unregister(&self, user: &UserId, token: &DeviceToken) -> Result<usize, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("DELETE FROM devices WHERE user = ?1 AND token = ?2")?
-            .execute(params![user.as_str(), token.as_str()])?)
-    }
-
-    /// Remove a device APNS reported invalid; with `since_ms`, only when it
-    /// was (re)registered before then.
-    pub fn remove_device(&self, token: &DeviceToken, topic: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "DELETE FROM devices WHERE token = ?1 AND topic = ?2
-                 AND (?3 IS NULL OR added_ms < ?3)",
-            )?
-            .execute(params![token.as_str(), topic, since_ms])?;
-        Ok(n > 0)
-    }
-
-    /// A user's devices: (token, topic, environment).
-    pub fn devices_of(&self, user: &UserId) -> Result<Vec<(DeviceToken, String, Environment)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT token, topic, environment FROM devices WHERE user = ?1 ORDER BY added_ms, token")?;
-        let rows = stmt.query_map([user.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (token, topic, env) = row?;
-            out.push((parse_token(&token)?, topic, parse_env(&env)?));
-        }
-        Ok(out)
-    }
-
-    /// Every device, optionally of one user (the CLI). One user's are
-    /// read through the `devices_by_user` index (a query that also served
-    /// "every user" would scan the whole registry).
-    pub fn all_devices(&self, user: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
-        let mut stmt = self.conn.prepare(match user {
-            Some(_) => ONE_USERS_DEVICES,
-            None => EVERY_DEVICE,
-        })?;
-        let rows = stmt.query_map([user], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (user, token, topic, env, added_ms) = row?;
-            out.push(DeviceRow {
-                user,
-                token: parse_token(&token)?,
-                topic,
-                environment: parse_env(&env)?,
-                added_ms,
-            });
-        }
-        Ok(out)
+        // It may have read devices the transaction changed.
+        self.devices.borrow_mut().clear();
     }
 
     /// Add one to a user's unread counter and return the new value.
@@ -580,16 +489,17 @@ fn private_files(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn parse_token(s: &str) -> Result<DeviceToken, StoreError> {
+pub(super) fn parse_token(s: &str) -> Result<DeviceToken, StoreError> {
     DeviceToken::parse(s).map_err(|e| StoreError::Corrupt(format!("device token: {e}")))
 }
 
-fn parse_env(s: &str) -> Result<Environment, StoreError> {
+pub(super) fn parse_env(s: &str) -> Result<Environment, StoreError> {
     s.parse().map_err(StoreError::Corrupt)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::sqlite_devices::ONE_USERS_DEVICES;
     use super::*;
 
     fn token(c: char) -> DeviceToken {

@@ -27,6 +27,7 @@ pub mod db;
 pub mod messages;
 pub mod pg;
 pub mod settings;
+mod sqlite_devices;
 pub mod stats;
 pub mod streak;
 pub mod writer;
