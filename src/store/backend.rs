@@ -26,7 +26,7 @@ use crate::outcome::Notification;
 /// An open store: SQLite or PostgreSQL.
 pub enum Db {
     /// One SQLite file (WAL), written by this process alone.
-    Sqlite(SqliteDb),
+    Sqlite(Box<SqliteDb>),
     /// A PostgreSQL database, possibly shared with other gateways.
     Postgres(Box<PgDb>),
 }
@@ -158,7 +158,7 @@ impl Db {
 
     /// Open (creating if missing) and migrate the SQLite file at `path`.
     pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
-        SqliteDb::open(path, sync).map(Db::Sqlite)
+        SqliteDb::open(path, sync).map(|d| Db::Sqlite(Box::new(d)))
     }
 
     /// Open (and migrate) the store `config` names: PostgreSQL when it has

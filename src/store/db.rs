@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use pushbridge_api::{DeviceToken, Environment, UserId};
+use pushbridge_api::{DeviceToken, Environment};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::config::Synchronous;
@@ -125,6 +125,8 @@ pub struct SqliteDb {
     deferred: bool,
     /// Users' devices as last read ([`super::sqlite_devices`]).
     pub(super) devices: std::cell::RefCell<super::sqlite_devices::DeviceCache>,
+    /// Users' unread counters as last read or set ([`super::sqlite_unread`]).
+    pub(super) unread: std::cell::RefCell<super::sqlite_unread::UnreadCache>,
 }
 
 pub fn now_ms() -> i64 {
@@ -167,6 +169,7 @@ impl SqliteDb {
             synchronous: sync,
             deferred: false,
             devices: Default::default(),
+            unread: Default::default(),
         };
         db.migrate().map_err(|e| StoreError::Open {
             path: path.display().to_string(),
@@ -243,42 +246,15 @@ impl SqliteDb {
         self.forget_devices_changed_elsewhere()
     }
     pub fn commit(&self) -> Result<(), StoreError> {
+        self.write_unread()?;
         self.conn.execute_batch("COMMIT")?;
         Ok(())
     }
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
-        // It may have read devices the transaction changed.
+        // It may have read devices and counters the transaction changed.
         self.devices.borrow_mut().clear();
-    }
-
-    /// Add one to a user's unread counter and return the new value.
-    pub fn increment_unread(&self, user: &UserId) -> Result<u32, StoreError> {
-        let n: i64 = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO unread (user, count) VALUES (?1, 1)
-                 ON CONFLICT (user) DO UPDATE SET count = count + 1
-                 RETURNING count",
-            )?
-            .query_row([user.as_str()], |r| r.get(0))?;
-        Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
-    }
-
-    pub fn unread(&self, user: &UserId) -> Result<u32, StoreError> {
-        let n: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT count FROM unread WHERE user = ?1")?
-            .query_row([user.as_str()], |r| r.get(0))
-            .optional()?;
-        Ok(n.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32)
-    }
-
-    pub fn reset_unread(&self, user: &UserId) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM unread WHERE user = ?1")?
-            .execute([user.as_str()])?;
-        Ok(())
+        self.unread.borrow_mut().clear();
     }
 
     pub fn insert_outbox(&self, n: &NewNotification<'_>) -> Result<i64, StoreError> {
@@ -499,6 +475,8 @@ pub(super) fn parse_env(s: &str) -> Result<Environment, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use pushbridge_api::UserId;
+
     use super::super::sqlite_devices::ONE_USERS_DEVICES;
     use super::*;
 

@@ -72,8 +72,9 @@ impl DeviceCache {
 }
 
 impl SqliteDb {
-    /// Forget the cached devices if another connection committed since
-    /// this one last looked (`PRAGMA data_version`). Called inside the
+    /// Forget the cached devices and unread counters if another
+    /// connection committed since this one last looked (`PRAGMA
+    /// data_version`). Called inside the
     /// write transaction: no other connection commits until it ends.
     pub(super) fn forget_devices_changed_elsewhere(&self) -> Result<(), StoreError> {
         let version: i64 = self.conn().query_row("PRAGMA data_version", [], |r| r.get(0))?;
@@ -81,6 +82,7 @@ impl SqliteDb {
         if cache.data_version != Some(version) {
             cache.clear();
             cache.data_version = Some(version);
+            self.unread.borrow_mut().clear();
         }
         Ok(())
     }
