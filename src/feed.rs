@@ -36,7 +36,9 @@ pub struct AppSlot {
 
 impl AppSlot {
     /// The sink ended on its own (a failed log file, a panic): feed it no
-    /// more; its notifications wait in the outbox for the next start.
+    /// more; its notifications wait in the outbox for the next start, or
+    /// are handed to the other gateways sharing a PostgreSQL store
+    /// ([`Feed::stopped_topics`]).
     fn sink_stopped(&mut self, from: i64) {
         tracing::error!(
             app = %self.app,

@@ -193,6 +193,18 @@ mod tests {
         serde_json::from_str(s).expect("payload is JSON")
     }
 
+    /// The payloads print keys in sorted order, as they did when built as
+    /// `serde_json` trees: that holds only while `serde_json::Map` is
+    /// sorted (no crate turns on its `preserve_order` feature).
+    #[test]
+    fn json_maps_are_sorted() {
+        let m: Map<String, Value> = [("b", 1), ("aps", 2), ("a", 3)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
+        assert_eq!(Value::Object(m).to_string(), r#"{"a":3,"aps":2,"b":1}"#);
+    }
+
     /// Serialized from borrowed parts, the payload is still what a JSON
     /// tree of it would print: `aps` among the custom keys in sorted order
     /// (keys before and after it, one equal to its prefix), escapes alike.

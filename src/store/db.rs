@@ -127,6 +127,12 @@ pub struct SqliteDb {
     pub(super) devices: std::cell::RefCell<super::sqlite_devices::DeviceCache>,
     /// Users' unread counters as last read or set ([`super::sqlite_unread`]).
     pub(super) unread: std::cell::RefCell<super::sqlite_unread::UnreadCache>,
+    /// Inside a transaction of [`SqliteDb::begin`] (the caches are used
+    /// only there).
+    pub(super) in_tx: std::cell::Cell<bool>,
+    /// `PRAGMA data_version` at the last [`SqliteDb::begin`]: another
+    /// connection committed when it changes.
+    pub(super) data_version: std::cell::Cell<Option<i64>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -170,6 +176,8 @@ impl SqliteDb {
             deferred: false,
             devices: Default::default(),
             unread: Default::default(),
+            in_tx: Default::default(),
+            data_version: Default::default(),
         };
         db.migrate().map_err(|e| StoreError::Open {
             path: path.display().to_string(),
@@ -241,18 +249,40 @@ impl SqliteDb {
         Ok(())
     }
 
+    /// Begin a write transaction (`BEGIN IMMEDIATE`: it holds the write
+    /// lock until it ends), forgetting the cached devices and counters if
+    /// another connection committed since the last one.
     pub fn begin(&self) -> Result<(), StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        self.forget_devices_changed_elsewhere()
+        self.in_tx.set(true);
+        self.forget_if_changed_elsewhere()
     }
+
+    /// Write the unread counters the transaction changed in memory, and
+    /// COMMIT. When it fails the caches are forgotten (what they hold may
+    /// not have been written); the caller rolls back.
     pub fn commit(&self) -> Result<(), StoreError> {
-        self.write_unread()?;
-        self.conn.execute_batch("COMMIT")?;
-        Ok(())
+        let r = self
+            .write_unread()
+            .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
+        match &r {
+            Ok(()) => self.unread_committed(),
+            Err(_) => self.forget_cached(),
+        }
+        self.in_tx.set(!self.conn.is_autocommit());
+        r
     }
+
+    /// Roll back; the caches are forgotten (the transaction may have read
+    /// what it changed).
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
-        // It may have read devices and counters the transaction changed.
+        self.in_tx.set(false);
+        self.forget_cached();
+    }
+
+    /// Forget the cached devices and unread counters.
+    pub(super) fn forget_cached(&self) {
         self.devices.borrow_mut().clear();
         self.unread.borrow_mut().clear();
     }

@@ -8,15 +8,16 @@
 //! holds the devices of up to [`MAX_CACHED_USERS`] users and is forgotten
 //! whenever the registry may have changed under it: a change through this
 //! connection (a registration, an unregistration, a removal after an APNS
-//! refusal), a rolled-back transaction (it may have read what it changed),
-//! and a change committed by another connection (the CLI's `devices add`
-//! while the gateway runs), which SQLite's `PRAGMA data_version` reveals at
-//! the start of each transaction.
+//! refusal), a failed commit or a rollback (it may have read what it
+//! changed), and a change committed by another connection (the CLI's
+//! `devices add` while the gateway runs), which SQLite's `PRAGMA
+//! data_version` reveals at the start of each transaction. Only a
+//! transaction of [`SqliteDb::begin`] uses the copy.
 
 use std::collections::HashMap;
 
 use pushbridge_api::{DeviceToken, Environment, UserId};
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::db::{parse_env, parse_token, DeviceRow, SqliteDb, StoreError};
 
@@ -39,8 +40,6 @@ type Devices = Vec<(DeviceToken, String, Environment)>;
 #[derive(Debug, Default)]
 pub(crate) struct DeviceCache {
     users: HashMap<String, Devices>,
-    /// `PRAGMA data_version` when last looked at.
-    data_version: Option<i64>,
 }
 
 impl DeviceCache {
@@ -74,15 +73,13 @@ impl DeviceCache {
 impl SqliteDb {
     /// Forget the cached devices and unread counters if another
     /// connection committed since this one last looked (`PRAGMA
-    /// data_version`). Called inside the
-    /// write transaction: no other connection commits until it ends.
-    pub(super) fn forget_devices_changed_elsewhere(&self) -> Result<(), StoreError> {
+    /// data_version`, which only other connections' commits change).
+    /// Called right after `BEGIN IMMEDIATE`: no other connection commits
+    /// until this transaction ends.
+    pub(super) fn forget_if_changed_elsewhere(&self) -> Result<(), StoreError> {
         let version: i64 = self.conn().query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        let mut cache = self.devices.borrow_mut();
-        if cache.data_version != Some(version) {
-            cache.clear();
-            cache.data_version = Some(version);
-            self.unread.borrow_mut().clear();
+        if self.data_version.replace(Some(version)) != Some(version) {
+            self.forget_cached();
         }
         Ok(())
     }
@@ -96,8 +93,19 @@ impl SqliteDb {
         env: Environment,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        // It may move the device from another user: every entry may change.
-        self.devices.borrow_mut().clear();
+        // It may move the device from another user: both forget it.
+        let previous: Option<String> = self
+            .conn()
+            .prepare_cached("SELECT user FROM devices WHERE token = ?1 AND topic = ?2")?
+            .query_row(params![token.as_str(), topic], |r| r.get(0))
+            .optional()?;
+        {
+            let mut cache = self.devices.borrow_mut();
+            cache.forget(user.as_str());
+            if let Some(previous) = previous {
+                cache.forget(&previous);
+            }
+        }
         self.conn()
             .prepare_cached(
                 "INSERT INTO devices (token, topic, user, environment, added_ms)
@@ -136,7 +144,8 @@ impl SqliteDb {
 
     /// A user's devices: (token, topic, environment).
     pub fn devices_of(&self, user: &UserId) -> Result<Vec<(DeviceToken, String, Environment)>, StoreError> {
-        if let Some(devices) = self.devices.borrow().get(user.as_str()) {
+        let cached = self.in_tx.get();
+        if let Some(devices) = self.devices.borrow().get(user.as_str()).filter(|_| cached) {
             return Ok(devices.to_vec());
         }
         let mut stmt = self
@@ -150,7 +159,9 @@ impl SqliteDb {
             let (token, topic, env) = row?;
             out.push((parse_token(&token)?, topic, parse_env(&env)?));
         }
-        self.devices.borrow_mut().keep(user.as_str(), &out);
+        if cached {
+            self.devices.borrow_mut().keep(user.as_str(), &out);
+        }
         Ok(out)
     }
 
@@ -215,6 +226,9 @@ mod tests {
         db.register(&alice, &token('a'), "t", Environment::Production, 1)
             .unwrap();
         assert_eq!(tokens(&db, &alice), [token('a')]);
+        assert_eq!(db.devices.borrow().len(), 0, "outside a transaction: read, not kept");
+        db.begin().unwrap();
+        assert_eq!(tokens(&db, &alice), [token('a')]);
         assert_eq!(tokens(&db, &bob), []);
         assert_eq!(db.devices.borrow().len(), 2, "both reads kept, also an empty one");
         // The device moves to bob: alice's copy must go too.
@@ -227,6 +241,7 @@ mod tests {
         assert_eq!(tokens(&db, &bob), [token('b')]);
         assert!(db.remove_device(&token('b'), "t", None).unwrap());
         assert_eq!(tokens(&db, &bob), []);
+        db.commit().unwrap();
     }
 
     #[test]

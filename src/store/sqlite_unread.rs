@@ -8,10 +8,11 @@
 //! across transactions for up to [`MAX_CACHED_COUNTERS`] users), changed in
 //! memory, and the changed ones written by one statement before `COMMIT`
 //! (those back at zero are deleted, as a reset does). The copy is
-//! forgotten when it may be wrong: a rollback (the writes did not happen),
-//! and a change committed by another connection (see
-//! [`super::sqlite_devices`], `PRAGMA data_version`). Outside a transaction
-//! each call is its own statement, as before.
+//! forgotten when it may be wrong: a failed commit or a rollback (the
+//! writes did not happen), and a change committed by another connection
+//! (see [`super::sqlite_devices`], `PRAGMA data_version`). Outside a
+//! transaction of [`SqliteDb::begin`] each call is its own statement, as
+//! before.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,7 +22,7 @@ use rusqlite::OptionalExtension;
 use super::db::{SqliteDb, StoreError};
 
 /// Users whose counters [`UnreadCache`] keeps between transactions at most
-/// (emptied at the start of a transaction when over).
+/// (emptied after a commit that leaves it over).
 pub(super) const MAX_CACHED_COUNTERS: usize = 65_536;
 
 /// The changed counters (`?1`: a JSON object of user → count) as they end
@@ -81,7 +82,7 @@ impl SqliteDb {
 
     /// Add one to a user's unread counter and return the new value.
     pub fn increment_unread(&self, user: &UserId) -> Result<u32, StoreError> {
-        if self.conn().is_autocommit() {
+        if !self.in_tx.get() {
             let n: i64 = self
                 .conn()
                 .prepare_cached(
@@ -100,7 +101,7 @@ impl SqliteDb {
 
     /// A user's unread counter.
     pub fn unread(&self, user: &UserId) -> Result<u32, StoreError> {
-        if self.conn().is_autocommit() {
+        if !self.in_tx.get() {
             return Ok(clamp_u32(self.stored_unread(user)?));
         }
         Ok(clamp_u32(self.cached_unread(user)?))
@@ -108,7 +109,7 @@ impl SqliteDb {
 
     /// Reset a user's unread counter (its row goes).
     pub fn reset_unread(&self, user: &UserId) -> Result<(), StoreError> {
-        if self.conn().is_autocommit() {
+        if !self.in_tx.get() {
             self.conn()
                 .prepare_cached("DELETE FROM unread WHERE user = ?1")?
                 .execute([user.as_str()])?;
@@ -120,25 +121,33 @@ impl SqliteDb {
     }
 
     /// Write the counters the open transaction changed (called before its
-    /// COMMIT); over [`MAX_CACHED_COUNTERS`], the copy is then forgotten.
+    /// COMMIT; they count as written once it succeeded, see
+    /// [`SqliteDb::unread_committed`]).
     pub(super) fn write_unread(&self) -> Result<(), StoreError> {
-        let mut cache = self.unread.borrow_mut();
-        if !cache.changed.is_empty() {
-            let changed: serde_json::Map<String, serde_json::Value> = cache
-                .changed
-                .iter()
-                .map(|u| (u.clone(), cache.counts.get(u).copied().unwrap_or(0).into()))
-                .collect();
-            let json = serde_json::Value::Object(changed).to_string();
-            for sql in WRITE_BACK {
-                self.conn().prepare_cached(sql)?.execute([&json])?;
-            }
-            cache.changed.clear();
+        let cache = self.unread.borrow();
+        if cache.changed.is_empty() {
+            return Ok(());
         }
+        let changed: serde_json::Map<String, serde_json::Value> = cache
+            .changed
+            .iter()
+            .map(|u| (u.clone(), cache.counts.get(u).copied().unwrap_or(0).into()))
+            .collect();
+        let json = serde_json::Value::Object(changed).to_string();
+        for sql in WRITE_BACK {
+            self.conn().prepare_cached(sql)?.execute([&json])?;
+        }
+        Ok(())
+    }
+
+    /// The transaction committed: its counters are the stored ones; over
+    /// [`MAX_CACHED_COUNTERS`] the copy is forgotten.
+    pub(super) fn unread_committed(&self) {
+        let mut cache = self.unread.borrow_mut();
+        cache.changed.clear();
         if cache.counts.len() > MAX_CACHED_COUNTERS {
             cache.clear();
         }
-        Ok(())
     }
 }
 

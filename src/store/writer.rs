@@ -85,6 +85,11 @@ pub(crate) struct Writer {
     heartbeat_errors: Streak,
     /// Taking over dead gateways' rows fails.
     takeover_errors: Streak,
+    /// A heartbeat passed since the stopped sinks' entries were last
+    /// released (see [`Writer::release_stopped`]).
+    release_due: bool,
+    /// Entries of stopped sinks released so far.
+    released_stopped: u64,
 }
 
 /// A device removed in the current transaction: app, token, reason.
@@ -128,6 +133,8 @@ impl Writer {
             maintained_at: None,
             heartbeat_errors: Streak::default(),
             takeover_errors: Streak::default(),
+            release_due: false,
+            released_stopped: 0,
         }
         .load_settings()
     }
@@ -211,6 +218,7 @@ impl Writer {
             // commits what it accepts, so others leave those rows alone.
             self.maintain(self.holding_sinks(&done));
             self.apply_batch(&mut batch, &mut done);
+            self.release_stopped(&mut done);
             if !self.holding_sinks(&done) {
                 self.feed.refill(&mut Outbox(&self.db));
             }

@@ -232,12 +232,15 @@ impl PgDb {
     /// Unclaim this gateway's outbox entries of `topics` (apps whose sink
     /// stopped: this gateway sends them no more, and a live gateway's
     /// claims are not taken over), so that the other gateways' next
-    /// heartbeat finds them; how many.
+    /// heartbeat finds them; how many. Open coalescing windows stay: this
+    /// gateway merges later messages into them, and releases them as
+    /// ordinary entries when they end (handed over at the next call).
     pub fn release_topics(&self, topics: &[String]) -> Result<u64, StoreError> {
         let mut c = self.conn();
         let Some(me) = c.gateway else { return Ok(0) };
         c.execute(
-            "UPDATE outbox SET claimed_by = NULL WHERE claimed_by = $1 AND topic = ANY($2)",
+            "UPDATE outbox SET claimed_by = NULL
+             WHERE claimed_by = $1 AND topic = ANY($2) AND not_before_ms = 0",
             &[&me, &topics],
         )
     }

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use super::Writer;
+use crate::outcome::Completion;
 use crate::store::pg::claims::TAKEOVER_BATCH;
 use crate::store::streak::log_failure;
 
@@ -69,7 +70,7 @@ impl Writer {
         if failures > 0 {
             tracing::info!(failures, "heartbeats work again");
         }
-        self.release_stopped();
+        self.release_due = true;
         if holding || !takeable {
             return;
         }
@@ -105,20 +106,39 @@ impl Writer {
 
     /// Hand the outbox entries of apps whose sink stopped to the other
     /// gateways sharing the store: a live gateway's claims are never taken
-    /// over, and this one sends them no more. Each heartbeat, as this
-    /// gateway still accepts messages for those apps.
-    fn release_stopped(&mut self) {
+    /// over, and this one sends them no more. After each heartbeat, as this
+    /// gateway still accepts messages for those apps, and only once every
+    /// outcome its sinks reported is recorded (`done` empty, the channel
+    /// drained once more): a row delivered but not yet deleted would
+    /// otherwise be sent again by the gateway that takes it.
+    pub(super) fn release_stopped(&mut self, done: &mut Vec<Completion>) {
+        if !std::mem::take(&mut self.release_due) {
+            return;
+        }
         let stopped = self.feed.stopped_topics();
         if stopped.is_empty() {
             return;
         }
+        self.completions.drain(done);
+        if !done.is_empty() {
+            return; // recorded with the next batch; released after the next heartbeat
+        }
         match self.db.release_topics(&stopped) {
             Ok(0) => {}
-            Ok(released) => tracing::warn!(
-                released,
-                apps = ?stopped,
-                "outbox entries of stopped sinks released to the other gateways sharing the store"
-            ),
+            Ok(released) => {
+                // Once a streak at warn (every heartbeat releases the
+                // messages accepted since for those apps).
+                if self.released_stopped == 0 {
+                    tracing::warn!(
+                        released,
+                        apps = ?stopped,
+                        "outbox entries of stopped sinks released to the other gateways sharing the store"
+                    );
+                } else {
+                    tracing::debug!(released, apps = ?stopped, "outbox entries of stopped sinks released");
+                }
+                self.released_stopped += released;
+            }
             Err(e) => tracing::warn!(error = %e, apps = ?stopped, "cannot release the outbox entries of stopped sinks"),
         }
     }
