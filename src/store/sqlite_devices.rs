@@ -5,7 +5,8 @@
 //! users come back again and again, and reading them from SQLite (a
 //! statement, three strings a row, the token's hex decoded) cost about a
 //! sixth of the store thread's time in the end-to-end benchmark. The copy
-//! holds the devices of up to [`MAX_CACHED_USERS`] users and is forgotten
+//! holds the devices of up to [`MAX_CACHED_USERS`] users and
+//! [`MAX_CACHED_DEVICES`] devices (emptied when full), and is forgotten
 //! whenever the registry may have changed under it: a change through this
 //! connection (a registration, an unregistration, a removal after an APNS
 //! refusal), a failed commit or a rollback (it may have read what it
@@ -22,8 +23,11 @@ use rusqlite::{params, OptionalExtension};
 use super::db::{parse_env, parse_token, DeviceRow, SqliteDb, StoreError};
 
 /// Users whose devices [`DeviceCache`] holds at most (it is emptied when
-/// full): a few MB at most.
+/// full).
 pub(super) const MAX_CACHED_USERS: usize = 16_384;
+/// Devices it holds at most, over all users (about 100 bytes each: under
+/// 2 MB).
+pub(super) const MAX_CACHED_DEVICES: usize = 16_384;
 
 /// One user's devices, for the CLI (through the `devices_by_user` index).
 pub(super) const ONE_USERS_DEVICES: &str = "SELECT user, token, topic, environment, added_ms FROM devices
@@ -40,6 +44,8 @@ type Devices = Vec<(DeviceToken, String, Environment)>;
 #[derive(Debug, Default)]
 pub(crate) struct DeviceCache {
     users: HashMap<String, Devices>,
+    /// Devices in `users`, over all users.
+    devices: usize,
 }
 
 impl DeviceCache {
@@ -48,19 +54,25 @@ impl DeviceCache {
     }
 
     fn keep(&mut self, user: &str, devices: &Devices) {
-        if self.users.len() >= MAX_CACHED_USERS {
-            self.users.clear();
+        if self.users.len() >= MAX_CACHED_USERS || self.devices + devices.len() > MAX_CACHED_DEVICES {
+            self.clear();
         }
-        self.users.insert(user.to_owned(), devices.clone());
+        self.devices += devices.len();
+        if let Some(old) = self.users.insert(user.to_owned(), devices.clone()) {
+            self.devices -= old.len();
+        }
     }
 
     fn forget(&mut self, user: &str) {
-        self.users.remove(user);
+        if let Some(old) = self.users.remove(user) {
+            self.devices -= old.len();
+        }
     }
 
     /// Forget every user's devices.
     pub(super) fn clear(&mut self) {
         self.users.clear();
+        self.devices = 0;
     }
 
     /// How many users' devices it holds (tests).
@@ -280,12 +292,25 @@ mod tests {
     }
 
     #[test]
-    fn the_copy_holds_a_bounded_number_of_users() {
+    fn the_copy_holds_a_bounded_number_of_users_and_devices() {
         let mut cache = DeviceCache::default();
         for i in 0..MAX_CACHED_USERS + 10 {
             cache.keep(&format!("line:u{i}"), &Vec::new());
             assert!(cache.len() <= MAX_CACHED_USERS);
         }
         assert!(cache.get(&format!("line:u{}", MAX_CACHED_USERS + 9)).is_some());
+        let ten: Devices = (0..10)
+            .map(|i| (token(char::from(b'0' + i)), "t".to_owned(), Environment::Production))
+            .collect();
+        cache.clear();
+        for i in 0..MAX_CACHED_DEVICES {
+            cache.keep(&format!("line:d{i}"), &ten);
+            assert!(cache.devices <= MAX_CACHED_DEVICES, "{}", cache.devices);
+            assert_eq!(cache.devices, cache.users.values().map(Vec::len).sum::<usize>());
+        }
+        cache.forget("line:nobody");
+        let some = cache.users.keys().next().cloned().unwrap();
+        cache.forget(&some);
+        assert_eq!(cache.devices, cache.users.values().map(Vec::len).sum::<usize>());
     }
 }

@@ -23,7 +23,7 @@ use super::db::{SqliteDb, StoreError};
 
 /// Users whose counters [`UnreadCache`] keeps between transactions at most
 /// (emptied after a commit that leaves it over).
-pub(super) const MAX_CACHED_COUNTERS: usize = 65_536;
+pub(super) const MAX_CACHED_COUNTERS: usize = 16_384;
 
 /// The changed counters (`?1`: a JSON object of user → count) as they end
 /// the transaction: zero removes the row, another value is written.
