@@ -88,7 +88,8 @@ pub(crate) struct Writer {
     /// A heartbeat passed since the stopped sinks' entries were last
     /// released (see [`Writer::release_stopped`]).
     release_due: bool,
-    /// Entries of stopped sinks released so far.
+    /// Entries of stopped sinks released so far (the first release is
+    /// logged at warn).
     released_stopped: u64,
 }
 

@@ -126,8 +126,9 @@ impl Writer {
         match self.db.release_topics(&stopped) {
             Ok(0) => {}
             Ok(released) => {
-                // Once a streak at warn (every heartbeat releases the
-                // messages accepted since for those apps).
+                // The first release at warn, the later ones at debug (a
+                // stopped sink does not come back, and every heartbeat
+                // releases the messages accepted since for its app).
                 if self.released_stopped == 0 {
                     tracing::warn!(
                         released,
