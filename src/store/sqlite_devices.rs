@@ -6,12 +6,13 @@
 //! statement, three strings a row, the token's hex decoded) cost about a
 //! sixth of the store thread's time in the end-to-end benchmark. The copy
 //! holds the devices of up to [`MAX_CACHED_USERS`] users and
-//! [`MAX_CACHED_DEVICES`] devices (emptied when full), and is forgotten
-//! whenever the registry may have changed under it: a change through this
-//! connection (a registration, an unregistration, a removal after an APNS
-//! refusal), a failed commit or a rollback (it may have read what it
-//! changed), and a change committed by another connection (the CLI's
-//! `devices add` while the gateway runs), which SQLite's `PRAGMA
+//! [`MAX_CACHED_DEVICES`] devices (emptied when full). What may have
+//! changed under it is forgotten: the users a change through this
+//! connection concerns (a registration: the user and the device's previous
+//! owner; an unregistration; a removal after an APNS refusal: the owner);
+//! everything after a failed commit or a rollback (it may have read what
+//! it changed), and after a change committed by another connection (the
+//! CLI's `devices add` while the gateway runs), which SQLite's `PRAGMA
 //! data_version` reveals at the start of each transaction. Only a
 //! transaction of [`SqliteDb::begin`] uses the copy.
 
@@ -96,6 +97,20 @@ impl SqliteDb {
         Ok(())
     }
 
+    /// Forget the cached devices of the user who owns `token` for `topic`
+    /// (one indexed read; token + topic are unique).
+    fn forget_owner(&self, token: &DeviceToken, topic: &str) -> Result<(), StoreError> {
+        let owner: Option<String> = self
+            .conn()
+            .prepare_cached("SELECT user FROM devices WHERE token = ?1 AND topic = ?2")?
+            .query_row(params![token.as_str(), topic], |r| r.get(0))
+            .optional()?;
+        if let Some(owner) = owner {
+            self.devices.borrow_mut().forget(&owner);
+        }
+        Ok(())
+    }
+
     /// Add a device, or move it (token + topic are unique) to `user`.
     pub fn register(
         &self,
@@ -106,18 +121,8 @@ impl SqliteDb {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         // It may move the device from another user: both forget it.
-        let previous: Option<String> = self
-            .conn()
-            .prepare_cached("SELECT user FROM devices WHERE token = ?1 AND topic = ?2")?
-            .query_row(params![token.as_str(), topic], |r| r.get(0))
-            .optional()?;
-        {
-            let mut cache = self.devices.borrow_mut();
-            cache.forget(user.as_str());
-            if let Some(previous) = previous {
-                cache.forget(&previous);
-            }
-        }
+        self.forget_owner(token, topic)?;
+        self.devices.borrow_mut().forget(user.as_str());
         self.conn()
             .prepare_cached(
                 "INSERT INTO devices (token, topic, user, environment, added_ms)
@@ -142,8 +147,7 @@ impl SqliteDb {
     /// Remove a device APNS reported invalid; with `since_ms`, only when it
     /// was (re)registered before then.
     pub fn remove_device(&self, token: &DeviceToken, topic: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
-        // Whose device it is is not known here.
-        self.devices.borrow_mut().clear();
+        self.forget_owner(token, topic)?;
         let n = self
             .conn()
             .prepare_cached(
