@@ -141,8 +141,10 @@ pub struct StoreConfig {
     /// SQLite file, created if missing. Relative paths are relative to the
     /// working directory. Unused when `url` is set.
     pub path: PathBuf,
-    /// `full` (default): every commit is fsynced (group commit amortizes
-    /// it); `normal`: survives a process crash but not a power cut.
+    /// `full` (default): nothing is answered before it is fsynced (group
+    /// commit amortizes it; the fsync runs off the store thread, see
+    /// `store::wal_sync`); `normal`: survives a process crash but not a
+    /// power cut.
     /// (SQLite only: PostgreSQL's durability is the server's.)
     pub synchronous: Synchronous,
     /// `postgres://user[:password]@host[:port]/dbname[?sslmode=…]`: the

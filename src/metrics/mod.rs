@@ -339,9 +339,16 @@ fn encode_store(enc: &mut DescriptorEncoder, store: &StoreMetrics) -> std::fmt::
     histograms(
         enc,
         "pushbridge_store_commit_duration",
-        "Time from BEGIN to the end of COMMIT (fsync included) per store transaction.",
+        "Time from BEGIN to the end of COMMIT per store transaction (SQLite synchronous = full: the fsync is pushbridge_store_sync_duration_seconds).",
         Some(&Unit::Seconds),
         [(Labels::new(), &store.commit_duration)],
+    )?;
+    histograms(
+        enc,
+        "pushbridge_store_sync_duration",
+        "Time per fsync of the SQLite WAL, made off the store thread after one or more commits (synchronous = full); answers wait for it.",
+        Some(&Unit::Seconds),
+        [(Labels::new(), &store.sync_duration)],
     )?;
     histograms(
         enc,
@@ -359,7 +366,7 @@ fn encode_store(enc: &mut DescriptorEncoder, store: &StoreMetrics) -> std::fmt::
     gauge(
         enc,
         "pushbridge_store_writable",
-        "1 unless the last store transaction failed.",
+        "1 unless the last store transaction failed (or, SQLite synchronous = full, any fsync of the WAL did: 0 until restart).",
         None,
         if store.writable().is_ok() { 1.0 } else { 0.0 },
     )

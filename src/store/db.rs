@@ -123,6 +123,9 @@ pub struct SqliteDb {
     synchronous: Synchronous,
     /// Whether commits skip the fsync now ([`SqliteDb::defer_sync`]).
     deferred: bool,
+    /// Commits never sync: [`super::wal_sync`] does, after them
+    /// ([`SqliteDb::sync_elsewhere`]).
+    synced_elsewhere: bool,
     /// Users' devices as last read ([`super::sqlite_devices`]).
     pub(super) devices: std::cell::RefCell<super::sqlite_devices::DeviceCache>,
     /// Users' unread counters as last read or set ([`super::sqlite_unread`]).
@@ -174,6 +177,7 @@ impl SqliteDb {
             conn,
             synchronous: sync,
             deferred: false,
+            synced_elsewhere: false,
             devices: Default::default(),
             unread: Default::default(),
             in_tx: Default::default(),
@@ -237,7 +241,7 @@ impl SqliteDb {
     /// whole); without, commits are as configured again. Call between
     /// transactions. A no-op under `synchronous = "normal"`.
     pub fn defer_sync(&mut self, defer: bool) -> Result<(), StoreError> {
-        let defer = defer && self.syncs_commits();
+        let defer = defer && self.syncs_commits() && !self.synced_elsewhere;
         if defer != self.deferred {
             self.conn.execute_batch(if defer {
                 "PRAGMA synchronous=NORMAL;"
@@ -246,6 +250,25 @@ impl SqliteDb {
             })?;
             self.deferred = defer;
         }
+        Ok(())
+    }
+
+    /// The `-wal` file beside the database (SQLite's naming); `None` for an
+    /// in-memory database.
+    pub fn wal_path(&self) -> Option<std::path::PathBuf> {
+        match self.conn.path() {
+            Some(p) if !p.is_empty() => Some(format!("{p}-wal").into()),
+            _ => None,
+        }
+    }
+
+    /// From now on commits do not sync (`synchronous=NORMAL`): under
+    /// `synchronous = "full"` the caller syncs [`SqliteDb::wal_path`]
+    /// before it answers ([`super::wal_sync`]). Call between transactions.
+    pub fn sync_elsewhere(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        self.synced_elsewhere = true;
+        self.deferred = false;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ mod sqlite_devices;
 mod sqlite_unread;
 pub mod stats;
 pub mod streak;
+mod wal_sync;
 pub mod writer;
 
 #[cfg(test)]
@@ -186,6 +187,7 @@ impl OpenStore {
             .spawn(move || {
                 writer::Writer::new(db, feed, policy, counters, completions, metrics)
                     .with_durability(sync_tx)
+                    .with_wal_sync()
                     .run(rx)
             })?;
         Ok(StoreThread {

@@ -19,23 +19,31 @@ fn commit_buckets() -> impl Iterator<Item = f64> {
 /// The store thread's own numbers; shared with the admin listener.
 #[derive(Debug)]
 pub struct StoreMetrics {
-    /// Seconds from `BEGIN` to the end of `COMMIT` (the fsync included),
-    /// per transaction.
+    /// Seconds from `BEGIN` to the end of `COMMIT`, per transaction (the
+    /// fsync included, unless [`super::wal_sync`] syncs after the commit).
     pub commit_duration: Histogram,
+    /// Seconds per sync of the SQLite WAL by [`super::wal_sync`] (each one
+    /// makes one or more transactions durable); empty when commits sync
+    /// themselves.
+    pub sync_duration: Histogram,
     /// Commands and completions applied per transaction.
     pub batch_size: Histogram,
     /// Transactions that failed (nothing in them was accepted).
     pub failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Why the WAL can no longer be synced (sticky: see [`super::wal_sync`]).
+    sync_error: Mutex<Option<String>>,
 }
 
 impl Default for StoreMetrics {
     fn default() -> Self {
         Self {
             commit_duration: Histogram::new(commit_buckets()),
+            sync_duration: Histogram::new(commit_buckets()),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            sync_error: Mutex::new(None),
         }
     }
 }
@@ -58,17 +66,34 @@ impl StoreMetrics {
         *self.lock() = Some(error.to_string());
     }
 
-    /// `Ok(())` unless the last transaction failed (then its error).
+    /// A sync of the WAL took `took`.
+    pub(crate) fn synced(&self, took: Duration) {
+        self.sync_duration.observe(took.as_secs_f64());
+    }
+
+    /// A sync of the WAL failed: counted as a failed transaction, and
+    /// [`StoreMetrics::writable`] reports `error` until the process ends.
+    pub(crate) fn sync_failed(&self, error: &str) {
+        self.failures.fetch_add(1, Relaxed);
+        *lock(&self.sync_error) = Some(error.to_owned());
+    }
+
+    /// `Ok(())` unless the last transaction failed or a sync of the WAL
+    /// ever did (then its error).
     pub fn writable(&self) -> Result<(), String> {
-        match self.lock().clone() {
+        match lock(&self.sync_error).clone().or_else(|| self.lock().clone()) {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.last_error)
     }
+}
+
+fn lock(m: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One app's outbox at one moment.

@@ -27,6 +27,7 @@ use super::db::{now_ms, Db, StoreError};
 use super::settings::SettingsCache;
 use super::stats::{self, StoreMetrics};
 use super::streak::{log_failure, Streak};
+use super::wal_sync::WalSync;
 use crate::feed::{Feed, OutboxReader};
 use crate::outcome::counters::Counters;
 use crate::outcome::{events, Completion, CompletionReceiver, Notification, Outcome};
@@ -91,6 +92,9 @@ pub(crate) struct Writer {
     /// Entries of stopped sinks released so far (the first release is
     /// logged at warn).
     released_stopped: u64,
+    /// Syncs the SQLite WAL after commits and answers then (see
+    /// [`super::wal_sync`]); `None`: commits sync themselves, or need not.
+    wal_sync: Option<WalSync>,
 }
 
 /// A device removed in the current transaction: app, token, reason.
@@ -136,6 +140,7 @@ impl Writer {
             takeover_errors: Streak::default(),
             release_due: false,
             released_stopped: 0,
+            wal_sync: None,
         }
         .load_settings()
     }
@@ -243,6 +248,8 @@ impl Writer {
             );
         }
         self.release();
+        // What waits for the disk is answered before the file is closed.
+        self.wal_sync = None;
         self.db.checkpoint();
         tracing::debug!("store closed");
     }
@@ -336,8 +343,9 @@ impl Writer {
                 } else {
                     self.completion_failures += 1;
                 }
-                for p in pending {
-                    p.send();
+                match &self.wal_sync {
+                    Some(wal) if !self.deferring => wal.answer_when_synced(pending),
+                    _ => pending.into_iter().for_each(Pending::send),
                 }
                 if self.holding_sinks(done) {
                     self.feed.hold(out);

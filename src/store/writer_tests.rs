@@ -27,8 +27,12 @@ struct Fixture {
 
 /// A writer over a fresh file, one app whose sink queue holds `queue`.
 fn fixture(queue: usize) -> Fixture {
+    fixture_with(queue, Synchronous::Normal)
+}
+
+fn fixture_with(queue: usize, sync: Synchronous) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+    let db = Db::open(&dir.path().join("t.db"), sync).unwrap();
     let counters = Arc::new(Counters::default());
     let (tx, sink) = mpsc::channel(queue);
     let mut feed = Feed::new();
@@ -366,4 +370,47 @@ fn a_new_policy_applies_even_when_its_batch_fails() {
     })));
     f.writer.apply_batch(&mut vec![msg, set], &mut Vec::new());
     assert_eq!(f.writer.policy_for_test().config().sound, "chime");
+}
+
+#[test]
+fn under_synchronous_full_answers_wait_for_the_wal_sync_and_the_next_batch_does_not() {
+    // Each sync takes one permit: the test decides when the disk answers.
+    let (permit, permits) = std::sync::mpsc::channel::<()>();
+    let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = syncs.clone();
+    let sync: super::wal_sync::SyncFn = Box::new(move || {
+        permits.recv().map_err(|_| std::io::Error::other("test over"))?;
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    });
+    let Fixture {
+        writer,
+        mut sink,
+        counters: _counters,
+        _completions,
+        _dir,
+    } = fixture_with(64, Synchronous::Full);
+    let mut writer = writer.with_wal_sync_fn(sync);
+    let (c, mut registered) = register("alice", 1);
+    writer.apply_batch(&mut vec![c], &mut Vec::new());
+    // Committed (the next transaction sees it) but not answered.
+    let (c, mut queued) = message("alice", "hi");
+    writer.apply_batch(&mut vec![c], &mut Vec::new());
+    assert_eq!(
+        sink.try_recv().map(|n| n.token),
+        Ok(token(1)),
+        "the message saw the registration"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        registered.try_recv().is_err() && queued.try_recv().is_err(),
+        "answered before the sync"
+    );
+    // One sync answers both transactions (the second waited in the queue
+    // while the first sync ran), or two syncs do; never none.
+    permit.send(()).unwrap();
+    permit.send(()).unwrap();
+    assert_eq!(registered.blocking_recv().unwrap(), Ok(Reply::Done));
+    assert_eq!(queued.blocking_recv().unwrap(), Ok(Reply::Queued(1)));
+    assert!(syncs.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }

@@ -13,6 +13,13 @@
 //! earlier one durable; if nothing else is written, a marker row is (an
 //! empty transaction would not sync).
 //!
+//! Where the WAL is synced off the store thread
+//! ([`super::super::wal_sync`], the default under `synchronous = "full"`),
+//! every commit is written without the fsync; "waiting for the disk" then
+//! means the transaction's answers go through that thread's next fsync,
+//! and a deferred transaction's answers do not (a [`Command::Sync`]'s
+//! always do, so the marker is written but no longer needed).
+//!
 //! The same holds for transactions of outcomes alone ("delivered, remove
 //! it"): an outcome lost only sends its notification again, which
 //! at-least-once delivery allows, so they do not wait for the disk either.
@@ -29,7 +36,8 @@ use pushbridge_api::{DurabilityHook, EventError, Reply};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::command::Command;
-use super::super::db::StoreError;
+use super::super::db::{Db, StoreError};
+use super::super::wal_sync::WalSync;
 use super::Writer;
 
 /// Adapter-state namespace and key of the marker row (adapters' namespaces
@@ -43,6 +51,45 @@ impl Writer {
     /// does not keep the store open).
     pub(crate) fn with_durability(mut self, tx: mpsc::WeakSender<Command>) -> Self {
         self.durability = Some(tx);
+        self
+    }
+
+    /// Under SQLite's `synchronous = "full"`, sync the WAL on a thread of
+    /// its own after commits instead of inside them, answering then (see
+    /// [`super::super::wal_sync`]). If that thread cannot start, commits
+    /// keep syncing themselves (logged).
+    pub(crate) fn with_wal_sync(self) -> Self {
+        self.with_wal_sync_by(WalSync::start)
+    }
+
+    /// [`Writer::with_wal_sync`] with `sync` instead of an fsync of the
+    /// WAL (tests: a sync that waits, or fails).
+    #[cfg(test)]
+    pub(crate) fn with_wal_sync_fn(self, sync: super::super::wal_sync::SyncFn) -> Self {
+        self.with_wal_sync_by(|_, metrics| WalSync::start_with(sync, metrics))
+    }
+
+    fn with_wal_sync_by(
+        mut self,
+        start: impl FnOnce(
+            std::path::PathBuf,
+            std::sync::Arc<super::super::stats::StoreMetrics>,
+        ) -> std::io::Result<WalSync>,
+    ) -> Self {
+        let Db::Sqlite(db) = &mut self.db else { return self };
+        let Some(wal) = db.wal_path().filter(|_| db.syncs_commits()) else {
+            return self;
+        };
+        let started = start(wal.clone(), self.metrics.clone())
+            .map_err(|e| StoreError::Open {
+                path: wal.display().to_string(),
+                message: format!("cannot sync the WAL off the store thread: {e}"),
+            })
+            .and_then(|sync| db.sync_elsewhere().map(|()| sync));
+        match started {
+            Ok(sync) => self.wal_sync = Some(sync),
+            Err(e) => tracing::warn!(error = %e, "commits sync the WAL themselves, on the store thread"),
+        }
         self
     }
 
