@@ -117,8 +117,8 @@ pub(crate) enum Command {
         prefix: String,
         reply: oneshot::Sender<Result<Vec<(String, String)>, StoreError>>,
     },
-    /// Make every commit so far durable (answered `Done` after a synced
-    /// commit): the durability hook of receipts whose pushes were
+    /// Make every commit so far durable (answered `Done` once the WAL is
+    /// synced): the durability hook of receipts whose pushes were
     /// committed without waiting for the disk.
     Sync {
         reply: Option<ReplyTx>,

@@ -476,6 +476,10 @@ impl Checkpointer {
     pub fn start(path: &Path, every: std::time::Duration) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_millis(100))?;
+        // Checkpoints sync the WAL before copying it and the database before
+        // the WAL starts over; `wal_sync` relies on it, so not left to the
+        // build's default.
+        conn.execute_batch("PRAGMA synchronous=FULL;")?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("pushbridge-checkpoint".into())

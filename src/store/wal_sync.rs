@@ -9,27 +9,32 @@
 //!
 //! Instead the store's connection commits with `synchronous=NORMAL` (the
 //! frames are written, not synced) and hands the transaction's answers to
-//! the thread here, which syncs the `-wal` file (`fdatasync`, as SQLite
-//! does on Linux) and only then answers: `OK` still means on disk. Answers
-//! handed over while a sync runs share the next one (group commit across
-//! transactions), and the store thread applies the next batch meanwhile.
+//! the thread here, which syncs the `-wal` file (`fdatasync`; SQLite's own
+//! sync is an `fsync` of the same file, and on Linux either makes the
+//! written data durable) and only then answers: `OK` still means on disk.
+//! Answers handed over while a sync runs share the next one (group commit
+//! across transactions), and the store thread applies the next batch
+//! meanwhile.
 //!
 //! Why this is as durable as SQLite's own sync:
 //! - the WAL is written in order, and a sync of the file makes every frame
 //!   written before it durable, whatever transaction wrote it;
-//! - a checkpoint (`db::Checkpointer`) syncs the WAL before copying it into
-//!   the database, and the WAL starts over only after a complete one;
+//! - a checkpoint (`db::Checkpointer`, whose connection syncs as `FULL`)
+//!   syncs the WAL before copying it and the database before the WAL may
+//!   start over, and the new WAL header is synced when it does;
+//! - SQLite keeps its WAL descriptor, on the same file, for as long as its
+//!   connection is open (the store's is, for as long as this thread runs),
+//!   so the descriptor opened here at start always names that file;
 //! - SQLite takes no lock on the `-wal` file (its locks are on the database
-//!   and `-shm` files), and the descriptor here stays open until the
-//!   store's connection is closed, so closing it releases no lock of
-//!   SQLite's ("How To Corrupt An SQLite Database File", §2.2);
-//! - if the `-wal` file is replaced (a new inode, after every connection
-//!   closed), it is opened again before the sync.
+//!   and `-shm` files), so closing the descriptor here releases no lock of
+//!   SQLite's ("How To Corrupt An SQLite Database File", §2.2).
 //!
 //! A failed sync poisons the store: written pages may be lost without a
 //! trace (the kernel may drop them and report success later), so nothing is
-//! answered `OK` after one; every waiting and later answer is an error
-//! until pushbridge restarts (what PostgreSQL does since "fsyncgate").
+//! answered `OK` after one. The waiting answers are errors, and the store
+//! thread asks [`WalSync::poisoned`] before every transaction and fails it
+//! whole (nothing more is written, pushed or counted) until pushbridge
+//! restarts, as PostgreSQL does since "fsyncgate".
 //!
 //! Notifications go to the sinks at commit, before the sync: a machine
 //! crash (not a process crash: the page cache survives that) in between
@@ -38,9 +43,9 @@
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -54,33 +59,54 @@ const QUEUE: usize = 1024;
 /// Makes the written WAL durable; `Err` when the disk could not.
 pub(crate) type SyncFn = Box<dyn FnMut() -> io::Result<()> + Send>;
 
+/// Why nothing may be answered `OK` any more; `None` while all is well.
+type Poison = Arc<Mutex<Option<String>>>;
+
 /// The sync thread: answers transactions once the WAL they wrote is on
 /// disk. Dropping it answers what waits (after a last sync) and joins the
 /// thread.
 pub(crate) struct WalSync {
     tx: Option<SyncSender<Vec<Pending>>>,
     thread: Option<JoinHandle<()>>,
+    poison: Poison,
 }
 
 impl WalSync {
-    /// Sync `wal` (the `-wal` file beside a database in WAL mode) on a
-    /// thread of its own. Fails if the file cannot be opened or the thread
-    /// cannot start (the store then syncs inside `COMMIT` as before).
+    /// Sync `wal` (the `-wal` file beside a database in WAL mode, opened
+    /// now and kept) on a thread of its own. Fails if the file cannot be
+    /// opened or the thread cannot start (the store then syncs inside
+    /// `COMMIT` as before).
     pub(crate) fn start(wal: PathBuf, metrics: Arc<StoreMetrics>) -> io::Result<Self> {
-        let mut file = WalFile::open(wal)?;
-        Self::start_with(Box::new(move || file.sync()), metrics)
+        let file = File::open(wal)?;
+        Self::start_with(Box::new(move || file.sync_data()), metrics)
     }
 
     /// Run `sync` before each group of answers.
     pub(crate) fn start_with(mut sync: SyncFn, metrics: Arc<StoreMetrics>) -> io::Result<Self> {
         let (tx, rx) = sync_channel::<Vec<Pending>>(QUEUE);
+        let poison = Poison::default();
+        let poisoned = poison.clone();
         let thread = std::thread::Builder::new()
             .name("pushbridge-fsync".into())
-            .spawn(move || run(&mut sync, &rx, &metrics))?;
+            .spawn(move || run(&mut sync, &rx, &metrics, &poisoned))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
+            poison,
         })
+    }
+
+    /// Why nothing may be written any more: a sync failed, or the thread
+    /// is gone (it panicked). The store thread fails every transaction
+    /// then.
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        if let Some(why) = lock(&self.poison).clone() {
+            return Some(why);
+        }
+        self.thread
+            .as_ref()
+            .filter(|t| t.is_finished())
+            .map(|_| GONE.to_owned())
     }
 
     /// Answer `pending` (a committed transaction's answers) once the WAL is
@@ -122,13 +148,17 @@ fn fail(pending: Vec<Pending>, msg: &str) {
     }
 }
 
+fn lock(poison: &Poison) -> std::sync::MutexGuard<'_, Option<String>> {
+    poison.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The thread: one sync for everything waiting, then answers.
-fn run(sync: &mut SyncFn, rx: &Receiver<Vec<Pending>>, metrics: &StoreMetrics) {
-    let mut poisoned: Option<String> = None;
+fn run(sync: &mut SyncFn, rx: &Receiver<Vec<Pending>>, metrics: &StoreMetrics, poison: &Poison) {
     let mut waiting: Vec<Vec<Pending>> = Vec::new();
     while let Ok(first) = rx.recv() {
         waiting.push(first);
         waiting.extend(rx.try_iter());
+        let mut poisoned = lock(poison).clone();
         if poisoned.is_none() {
             let started = Instant::now();
             match sync() {
@@ -140,6 +170,7 @@ fn run(sync: &mut SyncFn, rx: &Receiver<Vec<Pending>>, metrics: &StoreMetrics) {
                     );
                     let msg = format!("store: the disk did not confirm the write (fsync failed: {e}); restart pushbridge once the disk is sound");
                     metrics.sync_failed(&msg);
+                    *lock(poison) = Some(msg.clone());
                     poisoned = Some(msg);
                 }
             }
@@ -151,34 +182,6 @@ fn run(sync: &mut SyncFn, rx: &Receiver<Vec<Pending>>, metrics: &StoreMetrics) {
             }
         }
     }
-}
-
-/// The `-wal` file, opened again when SQLite replaced it.
-struct WalFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl WalFile {
-    fn open(path: PathBuf) -> io::Result<Self> {
-        let file = File::open(&path)?;
-        Ok(Self { path, file })
-    }
-
-    /// `fdatasync` the file now at `path`.
-    fn sync(&mut self) -> io::Result<()> {
-        if !same_file(&self.file, &self.path)? {
-            self.file = File::open(&self.path)?;
-        }
-        self.file.sync_data()
-    }
-}
-
-/// Whether `file` is the file now at `path`.
-fn same_file(file: &File, path: &Path) -> io::Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let (open, now) = (file.metadata()?, std::fs::metadata(path)?);
-    Ok(open.dev() == now.dev() && open.ino() == now.ino())
 }
 
 #[cfg(test)]
@@ -231,6 +234,10 @@ mod tests {
             "no sync after a failed one"
         );
         assert!(metrics.writable().is_err_and(|e| e.contains("fsync failed")));
+        assert!(
+            s.poisoned().is_some_and(|e| e.contains("fsync failed")),
+            "the store thread is told"
+        );
     }
 
     #[test]
@@ -251,20 +258,5 @@ mod tests {
         for mut rx in rxs {
             assert!(matches!(rx.try_recv(), Ok(Ok(Reply::Done))));
         }
-    }
-
-    #[test]
-    fn a_replaced_wal_file_is_opened_again() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("x.db-wal");
-        std::fs::write(&path, b"one").expect("write");
-        let mut f = WalFile::open(path.clone()).expect("open");
-        let first = f.file.metadata().expect("meta").ino();
-        std::fs::remove_file(&path).expect("rm");
-        std::fs::write(&path, b"two").expect("write");
-        f.sync().expect("sync");
-        assert_ne!(f.file.metadata().expect("meta").ino(), first);
-        assert!(same_file(&f.file, &path).expect("stat"));
     }
 }

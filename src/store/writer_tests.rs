@@ -414,3 +414,66 @@ fn under_synchronous_full_answers_wait_for_the_wal_sync_and_the_next_batch_does_
     assert_eq!(queued.blocking_recv().unwrap(), Ok(Reply::Queued(1)));
     assert!(syncs.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
+
+/// `PRAGMA synchronous` of the writer's connection (1 NORMAL, 2 FULL).
+fn synchronous_of(writer: &Writer) -> i64 {
+    match writer.db_for_test() {
+        Db::Sqlite(d) => d.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap(),
+        Db::Postgres(_) => unreachable!("SQLite fixture"),
+    }
+}
+
+#[test]
+fn under_synchronous_full_the_wal_is_synced_by_its_own_thread_and_commits_do_not_sync() {
+    let Fixture {
+        writer,
+        _completions,
+        _dir,
+        ..
+    } = fixture_with(64, Synchronous::Full);
+    assert_eq!(synchronous_of(&writer), 2, "FULL until the sync thread runs");
+    let mut writer = writer.with_wal_sync();
+    assert_eq!(synchronous_of(&writer), 1, "commits no longer sync themselves");
+    // A real fsync of the real WAL answers.
+    let (c, registered) = register("alice", 1);
+    writer.apply_batch(&mut vec![c], &mut Vec::new());
+    assert_eq!(registered.blocking_recv().unwrap(), Ok(Reply::Done));
+    // Under "normal" nothing changes: commits never sync.
+    let normal = fixture_with(64, Synchronous::Normal).writer.with_wal_sync();
+    assert_eq!(synchronous_of(&normal), 1);
+}
+
+#[test]
+fn after_a_failed_wal_sync_every_transaction_fails_whole() {
+    let Fixture {
+        writer,
+        mut sink,
+        counters,
+        _completions,
+        _dir,
+    } = fixture_with(64, Synchronous::Full);
+    let sync: super::wal_sync::SyncFn = Box::new(|| Err(std::io::Error::other("EIO")));
+    let mut writer = writer.with_wal_sync_fn(sync);
+    let (c, registered) = register("alice", 1);
+    writer.apply_batch(&mut vec![c], &mut Vec::new());
+    let err = registered.blocking_recv().unwrap().expect_err("the sync failed");
+    assert!(err.to_string().contains("fsync failed: EIO"), "{err}");
+    // Committed before the sync failed, so alice has her device; but from
+    // now on nothing is written, pushed or counted.
+    let (c, mut queued) = message("alice", "hi");
+    writer.apply_batch(&mut vec![c], &mut Vec::new());
+    let err = answer(&mut queued).expect_err("refused before the transaction");
+    assert!(err.to_string().contains("fsync failed"), "{err}");
+    assert!(sink.try_recv().is_err(), "nothing handed to the sink");
+    assert_eq!(counters.snapshot().accepted, 0);
+    match writer.db_for_test() {
+        Db::Sqlite(d) => {
+            let rows: i64 = d
+                .conn()
+                .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, 0, "nothing written");
+        }
+        Db::Postgres(_) => unreachable!("SQLite fixture"),
+    }
+}

@@ -18,7 +18,8 @@
 //! every commit is written without the fsync; "waiting for the disk" then
 //! means the transaction's answers go through that thread's next fsync,
 //! and a deferred transaction's answers do not (a [`Command::Sync`]'s
-//! always do, so the marker is written but no longer needed).
+//! always do; no marker is written then, as that thread syncs the file
+//! whether or not the transaction wrote anything).
 //!
 //! The same holds for transactions of outcomes alone ("delivered, remove
 //! it"): an outcome lost only sends its notification again, which
@@ -36,7 +37,12 @@ use pushbridge_api::{DurabilityHook, EventError, Reply};
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::command::Command;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use super::super::db::{Db, StoreError};
+use super::super::stats::StoreMetrics;
 use super::super::wal_sync::WalSync;
 use super::Writer;
 
@@ -69,15 +75,13 @@ impl Writer {
         self.with_wal_sync_by(|_, metrics| WalSync::start_with(sync, metrics))
     }
 
-    fn with_wal_sync_by(
-        mut self,
-        start: impl FnOnce(
-            std::path::PathBuf,
-            std::sync::Arc<super::super::stats::StoreMetrics>,
-        ) -> std::io::Result<WalSync>,
-    ) -> Self {
+    fn with_wal_sync_by(mut self, start: impl FnOnce(PathBuf, Arc<StoreMetrics>) -> io::Result<WalSync>) -> Self {
         let Db::Sqlite(db) = &mut self.db else { return self };
-        let Some(wal) = db.wal_path().filter(|_| db.syncs_commits()) else {
+        if !db.syncs_commits() {
+            return self;
+        }
+        let Some(wal) = db.wal_path() else {
+            tracing::warn!("the database has no WAL file path; commits sync the WAL themselves, on the store thread");
             return self;
         };
         let started = start(wal.clone(), self.metrics.clone())
@@ -93,6 +97,15 @@ impl Writer {
         self
     }
 
+    /// Before a transaction: fail it whole when the WAL can no longer be
+    /// synced (a sync failed: see [`WalSync::poisoned`]).
+    pub(super) fn check_wal(&self) -> Result<(), StoreError> {
+        match self.wal_sync.as_ref().and_then(WalSync::poisoned) {
+            Some(why) => Err(StoreError::Unavailable(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Before a transaction: choose whether its commit waits for the disk.
     /// `Ok(true)`: it answers a [`Command::Sync`] while earlier commits
     /// are not synced, so it must write (the marker) to sync.
@@ -100,7 +113,8 @@ impl Writer {
         self.deferring =
             self.durability.is_some() && self.db.can_defer_sync() && batch.iter().all(Command::may_defer_sync);
         self.db.defer_sync(self.deferring)?;
-        Ok(self.unsynced && batch.iter().any(|c| matches!(c, Command::Sync { .. })))
+        // The sync thread syncs the file itself: no marker needed.
+        Ok(self.unsynced && self.wal_sync.is_none() && batch.iter().any(|c| matches!(c, Command::Sync { .. })))
     }
 
     /// Inside the transaction: the marker a sync writes.
