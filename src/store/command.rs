@@ -136,6 +136,11 @@ pub(crate) enum Command {
     OutboxStats {
         reply: oneshot::Sender<Result<Vec<AppOutbox>, StoreError>>,
     },
+    /// Answered after the batch: the thread is taking commands (SQLite's
+    /// outbox statistics are read elsewhere, see [`super::stats::StatsReader`]).
+    Alive {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Command {
@@ -149,7 +154,7 @@ impl Command {
     pub(crate) fn may_defer_sync(&self) -> bool {
         match self {
             Command::Push { pushes, .. } => pushes.iter().all(|p| p.track),
-            Command::Tick | Command::Wake | Command::OutboxStats { .. } => true,
+            Command::Tick | Command::Wake | Command::OutboxStats { .. } | Command::Alive { .. } => true,
             _ => false,
         }
     }
@@ -157,7 +162,7 @@ impl Command {
     pub(crate) fn is_control(&self) -> bool {
         matches!(
             self,
-            Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. }
+            Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } | Command::Alive { .. }
         )
     }
 }
@@ -247,6 +252,8 @@ pub(crate) fn fail_command(cmd: Command, msg: &str) {
         Command::StatePut { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StateList { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::OutboxStats { reply } => drop(reply.send(Err(store_err()))),
+        // Dropped: the caller learns that the store did not answer.
+        Command::Alive { reply } => drop(reply),
         Command::Tick | Command::CloseSinks | Command::Wake | Command::SetPolicy(_) => {}
     }
 }

@@ -384,28 +384,9 @@ impl SqliteDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every app's outbox depth and oldest entry (the id index answers
-    /// the counts; one row read per app for the oldest's time).
+    /// Every app's outbox depth and oldest entry ([`outbox_stats_of`]).
     pub fn outbox_stats(&self) -> Result<Vec<super::stats::AppOutbox>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT topic, count(*), min(id) FROM outbox GROUP BY topic ORDER BY topic")?;
-        let rows: Vec<(String, i64, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut oldest = self
-            .conn
-            .prepare_cached("SELECT created_ms FROM outbox WHERE id = ?1")?;
-        rows.into_iter()
-            .map(|(app, depth, min_id)| {
-                let oldest_ms = oldest.query_row([min_id], |r| r.get(0)).optional()?;
-                Ok(super::stats::AppOutbox {
-                    app,
-                    depth: depth.max(0) as u64,
-                    oldest_ms,
-                })
-            })
-            .collect()
+        outbox_stats_of(&self.conn)
     }
 
     pub fn state_get(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
@@ -461,6 +442,27 @@ impl SqliteDb {
     pub fn checkpoint(&self) {
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     }
+}
+
+/// Every app's outbox depth and oldest entry, read over `conn` (the id
+/// index answers the counts; one row read per app for the oldest's time).
+/// O(outbox rows): ~140 ms at 200,000 on the test machine.
+pub(super) fn outbox_stats_of(conn: &Connection) -> Result<Vec<super::stats::AppOutbox>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT topic, count(*), min(id) FROM outbox GROUP BY topic ORDER BY topic")?;
+    let rows: Vec<(String, i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut oldest = conn.prepare_cached("SELECT created_ms FROM outbox WHERE id = ?1")?;
+    rows.into_iter()
+        .map(|(app, depth, min_id)| {
+            let oldest_ms = oldest.query_row([min_id], |r| r.get(0)).optional()?;
+            Ok(super::stats::AppOutbox {
+                app,
+                depth: depth.max(0) as u64,
+                oldest_ms,
+            })
+        })
+        .collect()
 }
 
 /// Checkpoints the WAL from its own connection and thread, so the store

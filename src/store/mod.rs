@@ -70,6 +70,8 @@ pub struct StoreHandle {
     /// (PostgreSQL): the router hands it reports and leaves it the
     /// decision whether a message becomes a push.
     shared_presence: bool,
+    /// SQLite: the outbox statistics' own connection.
+    stats: Option<Arc<stats::StatsReader>>,
 }
 
 /// The store, opened, before its thread starts.
@@ -157,10 +159,15 @@ impl Store {
             metrics: metrics.clone(),
             sync_tx,
         };
+        let stats = match &open.db {
+            Db::Sqlite(_) => Some(Arc::new(stats::StatsReader::open(&config.path)?)),
+            Db::Postgres(_) => None,
+        };
         let handle = StoreHandle {
             tx,
             metrics,
             shared_presence,
+            stats,
         };
         Ok((handle, completion_tx, open))
     }
@@ -229,10 +236,17 @@ impl StoreHandle {
         &self.metrics
     }
 
-    /// Every app's outbox depth and oldest entry, read by the store thread
-    /// between transactions (so also a sign that it is alive).
+    /// Every app's outbox depth and oldest entry, once the store thread
+    /// answered between transactions (so also a sign that it is alive).
+    /// PostgreSQL: read by the store thread; SQLite: over a connection of
+    /// its own ([`stats::StatsReader`]), so a deep outbox's count does not
+    /// stall the thread's transactions.
     pub async fn outbox_stats(&self) -> Result<Vec<AppOutbox>, StoreError> {
-        self.call(|reply| Command::OutboxStats { reply }).await?
+        let Some(stats) = &self.stats else {
+            return self.call(|reply| Command::OutboxStats { reply }).await?;
+        };
+        self.call(|reply| Command::Alive { reply }).await?;
+        stats.read().await
     }
 
     /// Whether the store thread has stopped taking commands.

@@ -362,6 +362,7 @@ impl Writer {
             match c {
                 Command::CloseSinks => self.feed.close(),
                 Command::OutboxStats { reply } => drop(reply.send(stats::outbox(&self.db))),
+                Command::Alive { reply } => drop(reply.send(())),
                 _ => {}
             }
         }
@@ -546,6 +547,7 @@ impl Writer {
             | Command::CloseSinks
             | Command::Wake
             | Command::OutboxStats { .. }
+            | Command::Alive { .. }
             | Command::SetPolicy(_) => Ok(()),
         }
     }
