@@ -61,7 +61,8 @@ impl AdminConfig {
     }
 }
 
-/// How long a scrape or readiness check waits for the store thread.
+/// How long a scrape or readiness check waits for the store thread's
+/// answer and the outbox statistics.
 const STORE_ANSWER: Duration = Duration::from_secs(2);
 
 /// What the handlers read.
@@ -75,7 +76,8 @@ pub struct AdminState {
     /// Recent totals, for "in the last minute".
     pub history: Arc<status::History>,
     /// The last outbox statistics, reused for [`OUTBOX_FRESH`] (counting
-    /// a large outbox is work for the store thread).
+    /// a large outbox is work: for the store thread on PostgreSQL, for a
+    /// connection of its own on SQLite).
     pub outbox_cache: Arc<std::sync::Mutex<Option<OutboxSample>>>,
 }
 
@@ -107,7 +109,7 @@ impl AdminState {
             }
             Ok(Err(e)) => Err(format!("store: {e}")),
             Err(_) => Err(format!(
-                "the store thread did not answer within {} s",
+                "the store did not answer within {} s (its thread, or counting the outbox)",
                 STORE_ANSWER.as_secs()
             )),
         }

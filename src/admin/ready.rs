@@ -1,5 +1,6 @@
 //! Readiness (`GET /readyz`): the gateway is ready when
-//! - the store thread answers and its last transaction did not fail;
+//! - the store thread answers, the outbox statistics are read, and the
+//!   last transaction did not fail;
 //! - every app's sink can deliver: it is connected, or idle, or its latest
 //!   connection attempt succeeded; APNS does not refuse its credential; its
 //!   client certificate has not expired
@@ -28,7 +29,8 @@ pub struct Readiness {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Problem {
     /// The store part that is not ready (`outbox`: the store thread did
-    /// not answer, or its last transaction failed).
+    /// not answer, the outbox statistics could not be read, or the last
+    /// transaction failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
     /// The topic of an app whose sink cannot deliver.

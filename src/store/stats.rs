@@ -3,11 +3,13 @@
 //! store thread per transaction), whether the last transaction failed, and
 //! the outbox depth and oldest entry per app (read on demand).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use rusqlite::{Connection, OpenFlags};
 
 use super::db::{Db, StoreError};
 
@@ -112,32 +114,66 @@ pub(crate) fn outbox(db: &Db) -> Result<Vec<AppOutbox>, StoreError> {
     db.outbox_stats()
 }
 
-/// Reads a SQLite store's outbox statistics over a connection of its own
-/// (read only), so a scrape never stalls the store thread: the count is
-/// O(outbox rows), ~140 ms at 200,000, and WAL lets it read while the
-/// store thread writes. One read at a time; callers wait in turn.
+/// Reads a SQLite store's outbox statistics over a read-only connection
+/// of its own, so counting a deep outbox (O(rows), 40–140 ms at 200,000)
+/// does not hold up the store thread's transactions; WAL lets it read
+/// while the store thread writes. One count at a time, on a blocking
+/// thread; its result is kept and handed to every caller for
+/// [`StatsReader::fresh`] (at least a second, longer when counting takes
+/// long), also when the caller that started it gave up waiting, so slow
+/// counts never run back to back.
 pub(crate) struct StatsReader {
-    conn: std::sync::Arc<tokio::sync::Mutex<rusqlite::Connection>>,
+    inner: Arc<tokio::sync::Mutex<Reader>>,
+}
+
+struct Reader {
+    conn: Connection,
+    /// The last count, when it was made and how long it took.
+    last: Option<(Instant, Duration, Vec<AppOutbox>)>,
 }
 
 impl StatsReader {
-    /// Open a connection on the SQLite file at `path` (already created and
-    /// migrated by the store).
-    pub(crate) fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(1))?;
-        conn.execute_batch("PRAGMA query_only=1;")?;
+    /// Open a read-only connection on the SQLite file at `path` (created
+    /// and migrated by the store already).
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        let open = || -> rusqlite::Result<Connection> {
+            let conn =
+                Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            conn.busy_timeout(Duration::from_secs(1))?;
+            Ok(conn)
+        };
+        let conn = open().map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("cannot open a connection for the outbox statistics: {e}"),
+        })?;
         Ok(Self {
-            conn: std::sync::Arc::new(tokio::sync::Mutex::new(conn)),
+            inner: Arc::new(tokio::sync::Mutex::new(Reader { conn, last: None })),
         })
     }
 
-    /// The outbox of every app with entries, read on a blocking thread.
+    /// How long a count that took `took` is handed out: a second, or four
+    /// times as long as it took (then the reader counts at most a fifth of
+    /// the time).
+    fn fresh(took: Duration) -> Duration {
+        (took * 4).max(Duration::from_secs(1))
+    }
+
+    /// The outbox of every app with entries.
     pub(crate) async fn read(&self) -> Result<Vec<AppOutbox>, StoreError> {
-        let conn = self.conn.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || super::db::outbox_stats_of(&conn))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        let mut reader = self.inner.clone().lock_owned().await;
+        if let Some((at, took, v)) = &reader.last {
+            if at.elapsed() < Self::fresh(*took) {
+                return Ok(v.clone());
+            }
+        }
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let v = super::db::outbox_stats_of(&reader.conn)?;
+            reader.last = Some((Instant::now(), started.elapsed(), v.clone()));
+            Ok(v)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("the outbox statistics' reader failed: {e}")))?
     }
 }
 
@@ -186,5 +222,66 @@ mod tests {
             }]
         );
         db.rollback();
+    }
+
+    #[tokio::test]
+    async fn sqlite_statistics_ask_the_store_thread_only_whether_it_answers() {
+        use crate::store::command::Command;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("t.db");
+        let db = SqliteDb::open(&path, Synchronous::Normal).expect("open");
+        let token = DeviceToken::parse(&"cd".repeat(32)).expect("token");
+        db.insert_outbox(&NewNotification {
+            topic: "com.example.chat",
+            token: &token,
+            environment: Environment::Production,
+            payload: "{}",
+            expiration: 0,
+            priority: 10,
+            collapse_id: None,
+            created_ms: 7,
+        })
+        .expect("insert");
+        // A stand-in for the store thread: answers `Alive` (or drops it),
+        // and would fail the test if asked to count.
+        let handle = |answer: bool| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Command>(8);
+            let thread = tokio::spawn(async move {
+                let mut asked = 0;
+                while let Some(cmd) = rx.recv().await {
+                    match cmd {
+                        Command::Alive { reply } if answer => {
+                            asked += 1;
+                            let _ = reply.send(());
+                        }
+                        Command::Alive { .. } => asked += 1,
+                        other => panic!("the store thread was asked for {other:?}"),
+                    }
+                }
+                asked
+            });
+            let handle = crate::store::StoreHandle {
+                tx,
+                metrics: Arc::default(),
+                shared_presence: false,
+                stats: Some(Arc::new(StatsReader::open(&path).expect("reader"))),
+            };
+            (handle, thread)
+        };
+        let (alive, thread) = handle(true);
+        let stats = alive.outbox_stats().await.expect("statistics");
+        assert_eq!(
+            stats.iter().map(|a| (a.depth, a.oldest_ms)).collect::<Vec<_>>(),
+            [(1, Some(7))]
+        );
+        drop(alive);
+        assert_eq!(thread.await.expect("stand-in"), 1);
+        let (stuck, thread) = handle(false);
+        assert!(
+            stuck.outbox_stats().await.is_err(),
+            "no answer from the thread: no statistics"
+        );
+        drop(stuck);
+        assert_eq!(thread.await.expect("stand-in"), 1);
     }
 }
