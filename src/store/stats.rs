@@ -184,22 +184,27 @@ mod tests {
     use crate::store::db::{NewNotification, SqliteDb};
     use pushbridge_api::{DeviceToken, Environment};
 
-    #[tokio::test]
-    async fn the_stats_reader_reads_committed_rows_while_a_write_transaction_is_open() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("t.db");
-        let db = SqliteDb::open(&path, Synchronous::Normal).expect("open");
-        let token = DeviceToken::parse(&"ab".repeat(32)).expect("token");
-        let row = |created_ms| NewNotification {
+    /// An outbox row of the app `com.example.chat` accepted at `created_ms`.
+    fn row(token: &DeviceToken, created_ms: i64) -> NewNotification<'_> {
+        NewNotification {
             topic: "com.example.chat",
-            token: &token,
+            token,
             environment: Environment::Production,
             payload: "{}",
             expiration: 0,
             priority: 10,
             collapse_id: None,
             created_ms,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stats_reader_reads_committed_rows_while_a_write_transaction_is_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("t.db");
+        let db = SqliteDb::open(&path, Synchronous::Normal).expect("open");
+        let token = DeviceToken::parse(&"ab".repeat(32)).expect("token");
+        let row = |created_ms| row(&token, created_ms);
         db.begin().expect("begin");
         for t in [1_000, 2_000, 3_000] {
             db.insert_outbox(&row(t)).expect("insert");
@@ -231,17 +236,7 @@ mod tests {
         let path = dir.path().join("t.db");
         let db = SqliteDb::open(&path, Synchronous::Normal).expect("open");
         let token = DeviceToken::parse(&"cd".repeat(32)).expect("token");
-        db.insert_outbox(&NewNotification {
-            topic: "com.example.chat",
-            token: &token,
-            environment: Environment::Production,
-            payload: "{}",
-            expiration: 0,
-            priority: 10,
-            collapse_id: None,
-            created_ms: 7,
-        })
-        .expect("insert");
+        db.insert_outbox(&row(&token, 7)).expect("insert");
         // A stand-in for the store thread: answers `Alive` (or drops it),
         // and would fail the test if asked to count.
         let handle = |answer: bool| {
