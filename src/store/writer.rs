@@ -274,53 +274,50 @@ impl Writer {
         let mut completed = done.is_empty();
         let mut size = done.len();
         let started = std::time::Instant::now();
-        let result = self
-            .check_wal()
-            .and_then(|()| self.prepare_durability(batch))
-            .and_then(|mark| {
-                self.db.begin()?;
-                if !completed {
-                    match done.iter().try_for_each(|c| self.complete(c, &mut removed)) {
-                        Ok(()) => completed = true,
-                        Err(e) => {
-                            log_failure!(
-                                self.outcome_errors,
-                                error = %e,
-                                completions = done.len(),
-                                "cannot record outcomes; they are kept and tried again with every batch"
-                            );
-                            removed.clear();
-                            self.db.rollback();
-                            self.db.begin()?;
+        let result = self.prepare_durability(batch).and_then(|mark| {
+            self.db.begin()?;
+            if !completed {
+                match done.iter().try_for_each(|c| self.complete(c, &mut removed)) {
+                    Ok(()) => completed = true,
+                    Err(e) => {
+                        log_failure!(
+                            self.outcome_errors,
+                            error = %e,
+                            completions = done.len(),
+                            "cannot record outcomes; they are kept and tried again with every batch"
+                        );
+                        removed.clear();
+                        self.db.rollback();
+                        self.db.begin()?;
+                    }
+                }
+            }
+            // After the completions: their retry above rolls back.
+            self.release_due(&mut out)?;
+            self.db.prefetch(batch)?;
+            let mut cmds = batch.drain(..);
+            while let Some(cmd) = cmds.next() {
+                match cmd {
+                    cmd if cmd.is_control() => control.push(cmd),
+                    // In order: messages before it keep the old policy.
+                    Command::SetPolicy(p) => self.policy = *p,
+                    cmd => {
+                        size += 1;
+                        if let Err(e) = self.apply(cmd, &mut pending, &mut out) {
+                            // The rest is answered with the error below
+                            // (dropping the drain would drop them unanswered).
+                            let rest: Vec<Command> = cmds.collect();
+                            batch.extend(rest);
+                            return Err(e);
                         }
                     }
                 }
-                // After the completions: their retry above rolls back.
-                self.release_due(&mut out)?;
-                self.db.prefetch(batch)?;
-                let mut cmds = batch.drain(..);
-                while let Some(cmd) = cmds.next() {
-                    match cmd {
-                        cmd if cmd.is_control() => control.push(cmd),
-                        // In order: messages before it keep the old policy.
-                        Command::SetPolicy(p) => self.policy = *p,
-                        cmd => {
-                            size += 1;
-                            if let Err(e) = self.apply(cmd, &mut pending, &mut out) {
-                                // The rest is answered with the error below
-                                // (dropping the drain would drop them unanswered).
-                                let rest: Vec<Command> = cmds.collect();
-                                batch.extend(rest);
-                                return Err(e);
-                            }
-                        }
-                    }
-                }
-                if mark {
-                    self.write_mark()?;
-                }
-                self.db.commit()
-            });
+            }
+            if mark {
+                self.write_mark()?;
+            }
+            self.db.commit()
+        });
         match result {
             Ok(()) => {
                 let failures = self.transaction_errors.succeeded();

@@ -99,7 +99,7 @@ impl Writer {
 
     /// Before a transaction: fail it whole when the WAL can no longer be
     /// synced (a sync failed: see [`WalSync::poisoned`]).
-    pub(super) fn check_wal(&self) -> Result<(), StoreError> {
+    fn check_wal(&self) -> Result<(), StoreError> {
         match self.wal_sync.as_ref().and_then(WalSync::poisoned) {
             Some(why) => Err(StoreError::Unavailable(why)),
             None => Ok(()),
@@ -109,7 +109,9 @@ impl Writer {
     /// Before a transaction: choose whether its commit waits for the disk.
     /// `Ok(true)`: it answers a [`Command::Sync`] while earlier commits
     /// are not synced, so it must write (the marker) to sync.
+    /// Fails (the whole transaction) once the WAL can no longer be synced.
     pub(super) fn prepare_durability(&mut self, batch: &[Command]) -> Result<bool, StoreError> {
+        self.check_wal()?;
         self.deferring =
             self.durability.is_some() && self.db.can_defer_sync() && batch.iter().all(Command::may_defer_sync);
         self.db.defer_sync(self.deferring)?;
