@@ -33,14 +33,14 @@
 //! already (then a lost outbox row only means nothing to send) or not yet
 //! acknowledged to the requester, which sends them again.
 
-use pushbridge_api::{DurabilityHook, EventError, Reply};
-use tokio::sync::{mpsc, oneshot};
-
-use super::super::command::Command;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pushbridge_api::{DurabilityHook, EventError, Reply};
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::command::Command;
 use super::super::db::{Db, StoreError};
 use super::super::stats::StoreMetrics;
 use super::super::wal_sync::WalSync;
