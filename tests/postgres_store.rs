@@ -282,3 +282,60 @@ async fn batches_reach_outbox_rows_by_index_not_by_scanning_the_table() {
     assert!(ok, "{err}");
     assert!(out.contains("outbox empty"), "{out}");
 }
+
+/// Counting the outbox for `/metrics`, `/readyz` and `status` is O(rows).
+/// It runs in a session of its own (`application_name` `pushbridge stats`),
+/// never in the store's, whose transactions would all wait behind it; that
+/// session is made again after the server restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_is_counted_in_a_session_of_its_own() {
+    let Some(b) = Backend::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{}\n[admin]\nlisten = \"127.0.0.1:0\"\n", b.config(dir.path(), "", ""));
+    let gw = Gateway::start(dir.path(), &text);
+    let Backend::Postgres(pg) = &b else { unreachable!() };
+    // Rows of an app this gateway has no sink for stay in the outbox.
+    pg.psql(
+        "INSERT INTO outbox (topic, token, environment, payload, expiration, priority, created_ms) \
+         SELECT 'com.example.other', lpad(to_hex(i), 64, '0'), 'production', '{}', 0, 10, 1000 * i \
+         FROM generate_series(1, 3) i",
+    );
+    let depth = "pushbridge_outbox_notifications{app=\"com.example.other\"}";
+    let counted_by = || {
+        pg.psql(
+            "SELECT string_agg(application_name, ',') FROM pg_stat_activity \
+             WHERE query LIKE 'SELECT topic, count(*), min(created_ms) FROM outbox%' AND pid <> pg_backend_pid()",
+        )
+    };
+    wait_sample(&gw, depth, 3.0).await;
+    assert_eq!(counted_by(), "pushbridge stats");
+
+    pg.stop_now();
+    pg.restart();
+    // A fourth row: a depth of 4 is a count made after the restart (3 may
+    // be the count kept from before), by a session made again.
+    pg.psql(
+        "INSERT INTO outbox (topic, token, environment, payload, expiration, priority, created_ms) \
+         VALUES ('com.example.other', lpad('4', 64, '0'), 'production', '{}', 0, 10, 4000)",
+    );
+    wait_sample(&gw, depth, 4.0).await;
+    assert_eq!(counted_by(), "pushbridge stats");
+}
+
+/// Scrape `/metrics` until `name_and_labels` reads `want` (within 30 s).
+async fn wait_sample(gw: &Gateway, name_and_labels: &str, want: f64) {
+    let metrics = format!("{}/metrics", gw.admin_url());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, scrape) = harness::admin::get(&metrics).await;
+        if code == 200 && harness::admin::sample(&scrape, name_and_labels) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {name_and_labels} {want} in\n{scrape}\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

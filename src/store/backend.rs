@@ -19,7 +19,6 @@ use super::db::{DeviceRow, NewNotification, SqliteDb, StoreError};
 use super::pg::claims::Taken;
 use super::pg::PgDb;
 use super::settings::SettingsCache;
-use super::stats::AppOutbox;
 use crate::config::{StoreConfig, Synchronous};
 use crate::outcome::Notification;
 
@@ -108,8 +107,6 @@ dispatch! {
     pub fn load_outbox(&self, topic: &Arc<str>, from_id: i64, limit: usize) -> Result<Vec<Notification>, StoreError>;
     /// Pending outbox entries per topic.
     pub fn outbox_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
-    /// Every app's outbox depth and oldest entry.
-    pub fn outbox_stats(&self) -> Result<Vec<AppOutbox>, StoreError>;
     /// An adapter's state value.
     pub fn state_get(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError>;
     /// Set an adapter's state value.

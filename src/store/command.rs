@@ -9,7 +9,6 @@ use pushbridge_api::{DeviceToken, Environment, EventError, Reply, UserId};
 use tokio::sync::oneshot;
 
 use super::db::StoreError;
-use super::stats::AppOutbox;
 use crate::policy::Policy;
 
 /// Where an adapter's answer goes.
@@ -132,11 +131,7 @@ pub(crate) enum Command {
     /// Shutdown: hand sinks nothing more (they drain and stop); keep
     /// recording their reports until every handle is gone.
     CloseSinks,
-    /// Read every app's outbox depth and oldest entry (after the batch).
-    OutboxStats {
-        reply: oneshot::Sender<Result<Vec<AppOutbox>, StoreError>>,
-    },
-    /// Answered after the batch: the thread is taking commands (SQLite's
+    /// Answered after the batch: the thread is taking commands (the
     /// outbox statistics are read elsewhere, see [`super::stats::StatsReader`]).
     Alive {
         reply: oneshot::Sender<()>,
@@ -154,7 +149,7 @@ impl Command {
     pub(crate) fn may_defer_sync(&self) -> bool {
         match self {
             Command::Push { pushes, .. } => pushes.iter().all(|p| p.track),
-            Command::Tick | Command::Wake | Command::OutboxStats { .. } | Command::Alive { .. } => true,
+            Command::Tick | Command::Wake | Command::Alive { .. } => true,
             _ => false,
         }
     }
@@ -162,7 +157,7 @@ impl Command {
     pub(crate) fn is_control(&self) -> bool {
         matches!(
             self,
-            Command::Tick | Command::CloseSinks | Command::Wake | Command::OutboxStats { .. } | Command::Alive { .. }
+            Command::Tick | Command::CloseSinks | Command::Wake | Command::Alive { .. }
         )
     }
 }
@@ -251,7 +246,6 @@ pub(crate) fn fail_command(cmd: Command, msg: &str) {
         Command::StateGet { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StatePut { reply, .. } => drop(reply.send(Err(store_err()))),
         Command::StateList { reply, .. } => drop(reply.send(Err(store_err()))),
-        Command::OutboxStats { reply } => drop(reply.send(Err(store_err()))),
         // Dropped: the caller learns that the store did not answer.
         Command::Alive { reply } => drop(reply),
         Command::Tick | Command::CloseSinks | Command::Wake | Command::SetPolicy(_) => {}

@@ -384,11 +384,6 @@ impl SqliteDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every app's outbox depth and oldest entry ([`outbox_stats_of`]).
-    pub fn outbox_stats(&self) -> Result<Vec<super::stats::AppOutbox>, StoreError> {
-        outbox_stats_of(&self.conn)
-    }
-
     pub fn state_get(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn

@@ -71,7 +71,7 @@ pub struct StoreHandle {
     /// decision whether a message becomes a push.
     shared_presence: bool,
     /// SQLite: the outbox statistics' own connection.
-    stats: Option<Arc<stats::StatsReader>>,
+    stats: Arc<stats::StatsReader>,
 }
 
 /// The store, opened, before its thread starts.
@@ -159,10 +159,10 @@ impl Store {
             metrics: metrics.clone(),
             sync_tx,
         };
-        let stats = match &open.db {
-            Db::Sqlite(_) => Some(Arc::new(stats::StatsReader::open(&config.path)?)),
-            Db::Postgres(_) => None,
-        };
+        let stats = Arc::new(match &open.db {
+            Db::Sqlite(_) => stats::StatsReader::open(&config.path)?,
+            Db::Postgres(_) => stats::StatsReader::postgres(config)?,
+        });
         let handle = StoreHandle {
             tx,
             metrics,
@@ -238,15 +238,11 @@ impl StoreHandle {
 
     /// Every app's outbox depth and oldest entry, once the store thread
     /// answered between transactions (so also a sign that it is alive).
-    /// PostgreSQL: read by the store thread; SQLite: over a connection of
-    /// its own ([`stats::StatsReader`]), so a deep outbox's count does not
-    /// stall the thread's transactions.
+    /// Counted over a connection of its own ([`stats::StatsReader`]), so a
+    /// deep outbox's count does not stall the thread's transactions.
     pub async fn outbox_stats(&self) -> Result<Vec<AppOutbox>, StoreError> {
-        let Some(stats) = &self.stats else {
-            return self.call(|reply| Command::OutboxStats { reply }).await?;
-        };
         self.call(|reply| Command::Alive { reply }).await?;
-        stats.read().await
+        self.stats.read().await
     }
 
     /// Whether the store thread has stopped taking commands.

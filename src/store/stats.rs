@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rusqlite::{Connection, OpenFlags};
 
-use super::db::{Db, StoreError};
+use super::db::StoreError;
 
 /// Buckets of [`StoreMetrics::commit_duration`], in seconds: 0.1 ms to ~3.3 s.
 fn commit_buckets() -> impl Iterator<Item = f64> {
@@ -109,27 +109,29 @@ pub struct AppOutbox {
     pub oldest_ms: Option<i64>,
 }
 
-/// The outbox of every app with entries, read by the store thread.
-pub(crate) fn outbox(db: &Db) -> Result<Vec<AppOutbox>, StoreError> {
-    db.outbox_stats()
-}
-
-/// Reads a SQLite store's outbox statistics over a read-only connection
-/// of its own, so counting a deep outbox (O(rows), 40–140 ms at 200,000)
-/// does not hold up the store thread's transactions; WAL lets it read
-/// while the store thread writes. One count at a time, on a blocking
-/// thread; its result is kept and handed to every caller for
-/// [`StatsReader::fresh`] (at least a second, longer when counting takes
-/// long), also when the caller that started it gave up waiting, so slow
-/// counts never run back to back.
+/// Reads the outbox statistics over a connection of its own, not the store
+/// thread's, so counting a deep outbox (O(rows), 40–140 ms at 200,000 in
+/// SQLite) does not hold up the store thread's transactions. SQLite: a
+/// read-only connection, on a blocking thread (WAL lets it read while the
+/// store thread writes); PostgreSQL: a session of its own
+/// ([`super::pg::stats::StatsSession`]). One count at a time; its result is
+/// kept and handed to every caller for [`StatsReader::fresh`] (at least a
+/// second, longer when counting takes long), also when the caller that
+/// started it gave up waiting, so slow counts never run back to back.
 pub(crate) struct StatsReader {
     inner: Arc<tokio::sync::Mutex<Reader>>,
 }
 
 struct Reader {
-    conn: Connection,
+    source: Source,
     /// The last count, when it was made and how long it took.
     last: Option<(Instant, Duration, Vec<AppOutbox>)>,
+}
+
+enum Source {
+    /// Shared with the blocking thread that counts.
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Box<super::pg::stats::StatsSession>),
 }
 
 impl StatsReader {
@@ -146,9 +148,21 @@ impl StatsReader {
             path: path.display().to_string(),
             message: format!("cannot open a connection for the outbox statistics: {e}"),
         })?;
-        Ok(Self {
-            inner: Arc::new(tokio::sync::Mutex::new(Reader { conn, last: None })),
-        })
+        Ok(Self::of(Source::Sqlite(Arc::new(Mutex::new(conn)))))
+    }
+
+    /// A reader of the PostgreSQL database `config.url` names; it connects
+    /// on the first count. Errors: as [`super::pg::Endpoint::of`].
+    pub(crate) fn postgres(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        Ok(Self::of(Source::Postgres(Box::new(
+            super::pg::stats::StatsSession::new(config)?,
+        ))))
+    }
+
+    fn of(source: Source) -> Self {
+        Self {
+            inner: Arc::new(tokio::sync::Mutex::new(Reader { source, last: None })),
+        }
     }
 
     /// How long a count that took `took` is handed out: a second, or four
@@ -166,14 +180,27 @@ impl StatsReader {
                 return Ok(v.clone());
             }
         }
-        tokio::task::spawn_blocking(move || {
+        // The count runs in a task of its own holding the lock, so that it
+        // completes (and is kept) even when this caller stops waiting.
+        let task = tokio::spawn(async move {
             let started = Instant::now();
-            let v = super::db::outbox_stats_of(&reader.conn)?;
+            let v = match &mut reader.source {
+                Source::Sqlite(conn) => {
+                    let conn = conn.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let conn = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        super::db::outbox_stats_of(&conn)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("the outbox statistics' reader failed: {e}")))??
+                }
+                Source::Postgres(session) => session.outbox_stats().await?,
+            };
             reader.last = Some((Instant::now(), started.elapsed(), v.clone()));
             Ok(v)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("the outbox statistics' reader failed: {e}")))?
+        });
+        task.await
+            .map_err(|e| StoreError::Unavailable(format!("the outbox statistics' reader failed: {e}")))?
     }
 }
 
@@ -259,7 +286,7 @@ mod tests {
                 tx,
                 metrics: Arc::default(),
                 shared_presence: false,
-                stats: Some(Arc::new(StatsReader::open(&path).expect("reader"))),
+                stats: Arc::new(StatsReader::open(&path).expect("reader")),
             };
             (handle, thread)
         };

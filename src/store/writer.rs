@@ -25,7 +25,7 @@ use super::command::Command;
 use super::command::{fail_command, hold, Pending};
 use super::db::{now_ms, Db, StoreError};
 use super::settings::SettingsCache;
-use super::stats::{self, StoreMetrics};
+use super::stats::StoreMetrics;
 use super::streak::{log_failure, Streak};
 use super::wal_sync::WalSync;
 use crate::feed::{Feed, OutboxReader};
@@ -358,7 +358,6 @@ impl Writer {
         for c in control {
             match c {
                 Command::CloseSinks => self.feed.close(),
-                Command::OutboxStats { reply } => drop(reply.send(stats::outbox(&self.db))),
                 Command::Alive { reply } => drop(reply.send(())),
                 _ => {}
             }
@@ -540,12 +539,9 @@ impl Writer {
                 let r = self.db.state_list(&ns, &prefix);
                 hold(pending, reply, r, Vec::new(), Pending::List)
             }
-            Command::Tick
-            | Command::CloseSinks
-            | Command::Wake
-            | Command::OutboxStats { .. }
-            | Command::Alive { .. }
-            | Command::SetPolicy(_) => Ok(()),
+            Command::Tick | Command::CloseSinks | Command::Wake | Command::Alive { .. } | Command::SetPolicy(_) => {
+                Ok(())
+            }
         }
     }
 

@@ -165,14 +165,14 @@ fn a_failed_transaction_answers_every_command_and_keeps_completions() {
 }
 
 #[test]
-fn a_failed_transaction_still_closes_the_sinks_and_answers_statistics() {
+fn a_failed_transaction_still_closes_the_sinks_and_answers_alive() {
     let mut f = fixture(64);
     let (c, _r) = register("alice", 1);
     f.writer.apply_batch(&mut vec![c], &mut Vec::new());
     f.writer.db_for_test().execute_for_test("DROP TABLE outbox").unwrap();
     let (msg, mut msg_reply) = message("alice", "after");
-    let (stats_tx, mut stats_rx) = oneshot::channel();
-    let mut batch = vec![msg, Command::CloseSinks, Command::OutboxStats { reply: stats_tx }];
+    let (alive_tx, mut alive_rx) = oneshot::channel();
+    let mut batch = vec![msg, Command::CloseSinks, Command::Alive { reply: alive_tx }];
     f.writer.apply_batch(&mut batch, &mut Vec::new());
     assert!(matches!(answer(&mut msg_reply), Err(EventError::Unavailable(_))));
     assert_eq!(
@@ -181,8 +181,8 @@ fn a_failed_transaction_still_closes_the_sinks_and_answers_statistics() {
         "shutdown goes on: the sinks get no more input"
     );
     assert!(
-        stats_rx.try_recv().is_ok(),
-        "statistics are answered (here with the error)"
+        alive_rx.try_recv().is_ok(),
+        "liveness is answered: the thread goes on taking commands"
     );
 }
 

@@ -42,6 +42,7 @@ mod ops;
 mod prefetch;
 mod presence;
 pub mod schema;
+pub(crate) mod stats;
 mod unread;
 
 use std::cell::{RefCell, RefMut};

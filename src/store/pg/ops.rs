@@ -13,7 +13,6 @@ use crate::outcome::Notification;
 use crate::store::coalesce::{corrupt, NewWaiting, Parts, Waiting};
 use crate::store::db::{DeviceRow, NewNotification, StoreError};
 use crate::store::settings::SettingsCache;
-use crate::store::stats::AppOutbox;
 
 pub(super) fn parse_token(s: &str) -> Result<DeviceToken, StoreError> {
     DeviceToken::parse(s).map_err(|e| StoreError::Corrupt(format!("device token: {e}")))
@@ -180,21 +179,6 @@ impl PgDb {
             .conn()
             .whole_table("SELECT topic, count(*) FROM outbox GROUP BY topic ORDER BY topic")?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
-    /// Every app's outbox depth and oldest entry.
-    pub fn outbox_stats(&self) -> Result<Vec<AppOutbox>, StoreError> {
-        let rows = self
-            .conn()
-            .whole_table("SELECT topic, count(*), min(created_ms) FROM outbox GROUP BY topic ORDER BY topic")?;
-        Ok(rows
-            .iter()
-            .map(|r| AppOutbox {
-                app: r.get(0),
-                depth: r.get::<_, i64>(1).max(0) as u64,
-                oldest_ms: r.get(2),
-            })
-            .collect())
     }
 
     pub fn state_get(&self, ns: &str, key: &str) -> Result<Option<String>, StoreError> {
