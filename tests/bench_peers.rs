@@ -55,6 +55,8 @@ fn the_side_by_side_benchmark_runs_every_row() {
     for label in [
         "| h2load, 1 connection, 100 streams |",
         "| h2load, 1 connection, 1000 streams |",
+        "| h2 crate alone (bench-h2-reference), 1 connection, 100 streams, 1 thread |",
+        "| h2 crate alone (bench-h2-reference), 1 connection, 100 streams, 2 tokio workers |",
         "| pushbridge drain, 3000 queued, connections = 1 |",
         "| pushbridge drain, 3000 queued, connections = 2 |",
         "| pushbridge end to end, HTTP/2, synchronous = full |",

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_binary;
 mod bench_fill;
+mod bench_h2_reference;
 mod bench_http2;
 mod bench_sink;
 mod devices;
@@ -105,6 +106,10 @@ enum Cmd {
     /// notifications straight through the store (no line protocol).
     #[command(name = "bench-fill", hide = true)]
     BenchFill(bench_fill::Args),
+    /// For bench/peers/run: the h2 crate's own ceiling, a minimal HTTP/2
+    /// client POSTing one body over one connection, as h2load does.
+    #[command(name = "bench-h2-reference", hide = true)]
+    BenchH2Reference(bench_h2_reference::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -131,6 +136,7 @@ pub fn main() -> ExitCode {
         Cmd::BenchHttp2(args) => bench_http2::run(args),
         Cmd::BenchBinary(args) => bench_binary::run(args),
         Cmd::BenchFill(args) => bench_fill::run(args),
+        Cmd::BenchH2Reference(args) => bench_h2_reference::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
