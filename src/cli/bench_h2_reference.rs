@@ -3,7 +3,8 @@
 //! `h2` crate allows, on pushbridge's TLS stack (rustls with ring), doing
 //! what h2load does in the same table: `--requests` POSTs of one body to one
 //! URL path over one connection, `--streams` in flight, from one task. No
-//! outbox, no payload building, no JWT, no outcome handling.
+//! outbox, no payload building, no JWT, no outcome handling (a response is
+//! read to its end, as the sink does).
 //!
 //! Its row says how much of the gap between pushbridge's HTTP/2 sink and
 //! h2load (C, nghttp2) is the Rust HTTP/2 library rather than pushbridge.
@@ -112,11 +113,11 @@ async fn drive(args: &Args) -> anyhow::Result<(usize, std::time::Duration)> {
                 .body(())?;
             let (response, mut stream) = client.send_request(request, false)?;
             stream.send_data(body.clone(), true)?;
-            in_flight.push(response);
+            in_flight.push(answer(response));
             sent += 1;
         }
-        let Some(response) = in_flight.next().await else { break };
-        let status = response?.status();
+        let Some(status) = in_flight.next().await else { break };
+        let status = status?;
         if status != http::StatusCode::OK {
             bail!("answer {status} to request {answered}");
         }
@@ -125,4 +126,19 @@ async fn drive(args: &Args) -> anyhow::Result<(usize, std::time::Duration)> {
     let took = started.elapsed();
     connection.abort();
     Ok((answered, took))
+}
+
+/// The status of a response, once its body was read to the end (as the
+/// sink reads APNS's answers): a body dropped before its end would make h2
+/// reset the stream (RST_STREAM CANCEL), and servers that guard against
+/// rapid resets (nghttpd) end a connection that sends thousands of them.
+async fn answer(response: h2::client::ResponseFuture) -> Result<http::StatusCode, h2::Error> {
+    let response = response.await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        body.flow_control().release_capacity(chunk.len())?;
+    }
+    Ok(status)
 }
