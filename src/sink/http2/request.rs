@@ -121,7 +121,14 @@ impl RequestBuilder {
             }
         };
         h.insert(&APNS_EXPIRATION, expiration);
-        h.insert(&APNS_ID, value(apns_id, "apns-id")?);
+        // Unique per notification, so never worth an HPACK table entry:
+        // indexed (h2's default), each one would evict the repeating values
+        // (topic, expiration, priority) from both ends' tables, and they
+        // would go out as literals again. "Sensitive" is how h2 is told to
+        // send a value without indexing it (RFC 7541 §6.2.3).
+        let mut id = value(apns_id, "apns-id")?;
+        id.set_sensitive(true);
+        h.insert(&APNS_ID, id);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(CONTENT_LENGTH, HeaderValue::from(n.payload.len()));
         if let Some(c) = &n.collapse_id {
@@ -209,6 +216,7 @@ mod tests {
         assert_eq!(h["apns-expiration"], "1900000000");
         assert_eq!(h["apns-collapse-id"], "bob");
         assert_eq!(h["apns-id"], id.as_str());
+        assert!(h["apns-id"].is_sensitive(), "unique: kept out of the HPACK table");
         assert_eq!(h["authorization"], "bearer jwt.token.sig");
         assert!(h["authorization"].is_sensitive());
         assert_eq!(h["content-length"], n.payload.len().to_string().as_str());
