@@ -23,14 +23,14 @@ fn migrations_run_once_under_the_lock_and_check_reports_them() {
     let Some(b) = Backend::postgres() else { return };
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &b.config(dir.path(), "", ""));
-    // Before any start: nothing applied, both migrations pending.
+    // Before any start: nothing applied, every migration pending.
     let (ok, out, err) = pushbridge(&["check", "--config", &config]);
     assert!(ok, "{err}");
-    assert!(out.contains("schema: version 0, 2 migration(s) pending"), "{out}");
+    assert!(out.contains("schema: version 0, 3 migration(s) pending"), "{out}");
     assert!(out.contains("(PostgreSQL"), "{out}");
 
     // Four CLI processes open (and migrate) the store at the same time:
-    // the advisory lock serializes them, exactly one migrates (both
+    // the advisory lock serializes them, exactly one migrates (all three
     // migrations), none fails.
     let children: Vec<_> = (0..4)
         .map(|_| {
@@ -52,15 +52,66 @@ fn migrations_run_once_under_the_lock_and_check_reports_them() {
         migrated += n;
         migrators += usize::from(n > 0);
     }
-    assert_eq!((migrated, migrators), (2, 1), "one process applies both migrations");
+    assert_eq!((migrated, migrators), (3, 1), "one process applies every migration");
     let (ok, out, _) = pushbridge(&["check", "--config", &config]);
     assert!(ok);
-    assert!(out.contains("schema: version 2 (up to date)"), "{out}");
+    assert!(out.contains("schema: version 3 (up to date)"), "{out}");
     // A gateway starting on the migrated database does nothing to it.
     let gw = Gateway::start(dir.path(), &std::fs::read_to_string(&config).unwrap());
     let (status, logs) = gw.stop_with_logs();
     assert!(status.success(), "{logs}");
     assert!(!logs.contains("schema migrated"), "{logs}");
+}
+
+/// The key columns migration 3 gives byte order (`COLLATE "C"`), as
+/// `table.column`, sorted.
+const KEY_COLUMNS: &str = "adapter_state.key,adapter_state.namespace,devices.token,devices.topic,\
+devices.user_id,mutes.conversation,mutes.user_id,outbox.conversation,outbox.token,outbox.topic,\
+outbox.user_id,presence.user_id,quiet_hours.user_id,unread.user_id";
+
+/// The columns of our tables with collation "C", as [`KEY_COLUMNS`].
+fn byte_order_columns(pg: &harness::postgres::PgCluster) -> String {
+    pg.psql(
+        "SELECT coalesce(string_agg(table_name || '.' || column_name, ',' ORDER BY table_name, column_name), '') \
+         FROM information_schema.columns WHERE table_schema = 'public' AND collation_name = 'C'",
+    )
+}
+
+#[test]
+fn migration_3_gives_a_populated_database_byte_order_keys_and_keeps_its_rows() {
+    let Some(b) = Backend::postgres() else { return };
+    let Backend::Postgres(pg) = &b else {
+        unreachable!("Backend::postgres is PostgreSQL")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &b.config(dir.path(), "", ""));
+    let devices = |args: &[&str]| pushbridge(&[&["devices", "--config", config.as_str()], args].concat());
+    assert!(devices(&["add", "line:adam", &token(1)]).0);
+    assert!(devices(&["add", "line:Zoe", &token(2)]).0);
+    assert_eq!(byte_order_columns(pg), KEY_COLUMNS);
+
+    // Back to a version-2 database: the key columns in the database's
+    // collation, the rows kept.
+    let undo: String = KEY_COLUMNS
+        .split(',')
+        .map(|c| {
+            let (table, column) = c.split_once('.').unwrap();
+            format!("ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE \"default\"; ")
+        })
+        .collect();
+    pg.psql(&format!("{undo} DELETE FROM pushbridge_schema WHERE version = 3"));
+    assert_eq!(byte_order_columns(pg), "");
+    let (ok, out, err) = pushbridge(&["check", "--config", &config]);
+    assert!(ok, "{err}");
+    assert!(out.contains("schema: version 2, 1 migration(s) pending"), "{out}");
+
+    // The next start applies migration 3 to the populated tables.
+    let (ok, out, err) = devices(&["list"]);
+    assert!(ok, "{err}");
+    assert_eq!(byte_order_columns(pg), KEY_COLUMNS);
+    // Both devices kept, in byte order ('Z' before 'a'), as with SQLite.
+    let users: Vec<&str> = out.lines().filter_map(|l| l.split('\t').next()).collect();
+    assert_eq!(users, ["line:Zoe", "line:adam"], "{out}");
 }
 
 #[test]

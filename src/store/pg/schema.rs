@@ -83,6 +83,24 @@ pub const MIGRATIONS: &[&str] = &[
         presence TEXT NOT NULL,
         gateway  BIGINT NOT NULL
      );",
+    // 3: the key columns compare bytes (COLLATE "C"), as SQLite's BINARY
+    // does: a database created with a language's collation compared them
+    // with strcoll, which was most of the server's CPU per message in
+    // `_bt_compare`/`varstr_cmp`. Their indexes are rebuilt.
+    "ALTER TABLE devices ALTER COLUMN token TYPE TEXT COLLATE \"C\",
+        ALTER COLUMN topic TYPE TEXT COLLATE \"C\",
+        ALTER COLUMN user_id TYPE TEXT COLLATE \"C\";
+     ALTER TABLE unread ALTER COLUMN user_id TYPE TEXT COLLATE \"C\";
+     ALTER TABLE outbox ALTER COLUMN topic TYPE TEXT COLLATE \"C\",
+        ALTER COLUMN token TYPE TEXT COLLATE \"C\",
+        ALTER COLUMN user_id TYPE TEXT COLLATE \"C\",
+        ALTER COLUMN conversation TYPE TEXT COLLATE \"C\";
+     ALTER TABLE adapter_state ALTER COLUMN namespace TYPE TEXT COLLATE \"C\",
+        ALTER COLUMN key TYPE TEXT COLLATE \"C\";
+     ALTER TABLE mutes ALTER COLUMN user_id TYPE TEXT COLLATE \"C\",
+        ALTER COLUMN conversation TYPE TEXT COLLATE \"C\";
+     ALTER TABLE quiet_hours ALTER COLUMN user_id TYPE TEXT COLLATE \"C\";
+     ALTER TABLE presence ALTER COLUMN user_id TYPE TEXT COLLATE \"C\";",
 ];
 
 const VERSIONS: &str = "CREATE TABLE IF NOT EXISTS pushbridge_schema (
