@@ -90,13 +90,14 @@ fn migration_3_gives_a_populated_database_byte_order_keys_and_keeps_its_rows() {
     assert!(devices(&["add", "line:Zoe", &token(2)]).0);
     assert_eq!(byte_order_columns(pg), KEY_COLUMNS);
 
-    // Back to a version-2 database: the key columns in the database's
-    // collation, the rows kept.
+    // Back to a version-2 database whose key columns have a language's
+    // collation (ICU's English, where "adam" sorts before "Zoe"), the rows
+    // kept.
     let undo: String = KEY_COLUMNS
         .split(',')
         .map(|c| {
             let (table, column) = c.split_once('.').unwrap();
-            format!("ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE \"default\"; ")
+            format!("ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE \"en-x-icu\"; ")
         })
         .collect();
     pg.psql(&format!("{undo} DELETE FROM pushbridge_schema WHERE version = 3"));
@@ -105,7 +106,24 @@ fn migration_3_gives_a_populated_database_byte_order_keys_and_keeps_its_rows() {
     assert!(ok, "{err}");
     assert!(out.contains("schema: version 2, 1 migration(s) pending"), "{out}");
 
-    // The next start applies migration 3 to the populated tables.
+    // A gateway of the old version is running (heartbeating): migrating
+    // under it would break its prepared statements, so nothing is done.
+    let live = pg.psql(
+        "WITH g AS (INSERT INTO gateways (started, heartbeat) VALUES (now(), clock_timestamp()) RETURNING id) \
+         SELECT id FROM g",
+    );
+    let (ok, _, err) = devices(&["list"]);
+    assert!(!ok, "migrated under a live gateway");
+    assert!(
+        err.contains(&format!("gateway(s) {live} heartbeat")) && err.contains("stop every gateway first"),
+        "{err}"
+    );
+    assert_eq!(byte_order_columns(pg), "", "migrated under a live gateway");
+    // Once it stopped (its heartbeat a lease old), the next start applies
+    // migration 3 to the populated tables.
+    pg.psql(&format!(
+        "UPDATE gateways SET heartbeat = clock_timestamp() - interval '1 hour' WHERE id = {live}"
+    ));
     let (ok, out, err) = devices(&["list"]);
     assert!(ok, "{err}");
     assert_eq!(byte_order_columns(pg), KEY_COLUMNS);
@@ -204,6 +222,74 @@ async fn the_database_going_away_answers_unavailable_and_recovers() {
     assert_eq!(errors("store transaction failed"), 1, "{logs}");
     assert!(errors("cannot load the outbox") <= 1, "{logs}");
     assert_eq!(logs.matches("store transactions commit again").count(), 1, "{logs}");
+}
+
+/// The store's connection ends in the middle of a batch (the server
+/// terminates it while the batch's outbox insert runs): that batch's
+/// message is refused and nothing of it stays (no row, no counter); the
+/// store reconnects and the next message is accepted; what was accepted
+/// before is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_in_the_middle_of_a_batch_refuses_it_and_reconnects() {
+    let Some(b) = Backend::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
+    let Backend::Postgres(pg) = &b else { unreachable!() };
+    let mut c = gw.client().await;
+    assert_eq!(c.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
+    assert_eq!(c.cmd(&format!("REGISTER slow {}", token(2))).await, "OK");
+    assert_eq!(c.cmd("MSG bob alice before").await, "OK 1");
+    gw.wait_pushes(1);
+    // The outbox insert for slow's device waits in the server, inside the
+    // batch's transaction, until the test ends the connection.
+    pg.psql(&format!(
+        "CREATE FUNCTION linger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$;
+         CREATE TRIGGER linger BEFORE INSERT ON outbox FOR EACH ROW
+            WHEN (NEW.token = '{}') EXECUTE FUNCTION linger()",
+        token(2)
+    ));
+    let mut stuck = gw.client().await;
+    let reply = tokio::spawn(async move { stuck.cmd("MSG bob slow cut off").await });
+    pg.wait_for(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        "1",
+    );
+    assert_eq!(
+        pg.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"),
+        "1"
+    );
+    let reply = reply.await.unwrap();
+    assert!(reply.starts_with("ERR unavailable"), "{reply}");
+    pg.psql("DROP TRIGGER linger ON outbox");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM unread WHERE count > 0 AND user_id LIKE '%slow'"),
+        "0"
+    );
+
+    // Reconnects (0.1 s doubling to 5 s between attempts).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = c.cmd("MSG bob slow after").await;
+        if reply == "OK 1" {
+            break;
+        }
+        assert!(reply.starts_with("ERR unavailable"), "{reply}");
+        assert!(Instant::now() < deadline, "no recovery:\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = gw.wait_pushes(2);
+    let got: Vec<(&str, &Value)> = p
+        .iter()
+        .map(|p| {
+            let aps = &p["payload"]["aps"];
+            (aps["alert"]["body"].as_str().unwrap(), &aps["badge"])
+        })
+        .collect();
+    // The cut-off message was not counted: "after" is slow's first.
+    assert_eq!(got, [("before", &Value::from(1)), ("after", &Value::from(1))]);
+    gw.assert_pushes_stay(2);
+    pg.wait_for("SELECT count(*) FROM outbox", "0");
+    assert!(gw.logs().contains("reconnected to PostgreSQL"), "{}", gw.logs());
 }
 
 /// The statements a batch writes at COMMIT go out in one pipeline; when

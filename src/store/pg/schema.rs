@@ -134,6 +134,9 @@ fn apply(conn: &mut Conn) -> Result<(), StoreError> {
             "schema version {version} is newer than this pushbridge ({known})"
         )));
     }
+    if version >= 2 && version < known {
+        refuse_while_gateways_live(conn, version, known)?;
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let v = i as i64 + 1;
         let now = now_ms();
@@ -148,6 +151,35 @@ fn apply(conn: &mut Conn) -> Result<(), StoreError> {
         tracing::info!(version = v, "PostgreSQL schema migrated");
     }
     Ok(())
+}
+
+/// Migrating a database that gateways are running on would break them:
+/// a migration that changes a column's type or collation makes their
+/// prepared statements fail ("cached plan must not change result type")
+/// until they restart, and its table locks stall their transactions. So a
+/// database at `version` (which has the `gateways` table, version 2 on) is
+/// migrated only when no gateway's heartbeat is younger than the lease.
+/// Errors: [`StoreError::Unavailable`] naming the live gateways and what
+/// to do.
+fn refuse_while_gateways_live(conn: &mut Conn, version: i64, known: i64) -> Result<(), StoreError> {
+    let lease_ms = i64::try_from(conn.lease.as_millis()).unwrap_or(i64::MAX);
+    let r = conn.client()?.query_one(
+        "SELECT coalesce(string_agg(id::TEXT, ', ' ORDER BY id), '') FROM gateways
+         WHERE heartbeat >= clock_timestamp() - $1::BIGINT * interval '1 millisecond'",
+        &[&lease_ms],
+    );
+    let live: String = conn.check(r)?.get(0);
+    if live.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Unavailable(format!(
+        "the schema needs migrating from version {version} to {known}, but gateway(s) {} \
+         heartbeat on this database within the lease ({} s): stop every gateway first \
+         (one that crashed counts as stopped a lease after its last heartbeat), \
+         start this version, then start the others with it",
+        live,
+        conn.lease.as_secs()
+    )))
 }
 
 /// The number of migrations applied (0 before the first).
