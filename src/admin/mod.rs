@@ -76,8 +76,8 @@ pub struct AdminState {
     /// Recent totals, for "in the last minute".
     pub history: Arc<status::History>,
     /// The last outbox statistics, reused for [`OUTBOX_FRESH`] (counting
-    /// a large outbox is work: for the store thread on PostgreSQL, for a
-    /// connection of its own on SQLite).
+    /// a large outbox is work, done over a connection of the store's
+    /// statistics reader, not by the store thread).
     pub outbox_cache: Arc<std::sync::Mutex<Option<OutboxSample>>>,
 }
 

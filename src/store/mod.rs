@@ -70,7 +70,8 @@ pub struct StoreHandle {
     /// (PostgreSQL): the router hands it reports and leaves it the
     /// decision whether a message becomes a push.
     shared_presence: bool,
-    /// SQLite: the outbox statistics' own connection.
+    /// The outbox statistics' own connection (SQLite) or session
+    /// (PostgreSQL), not the store thread's.
     stats: Arc<stats::StatsReader>,
 }
 

@@ -114,24 +114,103 @@ pub struct AppOutbox {
 /// SQLite) does not hold up the store thread's transactions. SQLite: a
 /// read-only connection, on a blocking thread (WAL lets it read while the
 /// store thread writes); PostgreSQL: a session of its own
-/// ([`super::pg::stats::StatsSession`]). One count at a time; its result is
-/// kept and handed to every caller for [`StatsReader::fresh`] (at least a
-/// second, longer when counting takes long), also when the caller that
-/// started it gave up waiting, so slow counts never run back to back.
+/// ([`super::pg::stats::StatsSession`]).
+///
+/// One count at a time, never back to back: a count's figures are handed
+/// to every caller for [`StatsReader::fresh`] (at least a second, longer
+/// when counting takes long), also when the caller that started it gave up
+/// waiting; while a later count runs, callers get the previous figures at
+/// once instead of waiting for it. A failed count is answered with its
+/// error, without counting again, for [`FAILED_MIN`] doubling up to
+/// [`FAILED_MAX`] while the failures go on.
 pub(crate) struct StatsReader {
-    inner: Arc<tokio::sync::Mutex<Reader>>,
+    /// Held while a count runs.
+    source: Arc<tokio::sync::Mutex<Source>>,
+    /// What the counts gave; read without waiting for a running count.
+    last: Arc<Mutex<Last>>,
 }
 
-struct Reader {
-    source: Source,
-    /// The last count, when it was made and how long it took.
-    last: Option<(Instant, Duration, Vec<AppOutbox>)>,
+/// After a failed count, the wait before the next (doubling while they fail).
+pub(crate) const FAILED_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between failed counts.
+pub(crate) const FAILED_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Last {
+    /// The last count that succeeded: when it ended, how long it took, its figures.
+    good: Option<(Instant, Duration, Vec<AppOutbox>)>,
+    /// Since the last count failed: no count before `retry_at`.
+    failed: Option<Failed>,
+}
+
+struct Failed {
+    retry_at: Instant,
+    /// The wait after the next failure.
+    next: Duration,
+    /// The failure, as handed to callers meanwhile.
+    error: String,
+}
+
+impl Last {
+    /// The answer without counting, if there is one now: the failure
+    /// while its wait runs, or figures still fresh.
+    fn answer(&self, now: Instant) -> Option<Result<Vec<AppOutbox>, StoreError>> {
+        if let Some(f) = &self.failed {
+            return (now < f.retry_at).then(|| Err(StoreError::Unavailable(f.error.clone())));
+        }
+        let (at, took, v) = self.good.as_ref()?;
+        (now.duration_since(*at) < StatsReader::fresh(*took)).then(|| Ok(v.clone()))
+    }
+
+    /// What to hand out while a count runs: the failure, or the previous
+    /// figures; `None` when there are none (the caller waits).
+    fn meanwhile(&self) -> Option<Result<Vec<AppOutbox>, StoreError>> {
+        if let Some(f) = &self.failed {
+            return Some(Err(StoreError::Unavailable(f.error.clone())));
+        }
+        self.good.as_ref().map(|(_, _, v)| Ok(v.clone()))
+    }
+
+    /// Record a count's result, which ended at `now` after `took`.
+    fn record(&mut self, now: Instant, took: Duration, result: &Result<Vec<AppOutbox>, StoreError>) {
+        match result {
+            Ok(v) => {
+                self.good = Some((now, took, v.clone()));
+                self.failed = None;
+            }
+            Err(e) => {
+                let wait = self.failed.as_ref().map_or(FAILED_MIN, |f| f.next);
+                self.failed = Some(Failed {
+                    retry_at: now + wait,
+                    next: (wait * 2).min(FAILED_MAX),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
 }
 
 enum Source {
     /// Shared with the blocking thread that counts.
     Sqlite(Arc<Mutex<Connection>>),
     Postgres(Box<super::pg::stats::StatsSession>),
+}
+
+impl Source {
+    async fn count(&mut self) -> Result<Vec<AppOutbox>, StoreError> {
+        match self {
+            Source::Sqlite(conn) => {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || {
+                    let conn = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    super::db::outbox_stats_of(&conn)
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("the outbox statistics' reader failed: {e}")))?
+            }
+            Source::Postgres(session) => session.outbox_stats().await,
+        }
+    }
 }
 
 impl StatsReader {
@@ -161,7 +240,8 @@ impl StatsReader {
 
     fn of(source: Source) -> Self {
         Self {
-            inner: Arc::new(tokio::sync::Mutex::new(Reader { source, last: None })),
+            source: Arc::new(tokio::sync::Mutex::new(source)),
+            last: Arc::default(),
         }
     }
 
@@ -172,35 +252,46 @@ impl StatsReader {
         (took * 4).max(Duration::from_secs(1))
     }
 
-    /// The outbox of every app with entries.
+    fn last(&self) -> std::sync::MutexGuard<'_, Last> {
+        self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The outbox of every app with entries. Errors: the count failed
+    /// (the same error until the next count, see the type's doc).
     pub(crate) async fn read(&self) -> Result<Vec<AppOutbox>, StoreError> {
-        let mut reader = self.inner.clone().lock_owned().await;
-        if let Some((at, took, v)) = &reader.last {
-            if at.elapsed() < Self::fresh(*took) {
-                return Ok(v.clone());
+        loop {
+            if let Some(answer) = self.last().answer(Instant::now()) {
+                return answer;
             }
-        }
-        // The count runs in a task of its own holding the lock, so that it
-        // completes (and is kept) even when this caller stops waiting.
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let v = match &mut reader.source {
-                Source::Sqlite(conn) => {
-                    let conn = conn.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let conn = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        super::db::outbox_stats_of(&conn)
-                    })
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("the outbox statistics' reader failed: {e}")))??
+            let mut source = match self.source.clone().try_lock_owned() {
+                Ok(source) => source,
+                Err(_) => {
+                    // A count runs: what the last one gave, or wait for it.
+                    if let Some(answer) = self.last().meanwhile() {
+                        return answer;
+                    }
+                    drop(self.source.lock().await);
+                    continue;
                 }
-                Source::Postgres(session) => session.outbox_stats().await?,
             };
-            reader.last = Some((Instant::now(), started.elapsed(), v.clone()));
-            Ok(v)
-        });
-        task.await
-            .map_err(|e| StoreError::Unavailable(format!("the outbox statistics' reader failed: {e}")))?
+            // A count may have ended between the look and the lock.
+            if let Some(answer) = self.last().answer(Instant::now()) {
+                return answer;
+            }
+            // The count runs in a task of its own holding the lock, so that
+            // it completes (and is kept) even when this caller stops waiting.
+            let last = self.last.clone();
+            let task = tokio::spawn(async move {
+                let started = Instant::now();
+                let result = source.count().await;
+                let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                last.record(Instant::now(), started.elapsed(), &result);
+                result
+            });
+            return task
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("the outbox statistics' reader failed: {e}")))?;
+        }
     }
 }
 
@@ -223,6 +314,51 @@ mod tests {
             collapse_id: None,
             created_ms,
         }
+    }
+
+    #[test]
+    fn failed_counts_wait_doubling_and_a_running_count_hands_out_the_last_figures() {
+        let s = Duration::from_secs;
+        let figures = vec![AppOutbox {
+            app: "com.example.chat".into(),
+            depth: 2,
+            oldest_ms: Some(5),
+        }];
+        let gone = || Err(StoreError::Unavailable("gone".into()));
+        let mut last = Last::default();
+        let t0 = Instant::now();
+        assert!(last.answer(t0).is_none(), "nothing counted yet: count");
+        assert!(last.meanwhile().is_none(), "nothing counted yet: wait for the count");
+        last.record(t0, Duration::from_millis(10), &Ok(figures.clone()));
+        assert_eq!(last.answer(t0 + Duration::from_millis(999)).unwrap().unwrap(), figures);
+        assert!(last.answer(t0 + s(1)).is_none(), "a second old: count again");
+        assert_eq!(
+            last.meanwhile().unwrap().unwrap(),
+            figures,
+            "meanwhile: the last figures"
+        );
+
+        // Failures: their error, without counting, for 1 s, 2 s, 4 s … 30 s.
+        let mut t = t0 + s(1);
+        for wait in [1, 2, 4, 8, 16, 30, 30] {
+            last.record(t, s(0), &gone());
+            let err = last
+                .answer(t + s(wait) - Duration::from_millis(1))
+                .unwrap()
+                .unwrap_err();
+            assert!(err.to_string().contains("gone"), "{err}");
+            assert!(last.answer(t + s(wait)).is_none(), "count again after {wait} s");
+            assert!(
+                last.meanwhile().unwrap().is_err(),
+                "meanwhile: the failure, not old figures"
+            );
+            t += s(wait);
+        }
+        // A count that succeeds ends the failures.
+        last.record(t, s(0), &Ok(Vec::new()));
+        assert_eq!(last.answer(t).unwrap().unwrap(), Vec::new());
+        last.record(t + s(1), s(0), &gone());
+        assert!(last.answer(t + s(2)).is_none(), "the first failure waits 1 s again");
     }
 
     #[tokio::test]

@@ -403,8 +403,8 @@ impl Writer {
             match cmd {
                 // A policy is not store data: it applies anyway.
                 Command::SetPolicy(p) => self.policy = *p,
-                // Shutdown and statistics are not store data either: they
-                // are handled after the batch as usual.
+                // Shutdown and the liveness question (`Alive`) are not
+                // store data either: they are handled after the batch as usual.
                 cmd if cmd.is_control() => control.push(cmd),
                 cmd => fail_command(cmd, &msg),
             }

@@ -5,7 +5,8 @@
 //! which caches and serialises the counts).
 //!
 //! The session is made on the first count and made again after an error;
-//! a count that takes longer than [`COUNT_TIMEOUT`] drops it. With several
+//! a count that takes longer than [`COUNT_TIMEOUT`] drops it, and the
+//! server cancels it (`statement_timeout`). With several
 //! gateways on one database the figures are the shared outbox's.
 
 use std::time::Duration;
@@ -40,10 +41,11 @@ impl StatsSession {
         })
     }
 
-    /// Count the outbox (connecting first when needed). Errors: the server
-    /// cannot be reached ([`StoreError::Connect`]), or the count failed or
-    /// timed out ([`StoreError::Unavailable`]); the session is then made
-    /// again on the next count.
+    /// Count the outbox (connecting first when needed). Errors
+    /// ([`StoreError::Unavailable`], naming this session): the server
+    /// cannot be reached, or the count failed or timed out (the server
+    /// cancels it too: `statement_timeout`); the session is then made again
+    /// on the next count.
     pub(crate) async fn outbox_stats(&mut self) -> Result<Vec<AppOutbox>, StoreError> {
         // The client is taken out while it counts and put back only after
         // a count that succeeded: a failed or timed-out count drops it.
@@ -81,24 +83,27 @@ impl StatsSession {
 
     async fn connect(&self) -> Result<Client, StoreError> {
         let ep = &self.endpoint;
-        let (client, connection) = ep
-            .config
-            .connect(ep.tls.clone())
-            .await
-            .map_err(|e| StoreError::Connect {
-                host: ep.host.clone(),
-                port: ep.port,
-                message: connect_reason(&e),
-            })?;
+        let (client, connection) = ep.config.connect(ep.tls.clone()).await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "the outbox statistics' session cannot reach PostgreSQL at {}:{}: {}",
+                ep.host,
+                ep.port,
+                connect_reason(&e)
+            ))
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "the outbox statistics' PostgreSQL session ended");
             }
         });
         // JIT compiling the count of a deep outbox costs more than it saves
-        // (as for the store's session, `super::SESSION`).
+        // (as for the store's session, `super::SESSION`); and a count given
+        // up on here must not go on in the server.
         client
-            .batch_execute("SET jit = off")
+            .batch_execute(&format!(
+                "SET jit = off; SET statement_timeout = '{}s'",
+                COUNT_TIMEOUT.as_secs()
+            ))
             .await
             .map_err(|e| StoreError::Unavailable(format!("counting the outbox: {}", connect_reason(&e))))?;
         Ok(client)
