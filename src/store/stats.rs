@@ -183,7 +183,11 @@ impl Last {
                 self.failed = Some(Failed {
                     retry_at: now + wait,
                     next: (wait * 2).min(FAILED_MAX),
-                    error: e.to_string(),
+                    // Handed out again as `Unavailable`: without its prefix.
+                    error: match e {
+                        StoreError::Unavailable(m) => m.clone(),
+                        other => other.to_string(),
+                    },
                 });
             }
         }
@@ -346,7 +350,7 @@ mod tests {
                 .answer(t + s(wait) - Duration::from_millis(1))
                 .unwrap()
                 .unwrap_err();
-            assert!(err.to_string().contains("gone"), "{err}");
+            assert_eq!(err.to_string(), "store unavailable: gone", "the prefix once");
             assert!(last.answer(t + s(wait)).is_none(), "count again after {wait} s");
             assert!(
                 last.meanwhile().unwrap().is_err(),
