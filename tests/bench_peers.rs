@@ -6,7 +6,7 @@
 //! answered (the script fails otherwise) and a rate above zero.
 //!
 //! Needs nghttpd and h2load (Debian's nghttp2-server, nghttp2-client),
-//! openssl, curl, bc and python3; `.ci/setup` installs them. Under
+//! openssl, bc and python3; `.ci/setup` installs them. Under
 //! `CI=true` a missing one fails the test.
 
 use std::path::Path;
@@ -32,7 +32,6 @@ fn the_side_by_side_benchmark_runs_every_row() {
         ("nghttpd", "nghttp2-server"),
         ("h2load", "nghttp2-client"),
         ("openssl", "openssl"),
-        ("curl", "curl"),
         ("bc", "bc"),
         ("python3", "python3"),
     ];
