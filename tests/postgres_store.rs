@@ -292,6 +292,42 @@ async fn a_connection_lost_in_the_middle_of_a_batch_refuses_it_and_reconnects() 
     assert!(gw.logs().contains("reconnected to PostgreSQL"), "{}", gw.logs());
 }
 
+/// A column changed under a running gateway (by hand: migrations refuse
+/// to run under one) makes PostgreSQL refuse the statements the store
+/// prepared before ("cached plan must not change result type"): the store
+/// prepares them again, so at most the batch that met the change is
+/// refused, not every batch until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_before_a_column_changed_are_prepared_again() {
+    let Some(b) = Backend::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
+    let Backend::Postgres(pg) = &b else { unreachable!() };
+    let mut c = gw.client().await;
+    assert_eq!(c.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
+    assert_eq!(c.cmd("MSG bob alice before").await, "OK 1");
+    // The devices' user column, which the prepared device lookup returns,
+    // gets another collation.
+    pg.psql("ALTER TABLE devices ALTER COLUMN user_id TYPE TEXT COLLATE \"en-x-icu\"");
+    let mut replies = Vec::new();
+    for i in 0..3 {
+        let reply = c.cmd(&format!("MSG bob alice after {i}")).await;
+        let ok = reply == "OK 1";
+        replies.push(reply);
+        if ok {
+            break;
+        }
+    }
+    assert_eq!(
+        replies.last().map(String::as_str),
+        Some("OK 1"),
+        "{replies:?}\n{}",
+        gw.logs()
+    );
+    assert!(replies.len() <= 2, "more than the first batch refused: {replies:?}");
+    gw.wait_pushes(2);
+}
+
 /// The statements a batch writes at COMMIT go out in one pipeline; when
 /// one of them fails, the pipelined COMMIT only rolls back (it answers
 /// `ROLLBACK`, not an error). The message must then be refused, not

@@ -22,7 +22,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store is closed")]
     Closed,
-    #[error("postgres: {0}")]
+    /// A statement failed; shown with the server's SQLSTATE and message
+    /// (tokio-postgres alone says only "db error").
+    #[error("postgres: {}", postgres_reason(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// PostgreSQL could not be reached (at start, or again after it went
     /// away).
@@ -31,6 +33,16 @@ pub enum StoreError {
     /// PostgreSQL went away; the store reconnects (with backoff).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+}
+
+/// A PostgreSQL error as the server gave it (`SQLSTATE: message`), or the
+/// client's error with its cause.
+fn postgres_reason(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{}: {}", db.code().code(), db.message()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the

@@ -340,8 +340,15 @@ impl Conn {
     /// server's answer (a closed socket, a timeout) drops the connection.
     pub(super) fn check<T>(&mut self, r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
         r.map_err(|e| {
-            if e.as_db_error().is_none() {
-                self.lost();
+            match e.as_db_error() {
+                None => self.lost(),
+                Some(db) if is_stale_plan(db) => {
+                    // A column changed under this connection: its prepared
+                    // statements are refused until prepared again.
+                    tracing::warn!(error = %db.message(), "the schema changed under the store; preparing its statements again");
+                    self.stmts.clear();
+                }
+                Some(_) => {}
             }
             StoreError::Postgres(e)
         })
@@ -506,6 +513,15 @@ impl<'a> Call<'a> {
 }
 
 /// Why connecting failed, in words (the client's error plus its cause).
+/// PostgreSQL refuses a prepared statement whose result's columns changed
+/// (type or collation) since it was prepared: SQLSTATE 0A000, "cached plan
+/// must not change result type" (`RevalidateCachedQuery` in PostgreSQL's
+/// `plancache.c`).
+fn is_stale_plan(db: &tokio_postgres::error::DbError) -> bool {
+    *db.code() == tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+        && db.message().contains("cached plan must not change result type")
+}
+
 fn connect_reason(e: &tokio_postgres::Error) -> String {
     match std::error::Error::source(e) {
         Some(cause) => format!("{e}: {cause}"),
