@@ -8,7 +8,7 @@ mod harness;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::postgres::Backend;
+use harness::postgres::{Backend, PgCluster};
 use harness::{config_text, pushbridge, token, Gateway};
 use serde_json::Value;
 
@@ -16,6 +16,21 @@ fn write_config(dir: &std::path::Path, text: &str) -> String {
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// A fresh PostgreSQL cluster, one gateway on it (in a temporary
+/// directory, kept while the test runs) and a line client of it; `None`
+/// when PostgreSQL is not installed (outside CI). Dropped in reverse order:
+/// the client, the gateway, its directory, then the cluster.
+async fn gateway_on_postgres() -> Option<(PgCluster, tempfile::TempDir, Gateway, harness::Client)> {
+    let b = Backend::postgres()?;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
+    let Backend::Postgres(pg) = b else {
+        unreachable!("Backend::postgres is PostgreSQL")
+    };
+    let c = gw.client().await;
+    Some((pg, dir, gw, c))
 }
 
 #[test]
@@ -70,7 +85,7 @@ devices.user_id,mutes.conversation,mutes.user_id,outbox.conversation,outbox.toke
 outbox.user_id,presence.user_id,quiet_hours.user_id,unread.user_id";
 
 /// The columns of our tables with collation "C", as [`KEY_COLUMNS`].
-fn byte_order_columns(pg: &harness::postgres::PgCluster) -> String {
+fn byte_order_columns(pg: &PgCluster) -> String {
     pg.psql(
         "SELECT coalesce(string_agg(table_name || '.' || column_name, ',' ORDER BY table_name, column_name), '') \
          FROM information_schema.columns WHERE table_schema = 'public' AND collation_name = 'C'",
@@ -168,11 +183,9 @@ fn an_unreachable_database_at_start_names_host_and_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_going_away_answers_unavailable_and_recovers() {
-    let Some(b) = Backend::postgres() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
-    let Backend::Postgres(pg) = &b else { unreachable!() };
-    let mut c = gw.client().await;
+    let Some((pg, _dir, gw, mut c)) = gateway_on_postgres().await else {
+        return;
+    };
     assert_eq!(c.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
     for i in 0..5 {
         assert_eq!(c.cmd(&format!("MSG bob alice before {i}")).await, "OK 1");
@@ -231,11 +244,9 @@ async fn the_database_going_away_answers_unavailable_and_recovers() {
 /// before is delivered once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_lost_in_the_middle_of_a_batch_refuses_it_and_reconnects() {
-    let Some(b) = Backend::postgres() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
-    let Backend::Postgres(pg) = &b else { unreachable!() };
-    let mut c = gw.client().await;
+    let Some((pg, _dir, gw, mut c)) = gateway_on_postgres().await else {
+        return;
+    };
     assert_eq!(c.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
     assert_eq!(c.cmd(&format!("REGISTER slow {}", token(2))).await, "OK");
     assert_eq!(c.cmd("MSG bob alice before").await, "OK 1");
@@ -299,11 +310,9 @@ async fn a_connection_lost_in_the_middle_of_a_batch_refuses_it_and_reconnects() 
 /// refused, not every batch until a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_prepared_before_a_column_changed_are_prepared_again() {
-    let Some(b) = Backend::postgres() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
-    let Backend::Postgres(pg) = &b else { unreachable!() };
-    let mut c = gw.client().await;
+    let Some((pg, _dir, gw, mut c)) = gateway_on_postgres().await else {
+        return;
+    };
     assert_eq!(c.cmd(&format!("REGISTER alice {}", token(1))).await, "OK");
     assert_eq!(c.cmd("MSG bob alice before").await, "OK 1");
     // The devices' user column, which the prepared device lookup returns,
@@ -334,11 +343,9 @@ async fn statements_prepared_before_a_column_changed_are_prepared_again() {
 /// answered `OK` for a notification that was never committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_failing_in_the_commit_pipeline_refuses_the_batch() {
-    let Some(b) = Backend::postgres() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(dir.path(), &b.config(dir.path(), "", ""));
-    let Backend::Postgres(pg) = &b else { unreachable!() };
-    let mut c = gw.client().await;
+    let Some((pg, _dir, gw, mut c)) = gateway_on_postgres().await else {
+        return;
+    };
     assert_eq!(c.cmd(&format!("REGISTER doomed {}", token(1))).await, "OK");
     assert_eq!(c.cmd(&format!("REGISTER alice {}", token(2))).await, "OK");
     // Fails the outbox insert of COMMIT's pipeline for one device (the
