@@ -37,7 +37,7 @@ pub enum StoreError {
 
 /// A PostgreSQL error as the server gave it (`SQLSTATE: message`), or the
 /// client's error with its cause.
-fn postgres_reason(e: &tokio_postgres::Error) -> String {
+pub(crate) fn postgres_reason(e: &tokio_postgres::Error) -> String {
     match (e.as_db_error(), std::error::Error::source(e)) {
         (Some(db), _) => format!("{}: {}", db.code().code(), db.message()),
         (None, Some(cause)) => format!("{e}: {cause}"),

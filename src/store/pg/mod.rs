@@ -53,7 +53,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{Row, Statement};
 
 use self::client::{Answer, Blocking, Param, Step};
-use super::db::StoreError;
+use super::db::{postgres_reason, StoreError};
 use crate::config::StoreConfig;
 
 /// Outbox ids taken from the sequence at a time.
@@ -80,7 +80,7 @@ const SESSION: &str = "SET enable_seqscan = off; SET jit = off";
 /// Parse a `postgres://` URL (or key=value string) as the client does;
 /// the error says what is wrong. At least one host is required.
 pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| connect_reason(&e))?;
+    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| postgres_reason(&e))?;
     if config.get_hosts().is_empty() {
         return Err("no host (postgres://user@host:port/dbname)".into());
     }
@@ -286,11 +286,11 @@ impl Conn {
         };
         let mut client = Blocking::connect(&self.config, self.tls.clone()).map_err(|e| {
             fail(match e {
-                client::ConnectError::Postgres(e) => connect_reason(&e),
+                client::ConnectError::Postgres(e) => postgres_reason(&e),
                 e => e.to_string(),
             })
         })?;
-        client.batch_execute(SESSION).map_err(|e| fail(connect_reason(&e)))?;
+        client.batch_execute(SESSION).map_err(|e| fail(postgres_reason(&e)))?;
         Ok(client)
     }
 
@@ -520,13 +520,6 @@ impl<'a> Call<'a> {
 fn is_stale_plan(db: &tokio_postgres::error::DbError) -> bool {
     *db.code() == tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
         && db.message().contains("cached plan must not change result type")
-}
-
-fn connect_reason(e: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
-    }
 }
 
 #[cfg(test)]

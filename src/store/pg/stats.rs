@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::{connect_reason, Endpoint};
-use crate::store::db::StoreError;
+use super::Endpoint;
+use crate::store::db::{postgres_reason, StoreError};
 use crate::store::stats::AppOutbox;
 
 /// Every app's outbox depth and oldest entry. It reads the whole table, so
@@ -67,7 +67,7 @@ impl StatsSession {
         let rows = client
             .query(OUTBOX_STATS, &[])
             .await
-            .map_err(|e| StoreError::Unavailable(format!("counting the outbox: {}", connect_reason(&e))))?;
+            .map_err(|e| StoreError::Unavailable(format!("counting the outbox: {}", postgres_reason(&e))))?;
         self.client = Some(client);
         rows.iter()
             .map(|r| {
@@ -88,7 +88,7 @@ impl StatsSession {
                 "the outbox statistics' session cannot reach PostgreSQL at {}:{}: {}",
                 ep.host,
                 ep.port,
-                connect_reason(&e)
+                postgres_reason(&e)
             ))
         })?;
         tokio::spawn(async move {
@@ -105,7 +105,7 @@ impl StatsSession {
                 COUNT_TIMEOUT.as_secs()
             ))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("counting the outbox: {}", connect_reason(&e))))?;
+            .map_err(|e| StoreError::Unavailable(format!("counting the outbox: {}", postgres_reason(&e))))?;
         Ok(client)
     }
 }
