@@ -304,6 +304,16 @@ pub struct GatewayConfig {
     /// (anything undelivered stays in the outbox for the next start).
     #[serde(default = "default_grace")]
     pub shutdown_grace: u64,
+    /// Threads that run the apps' sinks, each a single-threaded runtime
+    /// (apps spread over them round robin; never more threads than apps);
+    /// 0 runs the sinks on the runtime the adapters share. See
+    /// [`crate::sink::threads`].
+    #[serde(default = "default_sink_threads")]
+    pub sink_threads: usize,
+}
+
+fn default_sink_threads() -> usize {
+    1
 }
 
 fn default_grace() -> u64 {
@@ -314,6 +324,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             shutdown_grace: default_grace(),
+            sink_threads: default_sink_threads(),
         }
     }
 }
@@ -505,6 +516,13 @@ mod tests {
         assert_eq!(c.apps[0].environment, pushbridge_api::Environment::Production);
         assert_eq!(c.policy.sound, "default");
         assert_eq!(c.gateway.shutdown_grace, 10);
+        assert_eq!(c.gateway.sink_threads, 1);
+        let shared = parse(&format!("{MINIMAL}\n[gateway]\nsink_threads = 0\n")).unwrap();
+        assert_eq!(shared.gateway.sink_threads, 0);
+        let err = parse(&format!("{MINIMAL}\n[gateway]\nsink_threads = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sink_threads"), "{err}");
     }
 
     #[test]

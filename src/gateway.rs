@@ -29,6 +29,7 @@ use crate::outcome::{CompletionSender, Counters, Outcomes, Snapshot};
 use crate::policy::Policy;
 use crate::reload::{Reload, Targets};
 use crate::router;
+use crate::sink::threads::SinkThreads;
 use crate::sink::{SinkContext, SinkError};
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::supervisor::AdapterDeps;
@@ -40,7 +41,7 @@ pub enum GatewayError {
     Store(#[from] StoreError),
     #[error("app {app:?}: {source}")]
     Sink { app: String, source: SinkError },
-    #[error("cannot start the store thread: {0}")]
+    #[error("cannot start the store's or the sinks' threads: {0}")]
     Thread(std::io::Error),
     #[error("{0}")]
     Admin(std::io::Error),
@@ -76,7 +77,9 @@ pub async fn run_with_reload(
     let (store, completions, open) = Store::open(&config.store)?;
     let singletons = crate::singleton::SingletonLocks::new(&config.store, &crate::singleton::gateway_label())?;
     tracing::info!(store = %config.store.describe(), "store open");
-    let (feed, sinks, reloads) = start_sinks(&config, &counters, completions)?;
+    let threads = config.gateway.sink_threads.min(config.apps.len());
+    let mut threads = SinkThreads::start(threads).map_err(GatewayError::Thread)?;
+    let (feed, sinks, reloads) = start_sinks(&config, &counters, completions, &mut threads)?;
     let gateway_id = open.gateway_id();
     let store_thread = open
         .start(feed, Policy::new(config.policy.clone()), counters.clone())
@@ -140,6 +143,8 @@ pub async fn run_with_reload(
         );
         release_claims(&config, gateway_id).await;
     }
+    // What the sinks still run (the grace ran out) ends with their threads.
+    drop(threads);
     Ok(snapshot)
 }
 
@@ -187,12 +192,13 @@ fn start_admin(
 /// Each app's topic and the sender of its sink's reload channel.
 type ReloadSenders = Vec<(String, tokio::sync::watch::Sender<Arc<crate::sink::SinkConfig>>)>;
 
-/// Build and start every app's sink; returns the feed that fills their
-/// queues, the tracker of their tasks and their reload channels.
+/// Build and start every app's sink on `threads`; returns the feed that
+/// fills their queues, the tracker of their tasks and their reload channels.
 fn start_sinks(
     config: &Config,
     counters: &Arc<Counters>,
     completions: CompletionSender,
+    threads: &mut SinkThreads,
 ) -> Result<(Feed, TaskTracker, ReloadSenders), GatewayError> {
     let sinks = TaskTracker::new();
     let mut feed = Feed::new();
@@ -214,7 +220,10 @@ fn start_sinks(
         })?;
         let span = tracing::info_span!("sink", app = %app.topic, protocol = app.sink.protocol().as_str());
         let _ = counters.app(&app.topic).protocol.set(app.sink.protocol().as_str());
-        sinks.spawn(sink.instrument(span));
+        let task = threads.spawn(sink.instrument(span));
+        sinks.spawn(async move {
+            let _ = task.await;
+        });
         feed.add(&app.topic, app.environment, app.sink.payload_limit(), tx, counters);
         tracing::info!(app = %app.topic, protocol = app.sink.protocol().as_str(), environment = %app.environment, "app ready");
     }

@@ -76,6 +76,46 @@ async fn token_auth_end_to_end_with_headers_and_payload() {
     assert_eq!(outbox_len(dir.path()), 0);
 }
 
+/// The names of the threads of process `pid` (Linux: `/proc/<pid>/task`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task") {
+        let comm = task.unwrap().path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(comm) {
+            names.push(name.trim().to_owned());
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_run_on_a_thread_of_their_own_unless_sink_threads_is_0() {
+    for (threads, own) in [("", true), ("sink_threads = 0\n", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Creds::new(dir.path());
+        let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
+        let text = http2_config(dir.path(), &creds.token_app(&sim.addr().to_string()), "")
+            .replace("[gateway]\n", &format!("[gateway]\n{threads}"));
+        let gw = Gateway::start(dir.path(), &text);
+        let mut c = gw.client().await;
+        let alice = token(0xa11ce);
+        assert_eq!(c.cmd(&format!("REGISTER alice {alice}")).await, "OK");
+        assert_eq!(c.cmd("PRESENCE alice away").await, "OK");
+        assert_eq!(c.cmd("MSG bob alice ping").await, "OK 1");
+        assert!(
+            sim.state().recorder.wait_for(1, Duration::from_secs(20)).await,
+            "{threads:?}: {}",
+            gw.logs()
+        );
+        // Thread names are cut to 15 bytes: `pushbridge-sink-0` reads `pushbridge-sink`.
+        let names = thread_names(gw.child.id());
+        let sink_threads = names.iter().filter(|n| n.starts_with("pushbridge-sink")).count();
+        assert_eq!(sink_threads, usize::from(own), "{threads:?}: {names:?}");
+        assert!(gw.stop().success());
+        assert_eq!(outbox_len(dir.path()), 0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_auth_end_to_end() {
     let dir = tempfile::tempdir().unwrap();

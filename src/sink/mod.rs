@@ -27,6 +27,7 @@ pub mod log;
 pub mod net;
 pub mod pool;
 pub mod refusal;
+pub mod threads;
 
 use std::future::Future;
 use std::pin::Pin;
