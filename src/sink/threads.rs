@@ -15,9 +15,11 @@
 //! thread), end to end from 68,000/s to 73,000/s.
 //!
 //! Apps are spread over the threads round robin in config order; one
-//! thread carries well over 100,000 notifications/s, so more are for many
-//! busy apps on many cores. `sink_threads = 0` runs the sinks on the shared
-//! runtime instead.
+//! thread carried 87,000–105,000 notifications/s into nghttpd on those two
+//! cores, so more threads are for many busy apps on many cores. An app's
+//! connections share its thread (with `connections = 2` the drain was as
+//! fast as on the shared runtime, not faster). `sink_threads = 0` runs the
+//! sinks on the shared runtime instead.
 //!
 //! Stopping: dropping [`SinkThreads`] ends the threads; what a sink still
 //! runs then (the shutdown grace ran out) is dropped with its runtime, and
