@@ -7,7 +7,9 @@
 //! 2. the router finishes the events already queued and ends;
 //! 3. the store thread stops feeding sinks; sinks drain what they hold;
 //! 4. the store records the sinks' last completions, checkpoints and
-//!    closes.
+//!    closes;
+//! 5. the sinks' threads end (`[gateway] sink_threads`), dropping what a
+//!    sink still runs when the grace ran out.
 //!
 //! Whatever is still undelivered when the grace runs out stays in the
 //! outbox and is sent on the next start; on a PostgreSQL store shared by
@@ -41,8 +43,10 @@ pub enum GatewayError {
     Store(#[from] StoreError),
     #[error("app {app:?}: {source}")]
     Sink { app: String, source: SinkError },
-    #[error("cannot start the store's or the sinks' threads: {0}")]
+    #[error("cannot start the store thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start the sinks' threads ([gateway] sink_threads): {0}")]
+    SinkThreads(std::io::Error),
     #[error("{0}")]
     Admin(std::io::Error),
     #[error("singleton adapters: {0}")]
@@ -55,6 +59,10 @@ const EVENT_QUEUE: usize = 65_536;
 const STATS_EVERY: Duration = Duration::from_secs(60);
 /// How often the store thread looks for outbox entries waiting for room.
 const REFILL_TICK: Duration = Duration::from_millis(100);
+/// How long the gateway waits, at the end, for the sinks' threads to drop
+/// what their sinks still run (only a sink stuck in blocking code takes
+/// longer; the process exits anyway).
+const SINK_THREADS_STOP: Duration = Duration::from_secs(2);
 
 /// Run the gateway until `shutdown` completes, then stop gracefully.
 /// Returns the final counters.
@@ -77,8 +85,9 @@ pub async fn run_with_reload(
     let (store, completions, open) = Store::open(&config.store)?;
     let singletons = crate::singleton::SingletonLocks::new(&config.store, &crate::singleton::gateway_label())?;
     tracing::info!(store = %config.store.describe(), "store open");
-    let threads = config.gateway.sink_threads.min(config.apps.len());
-    let mut threads = SinkThreads::start(threads).map_err(GatewayError::Thread)?;
+    // Never more threads than apps (a thread without a sink would idle).
+    let sink_threads = config.gateway.sink_threads.min(config.apps.len());
+    let mut threads = SinkThreads::start(sink_threads).map_err(GatewayError::SinkThreads)?;
     let (feed, sinks, reloads) = start_sinks(&config, &counters, completions, &mut threads)?;
     let gateway_id = open.gateway_id();
     let store_thread = open
@@ -133,6 +142,11 @@ pub async fn run_with_reload(
         clean = timeout_at(deadline, join).await.is_ok();
     }
     stats_task.abort();
+    // What the sinks still run (the grace ran out) ends with their threads,
+    // before this gateway's entries are handed to others below.
+    if !threads.stop(SINK_THREADS_STOP).await {
+        tracing::warn!("the sinks' threads did not end within {SINK_THREADS_STOP:?}");
+    }
     let snapshot = counters.snapshot();
     if clean {
         tracing::info!(?snapshot, "stopped cleanly");
@@ -143,8 +157,6 @@ pub async fn run_with_reload(
         );
         release_claims(&config, gateway_id).await;
     }
-    // What the sinks still run (the grace ran out) ends with their threads.
-    drop(threads);
     Ok(snapshot)
 }
 
@@ -221,8 +233,13 @@ fn start_sinks(
         let span = tracing::info_span!("sink", app = %app.topic, protocol = app.sink.protocol().as_str());
         let _ = counters.app(&app.topic).protocol.set(app.sink.protocol().as_str());
         let task = threads.spawn(sink.instrument(span));
+        let topic = app.topic.clone();
         sinks.spawn(async move {
-            let _ = task.await;
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    tracing::error!(app = %topic, "the sink panicked; its notifications stay in the outbox for the next start");
+                }
+            }
         });
         feed.add(&app.topic, app.environment, app.sink.payload_limit(), tx, counters);
         tracing::info!(app = %app.topic, protocol = app.sink.protocol().as_str(), environment = %app.environment, "app ready");

@@ -76,21 +76,40 @@ async fn token_auth_end_to_end_with_headers_and_payload() {
     assert_eq!(outbox_len(dir.path()), 0);
 }
 
-/// The names of the threads of process `pid` (Linux: `/proc/<pid>/task`).
-fn thread_names(pid: u32) -> Vec<String> {
-    let mut names = Vec::new();
+/// The sink threads of process `pid` (named `pb-sink-<i>`; their blocking
+/// pools' `pb-sink-<i>-blk` left out), each with the nanoseconds it has run
+/// on a CPU (Linux: `/proc/<pid>/task/<tid>/{comm,schedstat}`).
+#[cfg(target_os = "linux")]
+fn sink_threads(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task") {
-        let comm = task.unwrap().path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(comm) {
-            names.push(name.trim().to_owned());
+        let dir = task.unwrap().path();
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let name = name.trim().to_owned();
+        if !name.starts_with("pb-sink-") || name.ends_with("-blk") {
+            continue;
         }
+        let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else {
+            continue;
+        };
+        let ran = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("schedstat's first field");
+        threads.push((name, ran));
     }
-    names
+    threads
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_run_on_a_thread_of_their_own_unless_sink_threads_is_0() {
-    for (threads, own) in [("", true), ("sink_threads = 0\n", false)] {
+    // (the [gateway] line, sink threads expected): the default; more
+    // threads than apps (one app: one thread); none.
+    for (threads, want) in [("", 1), ("sink_threads = 4\n", 1), ("sink_threads = 0\n", 0)] {
         let dir = tempfile::tempdir().unwrap();
         let creds = Creds::new(dir.path());
         let sim = creds.simulator("127.0.0.1:0", creds.options(false)).await;
@@ -102,15 +121,26 @@ async fn sinks_run_on_a_thread_of_their_own_unless_sink_threads_is_0() {
         assert_eq!(c.cmd(&format!("REGISTER alice {alice}")).await, "OK");
         assert_eq!(c.cmd("PRESENCE alice away").await, "OK");
         assert_eq!(c.cmd("MSG bob alice ping").await, "OK 1");
+        let recorder = &sim.state().recorder;
         assert!(
-            sim.state().recorder.wait_for(1, Duration::from_secs(20)).await,
+            recorder.wait_for(1, Duration::from_secs(20)).await,
             "{threads:?}: {}",
             gw.logs()
         );
-        // Thread names are cut to 15 bytes: `pushbridge-sink-0` reads `pushbridge-sink`.
-        let names = thread_names(gw.child.id());
-        let sink_threads = names.iter().filter(|n| n.starts_with("pushbridge-sink")).count();
-        assert_eq!(sink_threads, usize::from(own), "{threads:?}: {names:?}");
+        let before = sink_threads(gw.child.id());
+        assert_eq!(before.len(), want, "{threads:?}: {before:?}");
+        // The sink's work runs on its thread: 300 more pushes make it run.
+        let more: Vec<String> = (0..300).map(|i| format!("MSG bob alice number {i}")).collect();
+        c.pipeline(&more, "OK 1").await;
+        assert!(
+            recorder.wait_for(301, Duration::from_secs(20)).await,
+            "{threads:?}: {}",
+            gw.logs()
+        );
+        let after = sink_threads(gw.child.id());
+        for ((name, ran_before), (_, ran_after)) in before.iter().zip(&after) {
+            assert!(ran_after > ran_before, "{name} did not run while 300 pushes went out");
+        }
         assert!(gw.stop().success());
         assert_eq!(outbox_len(dir.path()), 0);
     }

@@ -7,64 +7,94 @@
 //! tasks that wake each other all the time. On tokio's multi-thread
 //! runtime those wake-ups cross threads (another worker steals the task;
 //! a futex wakes a parked worker); on one thread they are plain queue
-//! pushes. Measured with `bench/peers/run` on the 2-core machine: the
-//! `h2` crate alone answers 136,000 requests/s at 4.3 µs of CPU each on
-//! one thread, and 112,000/s at 9 µs on two tokio workers; the gateway's
-//! drain of 200,000 queued notifications went from 86,000/s at 2.70 s of
-//! CPU (sinks on the shared runtime) to 102,000/s at 2.25 s (one sink
-//! thread), end to end from 68,000/s to 73,000/s.
+//! pushes. Measured with `bench/peers/run` on the 2-core machine
+//! (2026-12-01): the `h2` crate alone answered 119,983 requests/s at 5.0 µs
+//! of CPU each on one thread, 101,743/s at 10.0 µs on two tokio workers;
+//! the gateway's drain of 200,000 queued notifications (1 connection) went
+//! from 81,805–85,166/s at 2.69–2.83 s of CPU (sinks on the shared
+//! runtime) to 102,058–105,160/s at 2.21–2.25 s (one sink thread), end to
+//! end from 66,159–67,937/s to 72,832–77,321/s.
 //!
 //! Apps are spread over the threads round robin in config order; one
-//! thread carried 87,000–105,000 notifications/s into nghttpd on those two
+//! thread carried 83,000–105,000 notifications/s into nghttpd on those two
 //! cores, so more threads are for many busy apps on many cores. An app's
-//! connections share its thread (with `connections = 2` the drain was as
-//! fast as on the shared runtime, not faster). `sink_threads = 0` runs the
-//! sinks on the shared runtime instead.
+//! connections share its thread: with `connections = 2` the drain was up
+//! to 10 % slower than on the shared runtime (70,868–79,512 against
+//! 78,384–79,863/s), so an app with several connections on a machine with
+//! cores to spare may do better with `sink_threads = 0`, which runs the
+//! sinks on the shared runtime. What a sink does that blocks (reading its
+//! credential files on a reload, a TLS handshake's signature) holds up the
+//! other sinks of its thread meanwhile.
 //!
-//! Stopping: dropping [`SinkThreads`] ends the threads; what a sink still
-//! runs then (the shutdown grace ran out) is dropped with its runtime, and
-//! its notifications stay in the outbox, as with a crash.
+//! Stopping: [`SinkThreads::stop`] (or dropping it) ends the threads; what
+//! a sink still runs then (the shutdown grace ran out) is dropped with its
+//! runtime, and its notifications stay in the outbox, as with a crash.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The threads running the sinks (see the module docs). Dropping it stops
-/// them.
+/// them without waiting; [`SinkThreads::stop`] waits.
 pub struct SinkThreads {
     /// One runtime per thread; empty: sinks run on the caller's runtime.
     handles: Vec<Handle>,
+    /// The threads, joined by [`SinkThreads::stop`].
+    threads: Vec<std::thread::JoinHandle<()>>,
     /// The thread the next sink goes to.
     next: usize,
-    /// Cancelled on drop: every thread then drops its runtime and ends.
+    /// Cancelled on stop or drop: every thread then drops its runtime and
+    /// ends.
     stop: CancellationToken,
 }
 
 impl SinkThreads {
-    /// Start `n` threads named `pushbridge-sink-<i>`, each running a
-    /// current-thread runtime with its timer and I/O driver. `n = 0`
-    /// starts none: [`SinkThreads::spawn`] then spawns on the caller's
-    /// runtime.
+    /// Start `n` threads named `pb-sink-<i>`, each running a current-thread
+    /// runtime with its timer and I/O driver (its blocking pool's threads:
+    /// `pb-sink-<i>-blk`). `n = 0` starts none: [`SinkThreads::spawn`]
+    /// then spawns on the caller's runtime. Blocks until each runtime is
+    /// built, on its own thread (a runtime dropped inside another panics,
+    /// so none is ever made on the caller's).
     ///
     /// Errors: the OS refused a thread, or a runtime's I/O driver could not
     /// be made (out of file descriptors); the threads already started end.
     pub fn start(n: usize) -> std::io::Result<Self> {
         let mut threads = Self {
             handles: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
             next: 0,
             stop: CancellationToken::new(),
         };
         for i in 0..n {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let handle = runtime.handle().clone();
+            let (built_tx, built) = std::sync::mpsc::sync_channel(1);
             let stop = threads.stop.clone();
-            std::thread::Builder::new()
-                .name(format!("pushbridge-sink-{i}"))
-                // Tasks run only while the thread blocks on the runtime;
-                // dropping it afterwards drops what still runs there.
-                .spawn(move || runtime.block_on(stop.cancelled()))?;
+            let thread = std::thread::Builder::new()
+                .name(format!("pb-sink-{i}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_name(format!("pb-sink-{i}-blk"))
+                        .build();
+                    match runtime {
+                        Ok(runtime) => {
+                            let _ = built_tx.send(Ok(runtime.handle().clone()));
+                            // Tasks run only while the thread blocks on the
+                            // runtime; dropping it afterwards drops what still
+                            // runs there.
+                            runtime.block_on(stop.cancelled());
+                        }
+                        Err(e) => {
+                            let _ = built_tx.send(Err(e));
+                        }
+                    }
+                })?;
+            threads.threads.push(thread);
+            let handle = built
+                .recv()
+                .map_err(|_| std::io::Error::other("a sink thread ended before its runtime was built"))??;
             threads.handles.push(handle);
         }
         Ok(threads)
@@ -81,9 +111,11 @@ impl SinkThreads {
     }
 
     /// Run `sink` on the next thread in turn, or on the caller's runtime
-    /// when there are none (must then be called within one). The handle
-    /// can be awaited from any runtime; it reports a cancelled task if the
-    /// threads stopped first.
+    /// when there are none. The handle can be awaited from any runtime; it
+    /// reports a cancelled task if the threads stopped first.
+    ///
+    /// # Panics
+    /// With no threads, outside a tokio runtime (as `tokio::spawn`).
     pub fn spawn<F>(&mut self, sink: F) -> JoinHandle<()>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -94,6 +126,24 @@ impl SinkThreads {
         let handle = &self.handles[self.next % self.handles.len()];
         self.next += 1;
         handle.spawn(sink)
+    }
+
+    /// End the threads, dropping what their sinks still run, and wait up
+    /// to `within` for them to finish; whether they did. The gateway calls
+    /// it before handing its outbox entries to other gateways, so no sink
+    /// of its own sends them meanwhile.
+    pub async fn stop(mut self, within: Duration) -> bool {
+        self.stop.cancel();
+        let threads = std::mem::take(&mut self.threads);
+        if threads.is_empty() {
+            return true;
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        matches!(tokio::time::timeout(within, joined).await, Ok(Ok(())))
     }
 }
 
@@ -134,15 +184,7 @@ mod tests {
         for _ in 0..4 {
             names.push(thread_of(&mut threads).await);
         }
-        assert_eq!(
-            names,
-            [
-                "pushbridge-sink-0",
-                "pushbridge-sink-1",
-                "pushbridge-sink-0",
-                "pushbridge-sink-1"
-            ]
-        );
+        assert_eq!(names, ["pb-sink-0", "pb-sink-1", "pb-sink-0", "pb-sink-1"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +192,7 @@ mod tests {
         let mut threads = SinkThreads::start(0).unwrap();
         assert!(threads.is_empty());
         let names: BTreeSet<String> = [thread_of(&mut threads).await].into();
-        assert!(names.iter().all(|n| !n.starts_with("pushbridge-sink")), "{names:?}");
+        assert!(names.iter().all(|n| !n.starts_with("pb-sink")), "{names:?}");
     }
 
     #[tokio::test]
@@ -166,10 +208,37 @@ mod tests {
         });
         started_rx.await.expect("the sink started");
         drop(threads);
+        let dropped = tokio::time::timeout(Duration::from_secs(10), dropped_rx).await;
         assert!(
-            dropped_rx.await.is_err(),
+            matches!(dropped, Ok(Err(_))),
             "the sink's task was dropped with its runtime"
         );
-        assert!(sink.await.expect_err("cancelled").is_cancelled());
+        let ended = tokio::time::timeout(Duration::from_secs(10), sink)
+            .await
+            .expect("the handle ends");
+        assert!(ended.expect_err("cancelled").is_cancelled());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_waits_for_the_threads_and_drops_their_sinks() {
+        let mut threads = SinkThreads::start(2).unwrap();
+        let (dropped_tx, mut dropped_rx) = tokio::sync::mpsc::channel::<()>(1);
+        for _ in 0..2 {
+            let guard = dropped_tx.clone();
+            threads.spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            });
+        }
+        drop(dropped_tx);
+        assert!(threads.stop(Duration::from_secs(10)).await, "both threads ended");
+        // Every sender was dropped with its task: the channel is closed.
+        let closed = tokio::time::timeout(Duration::from_secs(1), dropped_rx.recv()).await;
+        assert_eq!(closed, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn stop_without_threads_returns_at_once() {
+        assert!(SinkThreads::start(0).unwrap().stop(Duration::ZERO).await);
     }
 }
