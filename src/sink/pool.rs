@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pushbridge_api::Environment;
 use pushbridge_kit::Backoff;
-use tokio::sync::{mpsc, Mutex, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -30,17 +30,53 @@ pub const HOLD_BASE: Duration = Duration::from_secs(1);
 /// Longest delay between two tries of a refused credential.
 pub const HOLD_MAX: Duration = Duration::from_secs(60);
 
-/// A pool's queue, shared by its connection workers.
-pub type PoolQueue = Arc<Mutex<mpsc::Receiver<Notification>>>;
+/// A pool's queue, shared by its connection workers: whichever worker is
+/// free takes the next notification. A multi-consumer channel
+/// (`async-channel`): a worker that finds one waiting takes it without
+/// waking the others. (Before, the workers took turns on a mutex around
+/// one receiver, and a worker waiting for the mutex was woken by every
+/// release: with the workers of several connections on one sink thread,
+/// a wake-up per notification.) Cancel-safe: a notification leaves the
+/// queue only when a `recv` completes. [`next`] takes from it under tokio's
+/// cooperative budget, as tokio's own channels do: a worker that always
+/// finds a notification waiting would otherwise never yield, and the
+/// connection task that writes its requests would wait behind it.
+pub type PoolQueue = async_channel::Receiver<Notification>;
 
-/// The next notification for a worker; `None` when the sink is done.
-pub async fn next(rx: &Mutex<mpsc::Receiver<Notification>>) -> Option<Notification> {
-    rx.lock().await.recv().await
+/// The dispatcher's end of a [`PoolQueue`]; dropping every sender ends the
+/// workers once the queue is empty.
+pub type PoolSender = async_channel::Sender<Notification>;
+
+/// A pool's queue: [`POOL_QUEUE`] notifications at most.
+pub fn pool_queue() -> (PoolSender, PoolQueue) {
+    async_channel::bounded(POOL_QUEUE)
 }
 
-/// Up to `max` notifications at once (at least one, waiting for it).
-pub async fn next_many(rx: &Mutex<mpsc::Receiver<Notification>>, into: &mut Vec<Notification>, max: usize) -> usize {
-    rx.lock().await.recv_many(into, max).await
+/// The next notification for a worker; `None` when the sink is done (every
+/// sender dropped and the queue empty). Spends a unit of the task's
+/// cooperative budget (`tokio::task::coop`), yielding once it is used up.
+pub async fn next(rx: &PoolQueue) -> Option<Notification> {
+    tokio::task::coop::cooperative(rx.recv()).await.ok()
+}
+
+/// Up to `max` notifications at once: waits for the first, then takes what
+/// is already queued. Returns how many were added to `into`; 0 when the
+/// sink is done or `max` is 0.
+pub async fn next_many(rx: &PoolQueue, into: &mut Vec<Notification>, max: usize) -> usize {
+    if max == 0 {
+        return 0;
+    }
+    let Some(first) = next(rx).await else { return 0 };
+    into.push(first);
+    let mut taken = 1;
+    while taken < max {
+        match rx.try_recv() {
+            Ok(n) => into.push(n),
+            Err(_) => break,
+        }
+        taken += 1;
+    }
+    taken
 }
 
 /// State shared by the dispatcher, the workers and their tasks.
@@ -196,7 +232,7 @@ pub trait PoolStarter {
     /// Called once when the sink starts (feedback pollers, …).
     fn started(&mut self, _shared: &Arc<Shared>) {}
     /// Start the connections for devices of `env`; returns their queue.
-    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError>;
+    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<PoolSender, SinkError>;
 }
 
 /// How a sink retries transient failures (`max_retries`,
@@ -277,7 +313,7 @@ pub async fn dispatch(
         tasks: TaskTracker::new(),
     });
     pools_for.started(&shared);
-    let mut pools: HashMap<Environment, mpsc::Sender<Notification>> = HashMap::new();
+    let mut pools: HashMap<Environment, PoolSender> = HashMap::new();
     let mut open = true;
     loop {
         // Armed before the counter is read, so a last outcome between the
@@ -368,15 +404,11 @@ mod tests {
     }
 
     impl<F: Fn(&Shared, Notification) + Send + Sync + 'static> PoolStarter for FakePools<F> {
-        fn start_pool(
-            &mut self,
-            _env: Environment,
-            shared: Arc<Shared>,
-        ) -> Result<mpsc::Sender<Notification>, SinkError> {
-            let (tx, mut rx) = mpsc::channel::<Notification>(POOL_QUEUE);
+        fn start_pool(&mut self, _env: Environment, shared: Arc<Shared>) -> Result<PoolSender, SinkError> {
+            let (tx, rx) = pool_queue();
             let (act, seen) = (self.act.clone(), self.seen.clone());
             shared.tasks.clone().spawn(async move {
-                while let Some(n) = rx.recv().await {
+                while let Some(n) = next(&rx).await {
                     seen.lock().unwrap().push((n.id, n.attempts, Instant::now()));
                     act(&shared, n);
                 }
@@ -390,6 +422,54 @@ mod tests {
         let mut n = Notification::new(id, "com.example.chat", token, Environment::Production, "{}");
         n.expiration = unix_now() + 3600;
         n
+    }
+
+    #[tokio::test]
+    async fn next_many_waits_for_one_then_takes_what_is_queued() {
+        let (tx, rx) = pool_queue();
+        let mut got = Vec::new();
+        assert_eq!(next_many(&rx, &mut got, 0).await, 0, "room for none");
+        for id in 1..=5 {
+            tx.send(note(id)).await.unwrap();
+        }
+        assert_eq!(next_many(&rx, &mut got, 3).await, 3);
+        assert_eq!(next_many(&rx, &mut got, 10).await, 2);
+        assert_eq!(got.iter().map(|n| n.id).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        // Nothing queued: it waits for the first.
+        {
+            let waiting = next_many(&rx, &mut got, 10);
+            tokio::pin!(waiting);
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+            tx.send(note(6)).await.unwrap();
+            assert_eq!(waiting.await, 1);
+        }
+        drop(tx);
+        assert_eq!(next_many(&rx, &mut got, 10).await, 0, "closed and empty");
+        assert!(next(&rx).await.is_none());
+    }
+
+    /// The workers' `select!`s drop a waiting `next` whenever another branch
+    /// wins: a notification must then reach another worker, not be lost
+    /// with the dropped wait.
+    #[tokio::test]
+    async fn a_dropped_wait_passes_its_notification_on() {
+        let (tx, rx) = pool_queue();
+        // The first waiter registers first: it is the one woken for the
+        // notification below.
+        let mut first = Box::pin(next(&rx));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        let other = rx.clone();
+        let second = tokio::spawn(async move { next(&other).await.map(|n| n.id) });
+        for _ in 0..10 {
+            tokio::task::yield_now().await; // the second waiter registers
+        }
+        assert!(!second.is_finished());
+        tx.send(note(7)).await.unwrap();
+        // Woken for it, but dropped before it looked: the second waiter
+        // must be woken in its place (it is never polled by this test).
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(5), second).await;
+        assert_eq!(got.expect("the other waiter was woken").unwrap(), Some(7));
     }
 
     /// Run the dispatcher over `notes` with `act`; returns the completions

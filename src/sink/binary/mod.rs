@@ -36,13 +36,12 @@ mod worker;
 use std::sync::Arc;
 
 use pushbridge_api::Environment;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use self::config::{BinaryConfig, BinarySetup};
 use super::live::{self, Live};
-use super::pool::{dispatch, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
+use super::pool::{dispatch, pool_queue, PoolSender, PoolStarter, Shared, POOL_QUEUE};
 use super::{SinkConfig, SinkContext, SinkError};
 use crate::outcome::Notification;
 
@@ -154,11 +153,10 @@ impl PoolStarter for Pools<'_> {
         self.start_feedback(self.sink.environment, shared);
     }
 
-    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError> {
+    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<PoolSender, SinkError> {
         let target = self.sink.setup.target(env)?;
         self.start_feedback(env, &shared);
-        let (tx, rx) = mpsc::channel(POOL_QUEUE);
-        let rx: PoolQueue = Arc::new(tokio::sync::Mutex::new(rx));
+        let (tx, rx) = pool_queue();
         tracing::info!(host = %target.authority, connections = self.sink.connections, command = self.sink.setup.command, "binary APNS pool starting");
         let link = worker::Link {
             target,

@@ -45,7 +45,6 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use pushbridge_api::Environment;
-use tokio::sync::{mpsc, Mutex};
 
 pub use self::config::Http2Config;
 use self::conn::Target;
@@ -54,7 +53,7 @@ use self::stream::{open_stream, Opened};
 pub use self::stream::{send_one, SendOneError};
 use super::credentials::{check_common, inspect_ca_file, CertificateKeys, CredentialReport};
 use super::live::{self, Live};
-use super::pool::{self, dispatch, PoolQueue, PoolStarter, Shared, POOL_QUEUE};
+use super::pool::{self, dispatch, PoolQueue, PoolSender, PoolStarter, Shared, POOL_QUEUE};
 use super::refusal;
 use super::{SinkConfig, SinkContext, SinkError};
 use crate::outcome::Notification;
@@ -256,7 +255,7 @@ struct Pools<'a> {
 }
 
 impl PoolStarter for Pools<'_> {
-    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<mpsc::Sender<Notification>, SinkError> {
+    fn start_pool(&mut self, env: Environment, shared: Arc<Shared>) -> Result<PoolSender, SinkError> {
         let target = self.sink.setup.target(env)?;
         Ok(start_pool(target, self, shared))
     }
@@ -283,10 +282,9 @@ struct Link {
 }
 
 /// Start `connections` workers for one host; returns their queue.
-fn start_pool(target: Target, pools: &Pools<'_>, shared: Arc<Shared>) -> mpsc::Sender<Notification> {
+fn start_pool(target: Target, pools: &Pools<'_>, shared: Arc<Shared>) -> PoolSender {
     let sink = pools.sink;
-    let (tx, rx) = mpsc::channel(POOL_QUEUE);
-    let rx = Arc::new(Mutex::new(rx));
+    let (tx, rx) = pool::pool_queue();
     tracing::info!(host = %target.authority, connections = sink.connections, "APNS pool starting");
     let link = Link {
         host: target.authority.as_str().into(),
@@ -372,7 +370,7 @@ async fn stream_notifications(
     link: &Link,
     creds: ConnCreds,
     carry: Option<Notification>,
-    rx: &Mutex<mpsc::Receiver<Notification>>,
+    rx: &PoolQueue,
     shared: &Arc<Shared>,
 ) -> (Option<Notification>, bool) {
     let mut streams = Streams {
@@ -453,7 +451,7 @@ async fn send_notifications(
     link: &Link,
     creds: ConnCreds,
     mut carry: Option<Notification>,
-    rx: &Mutex<mpsc::Receiver<Notification>>,
+    rx: &PoolQueue,
     shared: &Arc<Shared>,
     streams: &mut Streams,
 ) -> Option<Notification> {
