@@ -102,6 +102,9 @@ dispatch! {
     pub fn insert_outbox(&self, n: &NewNotification<'_>) -> Result<i64, StoreError>;
     /// Delete an outbox entry (settled).
     pub fn delete_outbox(&self, id: i64) -> Result<(), StoreError>;
+    /// Delete settled outbox entries, in any order (ids not in the outbox
+    /// are passed over).
+    pub fn delete_outbox_ids(&self, ids: Vec<i64>) -> Result<(), StoreError>;
     /// Up to `limit` outbox entries of `topic` with id ≥ `from_id`, oldest
     /// first; never one waiting in a coalescing window.
     pub fn load_outbox(&self, topic: &Arc<str>, from_id: i64, limit: usize) -> Result<Vec<Notification>, StoreError>;

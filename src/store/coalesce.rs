@@ -112,7 +112,7 @@ impl SqliteDb {
     /// the window's end when a new one started.
     pub(crate) fn coalesce(&self, w: &NewWaiting<'_>, parts: &Parts) -> Result<Option<i64>, StoreError> {
         let found: Option<(i64, String)> = self
-            .conn()
+            .conn()?
             .prepare_cached(
                 "SELECT id, parts FROM outbox WHERE not_before_ms > 0
                  AND user = ?1 AND conversation = ?2 AND token = ?3 AND topic = ?4",
@@ -125,12 +125,12 @@ impl SqliteDb {
         if let Some((id, json)) = found {
             let mut merged: Parts = serde_json::from_str(&json).map_err(corrupt)?;
             merged.merge(parts.clone());
-            self.conn()
+            self.conn()?
                 .prepare_cached("UPDATE outbox SET parts = ?2 WHERE id = ?1")?
                 .execute(params![id, serde_json::to_string(&merged).map_err(corrupt)?])?;
             return Ok(None);
         }
-        self.conn()
+        self.conn()?
             .prepare_cached(
                 "INSERT INTO outbox (topic, token, environment, payload, expiration, priority, collapse_id,
                     created_ms, user, conversation, parts, not_before_ms)
@@ -152,14 +152,14 @@ impl SqliteDb {
     /// The end of the earliest window still open (Unix ms).
     pub(crate) fn next_due(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
-            .conn()
+            .conn()?
             .prepare_cached("SELECT min(not_before_ms) FROM outbox WHERE not_before_ms > 0")?
             .query_row([], |r| r.get(0))?)
     }
 
     /// Waiting rows whose window ended by `now_ms`, earliest first.
     pub(crate) fn due_waiting(&self, now_ms: i64) -> Result<Vec<Waiting>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
+        let mut stmt = self.conn()?.prepare_cached(
             "SELECT id, topic, token, environment, user, created_ms, parts FROM outbox
              WHERE not_before_ms > 0 AND not_before_ms <= ?1 ORDER BY not_before_ms, id",
         )?;
@@ -193,7 +193,7 @@ impl SqliteDb {
     /// Drop the user's waiting rows (they came online); how many.
     pub(crate) fn cancel_waiting(&self, user: &UserId) -> Result<usize, StoreError> {
         Ok(self
-            .conn()
+            .conn()?
             .prepare_cached("DELETE FROM outbox WHERE not_before_ms > 0 AND user = ?1")?
             .execute([user.as_str()])?)
     }

@@ -209,18 +209,18 @@ fn sqlite_cols(t: &Table) -> String {
 impl SqliteDb {
     fn count_rows(&self, t: &Table) -> Result<i64, StoreError> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(&format!("SELECT count(*) FROM {}", t.name), [], |r| r.get(0))?)
     }
 
     fn clear_rows(&self, t: &Table) -> Result<(), StoreError> {
-        self.conn().execute(&format!("DELETE FROM {}", t.name), [])?;
+        self.conn()?.execute(&format!("DELETE FROM {}", t.name), [])?;
         Ok(())
     }
 
     fn read_rows(&self, t: &Table, f: &mut dyn FnMut(Vec<Cell>) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let sql = format!("SELECT {} FROM {} ORDER BY {}", sqlite_cols(t), t.name, t.order);
-        let mut stmt = self.conn().prepare(&sql)?;
+        let mut stmt = self.conn()?.prepare(&sql)?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let mut row = Vec::with_capacity(t.cols.len());
@@ -243,7 +243,7 @@ impl SqliteDb {
             sqlite_cols(t),
             marks.join(", ")
         );
-        let mut stmt = self.conn().prepare(&sql)?;
+        let mut stmt = self.conn()?.prepare(&sql)?;
         for row in rows {
             let values: Vec<rusqlite::types::Value> = row
                 .iter()

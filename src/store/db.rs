@@ -130,7 +130,10 @@ pub use super::backend::Db;
 
 /// An open SQLite database (one of [`Db`]'s backends).
 pub struct SqliteDb {
-    conn: Connection,
+    /// Statements go through [`SqliteDb::conn`] or
+    /// [`SqliteDb::conn_beside_outbox`]; only this file (transactions)
+    /// and [`super::sqlite_outbox`] use it directly.
+    pub(super) conn: Connection,
     /// `[store] synchronous`, as configured.
     synchronous: Synchronous,
     /// Whether commits skip the fsync now ([`SqliteDb::defer_sync`]).
@@ -148,6 +151,9 @@ pub struct SqliteDb {
     /// `PRAGMA data_version` at the last [`SqliteDb::begin`]: another
     /// connection committed when it changes.
     pub(super) data_version: std::cell::Cell<Option<i64>>,
+    /// The transaction's outbox rows not written yet
+    /// ([`super::sqlite_outbox`]).
+    pub(super) outbox: super::sqlite_outbox::Buffer,
 }
 
 pub fn now_ms() -> i64 {
@@ -173,6 +179,9 @@ impl SqliteDb {
             message: e.to_string(),
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // The store prepares ~40 distinct statements; rusqlite keeps 16 by
+        // default, and a 64-row INSERT evicted is prepared again.
+        conn.set_prepared_statement_cache_capacity(64);
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Open {
@@ -194,6 +203,7 @@ impl SqliteDb {
             unread: Default::default(),
             in_tx: Default::default(),
             data_version: Default::default(),
+            outbox: Default::default(),
         };
         db.migrate().map_err(|e| StoreError::Open {
             path: path.display().to_string(),
@@ -217,12 +227,6 @@ impl SqliteDb {
             tx.commit()?;
         }
         Ok(())
-    }
-
-    /// The connection, for the statements of [`super::settings`] and
-    /// [`super::coalesce`].
-    pub(super) fn conn(&self) -> &Connection {
-        &self.conn
     }
 
     /// Migrations this pushbridge has.
@@ -289,6 +293,7 @@ impl SqliteDb {
     /// another connection committed since the last one.
     pub fn begin(&self) -> Result<(), StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.outbox.borrow_mut().clear();
         self.in_tx.set(true);
         self.forget_if_changed_elsewhere()
     }
@@ -298,7 +303,8 @@ impl SqliteDb {
     /// not have been written); the caller rolls back.
     pub fn commit(&self) -> Result<(), StoreError> {
         let r = self
-            .write_unread()
+            .flush_outbox()
+            .and_then(|()| self.write_unread())
             .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
         match &r {
             Ok(()) => self.unread_committed(),
@@ -312,6 +318,7 @@ impl SqliteDb {
     /// what it changed).
     pub fn rollback(&self) {
         let _ = self.conn.execute_batch("ROLLBACK");
+        self.outbox.borrow_mut().clear();
         self.in_tx.set(false);
         self.forget_cached();
     }
@@ -322,36 +329,10 @@ impl SqliteDb {
         self.unread.borrow_mut().clear();
     }
 
-    pub fn insert_outbox(&self, n: &NewNotification<'_>) -> Result<i64, StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO outbox (topic, token, environment, payload, expiration, priority, collapse_id, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                n.topic,
-                n.token.as_str(),
-                n.environment.as_str(),
-                n.payload,
-                n.expiration as i64,
-                n.priority,
-                n.collapse_id,
-                n.created_ms
-            ])?;
-        Ok(self.conn.last_insert_rowid())
-    }
-
-    pub fn delete_outbox(&self, id: i64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-            .execute([id])?;
-        Ok(())
-    }
-
     /// Up to `limit` outbox entries of `topic` with id ≥ `from_id`, oldest
     /// first; never one waiting in a coalescing window.
     pub fn load_outbox(&self, topic: &Arc<str>, from_id: i64, limit: usize) -> Result<Vec<Notification>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn()?.prepare_cached(
             "SELECT id, token, environment, payload, expiration, priority, collapse_id, created_ms
              FROM outbox WHERE topic = ?1 AND id >= ?2 AND not_before_ms = 0 ORDER BY id LIMIT ?3",
         )?;
@@ -390,7 +371,7 @@ impl SqliteDb {
     /// Pending outbox entries per topic.
     pub fn outbox_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut stmt = self
-            .conn
+            .conn()?
             .prepare("SELECT topic, count(*) FROM outbox GROUP BY topic ORDER BY topic")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -441,7 +422,7 @@ impl SqliteDb {
     /// Run raw SQL (tests break the schema on purpose with it).
     #[cfg(test)]
     pub(crate) fn execute_for_test(&self, sql: &str) -> Result<(), StoreError> {
-        self.conn.execute_batch(sql)?;
+        self.conn()?.execute_batch(sql)?;
         Ok(())
     }
 

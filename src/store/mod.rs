@@ -28,6 +28,7 @@ pub mod messages;
 pub mod pg;
 pub mod settings;
 mod sqlite_devices;
+mod sqlite_outbox;
 mod sqlite_unread;
 pub mod stats;
 pub mod streak;

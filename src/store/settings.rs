@@ -17,7 +17,7 @@ impl SqliteDb {
     /// Mute `conversation` for `user` until `until_ms` (Unix ms; `None`:
     /// until unmuted), replacing an earlier mute of it.
     pub fn set_mute(&self, user: &UserId, conversation: &str, until_ms: Option<i64>) -> Result<(), StoreError> {
-        self.conn()
+        self.conn_beside_outbox()
             .prepare_cached(
                 "INSERT INTO mutes (user, conversation, until_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, conversation) DO UPDATE SET until_ms = excluded.until_ms",
@@ -29,7 +29,7 @@ impl SqliteDb {
     /// Unmute; whether it was muted.
     pub fn unmute(&self, user: &UserId, conversation: &str) -> Result<bool, StoreError> {
         Ok(self
-            .conn()
+            .conn_beside_outbox()
             .prepare_cached("DELETE FROM mutes WHERE user = ?1 AND conversation = ?2")?
             .execute(params![user.as_str(), conversation])?
             > 0)
@@ -38,7 +38,7 @@ impl SqliteDb {
     /// Forget mutes that ended before `now_ms`.
     pub fn expire_mutes(&self, now_ms: i64) -> Result<usize, StoreError> {
         Ok(self
-            .conn()
+            .conn_beside_outbox()
             .prepare_cached("DELETE FROM mutes WHERE until_ms IS NOT NULL AND until_ms <= ?1")?
             .execute([now_ms])?)
     }
@@ -47,7 +47,7 @@ impl SqliteDb {
     pub fn set_quiet(&self, user: &UserId, hours: Option<&QuietHours>) -> Result<(), StoreError> {
         match hours {
             Some(q) => self
-                .conn()
+                .conn_beside_outbox()
                 .prepare_cached(
                     "INSERT INTO quiet_hours (user, start_min, end_min, zone) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (user) DO UPDATE SET start_min = excluded.start_min,
@@ -55,7 +55,7 @@ impl SqliteDb {
                 )?
                 .execute(params![user.as_str(), q.start(), q.end(), q.zone()])?,
             None => self
-                .conn()
+                .conn_beside_outbox()
                 .prepare_cached("DELETE FROM quiet_hours WHERE user = ?1")?
                 .execute([user.as_str()])?,
         };
@@ -65,7 +65,9 @@ impl SqliteDb {
     /// Every user's settings (the store thread's copy is loaded with it).
     pub(crate) fn load_settings(&self) -> Result<SettingsCache, StoreError> {
         let mut cache = SettingsCache::default();
-        let mut stmt = self.conn().prepare("SELECT user, conversation, until_ms FROM mutes")?;
+        let mut stmt = self
+            .conn_beside_outbox()
+            .prepare("SELECT user, conversation, until_ms FROM mutes")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -78,7 +80,7 @@ impl SqliteDb {
             cache.mutes.entry(user).or_default().insert(conversation, until);
         }
         let mut stmt = self
-            .conn()
+            .conn_beside_outbox()
             .prepare("SELECT user, start_min, end_min, zone FROM quiet_hours")?;
         let rows = stmt.query_map([], |r| {
             Ok((

@@ -90,7 +90,9 @@ impl SqliteDb {
     /// Called right after `BEGIN IMMEDIATE`: no other connection commits
     /// until this transaction ends.
     pub(super) fn forget_if_changed_elsewhere(&self) -> Result<(), StoreError> {
-        let version: i64 = self.conn().query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let version: i64 = self
+            .conn_beside_outbox()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
         if self.data_version.replace(Some(version)) != Some(version) {
             self.forget_cached();
         }
@@ -101,7 +103,7 @@ impl SqliteDb {
     /// (one indexed read; token + topic are unique).
     fn forget_owner(&self, token: &DeviceToken, topic: &str) -> Result<(), StoreError> {
         let owner: Option<String> = self
-            .conn()
+            .conn_beside_outbox()
             .prepare_cached("SELECT user FROM devices WHERE token = ?1 AND topic = ?2")?
             .query_row(params![token.as_str(), topic], |r| r.get(0))
             .optional()?;
@@ -123,7 +125,7 @@ impl SqliteDb {
         // It may move the device from another user: both forget it.
         self.forget_owner(token, topic)?;
         self.devices.borrow_mut().forget(user.as_str());
-        self.conn()
+        self.conn_beside_outbox()
             .prepare_cached(
                 "INSERT INTO devices (token, topic, user, environment, added_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -139,7 +141,7 @@ impl SqliteDb {
     pub fn unregister(&self, user: &UserId, token: &DeviceToken) -> Result<usize, StoreError> {
         self.devices.borrow_mut().forget(user.as_str());
         Ok(self
-            .conn()
+            .conn_beside_outbox()
             .prepare_cached("DELETE FROM devices WHERE user = ?1 AND token = ?2")?
             .execute(params![user.as_str(), token.as_str()])?)
     }
@@ -149,7 +151,7 @@ impl SqliteDb {
     pub fn remove_device(&self, token: &DeviceToken, topic: &str, since_ms: Option<i64>) -> Result<bool, StoreError> {
         self.forget_owner(token, topic)?;
         let n = self
-            .conn()
+            .conn_beside_outbox()
             .prepare_cached(
                 "DELETE FROM devices WHERE token = ?1 AND topic = ?2
                  AND (?3 IS NULL OR added_ms < ?3)",
@@ -165,7 +167,7 @@ impl SqliteDb {
             return Ok(devices.to_vec());
         }
         let mut stmt = self
-            .conn()
+            .conn_beside_outbox()
             .prepare_cached("SELECT token, topic, environment FROM devices WHERE user = ?1 ORDER BY added_ms, token")?;
         let rows = stmt.query_map([user.as_str()], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
@@ -185,7 +187,7 @@ impl SqliteDb {
     /// read through the `devices_by_user` index (a query that also served
     /// "every user" would scan the whole registry).
     pub fn all_devices(&self, user: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
-        let mut stmt = self.conn().prepare(match user {
+        let mut stmt = self.conn_beside_outbox().prepare(match user {
             Some(_) => ONE_USERS_DEVICES,
             None => EVERY_DEVICE,
         })?;

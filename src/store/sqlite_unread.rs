@@ -67,7 +67,7 @@ impl SqliteDb {
 
     fn stored_unread(&self, user: &UserId) -> Result<i64, StoreError> {
         let n: Option<i64> = self
-            .conn()
+            .conn_beside_outbox()
             .prepare_cached("SELECT count FROM unread WHERE user = ?1")?
             .query_row([user.as_str()], |r| r.get(0))
             .optional()?;
@@ -84,7 +84,7 @@ impl SqliteDb {
     pub fn increment_unread(&self, user: &UserId) -> Result<u32, StoreError> {
         if !self.in_tx.get() {
             let n: i64 = self
-                .conn()
+                .conn_beside_outbox()
                 .prepare_cached(
                     "INSERT INTO unread (user, count) VALUES (?1, 1)
                      ON CONFLICT (user) DO UPDATE SET count = count + 1
@@ -110,7 +110,7 @@ impl SqliteDb {
     /// Reset a user's unread counter (its row goes).
     pub fn reset_unread(&self, user: &UserId) -> Result<(), StoreError> {
         if !self.in_tx.get() {
-            self.conn()
+            self.conn_beside_outbox()
                 .prepare_cached("DELETE FROM unread WHERE user = ?1")?
                 .execute([user.as_str()])?;
             self.unread.borrow_mut().counts.remove(user.as_str());
@@ -135,7 +135,7 @@ impl SqliteDb {
             .collect();
         let json = serde_json::Value::Object(changed).to_string();
         for sql in WRITE_BACK {
-            self.conn().prepare_cached(sql)?.execute([&json])?;
+            self.conn_beside_outbox().prepare_cached(sql)?.execute([&json])?;
         }
         Ok(())
     }

@@ -277,7 +277,7 @@ impl Writer {
         let result = self.prepare_durability(batch).and_then(|mark| {
             self.db.begin()?;
             if !completed {
-                match done.iter().try_for_each(|c| self.complete(c, &mut removed)) {
+                match self.complete(done, &mut removed) {
                     Ok(()) => completed = true,
                     Err(e) => {
                         log_failure!(
@@ -433,35 +433,42 @@ impl Writer {
         done.len() >= MAX_PENDING_COMPLETIONS
     }
 
-    /// Record one completion: the outbox row goes; a device APNS says is
-    /// gone goes too (noted in `removed` for the event after the commit).
-    fn complete<'c>(&self, c: &'c Completion, removed: &mut Vec<Removed<'c>>) -> Result<(), StoreError> {
-        let (app, token, since_ms, reason) = match c {
-            Completion::Settled {
-                id,
-                app,
-                token,
-                outcome,
-            } => {
-                self.db.delete_outbox(*id)?;
-                match outcome {
-                    Outcome::Rejected {
-                        remove_device: true,
-                        since_ms,
-                        reason,
-                    } => (app, token, *since_ms, reason.as_str()),
-                    _ => return Ok(()),
-                }
+    /// Record completions: their outbox rows go, in one statement per run
+    /// of consecutive ids ([`Db::delete_outbox_ids`]); a device APNS says
+    /// is gone goes too (noted in `removed` for the event after the commit).
+    fn complete<'c>(&self, done: &'c [Completion], removed: &mut Vec<Removed<'c>>) -> Result<(), StoreError> {
+        let settled: Vec<i64> = done
+            .iter()
+            .filter_map(|c| match c {
+                Completion::Settled { id, .. } => Some(*id),
+                Completion::DeviceGone { .. } => None,
+            })
+            .collect();
+        self.db.delete_outbox_ids(settled)?;
+        for c in done {
+            let (app, token, since_ms, reason) = match c {
+                Completion::Settled {
+                    app,
+                    token,
+                    outcome:
+                        Outcome::Rejected {
+                            remove_device: true,
+                            since_ms,
+                            reason,
+                        },
+                    ..
+                } => (app, token, *since_ms, reason.as_str()),
+                Completion::Settled { .. } => continue,
+                Completion::DeviceGone {
+                    app,
+                    token,
+                    since_ms,
+                    reason,
+                } => (app, token, *since_ms, reason.as_str()),
+            };
+            if self.db.remove_device(token, app, since_ms)? {
+                removed.push((app, token, reason));
             }
-            Completion::DeviceGone {
-                app,
-                token,
-                since_ms,
-                reason,
-            } => (app, token, *since_ms, reason.as_str()),
-        };
-        if self.db.remove_device(token, app, since_ms)? {
-            removed.push((app, token, reason));
         }
         Ok(())
     }

@@ -418,7 +418,10 @@ fn under_synchronous_full_answers_wait_for_the_wal_sync_and_the_next_batch_does_
 /// `PRAGMA synchronous` of the writer's connection (1 NORMAL, 2 FULL).
 fn synchronous_of(writer: &Writer) -> i64 {
     match writer.db_for_test() {
-        Db::Sqlite(d) => d.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap(),
+        Db::Sqlite(d) => d
+            .conn_beside_outbox()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap(),
         Db::Postgres(_) => unreachable!("SQLite fixture"),
     }
 }
@@ -470,6 +473,7 @@ fn after_a_failed_wal_sync_every_transaction_fails_whole() {
         Db::Sqlite(d) => {
             let rows: i64 = d
                 .conn()
+                .unwrap()
                 .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(rows, 0, "nothing written");

@@ -148,6 +148,13 @@ impl PgDb {
         self.conn().buffer_delete(id)
     }
 
+    /// Delete settled outbox entries (buffered until COMMIT, written with
+    /// the other deletes in one statement).
+    pub fn delete_outbox_ids(&self, ids: Vec<i64>) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        ids.into_iter().try_for_each(|id| c.buffer_delete(id))
+    }
+
     /// Up to `limit` outbox entries of `topic` with id ≥ `from_id`, oldest
     /// first; never one waiting in a coalescing window.
     pub fn load_outbox(&self, topic: &Arc<str>, from_id: i64, limit: usize) -> Result<Vec<Notification>, StoreError> {

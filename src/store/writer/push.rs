@@ -227,7 +227,9 @@ mod tests {
         let Db::Sqlite(db) = f.writer.db_for_test() else {
             panic!("SQLite")
         };
-        db.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+        db.conn_beside_outbox()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
     }
 
     fn mark(f: &Fixture) -> Option<String> {
