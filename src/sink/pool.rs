@@ -33,10 +33,7 @@ pub const HOLD_MAX: Duration = Duration::from_secs(60);
 /// A pool's queue, shared by its connection workers: whichever worker is
 /// free takes the next notification. A multi-consumer channel
 /// (`async-channel`): a worker that finds one waiting takes it without
-/// waking the others. (Before, the workers took turns on a mutex around
-/// one receiver, and a worker waiting for the mutex was woken by every
-/// release: with the workers of several connections on one sink thread,
-/// a wake-up per notification.) Cancel-safe: a notification leaves the
+/// waking the others. Cancel-safe: a notification leaves the
 /// queue only when a `recv` completes. [`next`] takes from it under tokio's
 /// cooperative budget, as tokio's own channels do: a worker that always
 /// finds a notification waiting would otherwise never yield, and the
@@ -70,10 +67,8 @@ pub async fn next_many(rx: &PoolQueue, into: &mut Vec<Notification>, max: usize)
     into.push(first);
     let mut taken = 1;
     while taken < max {
-        match rx.try_recv() {
-            Ok(n) => into.push(n),
-            Err(_) => break,
-        }
+        let Ok(n) = rx.try_recv() else { break };
+        into.push(n);
         taken += 1;
     }
     taken

@@ -102,11 +102,13 @@ impl SinkThreads {
     }
 
     /// How many threads run sinks (0: the sinks share the caller's runtime).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.handles.len()
     }
 
     /// Whether the sinks share the caller's runtime.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
     }
