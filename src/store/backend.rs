@@ -98,7 +98,9 @@ dispatch! {
     pub fn unread(&self, user: &UserId) -> Result<u32, StoreError>;
     /// Reset a user's unread counter.
     pub fn reset_unread(&self, user: &UserId) -> Result<(), StoreError>;
-    /// Write a notification to the outbox; its id.
+    /// Write a notification to the outbox; its id. Inside a transaction
+    /// both backends may only buffer the row until a later statement or
+    /// COMMIT: after an error from any statement the caller must roll back.
     pub fn insert_outbox(&self, n: &NewNotification<'_>) -> Result<i64, StoreError>;
     /// Delete an outbox entry (settled).
     pub fn delete_outbox(&self, id: i64) -> Result<(), StoreError>;

@@ -211,6 +211,7 @@ pub(crate) fn release(
     now_ms: i64,
     out: &mut Vec<(usize, Notification)>,
 ) -> Result<Option<i64>, StoreError> {
+    let mut released = Vec::new();
     for w in db.due_waiting(now_ms)? {
         let badge = match w.parts.badge {
             Some(b) => b,
@@ -231,7 +232,7 @@ pub(crate) fn release(
             collapse_id: msg.collapse_id.as_deref(),
             created_ms: w.created_ms,
         })?;
-        db.delete_outbox(w.id)?;
+        released.push(w.id);
         tracing::debug!(user = %w.user, device = w.token.short(), count = w.parts.count, notification = id, "coalesced push released");
         if let Some(i) = index {
             let app: Arc<str> = feed.slot(i).map_or_else(|| w.topic.as_str().into(), |s| s.app.clone());
@@ -253,6 +254,8 @@ pub(crate) fn release(
             ));
         }
     }
+    // The waiting rows go together (one statement, not one each).
+    db.delete_outbox_ids(released)?;
     db.next_due()
 }
 

@@ -131,8 +131,9 @@ pub use super::backend::Db;
 /// An open SQLite database (one of [`Db`]'s backends).
 pub struct SqliteDb {
     /// Statements go through [`SqliteDb::conn`] or
-    /// [`SqliteDb::conn_beside_outbox`]; only this file (transactions)
-    /// and [`super::sqlite_outbox`] use it directly.
+    /// [`SqliteDb::conn_beside_outbox`]; only this file (transactions,
+    /// statements off the outbox) and [`super::sqlite_outbox`] use it
+    /// directly.
     pub(super) conn: Connection,
     /// `[store] synchronous`, as configured.
     synchronous: Synchronous,
@@ -153,7 +154,7 @@ pub struct SqliteDb {
     pub(super) data_version: std::cell::Cell<Option<i64>>,
     /// The transaction's outbox rows not written yet
     /// ([`super::sqlite_outbox`]).
-    pub(super) outbox: super::sqlite_outbox::Buffer,
+    pub(super) outbox: std::cell::RefCell<super::sqlite_outbox::OutboxBuffer>,
 }
 
 pub fn now_ms() -> i64 {

@@ -18,10 +18,9 @@
 //!
 //! Outside a transaction (the CLI) every row is written at once.
 
-use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use rusqlite::{params, Connection, OptionalExtension, Statement, ToSql};
+use rusqlite::{params, Connection, Statement, ToSql};
 
 use super::db::{NewNotification, SqliteDb, StoreError};
 
@@ -80,12 +79,28 @@ impl OutboxBuffer {
         self.rows.clear();
         self.next_id = None;
     }
+
+    /// Rows buffered now (tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
 }
 
 /// `INSERT INTO outbox (…) VALUES (…), (…) …` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
     let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
     format!("INSERT INTO outbox ({COLUMNS}) VALUES {}", vec![one; rows].join(", "))
+}
+
+/// The largest outbox id ever given: `sqlite_sequence`'s, or the largest
+/// row's should that be higher (a hand-edited file).
+const HIGH_WATER: &str = "SELECT max(
+        ifnull((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0),
+        ifnull((SELECT max(id) FROM outbox), 0))";
+
+fn exhausted(at: i64) -> StoreError {
+    StoreError::Corrupt(format!("outbox ids are exhausted (at {at})"))
 }
 
 fn chunk_sql() -> &'static str {
@@ -97,6 +112,9 @@ impl SqliteDb {
     /// The connection, for any statement: the buffered outbox rows are
     /// written first, and the next id is read again afterwards (the
     /// statement may insert outbox rows itself).
+    ///
+    /// Errors: writing the buffered rows failed (they are gone from the
+    /// buffer; the transaction must roll back).
     pub(super) fn conn(&self) -> Result<&Connection, StoreError> {
         self.flush_outbox()?;
         self.outbox.borrow_mut().next_id = None;
@@ -112,6 +130,10 @@ impl SqliteDb {
 
     /// Write a notification to the outbox; its id. Inside a transaction
     /// the row is buffered (see the module docs).
+    ///
+    /// Errors: the statement failed; inside a transaction also a write of
+    /// the buffer (its rows are gone: the transaction must roll back), and
+    /// [`StoreError::Corrupt`] when the ids are exhausted.
     pub fn insert_outbox(&self, n: &NewNotification<'_>) -> Result<i64, StoreError> {
         if !self.in_tx.get() {
             self.conn()?
@@ -153,25 +175,20 @@ impl SqliteDb {
         Ok(id)
     }
 
-    /// The next outbox id: one more than the `AUTOINCREMENT` high-water
-    /// mark, which is never lowered (an id is never given twice, even
-    /// after its row went), read once per transaction.
+    /// The next outbox id: one more than the larger of the
+    /// `AUTOINCREMENT` high-water mark (never lowered: an id is never given
+    /// twice, even after its row went) and the largest id, as SQLite itself
+    /// picks; read once per transaction, counted up in memory after.
     fn next_outbox_id(&self) -> Result<i64, StoreError> {
         let known = self.outbox.borrow().next_id;
         let id = match known {
             Some(id) => id,
             None => {
-                let seq: Option<i64> = self
-                    .conn
-                    .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")?
-                    .query_row([], |r| r.get(0))
-                    .optional()?;
-                let seq = seq.unwrap_or(0);
-                seq.checked_add(1)
-                    .ok_or_else(|| StoreError::Corrupt(format!("outbox ids are exhausted (sequence at {seq})")))?
+                let high: i64 = self.conn.prepare_cached(HIGH_WATER)?.query_row([], |r| r.get(0))?;
+                high.checked_add(1).ok_or_else(|| exhausted(high))?
             }
         };
-        self.outbox.borrow_mut().next_id = Some(id.saturating_add(1));
+        self.outbox.borrow_mut().next_id = Some(id.checked_add(1).ok_or_else(|| exhausted(id))?);
         Ok(id)
     }
 
@@ -233,9 +250,6 @@ impl SqliteDb {
     }
 }
 
-/// The buffer as [`SqliteDb`] holds it.
-pub(super) type Buffer = RefCell<OutboxBuffer>;
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -287,7 +301,13 @@ mod tests {
 
         db.begin().unwrap();
         let n = 2 * CHUNK + 5;
-        let ids: Vec<i64> = (0..n).map(|i| insert(&db, &token, 100 + i)).collect();
+        let ids: Vec<i64> = (0..n)
+            .map(|i| {
+                let id = insert(&db, &token, 100 + i);
+                assert!(db.outbox.borrow().len() < CHUNK, "written once CHUNK rows wait");
+                id
+            })
+            .collect();
         assert_eq!(ids, (3..3 + n as i64).collect::<Vec<_>>(), "never id 2 again");
         // Two chunks are written, five rows still buffered; a read sees all.
         let app: Arc<str> = "app".into();
@@ -301,6 +321,7 @@ mod tests {
         assert_eq!(loaded[1].collapse_id.as_deref(), Some("c"), "row 100");
         assert_eq!(loaded[2].collapse_id, None);
         assert_eq!(loaded[1].expiration, i64::MAX as u64);
+        assert_eq!(loaded[0].expiration, i64::MAX as u64, "outside a transaction too");
         insert(&db, &token, 999);
         db.commit().unwrap();
         let rows = stored(&db);
@@ -354,6 +375,75 @@ mod tests {
         assert!(err.to_string().contains("disk on fire"), "{err}");
         db.rollback();
         assert_eq!(stored(&db).len(), 1, "neither row of the failed transaction");
+    }
+
+    #[test]
+    fn rolled_back_rows_are_never_written_by_a_later_statement() {
+        let (_dir, db) = open();
+        let token = DeviceToken::parse(&"e".repeat(64)).unwrap();
+        db.begin().unwrap();
+        insert(&db, &token, 1);
+        db.rollback();
+        // Outside a transaction, as the writer reads the next window's end
+        // after a failed batch.
+        assert_eq!(db.outbox_counts().unwrap(), []);
+    }
+
+    #[test]
+    fn each_transaction_counts_from_what_is_stored_then() {
+        let (dir, db) = open();
+        let other = SqliteDb::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
+        let token = DeviceToken::parse(&"f".repeat(64)).unwrap();
+        db.begin().unwrap();
+        assert_eq!(insert(&db, &token, 1), 1);
+        db.commit().unwrap();
+        // Another connection (the CLI) between two transactions.
+        assert_eq!(insert(&other, &token, 2), 2);
+        db.begin().unwrap();
+        assert_eq!(insert(&db, &token, 3), 3);
+        db.commit().unwrap();
+        // A lowered sqlite_sequence (a hand-edited file): the largest row
+        // still counts.
+        db.execute_for_test("UPDATE sqlite_sequence SET seq = 1 WHERE name = 'outbox'")
+            .unwrap();
+        db.begin().unwrap();
+        assert_eq!(insert(&db, &token, 4), 4);
+        db.commit().unwrap();
+        assert_eq!(stored(&db).len(), 4);
+    }
+
+    #[test]
+    fn a_chunk_that_fails_mid_transaction_fails_the_insert() {
+        let (_dir, db) = open();
+        let token = DeviceToken::parse(&"0".repeat(64)).unwrap();
+        db.execute_for_test(
+            "CREATE TRIGGER boom BEFORE INSERT ON outbox WHEN NEW.payload = '{\"n\":10}'
+             BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
+        )
+        .unwrap();
+        db.begin().unwrap();
+        let results: Vec<_> = (0..CHUNK)
+            .map(|i| {
+                db.insert_outbox(&NewNotification {
+                    topic: "app",
+                    token: &token,
+                    environment: Environment::Production,
+                    payload: &format!("{{\"n\":{i}}}"),
+                    expiration: 0,
+                    priority: 10,
+                    collapse_id: None,
+                    created_ms: 0,
+                })
+            })
+            .collect();
+        let err = results
+            .last()
+            .and_then(|r| r.as_ref().err())
+            .expect("the 64th insert writes the chunk");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert!(results[..CHUNK - 1].iter().all(Result::is_ok));
+        db.rollback();
+        assert_eq!(stored(&db), []);
     }
 
     #[test]

@@ -383,6 +383,12 @@ mod tests {
         // for it nor sees the row.
         db.begin().expect("begin");
         db.insert_outbox(&row(500)).expect("insert");
+        // Written into the transaction now (inserts are buffered until a
+        // statement reads the outbox, or COMMIT).
+        assert_eq!(
+            db.outbox_counts().expect("counts"),
+            [("com.example.chat".to_owned(), 4)]
+        );
         let read = tokio::time::timeout(Duration::from_secs(5), reader.read()).await;
         let stats = read.expect("did not wait for the writer").expect("read");
         assert_eq!(
