@@ -126,6 +126,40 @@ pub struct NewNotification<'a> {
     pub created_ms: i64,
 }
 
+/// A [`NewNotification`] owned, with its id: an outbox row a backend holds
+/// until its transaction writes it (SQLite: [`super::sqlite_outbox`];
+/// PostgreSQL: `pg::batch`).
+#[derive(Debug)]
+pub(super) struct OutboxRow {
+    pub(super) id: i64,
+    pub(super) topic: String,
+    pub(super) token: String,
+    pub(super) environment: &'static str,
+    pub(super) payload: String,
+    /// Unix seconds, capped at `i64::MAX` (both databases store a signed
+    /// 64-bit integer).
+    pub(super) expiration: i64,
+    pub(super) priority: i64,
+    pub(super) collapse_id: Option<String>,
+    pub(super) created_ms: i64,
+}
+
+impl OutboxRow {
+    pub(super) fn new(id: i64, n: &NewNotification<'_>) -> Self {
+        Self {
+            id,
+            topic: n.topic.to_owned(),
+            token: n.token.as_str().to_owned(),
+            environment: n.environment.as_str(),
+            payload: n.payload.to_owned(),
+            expiration: n.expiration.min(i64::MAX as u64) as i64,
+            priority: i64::from(n.priority),
+            collapse_id: n.collapse_id.map(str::to_owned),
+            created_ms: n.created_ms,
+        }
+    }
+}
+
 pub use super::backend::Db;
 
 /// An open SQLite database (one of [`Db`]'s backends).

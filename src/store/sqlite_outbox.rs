@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use rusqlite::{params, Connection, Statement, ToSql};
 
-use super::db::{NewNotification, SqliteDb, StoreError};
+use super::db::{NewNotification, OutboxRow, SqliteDb, StoreError};
 
 /// Rows written by one multi-row `INSERT` (9 parameters a row, well
 /// under SQLite's 32,766).
@@ -30,21 +30,7 @@ pub(super) const CHUNK: usize = 64;
 
 const COLUMNS: &str = "id, topic, token, environment, payload, expiration, priority, collapse_id, created_ms";
 
-/// An outbox row waiting to be written, with its id.
-#[derive(Debug)]
-struct Row {
-    id: i64,
-    topic: String,
-    token: String,
-    environment: &'static str,
-    payload: String,
-    expiration: i64,
-    priority: u8,
-    collapse_id: Option<String>,
-    created_ms: i64,
-}
-
-impl Row {
+impl OutboxRow {
     /// Bind the row's nine values from parameter `first` (1-based) on.
     fn bind(&self, stmt: &mut Statement<'_>, first: usize) -> Result<(), StoreError> {
         let values: [&dyn ToSql; 9] = [
@@ -68,7 +54,7 @@ impl Row {
 /// The transaction's buffered rows and the next id to give.
 #[derive(Debug, Default)]
 pub(super) struct OutboxBuffer {
-    rows: Vec<Row>,
+    rows: Vec<OutboxRow>,
     /// `None`: read `sqlite_sequence` when an id is next needed.
     next_id: Option<i64>,
 }
@@ -156,17 +142,7 @@ impl SqliteDb {
         let id = self.next_outbox_id()?;
         let full = {
             let mut buffer = self.outbox.borrow_mut();
-            buffer.rows.push(Row {
-                id,
-                topic: n.topic.to_owned(),
-                token: n.token.as_str().to_owned(),
-                environment: n.environment.as_str(),
-                payload: n.payload.to_owned(),
-                expiration: n.expiration.min(i64::MAX as u64) as i64,
-                priority: n.priority,
-                collapse_id: n.collapse_id.map(str::to_owned),
-                created_ms: n.created_ms,
-            });
+            buffer.rows.push(OutboxRow::new(id, n));
             buffer.rows.len() >= CHUNK
         };
         if full {

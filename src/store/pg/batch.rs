@@ -18,7 +18,7 @@ use tokio_postgres::Row;
 
 use super::client::{Answer, Param};
 use super::{Call, Conn, PgDb};
-use crate::store::db::{NewNotification, StoreError};
+use crate::store::db::{NewNotification, OutboxRow, StoreError};
 
 /// A device as cached for the transaction.
 #[derive(Debug, Clone)]
@@ -26,20 +26,6 @@ pub(super) struct CachedDevice {
     pub token: DeviceToken,
     pub topic: String,
     pub environment: Environment,
-}
-
-/// An outbox row waiting to be written.
-#[derive(Debug)]
-pub(super) struct OutboxRow {
-    id: i64,
-    topic: String,
-    token: String,
-    environment: &'static str,
-    payload: String,
-    expiration: i64,
-    priority: i64,
-    collapse_id: Option<String>,
-    created_ms: i64,
 }
 
 /// The open transaction's state.
@@ -188,17 +174,7 @@ impl Conn {
     /// Buffer an outbox row; its id.
     pub(super) fn buffer_insert(&mut self, n: &NewNotification<'_>) -> Result<i64, StoreError> {
         let id = self.next_id()?;
-        self.tx.inserts.push(OutboxRow {
-            id,
-            topic: n.topic.to_owned(),
-            token: n.token.as_str().to_owned(),
-            environment: n.environment.as_str(),
-            payload: n.payload.to_owned(),
-            expiration: n.expiration.min(i64::MAX as u64) as i64,
-            priority: i64::from(n.priority),
-            collapse_id: n.collapse_id.map(str::to_owned),
-            created_ms: n.created_ms,
-        });
+        self.tx.inserts.push(OutboxRow::new(id, n));
         if !self.tx.open {
             self.flush()?;
         }
