@@ -1,7 +1,8 @@
 //! The smoke of the side-by-side benchmark (`bench/peers/run`, README
 //! "Benchmark"): the script runs with `SMOKE=1` (a few thousand
 //! notifications, one run of each row) against the binary cargo built,
-//! into a real nghttpd and the real h2load, so that it cannot rot. Nothing
+//! into a real nghttpd and the real h2load, with the registry rows of a
+//! 1,000-device store (`REGISTRY=1000`), so that it cannot rot. Nothing
 //! about speed is judged: every row must be there, with every notification
 //! answered (the script fails otherwise) and a rate above zero.
 //!
@@ -42,6 +43,7 @@ fn the_side_by_side_benchmark_runs_every_row() {
     let out = Command::new("bash")
         .arg(root.join("bench/peers/run"))
         .env("SMOKE", "1")
+        .env("REGISTRY", "1000")
         .env("PUSHBRIDGE", env!("CARGO_BIN_EXE_pushbridge"))
         .output()
         .expect("bash runs");
@@ -61,14 +63,20 @@ fn the_side_by_side_benchmark_runs_every_row() {
         "| pushbridge end to end, HTTP/2, synchronous = full |",
         "| pushbridge end to end, paced at 10,000 msg/s |",
         "| pushbridge end to end, binary, synchronous = full |",
+        // The registry rows' labels go on with their fill, start-up and
+        // RSS figures.
+        "| registry 1000 devices (100 users x 10) into nghttpd:",
+        "| registry 1000 devices (100 users x 10) into the log sink:",
     ] {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(label))
             .unwrap_or_else(|| panic!("no row {label:?} in\n{stdout}\nstderr:\n{stderr}"));
-        let rate: u64 = row[label.len()..]
-            .split_whitespace()
-            .next()
+        // The second cell: "<median> (<runs>)".
+        let rate: u64 = row
+            .split('|')
+            .nth(2)
+            .and_then(|cell| cell.split_whitespace().next())
             .and_then(|r| r.parse().ok())
             .unwrap_or_else(|| panic!("no rate in {row:?}"));
         assert!(rate > 0, "{row}");

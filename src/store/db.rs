@@ -101,6 +101,13 @@ const MIGRATIONS: &[&str] = &[
         end_min   INTEGER NOT NULL,
         zone      TEXT NOT NULL
      ) WITHOUT ROWID;",
+    // 3: one user's devices read from an index alone, in the order
+    // `devices_of` returns them. `devices_by_user` held (user, token,
+    // topic): each device was then looked up in the table by its token, a
+    // page of its own once the registry is larger than the page cache
+    // (~20 µs a message of 10 devices in a registry of 1,000,000).
+    "CREATE INDEX devices_of_user ON devices(user, added_ms, token, environment);
+     DROP INDEX devices_by_user;",
 ];
 
 /// A registered device as listed by the CLI.
@@ -559,7 +566,7 @@ pub(super) fn parse_env(s: &str) -> Result<Environment, StoreError> {
 mod tests {
     use pushbridge_api::UserId;
 
-    use super::super::sqlite_devices::ONE_USERS_DEVICES;
+    use super::super::sqlite_devices::{DEVICES_OF, EVERY_DEVICE, ONE_USERS_DEVICES};
     use super::*;
 
     fn token(c: char) -> DeviceToken {
@@ -570,18 +577,30 @@ mod tests {
     fn one_users_devices_are_read_through_the_index() {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDb::open(&dir.path().join("t.db"), Synchronous::Normal).unwrap();
-        let plan: Vec<String> = db
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {ONE_USERS_DEVICES}"))
-            .unwrap()
-            .query_map(["line:alice"], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(
-            plan.iter()
-                .any(|p| p.starts_with("SEARCH devices USING INDEX devices_by_user")),
-            "a scan of every device (in index order is still every device): {plan:?}"
+        let plan = |sql: &str, user: Option<&str>| -> Vec<String> {
+            db.conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([user], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        // One user's: a search of the covering index, in its order (no
+        // table lookups, no sort). A scan in index order would still read
+        // every device.
+        for sql in [DEVICES_OF, ONE_USERS_DEVICES] {
+            let plan = plan(sql, Some("line:alice"));
+            assert_eq!(
+                plan,
+                ["SEARCH devices USING COVERING INDEX devices_of_user (user=?)"],
+                "{sql}"
+            );
+        }
+        // Every device (the CLI): the same index, in its order.
+        assert_eq!(
+            plan(EVERY_DEVICE, None),
+            ["SCAN devices USING COVERING INDEX devices_of_user"]
         );
         let alice = UserId::parse("line:alice").unwrap();
         db.register(&alice, &token('a'), "t", Environment::Production, 1)

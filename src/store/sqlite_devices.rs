@@ -30,9 +30,13 @@ pub(super) const MAX_CACHED_USERS: usize = 16_384;
 /// 2 MB).
 pub(super) const MAX_CACHED_DEVICES: usize = 16_384;
 
-/// One user's devices, for the CLI (through the `devices_by_user` index).
+/// One user's devices, for the CLI (through the `devices_of_user` index).
 pub(super) const ONE_USERS_DEVICES: &str = "SELECT user, token, topic, environment, added_ms FROM devices
      WHERE user = ?1 ORDER BY added_ms, token";
+/// One user's devices for a message: (token, topic, environment) in
+/// registration order, from the `devices_of_user` index alone.
+pub(super) const DEVICES_OF: &str =
+    "SELECT token, topic, environment FROM devices WHERE user = ?1 ORDER BY added_ms, token";
 /// Every device, for the CLI (`?1` is NULL).
 pub(super) const EVERY_DEVICE: &str = "SELECT user, token, topic, environment, added_ms FROM devices
      WHERE ?1 IS NULL ORDER BY user, added_ms, token";
@@ -166,9 +170,7 @@ impl SqliteDb {
         if let Some(devices) = self.devices.borrow().get(user.as_str()).filter(|_| cached) {
             return Ok(devices.to_vec());
         }
-        let mut stmt = self
-            .conn_beside_outbox()
-            .prepare_cached("SELECT token, topic, environment FROM devices WHERE user = ?1 ORDER BY added_ms, token")?;
+        let mut stmt = self.conn_beside_outbox().prepare_cached(DEVICES_OF)?;
         let rows = stmt.query_map([user.as_str()], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
         })?;
@@ -184,7 +186,7 @@ impl SqliteDb {
     }
 
     /// Every device, optionally of one user (the CLI). One user's are
-    /// read through the `devices_by_user` index (a query that also served
+    /// read through the `devices_of_user` index (a query that also served
     /// "every user" would scan the whole registry).
     pub fn all_devices(&self, user: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
         let mut stmt = self.conn_beside_outbox().prepare(match user {
