@@ -102,10 +102,8 @@ dispatch! {
     /// both backends may only buffer the row until a later statement or
     /// COMMIT: after an error from any statement the caller must roll back.
     pub fn insert_outbox(&self, n: &NewNotification<'_>) -> Result<i64, StoreError>;
-    /// Delete an outbox entry (settled).
-    pub fn delete_outbox(&self, id: i64) -> Result<(), StoreError>;
-    /// Delete settled outbox entries, in any order (ids not in the outbox
-    /// are passed over).
+    /// Delete outbox entries (settled, or waiting rows a coalescing window
+    /// released), in any order; ids not in the outbox are passed over.
     pub fn delete_outbox_ids(&self, ids: Vec<i64>) -> Result<(), StoreError>;
     /// Up to `limit` outbox entries of `topic` with id ≥ `from_id`, oldest
     /// first; never one waiting in a coalescing window.

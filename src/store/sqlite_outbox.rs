@@ -197,14 +197,6 @@ impl SqliteDb {
         Ok(())
     }
 
-    /// Delete an outbox entry.
-    pub fn delete_outbox(&self, id: i64) -> Result<(), StoreError> {
-        self.conn()?
-            .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-            .execute([id])?;
-        Ok(())
-    }
-
     /// Delete settled outbox entries: sorted, each run of consecutive ids
     /// with one `DELETE … BETWEEN` (a batch's completions are mostly
     /// consecutive).
@@ -273,7 +265,7 @@ mod tests {
         // Outside a transaction: written at once. The highest row then goes,
         // so only sqlite_sequence remembers id 2.
         assert_eq!((insert(&db, &token, 0), insert(&db, &token, 1)), (1, 2));
-        db.delete_outbox(2).unwrap();
+        db.delete_outbox_ids(vec![2]).unwrap();
 
         db.begin().unwrap();
         let n = 2 * CHUNK + 5;

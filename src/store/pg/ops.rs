@@ -143,11 +143,6 @@ impl PgDb {
         self.conn().buffer_insert(n)
     }
 
-    /// Delete an outbox entry (buffered until COMMIT).
-    pub fn delete_outbox(&self, id: i64) -> Result<(), StoreError> {
-        self.conn().buffer_delete(id)
-    }
-
     /// Delete settled outbox entries (buffered until COMMIT, written with
     /// the other deletes in one statement).
     pub fn delete_outbox_ids(&self, ids: Vec<i64>) -> Result<(), StoreError> {
